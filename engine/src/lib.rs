@@ -1,0 +1,28 @@
+//! The runtime engine: the journal (the only source of truth) and the command path that writes it.
+//!
+//! # Layout
+//! - [`journal`]: the [`Journal`](journal::Journal) trait and its PostgreSQL and SQLite backends,
+//!   with a gap-safe global read for projectors.
+//! - [`command`]: [`Engine`], which stamps, handles and appends commands with optimistic
+//!   concurrency, bounded retries and idempotency keys.
+//! - [`cache`]: the in-memory aggregate cache behind the engine.
+//! - [`notify`]: commit notifications, in-process and across processes (PostgreSQL NOTIFY).
+//! - [`db`]: connecting, migrating and checking the database.
+//! - [`clock`]: injectable clock and id source.
+//! - `testing` (feature `testing`): throwaway databases for tests.
+#![forbid(unsafe_code)]
+
+mod cache;
+pub mod clock;
+pub mod command;
+pub mod db;
+pub mod journal;
+pub mod notify;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
+
+pub use command::{
+    CommandContext, CommandError, Engine, EngineConfig, IdempotencyRequest, Outcome, OutcomeKind,
+};
+pub use db::{Database, DatabaseConfig, DatabaseError, PG_MIGRATOR, SQLITE_MIGRATOR};
+pub use journal::{AnyJournal, GlobalCursor, Journal, JournalError, StoredEvent};

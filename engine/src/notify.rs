@@ -1,0 +1,332 @@
+//! Commit notifications: who gets woken when the journal grows.
+//!
+//! In-process, every successful append publishes an [`AggregateChanged`] on a broadcast channel
+//! (SSE streams filter for their aggregate) and bumps a `watch` counter (projectors wake up).
+//! Across processes sharing a PostgreSQL database, [`run_pg_relay`] sends one `NOTIFY` per burst
+//! of local commits, *after* they committed (a `NOTIFY` inside the append transaction would
+//! serialise every commit on the notification queue lock), and republishes other processes'
+//! notices locally. Notifications are only wake-ups: every consumer re-reads the journal, so a
+//! lost notice costs latency (bounded by the consumers' fallback polls), never correctness.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use sqlx::postgres::PgListener;
+use sqlx::PgPool;
+use tokio::sync::{broadcast, watch, Notify};
+use tokio_util::sync::CancellationToken;
+
+/// The PostgreSQL channel carrying journal notices between runtime processes.
+pub const PG_CHANNEL: &str = "openagents_journal";
+/// Largest NOTIFY payload we send; beyond this a burst is announced as "everything changed".
+const MAX_PAYLOAD_BYTES: usize = 7_000;
+/// Capacity of the in-process broadcast; a receiver that falls further behind sees `Lagged`
+/// and must treat it as "anything may have changed".
+const BROADCAST_CAPACITY: usize = 4_096;
+
+/// An aggregate moved to `last_sequence`, or (`All`) unknown aggregates changed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AggregateChanged {
+    One {
+        aggregate_type: String,
+        aggregate_id: String,
+        last_sequence: u64,
+    },
+    /// Notices were lost or coalesced: every listener should re-check.
+    All,
+}
+
+impl AggregateChanged {
+    /// Whether a listener for `(aggregate_type, aggregate_id)` should re-read.
+    pub fn concerns(&self, aggregate_type: &str, aggregate_id: &str) -> bool {
+        match self {
+            AggregateChanged::One {
+                aggregate_type: t,
+                aggregate_id: i,
+                ..
+            } => t == aggregate_type && i == aggregate_id,
+            AggregateChanged::All => true,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Outbox {
+    changes: Vec<AggregateChanged>,
+    bytes: usize,
+    overflow: bool,
+}
+
+/// The process-wide notification hub. Create one per process and share it (`Arc`).
+pub struct JournalNotifier {
+    /// Per-aggregate notices. Senders: [`JournalNotifier::publish`] and the relay. Receivers: SSE
+    /// streams. No receivers is fine (send errors are ignored).
+    changes: broadcast::Sender<AggregateChanged>,
+    /// Counts appends seen by this process (local and remote). Projector runners wait on it.
+    appended: watch::Sender<u64>,
+    /// Local notices not yet sent to other processes; drained by [`run_pg_relay`].
+    outbox: Mutex<Outbox>,
+    /// Wakes the relay when the outbox gains entries.
+    outbox_ready: Notify,
+    /// Identifies this process in NOTIFY payloads so it can ignore its own.
+    instance: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct WireNotice {
+    from: String,
+    /// `None` means "everything" (overflow).
+    changes: Option<Vec<(String, String, u64)>>,
+}
+
+impl Default for JournalNotifier {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl JournalNotifier {
+    pub fn new() -> Self {
+        let (changes, _) = broadcast::channel(BROADCAST_CAPACITY);
+        let (appended, _) = watch::channel(0);
+        Self {
+            changes,
+            appended,
+            outbox: Mutex::new(Outbox::default()),
+            outbox_ready: Notify::new(),
+            instance: uuid::Uuid::new_v4().simple().to_string(),
+        }
+    }
+
+    /// Called by the engine after an append committed.
+    pub fn publish(&self, aggregate_type: &str, aggregate_id: &str, last_sequence: u64) {
+        let change = AggregateChanged::One {
+            aggregate_type: aggregate_type.to_owned(),
+            aggregate_id: aggregate_id.to_owned(),
+            last_sequence,
+        };
+        {
+            // std Mutex: held only to push onto a Vec, never across an await.
+            let mut outbox = self.outbox.lock().expect("outbox lock poisoned");
+            if !outbox.overflow {
+                outbox.bytes += aggregate_type.len() + aggregate_id.len() + 32;
+                if outbox.bytes > MAX_PAYLOAD_BYTES {
+                    outbox.overflow = true;
+                    outbox.changes.clear();
+                } else {
+                    outbox.changes.push(change.clone());
+                }
+            }
+        }
+        self.outbox_ready.notify_one();
+        self.deliver_locally(change);
+    }
+
+    fn deliver_locally(&self, change: AggregateChanged) {
+        let _ = self.changes.send(change);
+        self.appended.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Subscribes to per-aggregate notices.
+    pub fn subscribe(&self) -> broadcast::Receiver<AggregateChanged> {
+        self.changes.subscribe()
+    }
+
+    /// A receiver that changes whenever the journal grew (any aggregate, any process).
+    pub fn appended(&self) -> watch::Receiver<u64> {
+        self.appended.subscribe()
+    }
+
+    fn take_outbox(&self) -> Option<WireNotice> {
+        let mut outbox = self.outbox.lock().expect("outbox lock poisoned");
+        if !outbox.overflow && outbox.changes.is_empty() {
+            return None;
+        }
+        let taken = std::mem::take(&mut *outbox);
+        drop(outbox);
+        let changes = if taken.overflow {
+            None
+        } else {
+            Some(
+                taken
+                    .changes
+                    .into_iter()
+                    .filter_map(|c| match c {
+                        AggregateChanged::One {
+                            aggregate_type,
+                            aggregate_id,
+                            last_sequence,
+                        } => Some((aggregate_type, aggregate_id, last_sequence)),
+                        AggregateChanged::All => None,
+                    })
+                    .collect(),
+            )
+        };
+        Some(WireNotice {
+            from: self.instance.clone(),
+            changes,
+        })
+    }
+
+    fn receive_remote(&self, payload: &str) {
+        let Ok(notice) = serde_json::from_str::<WireNotice>(payload) else {
+            tracing::warn!(payload, "ignoring malformed journal notification");
+            self.deliver_locally(AggregateChanged::All);
+            return;
+        };
+        if notice.from == self.instance {
+            return;
+        }
+        match notice.changes {
+            Some(changes) => {
+                for (aggregate_type, aggregate_id, last_sequence) in changes {
+                    self.deliver_locally(AggregateChanged::One {
+                        aggregate_type,
+                        aggregate_id,
+                        last_sequence,
+                    });
+                }
+            }
+            None => self.deliver_locally(AggregateChanged::All),
+        }
+    }
+}
+
+/// Relays journal notices between processes through PostgreSQL `LISTEN`/`NOTIFY` until
+/// `shutdown` is cancelled. Reconnects with backoff; after any reconnect it announces `All`,
+/// because notices sent while it was away are lost.
+///
+/// # Cancel safety
+/// Returns promptly once `shutdown` is cancelled; pending local notices are dropped (peers fall
+/// back to polling).
+pub async fn run_pg_relay(
+    pool: PgPool,
+    notifier: std::sync::Arc<JournalNotifier>,
+    shutdown: CancellationToken,
+) {
+    let sender = {
+        let pool = pool.clone();
+        let notifier = notifier.clone();
+        let shutdown = shutdown.clone();
+        async move {
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = notifier.outbox_ready.notified() => {}
+                }
+                while let Some(notice) = notifier.take_outbox() {
+                    let payload = serde_json::to_string(&notice).expect("notice serialises");
+                    if let Err(error) = sqlx::query("SELECT pg_notify($1, $2)")
+                        .bind(PG_CHANNEL)
+                        .bind(&payload)
+                        .execute(&pool)
+                        .await
+                    {
+                        tracing::warn!(error.message = %error, "journal NOTIFY failed; peers fall back to polling");
+                        tokio::select! {
+                            _ = shutdown.cancelled() => return,
+                            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                        }
+                    }
+                }
+            }
+        }
+    };
+    let listener = async move {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let mut listener = match PgListener::connect_with(&pool).await {
+                Ok(l) => l,
+                Err(error) => {
+                    tracing::warn!(error.message = %error, "journal LISTEN connection failed");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            };
+            if let Err(error) = listener.listen(PG_CHANNEL).await {
+                tracing::warn!(error.message = %error, "journal LISTEN failed");
+                continue;
+            }
+            backoff = Duration::from_millis(100);
+            // Anything may have happened while we were not listening.
+            notifier.deliver_locally(AggregateChanged::All);
+            loop {
+                let next = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    next = listener.try_recv() => next,
+                };
+                match next {
+                    Ok(Some(notification)) => notifier.receive_remote(notification.payload()),
+                    // The connection dropped; sqlx reconnects on the next call, notices in between
+                    // are lost.
+                    Ok(None) => notifier.deliver_locally(AggregateChanged::All),
+                    Err(error) => {
+                        tracing::warn!(error.message = %error, "journal LISTEN connection lost");
+                        break;
+                    }
+                }
+            }
+        }
+    };
+    tokio::join!(sender, listener);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn publishes_locally_and_queues_for_peers() {
+        let hub = JournalNotifier::new();
+        let mut rx = hub.subscribe();
+        let appended = hub.appended();
+        hub.publish("run", "r1", 3);
+        assert_eq!(
+            rx.try_recv().unwrap(),
+            AggregateChanged::One {
+                aggregate_type: "run".into(),
+                aggregate_id: "r1".into(),
+                last_sequence: 3
+            }
+        );
+        assert_eq!(*appended.borrow(), 1);
+        let notice = hub.take_outbox().unwrap();
+        assert_eq!(
+            notice.changes.unwrap(),
+            vec![("run".to_owned(), "r1".to_owned(), 3)]
+        );
+        assert!(hub.take_outbox().is_none());
+    }
+
+    #[test]
+    fn a_burst_too_large_for_one_notify_becomes_all() {
+        let hub = JournalNotifier::new();
+        for i in 0..1_000 {
+            hub.publish("run", &format!("run-{i}"), 1);
+        }
+        let notice = hub.take_outbox().unwrap();
+        assert!(notice.changes.is_none());
+    }
+
+    #[test]
+    fn ignores_its_own_notices_and_relays_peers() {
+        let hub = JournalNotifier::new();
+        let peer = JournalNotifier::new();
+        peer.publish("worker", "w1", 9);
+        let wire = serde_json::to_string(&peer.take_outbox().unwrap()).unwrap();
+        let mut rx = hub.subscribe();
+        hub.receive_remote(&wire);
+        assert!(rx.try_recv().unwrap().concerns("worker", "w1"));
+        // Its own notice comes back through PostgreSQL too, and is dropped.
+        hub.publish("run", "r", 1);
+        let _ = rx.try_recv();
+        let own = serde_json::to_string(&hub.take_outbox().unwrap()).unwrap();
+        hub.receive_remote(&own);
+        assert!(rx.try_recv().is_err());
+    }
+}

@@ -1,0 +1,1 @@
+//! Projectors (in progress).
