@@ -481,11 +481,9 @@ impl Engine {
             .load::<A>(aggregate_id, after_sequence)
             .await
             .map_err(CommandError::from_journal)?;
-        let mut expected = after_sequence + 1;
         let mut events = Vec::with_capacity(stored.len());
-        for serialized in stored {
+        for (expected, serialized) in (after_sequence + 1..).zip(stored) {
             events.push(decode::<A>(serialized, expected).map_err(CommandError::Internal)?);
-            expected += 1;
         }
         Ok(events)
     }

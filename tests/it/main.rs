@@ -1,1 +1,8 @@
+//! The runtime's integration tests: one test binary, real databases, real HTTP, real processes.
+//!
+//! PostgreSQL tests use a fresh database each (`engine::testing::TestDb`); they are skipped with a
+//! message when PostgreSQL is unreachable, and fail instead when `CI` is set.
 
+mod support;
+
+mod journal;
