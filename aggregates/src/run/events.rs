@@ -45,7 +45,9 @@ pub enum RunEvent {
     RunFinished {
         /// `succeeded`, `failed` or `canceled`.
         status: RunStatus,
-        reason_class: String,
+        /// The reason class the caller gave, if any ([`RunEvent::reason_class`] applies the
+        /// default). Kept as given so the runtime payload reproduces the request exactly.
+        reason_class: Option<String>,
         reason: Option<String>,
         error_code: Option<String>,
         finished_at: Timestamp,
@@ -62,6 +64,101 @@ impl RunEvent {
             RunEvent::CancelRequested { requested_at, .. } => *requested_at,
             RunEvent::RunFinished { finished_at, .. } => *finished_at,
         }
+    }
+}
+
+/// The default reason class of a terminal status (`completed`, `cancel_requested`,
+/// `execution_failed`).
+pub fn default_reason_class(status: RunStatus) -> &'static str {
+    match status {
+        RunStatus::Succeeded => "completed",
+        RunStatus::Canceled => "cancel_requested",
+        _ => "execution_failed",
+    }
+}
+
+/// How a run event appears in the run's *runtime event stream*: the SSE stream, the trajectory
+/// hash, REPLAY.jsonl and receipts. The stored event carries more (timestamps, hashes, who asked);
+/// this view is what the original contract exposes and what its compat hashes pin.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RuntimeEventView {
+    /// `run.started`, `run.cancel_requested`, `run.finished`, or a frame's own type
+    /// (`user_message`, `text_delta`, `tool_call`, …).
+    pub event_type: String,
+    /// The payload, with keys in a fixed order (serde_json keeps insertion order here).
+    pub payload: Map<String, Value>,
+    /// The event's natural idempotency key (a frame's `frame_id`); the engine falls back to the
+    /// command's `Idempotency-Key` from the event metadata.
+    pub natural_key: Option<String>,
+}
+
+impl RunEvent {
+    /// The effective reason class of a `RunFinished` (given or defaulted); `None` for others.
+    pub fn reason_class(&self) -> Option<String> {
+        match self {
+            RunEvent::RunFinished {
+                status,
+                reason_class,
+                ..
+            } => Some(
+                reason_class
+                    .clone()
+                    .unwrap_or_else(|| default_reason_class(*status).to_owned()),
+            ),
+            _ => None,
+        }
+    }
+
+    /// The runtime-stream view of this event; `None` for `run.created`, which is the run's birth
+    /// record and not part of its stream (it has no run `seq`).
+    pub fn runtime_view(&self) -> Option<RuntimeEventView> {
+        let mut payload = Map::new();
+        let mut natural_key = None;
+        let event_type = match self {
+            RunEvent::RunCreated { .. } => return None,
+            RunEvent::RunStarted { source, .. } => {
+                payload.insert("source".into(), Value::String(source.clone()));
+                "run.started".to_owned()
+            }
+            RunEvent::FrameAppended {
+                frame_id,
+                frame_type,
+                payload: frame_payload,
+                ..
+            } => {
+                payload = frame_payload.clone();
+                natural_key = Some(frame_id.to_string());
+                frame_type.clone()
+            }
+            RunEvent::CancelRequested { reason, .. } => {
+                payload.insert("reason".into(), Value::String(reason.clone()));
+                "run.cancel_requested".to_owned()
+            }
+            RunEvent::RunFinished {
+                status,
+                reason_class,
+                reason,
+                error_code,
+                ..
+            } => {
+                payload.insert("status".into(), Value::String(status.as_str().to_owned()));
+                for (key, value) in [
+                    ("reason_class", reason_class),
+                    ("reason", reason),
+                    ("error_code", error_code),
+                ] {
+                    if let Some(value) = value {
+                        payload.insert(key.into(), Value::String(value.clone()));
+                    }
+                }
+                "run.finished".to_owned()
+            }
+        };
+        Some(RuntimeEventView {
+            event_type,
+            payload,
+            natural_key,
+        })
     }
 }
 

@@ -24,7 +24,7 @@ use serde_json::{json, Map, Value};
 
 pub use commands::{Outcome, RunCommand};
 pub use error::RunError;
-pub use events::{RunEvent, RUN_EVENT_VERSION};
+pub use events::{default_reason_class, RunEvent, RuntimeEventView, RUN_EVENT_VERSION};
 
 use crate::canonical::hash_canonical;
 use crate::ids::{FrameId, Owner, RunId, ThreadId};
@@ -279,20 +279,13 @@ impl Run {
                     (RunStatus::Created | RunStatus::Running, RunStatus::Canceled) => {
                         Err(RunError::CancelNotRequested)
                     }
-                    _ => {
-                        let default_class = match target {
-                            RunStatus::Succeeded => "completed",
-                            RunStatus::Canceled => "cancel_requested",
-                            _ => "execution_failed",
-                        };
-                        Ok(Some(RunEvent::RunFinished {
-                            status: target,
-                            reason_class: reason_class.unwrap_or_else(|| default_class.to_owned()),
-                            reason,
-                            error_code,
-                            finished_at: at,
-                        }))
-                    }
+                    _ => Ok(Some(RunEvent::RunFinished {
+                        status: target,
+                        reason_class,
+                        reason,
+                        error_code,
+                        finished_at: at,
+                    })),
                 }
             }
         }

@@ -49,7 +49,7 @@ fn cancel_requested() -> RunEvent {
 fn finished(status: RunStatus) -> RunEvent {
     RunEvent::RunFinished {
         status,
-        reason_class: "completed".into(),
+        reason_class: None,
         reason: None,
         error_code: None,
         finished_at: at(4),
@@ -391,7 +391,7 @@ fn a_running_run_can_succeed_or_fail() {
         events,
         vec![RunEvent::RunFinished {
             status: RunStatus::Failed,
-            reason_class: "execution_failed".into(),
+            reason_class: None,
             reason: Some("tool timed out".into()),
             error_code: Some("tool_timeout".into()),
             finished_at: at(4),
@@ -426,7 +426,7 @@ fn canceled_requires_a_cancel_request() {
         .unwrap();
     assert!(matches!(
         &events[..],
-        [RunEvent::RunFinished { status: RunStatus::Canceled, reason_class, .. }] if reason_class == "cancel_requested"
+        [e @ RunEvent::RunFinished { status: RunStatus::Canceled, .. }] if e.reason_class().as_deref() == Some("cancel_requested")
     ));
 }
 
@@ -501,4 +501,36 @@ fn events_have_stable_type_names_versions_and_stored_shape() {
     let round_trip: RunEvent =
         serde_json::from_value(serde_json::to_value(created()).unwrap()).unwrap();
     assert_eq!(round_trip, created());
+}
+
+// --- runtime stream view --------------------------------------------------------------------
+
+#[test]
+fn the_runtime_view_matches_the_original_contract_payloads() {
+    assert_eq!(created().runtime_view(), None);
+    let view = started().runtime_view().unwrap();
+    assert_eq!(view.event_type, "run.started");
+    assert_eq!(Value::Object(view.payload), json!({"source": "runtime"}));
+    let view = cancel_requested().runtime_view().unwrap();
+    assert_eq!(view.event_type, "run.cancel_requested");
+    assert_eq!(Value::Object(view.payload), json!({"reason": "user"}));
+    let failed = RunEvent::RunFinished {
+        status: RunStatus::Failed,
+        reason_class: None,
+        reason: None,
+        error_code: Some("tool_timeout".into()),
+        finished_at: at(4),
+    };
+    let view = failed.runtime_view().unwrap();
+    assert_eq!(view.event_type, "run.finished");
+    // Key order is part of the REPLAY.jsonl bytes: status first, then what the caller gave.
+    assert_eq!(
+        serde_json::to_string(&view.payload).unwrap(),
+        r#"{"status":"failed","error_code":"tool_timeout"}"#
+    );
+    assert_eq!(failed.reason_class().as_deref(), Some("execution_failed"));
+    let view = frame_appended("frm_1", "hi", 2).runtime_view().unwrap();
+    assert_eq!(view.event_type, "user_message");
+    assert_eq!(view.natural_key.as_deref(), Some("frm_1"));
+    assert_eq!(Value::Object(view.payload), json!({"text": "hi"}));
 }
