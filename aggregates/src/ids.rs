@@ -114,6 +114,11 @@ id_type!(
     /// A guest principal's scope (`x-oa-guest-scope`).
     GuestScope, "guest_scope"
 );
+id_type!(
+    /// The organisation (tenant) a run or worker belongs to, from the `oa_org_id` token claim.
+    /// Optional everywhere: events recorded before tenants existed have none.
+    OrgId, "org_id"
+);
 
 /// Who owns a run or a worker: a user or a guest scope. Ownership is recorded when the aggregate
 /// is created and every later request is checked against it.

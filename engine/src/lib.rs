@@ -1,6 +1,8 @@
 //! The runtime engine: the journal (the only source of truth) and the command path that writes it.
 //!
 //! # Layout
+//! - [`auth`]: internal signature tokens (`X-OA-RUNTIME-SIGNATURE`): mint, verify, single-use
+//!   nonces shared through the database.
 //! - [`journal`]: the [`Journal`](journal::Journal) trait and its PostgreSQL and SQLite backends,
 //!   with a gap-safe global read for projectors.
 //! - [`command`]: [`Engine`], which stamps, handles and appends commands with optimistic
@@ -12,6 +14,7 @@
 //! - `testing` (feature `testing`): throwaway databases for tests.
 #![forbid(unsafe_code)]
 
+pub mod auth;
 mod cache;
 pub mod clock;
 pub mod command;

@@ -433,6 +433,7 @@ async fn postgres_es_writes_into_the_same_journal() {
                 run_id: RunId::parse("run_pges").unwrap(),
                 thread_id: ThreadId::parse("thread_1").unwrap(),
                 owner: Owner::User(UserId::parse("1").unwrap()),
+                org_id: None,
                 metadata: Default::default(),
             },
         ),

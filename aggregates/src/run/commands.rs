@@ -2,7 +2,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::ids::{FrameId, Owner, RunId, ThreadId};
+use crate::ids::{FrameId, OrgId, Owner, RunId, ThreadId};
 use crate::Timestamp;
 
 /// How a run ended, as requested by `FinishRun`.
@@ -21,6 +21,8 @@ pub enum RunCommand {
         run_id: RunId,
         thread_id: ThreadId,
         owner: Owner,
+        /// The tenant, when the caller's token names one. Recorded at creation only.
+        org_id: Option<OrgId>,
         metadata: Map<String, Value>,
     },
     /// created → running. A no-op on a running run.

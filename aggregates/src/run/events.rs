@@ -5,7 +5,7 @@ use cqrs_es::DomainEvent;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::ids::{FrameId, Owner, RunId, ThreadId};
+use crate::ids::{FrameId, OrgId, Owner, RunId, ThreadId};
 use crate::run::RunStatus;
 use crate::Timestamp;
 
@@ -20,6 +20,10 @@ pub enum RunEvent {
         run_id: RunId,
         thread_id: ThreadId,
         owner: Owner,
+        /// Added after v1.0 shapes were stored: absent in old events (serde default), and left out
+        /// of the stored JSON when `None` so payloads without a tenant stay byte-identical.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        org_id: Option<OrgId>,
         metadata: Map<String, Value>,
         created_at: Timestamp,
     },

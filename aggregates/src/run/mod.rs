@@ -27,7 +27,7 @@ pub use error::RunError;
 pub use events::{default_reason_class, RunEvent, RuntimeEventView, RUN_EVENT_VERSION};
 
 use crate::canonical::hash_canonical;
-use crate::ids::{FrameId, Owner, RunId, ThreadId};
+use crate::ids::{FrameId, OrgId, Owner, RunId, ThreadId};
 use crate::{RuntimeAggregate, Stamped, Timestamp};
 
 /// Longest accepted frame type.
@@ -77,6 +77,8 @@ struct Identity {
     run_id: RunId,
     thread_id: ThreadId,
     owner: Owner,
+    #[serde(default)]
+    org_id: Option<OrgId>,
     created_at: Timestamp,
 }
 
@@ -98,6 +100,7 @@ pub struct RunSummary {
     pub run_id: Option<RunId>,
     pub thread_id: Option<ThreadId>,
     pub owner: Option<Owner>,
+    pub org_id: Option<OrgId>,
     pub status: Option<RunStatus>,
     pub latest_seq: u64,
     pub created_at: Option<Timestamp>,
@@ -178,6 +181,7 @@ impl Run {
             run_id,
             thread_id,
             owner,
+            org_id,
             metadata,
         } = command
         {
@@ -190,6 +194,7 @@ impl Run {
                     run_id,
                     thread_id,
                     owner,
+                    org_id,
                     metadata,
                     created_at: at,
                 })),
@@ -318,6 +323,7 @@ impl Aggregate for Run {
                 run_id,
                 thread_id,
                 owner,
+                org_id,
                 created_at,
                 ..
             } => {
@@ -325,6 +331,7 @@ impl Aggregate for Run {
                     run_id,
                     thread_id,
                     owner,
+                    org_id,
                     created_at,
                 });
                 self.status = Some(RunStatus::Created);
@@ -357,6 +364,7 @@ impl RuntimeAggregate for Run {
             run_id: self.identity.as_ref().map(|i| i.run_id.clone()),
             thread_id: self.identity.as_ref().map(|i| i.thread_id.clone()),
             owner: self.identity.as_ref().map(|i| i.owner.clone()),
+            org_id: self.identity.as_ref().and_then(|i| i.org_id.clone()),
             status: self.status,
             latest_seq: self.latest_seq,
             created_at: self.identity.as_ref().map(|i| i.created_at),

@@ -26,6 +26,7 @@ fn created() -> RunEvent {
         run_id: RunId::parse("run_1").unwrap(),
         thread_id: ThreadId::parse("thread_1").unwrap(),
         owner: owner(),
+        org_id: None,
         metadata: Map::new(),
         created_at: at(0),
     }
@@ -77,6 +78,7 @@ fn create() -> RunCommand {
         run_id: RunId::parse("run_1").unwrap(),
         thread_id: ThreadId::parse("thread_1").unwrap(),
         owner: owner(),
+        org_id: None,
         metadata: Map::new(),
     }
 }
@@ -147,6 +149,7 @@ fn creating_an_existing_run_for_another_thread_or_owner_is_rejected() {
         run_id: RunId::parse("run_1").unwrap(),
         thread_id: ThreadId::parse("thread_2").unwrap(),
         owner: owner(),
+        org_id: None,
         metadata: Map::new(),
     };
     Fixture::with(())
@@ -157,6 +160,7 @@ fn creating_an_existing_run_for_another_thread_or_owner_is_rejected() {
         run_id: RunId::parse("run_1").unwrap(),
         thread_id: ThreadId::parse("thread_1").unwrap(),
         owner: Owner::Guest(crate::ids::GuestScope::parse("g").unwrap()),
+        org_id: None,
         metadata: Map::new(),
     };
     Fixture::with(())
@@ -533,4 +537,33 @@ fn the_runtime_view_matches_the_original_contract_payloads() {
     assert_eq!(view.event_type, "user_message");
     assert_eq!(view.natural_key.as_deref(), Some("frm_1"));
     assert_eq!(Value::Object(view.payload), json!({"text": "hi"}));
+}
+
+#[test]
+fn a_tenant_is_recorded_at_creation_and_old_events_without_one_still_load() {
+    use crate::ids::OrgId;
+    let mut run = Run::default();
+    let with_org = RunEvent::RunCreated {
+        run_id: RunId::parse("run_1").unwrap(),
+        thread_id: ThreadId::parse("thread_1").unwrap(),
+        owner: owner(),
+        org_id: Some(OrgId::parse("org_9").unwrap()),
+        metadata: Map::new(),
+        created_at: at(0),
+    };
+    run.apply(with_org.clone());
+    assert_eq!(
+        run.summary().org_id.as_ref().map(OrgId::as_str),
+        Some("org_9")
+    );
+    let json = serde_json::to_value(&with_org).unwrap();
+    assert_eq!(json["RunCreated"]["org_id"], "org_9");
+
+    // Stored before tenants existed: no org_id key at all, and None is not written back.
+    let old = serde_json::json!({"RunCreated": {
+        "run_id": "run_1", "thread_id": "thread_1", "owner": {"kind": "user", "id": "42"},
+        "metadata": {}, "created_at": "2026-02-01T00:00:00Z"}});
+    let event: RunEvent = serde_json::from_value(old.clone()).unwrap();
+    assert_eq!(event, created());
+    assert_eq!(serde_json::to_value(&event).unwrap(), old);
 }

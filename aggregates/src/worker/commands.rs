@@ -2,7 +2,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::ids::{Owner, RequestId, WorkerId};
+use crate::ids::{OrgId, Owner, RequestId, WorkerId};
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum WorkerCommand {
@@ -11,6 +11,8 @@ pub enum WorkerCommand {
     RegisterWorker {
         worker_id: WorkerId,
         owner: Owner,
+        /// The tenant, when the caller's token names one. Recorded at first registration only.
+        org_id: Option<OrgId>,
         adapter: String,
         workspace_ref: Option<String>,
         codex_home_ref: Option<String>,

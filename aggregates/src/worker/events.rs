@@ -4,7 +4,7 @@ use cqrs_es::DomainEvent;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::ids::{Owner, RequestId, WorkerId};
+use crate::ids::{OrgId, Owner, RequestId, WorkerId};
 use crate::worker::WorkerStatus;
 use crate::Timestamp;
 
@@ -16,6 +16,9 @@ pub enum WorkerEvent {
     WorkerRegistered {
         worker_id: WorkerId,
         owner: Owner,
+        /// Absent in events stored before tenants existed; omitted from the JSON when `None`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        org_id: Option<OrgId>,
         adapter: String,
         workspace_ref: Option<String>,
         codex_home_ref: Option<String>,

@@ -28,7 +28,7 @@ pub use error::WorkerError;
 pub use events::{WorkerEvent, WORKER_EVENT_VERSION};
 
 use crate::canonical::hash_canonical;
-use crate::ids::{Owner, RequestId, WorkerId};
+use crate::ids::{OrgId, Owner, RequestId, WorkerId};
 use crate::{RuntimeAggregate, Stamped, Timestamp};
 
 /// Shortest and longest lease a worker may ask for.
@@ -93,6 +93,8 @@ impl fmt::Display for WorkerStatus {
 struct Identity {
     worker_id: WorkerId,
     owner: Owner,
+    #[serde(default)]
+    org_id: Option<OrgId>,
     adapter: String,
     workspace_ref: Option<String>,
     codex_home_ref: Option<String>,
@@ -118,6 +120,7 @@ pub struct Worker {
 pub struct WorkerSummary {
     pub worker_id: Option<WorkerId>,
     pub owner: Option<Owner>,
+    pub org_id: Option<OrgId>,
     pub adapter: Option<String>,
     pub workspace_ref: Option<String>,
     pub codex_home_ref: Option<String>,
@@ -203,6 +206,7 @@ impl Worker {
         if let WorkerCommand::RegisterWorker {
             worker_id,
             owner,
+            org_id,
             adapter,
             workspace_ref,
             codex_home_ref,
@@ -223,6 +227,7 @@ impl Worker {
                 _ => Ok(Some(WorkerEvent::WorkerRegistered {
                     worker_id,
                     owner,
+                    org_id,
                     adapter,
                     workspace_ref,
                     codex_home_ref,
@@ -397,6 +402,7 @@ impl Aggregate for Worker {
             WorkerEvent::WorkerRegistered {
                 worker_id,
                 owner,
+                org_id,
                 adapter,
                 workspace_ref,
                 codex_home_ref,
@@ -407,6 +413,7 @@ impl Aggregate for Worker {
                 self.identity = Some(Identity {
                     worker_id,
                     owner,
+                    org_id,
                     adapter,
                     workspace_ref,
                     codex_home_ref,
@@ -455,6 +462,7 @@ impl RuntimeAggregate for Worker {
         WorkerSummary {
             worker_id: identity.map(|i| i.worker_id.clone()),
             owner: identity.map(|i| i.owner.clone()),
+            org_id: identity.and_then(|i| i.org_id.clone()),
             adapter: identity.map(|i| i.adapter.clone()),
             workspace_ref: identity.and_then(|i| i.workspace_ref.clone()),
             codex_home_ref: identity.and_then(|i| i.codex_home_ref.clone()),

@@ -25,6 +25,7 @@ fn register() -> WorkerCommand {
     WorkerCommand::RegisterWorker {
         worker_id: WorkerId::parse("codexw_1").unwrap(),
         owner: owner(),
+        org_id: None,
         adapter: "desktop".into(),
         workspace_ref: Some("openagents:/workspace".into()),
         codex_home_ref: None,
@@ -37,6 +38,7 @@ fn registered() -> WorkerEvent {
     WorkerEvent::WorkerRegistered {
         worker_id: WorkerId::parse("codexw_1").unwrap(),
         owner: owner(),
+        org_id: None,
         adapter: "desktop".into(),
         workspace_ref: Some("openagents:/workspace".into()),
         codex_home_ref: None,

@@ -1,0 +1,516 @@
+//! Internal signature auth: the `X-OA-RUNTIME-SIGNATURE` tokens the control plane (and every
+//! internal caller) sends on `/internal/v1/*`.
+//!
+//! A token is `v1.<b64url(claims JSON)>.<b64url(HMAC-SHA256(claims segment, secret))>`, unpadded
+//! base64url, where the MAC covers the *encoded* claims segment. [`mint`] makes one, [`verify`]
+//! checks signature and time window (pure), and [`NonceStore`] makes each nonce single use across
+//! every process sharing the database. [`InternalAuth`] ties them together for servers.
+//!
+//! Secrets never appear in `Debug` output, logs or errors.
+
+use std::fmt;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
+use base64::engine::DecodePaddingMode;
+use base64::Engine as _;
+use hmac::{Hmac, Mac};
+use serde::{Deserialize, Deserializer, Serialize};
+use sha2::Sha256;
+
+use crate::db::Database;
+
+/// The HTTP header carrying the token.
+pub const SIGNATURE_HEADER: &str = "x-oa-runtime-signature";
+/// Token format version prefix.
+pub const TOKEN_VERSION: &str = "v1";
+/// Clock skew tolerated on `iat` and `exp`, in seconds.
+pub const CLOCK_SKEW_SECS: i64 = 30;
+/// Longest lifetime (`exp - iat`) accepted, in seconds. Tokens are single use, so a long lifetime
+/// buys nothing but a larger nonce table.
+pub const MAX_LIFETIME_SECS: i64 = 24 * 3600;
+/// Longest token accepted, in bytes.
+pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
+/// Shortest shared secret accepted, in bytes.
+pub const MIN_SECRET_BYTES: usize = 16;
+/// Longest nonce accepted, in bytes.
+pub const MAX_NONCE_BYTES: usize = 256;
+
+/// Unpadded base64url for encoding; decoding also tolerates padding.
+const B64: GeneralPurpose = GeneralPurpose::new(
+    &base64::alphabet::URL_SAFE,
+    GeneralPurposeConfig::new()
+        .with_encode_padding(false)
+        .with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// The shared HMAC secret. `Debug` and `Display` never show it.
+#[derive(Clone)]
+pub struct SigningSecret(Vec<u8>);
+
+impl SigningSecret {
+    /// Wraps a secret.
+    ///
+    /// # Errors
+    /// [`AuthError::WeakSecret`] when shorter than [`MIN_SECRET_BYTES`].
+    pub fn new(secret: impl Into<Vec<u8>>) -> Result<Self, AuthError> {
+        let secret = secret.into();
+        if secret.len() < MIN_SECRET_BYTES {
+            return Err(AuthError::WeakSecret);
+        }
+        Ok(Self(secret))
+    }
+
+    /// A fresh random secret (32 random bytes, hex encoded), for the embedded dev setup.
+    pub fn generate() -> Self {
+        let bytes: [u8; 32] = rand::random();
+        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        Self(hex.into_bytes())
+    }
+
+    /// The secret's bytes, for writing the dev secret file. Never log them.
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+
+    fn mac(&self) -> HmacSha256 {
+        HmacSha256::new_from_slice(&self.0).expect("HMAC accepts keys of any length")
+    }
+}
+
+impl fmt::Debug for SigningSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SigningSecret(<redacted>)")
+    }
+}
+
+/// What a token asserts. Only `iat`, `exp` and `nonce` are required; every other claim, when
+/// present, narrows what the token may be used for (a request that contradicts it is forbidden).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InternalClaims {
+    /// Issued at (Unix seconds).
+    pub iat: i64,
+    /// Expires at (Unix seconds).
+    pub exp: i64,
+    /// Single-use random value.
+    pub nonce: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thread_id: Option<String>,
+    /// The control plane sends numeric user ids; both numbers and strings are accepted.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "string_or_number"
+    )]
+    pub user_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest_scope: Option<String>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "string_or_number"
+    )]
+    pub oa_org_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oa_sync_scopes: Option<Vec<String>>,
+}
+
+fn string_or_number<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    match Option::<serde_json::Value>::deserialize(d)? {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::String(s)) => Ok(Some(s)),
+        Some(serde_json::Value::Number(n)) => Ok(Some(n.to_string())),
+        Some(_) => Err(serde::de::Error::custom("expected a string or a number")),
+    }
+}
+
+impl InternalClaims {
+    /// Claims valid from `now` for `ttl_secs`, with a fresh random nonce.
+    pub fn new(now_unix: i64, ttl_secs: i64) -> Self {
+        Self {
+            iat: now_unix,
+            exp: now_unix.saturating_add(ttl_secs),
+            nonce: uuid::Uuid::new_v4().simple().to_string(),
+            ..Self::default()
+        }
+    }
+}
+
+/// Why a token was refused. Everything but [`AuthError::Forbidden`] and the store failure maps
+/// to `401 unauthorized`. Messages never contain the token or the secret.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("missing X-OA-RUNTIME-SIGNATURE header")]
+    Missing,
+    #[error("malformed signature token: {0}")]
+    Malformed(&'static str),
+    #[error("signature does not match")]
+    BadSignature,
+    #[error("token has expired")]
+    Expired,
+    #[error("token is not valid yet (issued in the future)")]
+    NotYetValid,
+    #[error("token lifetime exceeds {MAX_LIFETIME_SECS} seconds")]
+    LifetimeTooLong,
+    #[error("token nonce was already used")]
+    Replayed,
+    /// A claim contradicts the request (another run, thread or user): `403 forbidden`.
+    #[error("token claim {claim} does not match the request")]
+    Forbidden { claim: &'static str },
+    #[error("signing secret must be at least {MIN_SECRET_BYTES} bytes")]
+    WeakSecret,
+    /// The nonce table could not be reached; the request cannot be authenticated right now.
+    #[error("nonce store unavailable")]
+    Store(#[source] sqlx::Error),
+}
+
+impl AuthError {
+    /// A stable machine-readable reason, for `details.reason` and metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            AuthError::Missing => "missing_token",
+            AuthError::Malformed(_) => "malformed_token",
+            AuthError::BadSignature => "bad_signature",
+            AuthError::Expired => "expired",
+            AuthError::NotYetValid => "not_yet_valid",
+            AuthError::LifetimeTooLong => "lifetime_too_long",
+            AuthError::Replayed => "replayed_nonce",
+            AuthError::Forbidden { .. } => "claim_mismatch",
+            AuthError::WeakSecret => "weak_secret",
+            AuthError::Store(_) => "nonce_store_unavailable",
+        }
+    }
+}
+
+/// Signs `claims` into a token.
+pub fn mint(secret: &SigningSecret, claims: &InternalClaims) -> String {
+    let json = serde_json::to_vec(claims).expect("claims always serialise");
+    let segment = B64.encode(json);
+    let mut mac = secret.mac();
+    mac.update(segment.as_bytes());
+    let signature = B64.encode(mac.finalize().into_bytes());
+    format!("{TOKEN_VERSION}.{segment}.{signature}")
+}
+
+/// Checks a token's shape, signature (constant time) and time window at `now_unix`. Does not
+/// consume the nonce: see [`NonceStore::consume`].
+///
+/// # Errors
+/// Every [`AuthError`] but `Forbidden`, `Replayed` and `Store`.
+pub fn verify(
+    secret: &SigningSecret,
+    token: &str,
+    now_unix: i64,
+) -> Result<InternalClaims, AuthError> {
+    let token = token.trim();
+    if token.is_empty() {
+        return Err(AuthError::Missing);
+    }
+    if token.len() > MAX_TOKEN_BYTES {
+        return Err(AuthError::Malformed("token too long"));
+    }
+    let mut parts = token.split('.');
+    let (Some(version), Some(segment), Some(signature), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(AuthError::Malformed("expected v1.<claims>.<signature>"));
+    };
+    if version != TOKEN_VERSION {
+        return Err(AuthError::Malformed("unsupported token version"));
+    }
+    let signature = B64
+        .decode(signature)
+        .map_err(|_| AuthError::Malformed("signature is not base64url"))?;
+    let mut mac = secret.mac();
+    mac.update(segment.as_bytes());
+    // `verify_slice` compares in constant time.
+    mac.verify_slice(&signature)
+        .map_err(|_| AuthError::BadSignature)?;
+    let json = B64
+        .decode(segment)
+        .map_err(|_| AuthError::Malformed("claims are not base64url"))?;
+    let claims: InternalClaims =
+        serde_json::from_slice(&json).map_err(|_| AuthError::Malformed("claims are not valid"))?;
+    if claims.nonce.is_empty() || claims.nonce.len() > MAX_NONCE_BYTES {
+        return Err(AuthError::Malformed("nonce must be 1 to 256 bytes"));
+    }
+    if claims.exp < claims.iat {
+        return Err(AuthError::Malformed("exp is before iat"));
+    }
+    if claims.exp - claims.iat > MAX_LIFETIME_SECS {
+        return Err(AuthError::LifetimeTooLong);
+    }
+    if claims.iat > now_unix.saturating_add(CLOCK_SKEW_SECS) {
+        return Err(AuthError::NotYetValid);
+    }
+    if claims.exp.saturating_add(CLOCK_SKEW_SECS) < now_unix {
+        return Err(AuthError::Expired);
+    }
+    Ok(claims)
+}
+
+/// Single-use nonces, persisted in `runtime.auth_nonces` (PostgreSQL) or `runtime_auth_nonces`
+/// (SQLite) so every process on the database shares them. A nonce is kept until its token could
+/// no longer pass the time check (`exp + skew`), then pruned.
+pub struct NonceStore {
+    database: Database,
+    /// Unix seconds of the last prune; pruning runs at most once per [`PRUNE_EVERY_SECS`].
+    last_prune: AtomicI64,
+}
+
+/// How often expired nonces are deleted (piggy-backed on `consume`).
+pub const PRUNE_EVERY_SECS: i64 = 60;
+
+impl NonceStore {
+    pub fn new(database: Database) -> Self {
+        Self {
+            database,
+            last_prune: AtomicI64::new(0),
+        }
+    }
+
+    /// Records `nonce` as used until `expires_at_unix`.
+    ///
+    /// # Errors
+    /// [`AuthError::Replayed`] if it was already recorded; [`AuthError::Store`] if the database
+    /// failed (the nonce may or may not be recorded).
+    pub async fn consume(
+        &self,
+        nonce: &str,
+        expires_at_unix: i64,
+        now_unix: i64,
+    ) -> Result<(), AuthError> {
+        let inserted = match &self.database {
+            Database::Postgres(pool) => sqlx::query(
+                "INSERT INTO runtime.auth_nonces (nonce, expires_at)
+                 VALUES ($1, to_timestamp($2)) ON CONFLICT (nonce) DO NOTHING",
+            )
+            .bind(nonce)
+            .bind(expires_at_unix as f64)
+            .execute(pool)
+            .await
+            .map_err(AuthError::Store)?
+            .rows_affected(),
+            Database::Sqlite { pool, write_lock } => {
+                let _writer = write_lock.lock().await;
+                sqlx::query(
+                    "INSERT INTO runtime_auth_nonces (nonce, expires_at) VALUES ($1, $2)
+                     ON CONFLICT (nonce) DO NOTHING",
+                )
+                .bind(nonce)
+                .bind(expires_at_unix)
+                .execute(pool)
+                .await
+                .map_err(AuthError::Store)?
+                .rows_affected()
+            }
+        };
+        if inserted == 0 {
+            return Err(AuthError::Replayed);
+        }
+        let last = self.last_prune.load(Ordering::Relaxed);
+        if now_unix - last >= PRUNE_EVERY_SECS
+            && self
+                .last_prune
+                .compare_exchange(last, now_unix, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            if let Err(error) = self.prune(now_unix).await {
+                tracing::warn!(error.message = %error, "pruning expired nonces failed");
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes nonces whose tokens can no longer pass verification. Returns how many.
+    ///
+    /// # Errors
+    /// [`AuthError::Store`] when the database fails.
+    pub async fn prune(&self, now_unix: i64) -> Result<u64, AuthError> {
+        let deleted = match &self.database {
+            Database::Postgres(pool) => {
+                sqlx::query("DELETE FROM runtime.auth_nonces WHERE expires_at < to_timestamp($1)")
+                    .bind(now_unix as f64)
+                    .execute(pool)
+                    .await
+                    .map(|r| r.rows_affected())
+            }
+            Database::Sqlite { pool, write_lock } => {
+                let _writer = write_lock.lock().await;
+                sqlx::query("DELETE FROM runtime_auth_nonces WHERE expires_at < $1")
+                    .bind(now_unix)
+                    .execute(pool)
+                    .await
+                    .map(|r| r.rows_affected())
+            }
+        };
+        deleted.map_err(AuthError::Store)
+    }
+}
+
+/// A server's view of internal auth: the secret plus the shared nonce store.
+pub struct InternalAuth {
+    secret: SigningSecret,
+    nonces: NonceStore,
+}
+
+impl InternalAuth {
+    pub fn new(secret: SigningSecret, database: Database) -> Self {
+        Self {
+            secret,
+            nonces: NonceStore::new(database),
+        }
+    }
+
+    pub fn secret(&self) -> &SigningSecret {
+        &self.secret
+    }
+
+    /// Verifies `token` at `now_unix` and consumes its nonce.
+    ///
+    /// # Errors
+    /// See [`verify`] and [`NonceStore::consume`].
+    pub async fn authenticate(
+        &self,
+        token: Option<&str>,
+        now_unix: i64,
+    ) -> Result<InternalClaims, AuthError> {
+        let token = token.ok_or(AuthError::Missing)?;
+        let claims = verify(&self.secret, token, now_unix)?;
+        self.nonces
+            .consume(
+                &claims.nonce,
+                claims.exp.saturating_add(CLOCK_SKEW_SECS),
+                now_unix,
+            )
+            .await?;
+        Ok(claims)
+    }
+
+    pub fn nonces(&self) -> &NonceStore {
+        &self.nonces
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn secret() -> SigningSecret {
+        SigningSecret::new("test-secret-of-sufficient-length").unwrap()
+    }
+
+    fn claims(now: i64) -> InternalClaims {
+        InternalClaims {
+            user_id: Some("42".into()),
+            ..InternalClaims::new(now, 60)
+        }
+    }
+
+    #[test]
+    fn a_minted_token_verifies_and_round_trips_its_claims() {
+        let c = claims(1_000);
+        let token = mint(&secret(), &c);
+        assert!(token.starts_with("v1."));
+        assert!(!token.contains('='), "unpadded");
+        assert_eq!(verify(&secret(), &token, 1_010).unwrap(), c);
+    }
+
+    #[test]
+    fn the_signature_covers_the_encoded_claims_segment() {
+        // Independent construction: HMAC over the base64url text, not over the JSON.
+        let json = br#"{"iat":100,"exp":200,"nonce":"n1","user_id":7}"#;
+        let segment = B64.encode(json);
+        let mut mac = secret().mac();
+        mac.update(segment.as_bytes());
+        let sig = B64.encode(mac.finalize().into_bytes());
+        let token = format!("v1.{segment}.{sig}");
+        let verified = verify(&secret(), &token, 150).unwrap();
+        assert_eq!(verified.user_id.as_deref(), Some("7"), "numeric user ids");
+        assert_eq!(verified.nonce, "n1");
+    }
+
+    #[test]
+    fn tampering_with_claims_or_signature_is_rejected() {
+        let token = mint(&secret(), &claims(1_000));
+        let (head, sig) = token.rsplit_once('.').unwrap();
+        let forged_claims = mint(
+            &SigningSecret::new("another-secret-of-enough-length").unwrap(),
+            &claims(1_000),
+        );
+        assert!(matches!(
+            verify(&secret(), &forged_claims, 1_000),
+            Err(AuthError::BadSignature)
+        ));
+        let mut flipped = sig.to_owned();
+        let last = flipped.pop().unwrap();
+        flipped.push(if last == 'A' { 'B' } else { 'A' });
+        assert!(matches!(
+            verify(&secret(), &format!("{head}.{flipped}"), 1_000),
+            Err(AuthError::BadSignature) | Err(AuthError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn malformed_tokens_are_named_as_such() {
+        for bad in ["v1", "v1.a", "v2.a.b", "v1.a.b.c", "v1.abc.!!!"] {
+            assert!(
+                matches!(verify(&secret(), bad, 0), Err(AuthError::Malformed(_))),
+                "{bad}"
+            );
+        }
+        assert!(matches!(
+            verify(&secret(), "  ", 0),
+            Err(AuthError::Missing)
+        ));
+        // Unauthenticated claims are never parsed: a bad MAC is reported before bad JSON.
+        assert!(matches!(
+            verify(&secret(), "v1.!!!.AAAA", 0),
+            Err(AuthError::BadSignature)
+        ));
+        // A correctly signed segment that is not claims JSON.
+        let segment = B64.encode(b"not json");
+        let mut mac = secret().mac();
+        mac.update(segment.as_bytes());
+        let sig = B64.encode(mac.finalize().into_bytes());
+        assert!(matches!(
+            verify(&secret(), &format!("v1.{segment}.{sig}"), 0),
+            Err(AuthError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn the_time_window_allows_thirty_seconds_of_skew() {
+        let token = mint(&secret(), &claims(1_000)); // valid 1000..1060
+        assert!(verify(&secret(), &token, 970).is_ok());
+        assert!(matches!(
+            verify(&secret(), &token, 969),
+            Err(AuthError::NotYetValid)
+        ));
+        assert!(verify(&secret(), &token, 1_090).is_ok());
+        assert!(matches!(
+            verify(&secret(), &token, 1_091),
+            Err(AuthError::Expired)
+        ));
+        let long = mint(&secret(), &InternalClaims::new(0, MAX_LIFETIME_SECS + 1));
+        assert!(matches!(
+            verify(&secret(), &long, 0),
+            Err(AuthError::LifetimeTooLong)
+        ));
+    }
+
+    #[test]
+    fn secrets_stay_out_of_debug_output() {
+        let s = secret();
+        assert!(!format!("{s:?}").contains("test-secret"));
+        assert!(matches!(
+            SigningSecret::new("short"),
+            Err(AuthError::WeakSecret)
+        ));
+        assert_eq!(SigningSecret::generate().expose().len(), 64);
+    }
+}
