@@ -7,6 +7,7 @@
 //!   with a gap-safe global read for projectors.
 //! - [`command`]: [`Engine`], which stamps, handles and appends commands with optimistic
 //!   concurrency, bounded retries and idempotency keys.
+//! - [`listing`]: runs of a thread and workers of an owner, from their birth events.
 //! - [`cache`]: the in-memory aggregate cache behind the engine.
 //! - [`notify`]: commit notifications, in-process and across processes (PostgreSQL NOTIFY).
 //! - [`db`]: connecting, migrating and checking the database.
@@ -20,6 +21,7 @@ pub mod clock;
 pub mod command;
 pub mod db;
 pub mod journal;
+pub mod listing;
 pub mod notify;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

@@ -1,0 +1,129 @@
+//! The HTTP API (axum).
+//!
+//! # Layout
+//! - [`runs`], [`workers`], [`health`]: one file per resource, each with its routes, wire types
+//!   and handlers.
+//! - [`auth`]: internal signature middleware and the [`auth::Caller`] extractor.
+//! - [`error`]: the error envelope and every failure's status and code.
+//! - [`extract`]: extractors whose rejections use the envelope (bodies, ids, queries, headers).
+//! - [`stream`]: Server-Sent Events with the contract's cursor rules.
+//! - [`openapi`]: the OpenAPI document.
+//!
+//! [`internal_router`] holds the `/internal/v1` routes (signature auth applies to each matched
+//! route); [`ops_router`] the unauthenticated operations endpoints; [`compose`] stacks the
+//! process-wide layers (request ids, trace spans, metrics, body limit, panic catcher, envelope
+//! fallbacks) over both.
+
+pub mod auth;
+pub mod error;
+pub mod extract;
+pub mod health;
+pub mod openapi;
+pub mod runs;
+pub mod stream;
+pub mod workers;
+
+use std::time::Instant;
+
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::http::{HeaderName, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use tower::ServiceBuilder;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+use crate::app::App;
+
+/// The `/internal/v1` routes of the runtime itself, guarded by internal signature auth.
+pub fn internal_router(app: App) -> Router {
+    Router::new()
+        .route("/internal/v1/health", get(health::internal_health))
+        .route("/internal/v1/openapi.json", get(openapi::document))
+        .merge(runs::router())
+        .merge(workers::router())
+        .route_layer(middleware::from_fn_with_state(
+            app.clone(),
+            auth::require_signature,
+        ))
+        .with_state(app)
+}
+
+/// Unauthenticated operations endpoints: `/healthz`, `/readyz`, `/metrics`.
+pub fn ops_router(app: App) -> Router {
+    Router::new()
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
+        .with_state(app)
+}
+
+/// The main listener's router: `internal` (already behind auth) and `public` routes under the
+/// process-wide layers.
+pub fn compose(app: App, internal: Router, public: Router) -> Router {
+    let request_id = HeaderName::from_static("x-request-id");
+    let trace = TraceLayer::new_for_http().make_span_with(|request: &Request| {
+        let header = |name: &str| {
+            request
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned()
+        };
+        let traceparent = header("traceparent");
+        tracing::info_span!(
+            "http.request",
+            method = %request.method(),
+            path = %request.uri().path(),
+            request_id = %header("x-request-id"),
+            traceparent = %traceparent,
+            tracestate = %header("tracestate"),
+            trace_id = %extract::trace_id_of(&traceparent).unwrap_or_default(),
+        )
+    });
+    internal
+        .merge(public)
+        .fallback(error::not_found_route)
+        .method_not_allowed_fallback(error::method_not_allowed)
+        .layer(DefaultBodyLimit::max(app.config().http.body_limit_bytes))
+        .layer(middleware::from_fn(observe))
+        .layer(
+            ServiceBuilder::new()
+                .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))
+                .layer(trace)
+                .layer(PropagateRequestIdLayer::new(request_id))
+                .layer(CatchPanicLayer::custom(panic_response)),
+        )
+}
+
+/// Records `http_requests_total` and `http_request_duration_seconds` by route and status.
+async fn observe(request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().to_string();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    metrics::counter!("http_requests_total", "method" => method.clone(), "route" => route.clone(), "status" => status)
+        .increment(1);
+    metrics::histogram!("http_request_duration_seconds", "method" => method, "route" => route)
+        .record(started.elapsed().as_secs_f64());
+    response
+}
+
+fn panic_response(_panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    tracing::error!("a request handler panicked");
+    error::ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        error::ErrorCode::InternalError,
+        "internal error",
+    )
+    .into_response()
+}

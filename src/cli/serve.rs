@@ -1,0 +1,124 @@
+//! `openagents-runtime serve`: build the configuration, open (and migrate) the journal, compose
+//! the server and run until SIGINT/SIGTERM.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Args;
+
+use crate::cli::DatabaseArgs;
+use crate::config::{resolve_secret, HttpConfig, RuntimeConfig, SecretSource, WorkerConfig};
+use crate::{App, Server};
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address of the HTTP API.
+    #[arg(long, env = "OA_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+
+    /// Shared secret for X-OA-RUNTIME-SIGNATURE tokens (at least 16 bytes). Required with
+    /// PostgreSQL; with the embedded journal a random one is generated once in --data-dir.
+    #[arg(long, env = "OA_RUNTIME_SIGNATURE_SECRET", hide_env_values = true)]
+    pub signature_secret: Option<String>,
+
+    /// Largest accepted request body, in bytes.
+    #[arg(long, env = "OA_BODY_LIMIT_BYTES", default_value_t = 1024 * 1024)]
+    pub body_limit_bytes: usize,
+
+    /// How long SSE streams wait for new events when the request has no tail_ms.
+    #[arg(long, env = "OA_STREAM_TAIL_MS", default_value_t = 30_000)]
+    pub stream_tail_ms: u64,
+
+    /// Largest tail_ms a client may ask for.
+    #[arg(long, env = "OA_STREAM_TAIL_MAX_MS", default_value_t = 900_000)]
+    pub stream_tail_max_ms: u64,
+
+    /// How many events back an SSE stream may resume; older cursors get 410 stale_cursor.
+    /// Unset: the whole history.
+    #[arg(long, env = "OA_STREAM_REPLAY_WINDOW")]
+    pub stream_replay_window: Option<u64>,
+
+    /// Lease given to workers that do not ask for one, in milliseconds.
+    #[arg(long, env = "OA_WORKER_LEASE_TTL_MS", default_value_t = aggregates::worker::DEFAULT_LEASE_TTL_MS)]
+    pub worker_lease_ttl_ms: u64,
+
+    /// How often the lease sweeper looks for expired worker leases, in milliseconds.
+    #[arg(long, env = "OA_LEASE_SWEEP_INTERVAL_MS", default_value_t = 1_000)]
+    pub lease_sweep_interval_ms: u64,
+
+    /// How long shutdown waits for in-flight requests, streams and tasks, in seconds.
+    #[arg(long, env = "OA_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
+    pub shutdown_grace_secs: u64,
+}
+
+impl ServeArgs {
+    /// The runtime configuration these arguments describe.
+    ///
+    /// # Errors
+    /// When the signing secret is missing (PostgreSQL) or unusable.
+    pub fn config(&self) -> anyhow::Result<(RuntimeConfig, SecretSource)> {
+        let (secret, source) = resolve_secret(
+            self.signature_secret.as_deref(),
+            &self.database.data_dir,
+            self.database.embedded(),
+        )?;
+        let mut config = RuntimeConfig::new(
+            self.database.config(),
+            self.database.data_dir.clone(),
+            secret,
+        );
+        config.listen = self.listen;
+        config.http = HttpConfig {
+            body_limit_bytes: self.body_limit_bytes,
+            stream_tail_default: Duration::from_millis(self.stream_tail_ms.max(1)),
+            stream_tail_max: Duration::from_millis(self.stream_tail_max_ms.max(1)),
+            stream_replay_window: self.stream_replay_window,
+        };
+        config.workers = WorkerConfig {
+            default_lease_ttl_ms: self.worker_lease_ttl_ms,
+            sweep_interval: Duration::from_millis(self.lease_sweep_interval_ms.max(10)),
+        };
+        config.shutdown_grace = Duration::from_secs(self.shutdown_grace_secs);
+        Ok((config, source))
+    }
+}
+
+/// Serves until SIGINT/SIGTERM.
+///
+/// # Errors
+/// When start-up fails (database, secret, bind) or a component fails while running.
+pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let (config, source) = args.config()?;
+    tracing::info!(
+        journal = %config.database.describe(),
+        version = crate::VERSION,
+        "starting openagents-runtime"
+    );
+    let app = App::open(config).await?;
+    let server = Server::bind(app.clone()).await?;
+    let addr = server.local_addr();
+    crate::server::cancel_on_signals(app.shutdown_token().clone());
+    announce(addr, &args, &source);
+    server.run_until_stopped().await
+}
+
+/// Prints where the API listens (one stable line that scripts and tests parse) and, with the dev
+/// secret, how to mint a token.
+fn announce(addr: SocketAddr, args: &ServeArgs, source: &SecretSource) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "openagents-runtime listening on http://{addr}");
+    if let SecretSource::DevFile { path, created } = source {
+        let _ = writeln!(
+            out,
+            "internal signing secret: {} ({}); mint a token with:\n  openagents-runtime token internal --data-dir {} --user-id 1",
+            path.display(),
+            if *created { "generated now" } else { "existing" },
+            args.database.data_dir.display(),
+        );
+    }
+    let _ = out.flush();
+}

@@ -1,0 +1,213 @@
+//! Runtime configuration: what `serve` needs, built from the command line and environment
+//! (see `cli::serve`), plus the signing secret and where it came from.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use engine::auth::SigningSecret;
+use engine::{DatabaseConfig, EngineConfig};
+
+/// Default data directory of the embedded journal (and the dev signing secret).
+pub const DEFAULT_DATA_DIR: &str = ".openagents-runtime";
+/// File name of the generated dev signing secret inside the data directory.
+pub const DEV_SECRET_FILE: &str = "internal-signature.secret";
+/// Environment variable holding the shared signing secret.
+pub const SECRET_ENV: &str = "OA_RUNTIME_SIGNATURE_SECRET";
+
+/// Everything a running runtime needs.
+#[derive(Clone, Debug)]
+pub struct RuntimeConfig {
+    /// Address of the main HTTP listener (internal API and ops endpoints).
+    pub listen: SocketAddr,
+    /// Where the embedded journal and the dev secret live.
+    pub data_dir: PathBuf,
+    pub database: DatabaseConfig,
+    /// Shared secret of `X-OA-RUNTIME-SIGNATURE` tokens.
+    pub signature_secret: SigningSecret,
+    pub http: HttpConfig,
+    pub workers: WorkerConfig,
+    pub engine: EngineConfig,
+    /// How long shutdown waits for in-flight requests, streams and tasks before giving up.
+    pub shutdown_grace: Duration,
+}
+
+/// HTTP API tunables.
+#[derive(Clone, Debug)]
+pub struct HttpConfig {
+    /// Largest request body accepted, in bytes (`413` beyond it).
+    pub body_limit_bytes: usize,
+    /// How long an SSE stream stays open waiting for events when `tail_ms` is not given.
+    pub stream_tail_default: Duration,
+    /// Largest `tail_ms` accepted.
+    pub stream_tail_max: Duration,
+    /// How many events back an SSE stream may be resumed; older cursors get `410 stale_cursor`.
+    /// `None`: the whole history (the journal is never pruned).
+    pub stream_replay_window: Option<u64>,
+}
+
+/// Worker lease tunables.
+#[derive(Clone, Debug)]
+pub struct WorkerConfig {
+    /// Lease given to a worker that does not ask for one.
+    pub default_lease_ttl_ms: u64,
+    /// How often the lease sweeper looks for expired leases (at most; it also wakes when due).
+    pub sweep_interval: Duration,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            body_limit_bytes: 1024 * 1024,
+            stream_tail_default: Duration::from_secs(30),
+            stream_tail_max: Duration::from_secs(15 * 60),
+            stream_replay_window: None,
+        }
+    }
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            default_lease_ttl_ms: aggregates::worker::DEFAULT_LEASE_TTL_MS,
+            sweep_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+impl RuntimeConfig {
+    /// A configuration for tests and embedding: the given database and secret, defaults
+    /// elsewhere, listening on `127.0.0.1:0`.
+    pub fn new(database: DatabaseConfig, data_dir: PathBuf, secret: SigningSecret) -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            data_dir,
+            database,
+            signature_secret: secret,
+            http: HttpConfig::default(),
+            workers: WorkerConfig::default(),
+            engine: EngineConfig::default(),
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Where the signing secret came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SecretSource {
+    /// `--signature-secret` / `OA_RUNTIME_SIGNATURE_SECRET`.
+    Configured,
+    /// The dev secret file in the data directory; `created` if this call generated it.
+    DevFile { path: PathBuf, created: bool },
+}
+
+/// Resolves the signing secret: the configured one if given; otherwise, for the embedded journal
+/// only, the dev secret in `data_dir` (generated once, mode 0600).
+///
+/// # Errors
+/// When no secret is configured for a PostgreSQL deployment, the secret is too short, or the dev
+/// secret file cannot be read or written.
+pub fn resolve_secret(
+    configured: Option<&str>,
+    data_dir: &Path,
+    embedded: bool,
+) -> anyhow::Result<(SigningSecret, SecretSource)> {
+    if let Some(secret) = configured.filter(|s| !s.is_empty()) {
+        let secret = SigningSecret::new(secret.as_bytes().to_vec())
+            .context("--signature-secret / OA_RUNTIME_SIGNATURE_SECRET")?;
+        return Ok((secret, SecretSource::Configured));
+    }
+    if !embedded {
+        anyhow::bail!(
+            "no signing secret: set --signature-secret or {SECRET_ENV} (the generated dev secret \
+             is only used with the embedded journal)"
+        );
+    }
+    let path = data_dir.join(DEV_SECRET_FILE);
+    match std::fs::read(&path) {
+        Ok(bytes) => {
+            let text = String::from_utf8(bytes)
+                .with_context(|| format!("{} is not UTF-8", path.display()))?;
+            let secret = SigningSecret::new(text.trim().as_bytes().to_vec())
+                .with_context(|| format!("secret in {}", path.display()))?;
+            Ok((
+                secret,
+                SecretSource::DevFile {
+                    path,
+                    created: false,
+                },
+            ))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(data_dir)
+                .with_context(|| format!("create data directory {}", data_dir.display()))?;
+            let secret = SigningSecret::generate();
+            write_private(&path, secret.expose())
+                .with_context(|| format!("write {}", path.display()))?;
+            Ok((
+                secret,
+                SecretSource::DevFile {
+                    path,
+                    created: true,
+                },
+            ))
+        }
+        Err(e) => Err(e).with_context(|| format!("read {}", path.display())),
+    }
+}
+
+/// Creates `path` readable by its owner only and writes `bytes` (fails if it already exists, so
+/// two processes starting at once cannot overwrite each other's secret).
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path)?;
+    file.write_all(bytes)?;
+    file.write_all(b"\n")?;
+    file.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_dev_secret_is_generated_once_private_and_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (first, source) = resolve_secret(None, dir.path(), true).unwrap();
+        let SecretSource::DevFile { path, created } = source else {
+            panic!("expected the dev file")
+        };
+        assert!(created);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        let (second, source) = resolve_secret(None, dir.path(), true).unwrap();
+        assert!(matches!(
+            source,
+            SecretSource::DevFile { created: false, .. }
+        ));
+        assert_eq!(first.expose(), second.expose());
+    }
+
+    #[test]
+    fn postgres_deployments_must_configure_a_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(resolve_secret(None, dir.path(), false).is_err());
+        assert!(resolve_secret(Some("short"), dir.path(), false).is_err());
+        let (_, source) =
+            resolve_secret(Some("a-long-enough-shared-secret"), dir.path(), false).unwrap();
+        assert_eq!(source, SecretSource::Configured);
+        assert!(!dir.path().join(DEV_SECRET_FILE).exists());
+    }
+}

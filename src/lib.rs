@@ -1,0 +1,36 @@
+//! The OpenAgents Runtime: an event-sourced execution authority for AI-agent runs and workers.
+//! This crate is the composition root: it reads configuration, opens the journal, builds the
+//! command [`engine::Engine`], and serves the HTTP command API plus every background task
+//! (projectors, gateways and executors plug in through [`server::Server`]). Nothing depends on it.
+//!
+//! # Layout
+//! - [`config`]: [`config::RuntimeConfig`], everything `serve` needs, and the signing secret.
+//! - [`app`]: [`app::App`], the shared runtime handle (database, engine, notifier, auth, config,
+//!   shutdown token and task tracker).
+//! - [`server`]: [`server::Server`], which composes routers, listeners and long-running tasks
+//!   and runs them until shutdown (SIGINT/SIGTERM), draining in-flight work.
+//! - [`api`]: the HTTP API (axum): `/internal/v1` (runs, workers, health, OpenAPI) behind
+//!   internal signature auth, plus `/healthz`, `/readyz`, `/metrics`.
+//! - [`sweeper`]: the worker lease sweeper (marks workers whose lease ran out as lost).
+//! - [`telemetry`]: tracing and the Prometheus recorder.
+//! - [`cli`]: the `openagents-runtime` command line (one file per subcommand).
+//! - [`bench`]: benchmarks run by `openagents-runtime bench …`.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod app;
+pub mod bench;
+pub mod cli;
+pub mod config;
+pub mod server;
+pub mod sweeper;
+pub mod telemetry;
+
+pub use app::App;
+pub use config::RuntimeConfig;
+pub use server::Server;
+
+/// The version reported by health endpoints and `--version`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The service name reported by health endpoints.
+pub const SERVICE: &str = "openagents-runtime";
