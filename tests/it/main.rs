@@ -3,6 +3,8 @@
 //! PostgreSQL tests use a fresh database each (`engine::testing::TestDb`); they are skipped with a
 //! message when PostgreSQL is unreachable, and fail instead when `CI` is set.
 
+mod app;
 mod support;
 
+mod api;
 mod journal;
