@@ -212,14 +212,19 @@ impl Server {
 
         let mut failure: Option<anyhow::Error> = None;
         tokio::select! {
+            biased;
             _ = shutdown.cancelled() => tracing::info!("shutdown requested"),
             Some(joined) = running.join_next() => {
                 let (name, result) = flatten(joined);
                 match result {
+                    // It saw the cancellation before this select did: a normal stop.
+                    Ok(()) if shutdown.is_cancelled() => tracing::info!(component = %name, "stopped"),
                     Ok(()) => tracing::error!(component = %name, "exited before shutdown"),
                     Err(ref error) => tracing::error!(component = %name, error.message = %error, error.cause_chain = ?error, "failed"),
                 }
-                failure = Some(result.err().unwrap_or_else(|| anyhow::anyhow!("{name} exited before shutdown")));
+                if !(result.is_ok() && shutdown.is_cancelled()) {
+                    failure = Some(result.err().unwrap_or_else(|| anyhow::anyhow!("{name} exited before shutdown")));
+                }
             }
         }
         shutdown.cancel();

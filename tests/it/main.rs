@@ -7,4 +7,7 @@ mod app;
 mod support;
 
 mod api;
+mod concurrency;
+mod crash;
 mod journal;
+mod sweeper;

@@ -1,0 +1,230 @@
+//! Crash safety of the real binary: a child `openagents-runtime serve` under command load from
+//! several clients is killed with SIGKILL; after a restart on the same journal, every command
+//! that got a 2xx is in the journal, none twice, and retrying every command (acknowledged or
+//! not) still leaves each exactly once. The restarted child is then stopped with SIGTERM and must
+//! drain and exit 0.
+
+use std::collections::{HashMap, HashSet};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use engine::journal::{GlobalCursor, Journal};
+use engine::testing::TestDb;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde_json::json;
+
+use crate::app::{claims, token, TEST_SECRET};
+use crate::support::on_both_backends;
+
+on_both_backends!(acknowledged_commands_survive_sigkill_exactly_once);
+
+const CLIENTS: usize = 6;
+const RUNS: usize = 3;
+const PER_CLIENT: usize = 400;
+/// Kill once this many commands have been acknowledged (so the kill lands mid-load).
+const KILL_AFTER_ACKS: usize = 60;
+
+struct Child_ {
+    child: Child,
+    base: String,
+}
+
+impl Drop for Child_ {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `openagents-runtime serve` on port 0 over the test database and waits for its
+/// "listening on" line.
+fn start_child(db: &TestDb, data_dir: &std::path::Path) -> Child_ {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_openagents-runtime"));
+    command
+        .arg("serve")
+        .args(["--listen", "127.0.0.1:0"])
+        .args(["--data-dir", data_dir.to_str().unwrap()])
+        .args(["--shutdown-grace-secs", "20"])
+        .env("OA_RUNTIME_SIGNATURE_SECRET", TEST_SECRET)
+        .env_remove("DATABASE_URL")
+        .env(
+            "RUST_LOG",
+            if std::env::var_os("TEST_LOG").is_some() {
+                "info"
+            } else {
+                "warn"
+            },
+        )
+        .stdout(Stdio::piped())
+        .stderr(if std::env::var_os("TEST_LOG").is_some() {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        });
+    if let Some(url) = &db.url {
+        command.args(["--database-url", url]);
+        command.args(["--db-max-connections", "8"]);
+    }
+    let mut child = command.spawn().expect("spawn openagents-runtime serve");
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let base = loop {
+        let line = lines
+            .next()
+            .expect("the child prints where it listens")
+            .expect("readable stdout");
+        if let Some(rest) = line.strip_prefix("openagents-runtime listening on ") {
+            break rest.trim().to_owned();
+        }
+    };
+    // Keep draining stdout so the child never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    Child_ { child, base }
+}
+
+async fn post_frame(
+    http: &reqwest::Client,
+    base: &str,
+    run: &str,
+    frame: &str,
+) -> Result<u16, reqwest::Error> {
+    let response = http
+        .post(format!("{base}/internal/v1/runs/{run}/frames"))
+        .header("x-oa-runtime-signature", token(&claims()))
+        .header("x-oa-user-id", "1")
+        .json(
+            &json!({"thread_id": "thread_1", "frame_id": frame, "type": "text_delta",
+                      "payload": {"delta": frame}}),
+        )
+        .timeout(Duration::from_secs(20))
+        .send()
+        .await?;
+    Ok(response.status().as_u16())
+}
+
+async fn acknowledged_commands_survive_sigkill_exactly_once(db: &TestDb) {
+    let data_dir = db
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| tempfile::tempdir().unwrap().keep());
+    let child = start_child(db, &data_dir);
+    let http = reqwest::Client::new();
+    let acks = Arc::new(AtomicUsize::new(0));
+    let mut clients = Vec::new();
+    for client in 0..CLIENTS {
+        let http = http.clone();
+        let base = child.base.clone();
+        let acks = acks.clone();
+        clients.push(tokio::spawn(async move {
+            let mut acked = Vec::new();
+            let mut attempted = Vec::new();
+            for i in 0..PER_CLIENT {
+                let run = format!("crash_run_{}", (client + i) % RUNS);
+                let frame = format!("c{client}_{i}");
+                attempted.push((run.clone(), frame.clone()));
+                match post_frame(&http, &base, &run, &frame).await {
+                    Ok(status) if (200..300).contains(&status) => {
+                        acked.push((run, frame));
+                        acks.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(status) => panic!("unexpected status {status} before the crash"),
+                    // The server died under us: this command's outcome is unknown.
+                    Err(_) => break,
+                }
+            }
+            (acked, attempted)
+        }));
+    }
+    while acks.load(Ordering::Relaxed) < KILL_AFTER_ACKS {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    kill(Pid::from_raw(child.child.id() as i32), Signal::SIGKILL).expect("SIGKILL the child");
+    let mut acked = Vec::new();
+    let mut attempted = Vec::new();
+    for handle in clients {
+        let (a, t) = handle.await.unwrap();
+        acked.extend(a);
+        attempted.extend(t);
+    }
+    drop(child);
+    assert!(acked.len() >= KILL_AFTER_ACKS);
+    assert!(
+        attempted.len() < CLIENTS * PER_CLIENT,
+        "the kill must land while commands are still being sent"
+    );
+
+    // Restart on the same journal: every acknowledged frame is there, none twice.
+    let restarted = start_child(db, &data_dir);
+    let stored = stored_frames(db).await;
+    for (run, frame) in &acked {
+        assert_eq!(
+            stored.get(frame).map(|(r, n)| (r.as_str(), *n)),
+            Some((run.as_str(), 1)),
+            "acknowledged frame {frame} must be stored exactly once"
+        );
+    }
+    assert!(
+        stored.values().all(|(_, n)| *n == 1),
+        "a frame stored twice"
+    );
+    let attempted_ids: HashSet<&String> = attempted.iter().map(|(_, f)| f).collect();
+    assert!(stored.keys().all(|f| attempted_ids.contains(f)));
+
+    // Retrying everything that was attempted (the clients' recovery) converges on exactly once.
+    for (run, frame) in &attempted {
+        let status = post_frame(&http, &restarted.base, run, frame)
+            .await
+            .unwrap();
+        let was_stored = stored.contains_key(frame);
+        assert_eq!(status, if was_stored { 200 } else { 202 }, "{frame}");
+    }
+    let after = stored_frames(db).await;
+    assert_eq!(after.len(), attempted.len());
+    assert!(after.values().all(|(_, n)| *n == 1));
+
+    // A graceful stop of the restarted child: SIGTERM, drain, exit 0.
+    let mut restarted = restarted;
+    kill(Pid::from_raw(restarted.child.id() as i32), Signal::SIGTERM).unwrap();
+    let status = tokio::task::spawn_blocking(move || restarted.child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        status.success(),
+        "SIGTERM must shut down cleanly: {status:?}"
+    );
+}
+
+/// frame_id → (run, how many times it is stored), read through the gap-safe global read; also
+/// checks that every run's journal sequences are gapless.
+async fn stored_frames(db: &TestDb) -> HashMap<String, (String, usize)> {
+    let journal = db.database.journal();
+    let mut cursor = GlobalCursor::START;
+    let mut frames: HashMap<String, (String, usize)> = HashMap::new();
+    let mut last_sequence: HashMap<String, usize> = HashMap::new();
+    loop {
+        let page = journal.read_all(cursor, 500).await.unwrap();
+        if page.is_empty() {
+            break;
+        }
+        for stored in page {
+            cursor = stored.cursor;
+            let last = last_sequence
+                .entry(stored.event.aggregate_id.clone())
+                .or_insert(0);
+            assert_eq!(stored.event.sequence, *last + 1);
+            *last = stored.event.sequence;
+            if let Some(frame) = stored.event.payload["FrameAppended"]["frame_id"].as_str() {
+                frames
+                    .entry(frame.to_owned())
+                    .or_insert_with(|| (stored.event.aggregate_id.clone(), 0))
+                    .1 += 1;
+            }
+        }
+    }
+    frames
+}
