@@ -2,7 +2,6 @@
 //! method per protocol action (Z2P style). Requests carry a freshly minted signature token and
 //! `x-oa-user-id: 1` unless a test says otherwise.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -63,7 +62,6 @@ pub fn database_config(db: &TestDb) -> DatabaseConfig {
 
 /// A running test server.
 pub struct TestApp {
-    pub addr: SocketAddr,
     pub base: String,
     pub app: App,
     pub http: reqwest::Client,
@@ -126,7 +124,6 @@ pub async fn spawn_app_with(db: &TestDb, options: Options) -> TestApp {
     let addr = server.local_addr();
     let handle = tokio::spawn(server.run_until_stopped());
     TestApp {
-        addr,
         base: format!("http://{addr}"),
         app,
         http: reqwest::Client::new(),
