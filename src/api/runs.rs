@@ -481,6 +481,9 @@ pub(crate) async fn append_frame(
     ApiJson { value: body, raw }: ApiJson<FrameRequest>,
 ) -> Result<Response, ApiError> {
     caller.check_thread(&body.thread_id)?;
+    // Checked before a run is implicitly created, so an invalid frame writes nothing at all.
+    aggregates::run::validate_frame(&body.frame_type, &body.payload)
+        .map_err(|e| ApiError::from(engine::CommandError::Rejected(e)))?;
     let (summary, _) = app.engine().load::<Run>(run_id.as_str()).await?;
     if summary.exists() {
         check_owner(&caller, &summary, &body.thread_id)?;

@@ -22,6 +22,7 @@ on_both_backends!(
     runs_and_workers_are_listed_for_their_owner,
     a_tenant_from_the_token_is_recorded_and_enforced,
     the_openapi_document_describes_every_route,
+    trace_headers_reach_the_event_metadata,
 );
 
 async fn health_answers_only_with_a_valid_single_use_signature(db: &TestDb) {
@@ -263,6 +264,14 @@ async fn a_frame_for_an_unknown_run_creates_it_for_the_caller(db: &TestDb) {
         .send()
         .await;
     stranger.assert_error(403, "forbidden");
+    // An invalid frame for an unknown run creates nothing.
+    let invalid = app
+        .append_frame("run_never", "thread_9", "f1", "user_message", json!({}))
+        .await;
+    invalid.assert_error(400, "invalid_request");
+    app.run_snapshot("run_never", "thread_9")
+        .await
+        .assert_error(404, "not_found");
     // Cancel, snapshot and stream do not create runs.
     app.cancel_run("run_missing", "thread_1", "x")
         .await
@@ -1009,4 +1018,66 @@ async fn the_openapi_document_describes_every_route(db: &TestDb) {
         );
     }
     assert!(doc.json["components"]["securitySchemes"]["runtime_signature"].is_object());
+}
+
+async fn trace_headers_reach_the_event_metadata(db: &TestDb) {
+    let app = spawn_app(db).await;
+    let response = app
+        .post(
+            "/internal/v1/runs",
+            json!({"run_id": "run_traced", "thread_id": "thread_1"}),
+        )
+        .header("x-request-id", "req-abc-123")
+        .header(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        )
+        .header("tracestate", "vendor=1")
+        .send()
+        .await;
+    assert_eq!(response.status, 201);
+    assert_eq!(response.header("x-request-id"), Some("req-abc-123"));
+    let journal = db.database.journal();
+    let events = engine::Journal::read_all(&journal, engine::GlobalCursor::START, 10)
+        .await
+        .unwrap();
+    let metadata = &events[0].event.metadata;
+    assert_eq!(metadata["request_id"], "req-abc-123");
+    assert_eq!(metadata["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_eq!(metadata["actor"], "user:1");
+}
+
+/// Sabotage: with the journal table gone, a command is an opaque 500 (no database detail leaks);
+/// with the nonce table gone, requests are a retryable 503. Neither is a client mistake.
+#[tokio::test]
+async fn journal_failures_are_opaque_internal_errors() {
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    let app = spawn_app(&db).await;
+    app.running_run("run_sabotage").await;
+    let engine::Database::Postgres(pool) = &db.database else {
+        unreachable!()
+    };
+    sqlx::query("ALTER TABLE events RENAME TO events_gone")
+        .execute(pool)
+        .await
+        .unwrap();
+    let response = app.text_delta("run_sabotage_new", "f1", "x").await;
+    response.assert_error(500, "internal_error");
+    assert_eq!(response.json["error"]["message"], "internal error");
+    assert!(!response.text.contains("events"), "{}", response.text);
+    sqlx::query("ALTER TABLE events_gone RENAME TO events")
+        .execute(pool)
+        .await
+        .unwrap();
+    sqlx::query("ALTER TABLE runtime.auth_nonces RENAME TO auth_nonces_gone")
+        .execute(pool)
+        .await
+        .unwrap();
+    let response = app.get("/internal/v1/health").send().await;
+    response.assert_error(503, "internal_error");
+    assert_eq!(response.json["error"]["details"]["retryable"], true);
+    drop(app);
+    db.cleanup().await;
 }
