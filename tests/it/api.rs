@@ -979,10 +979,7 @@ async fn a_tenant_from_the_token_is_recorded_and_enforced(db: &TestDb) {
         .await;
     assert_eq!(worker.json["data"]["org_id"], "org_a");
     // Recorded in the journal event itself, for projectors and Khala.
-    let journal = db.database.journal();
-    let events = engine::Journal::read_all(&journal, engine::GlobalCursor::START, 100)
-        .await
-        .unwrap();
+    let events = crate::support::read_all_settled(&db.database.journal()).await;
     let created_event = events
         .iter()
         .find(|e| e.event.aggregate_id == "run_org")
@@ -1037,10 +1034,7 @@ async fn trace_headers_reach_the_event_metadata(db: &TestDb) {
         .await;
     assert_eq!(response.status, 201);
     assert_eq!(response.header("x-request-id"), Some("req-abc-123"));
-    let journal = db.database.journal();
-    let events = engine::Journal::read_all(&journal, engine::GlobalCursor::START, 10)
-        .await
-        .unwrap();
+    let events = crate::support::read_all_settled(&db.database.journal()).await;
     let metadata = &events[0].event.metadata;
     assert_eq!(metadata["request_id"], "req-abc-123");
     assert_eq!(metadata["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");

@@ -5,11 +5,11 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use engine::journal::{GlobalCursor, Journal};
+use engine::journal::GlobalCursor;
 use engine::testing::TestDb;
 
 use crate::app::{spawn_app, TestApp};
-use crate::support::on_both_backends;
+use crate::support::{on_both_backends, read_all_settled};
 
 on_both_backends!(
     concurrent_commands_lose_nothing_and_duplicate_nothing,
@@ -62,25 +62,19 @@ async fn concurrent_commands_lose_nothing_and_duplicate_nothing(db: &TestDb) {
     }
 
     // The global read returns every acknowledged frame exactly once, each run in seq order.
-    let journal = db.database.journal();
-    let mut cursor = GlobalCursor::START;
     let mut frames = HashSet::new();
     let mut last_sequence: HashMap<String, usize> = HashMap::new();
-    loop {
-        let page = journal.read_all(cursor, 100).await.unwrap();
-        if page.is_empty() {
-            break;
-        }
-        for stored in page {
-            cursor = stored.cursor;
-            let last = last_sequence
-                .entry(stored.event.aggregate_id.clone())
-                .or_insert(0);
-            assert_eq!(stored.event.sequence, *last + 1, "gapless per run");
-            *last = stored.event.sequence;
-            if let Some(frame) = stored.event.payload["FrameAppended"]["frame_id"].as_str() {
-                assert!(frames.insert(frame.to_owned()), "{frame} stored twice");
-            }
+    let mut cursor = GlobalCursor::START;
+    for stored in read_all_settled(&db.database.journal()).await {
+        assert!(stored.cursor > cursor, "cursors strictly increase");
+        cursor = stored.cursor;
+        let last = last_sequence
+            .entry(stored.event.aggregate_id.clone())
+            .or_insert(0);
+        assert_eq!(stored.event.sequence, *last + 1, "gapless per run");
+        *last = stored.event.sequence;
+        if let Some(frame) = stored.event.payload["FrameAppended"]["frame_id"].as_str() {
+            assert!(frames.insert(frame.to_owned()), "{frame} stored twice");
         }
     }
     let expected: HashSet<String> = acked.iter().map(|(_, f, _)| f.clone()).collect();

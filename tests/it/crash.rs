@@ -11,14 +11,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use engine::journal::{GlobalCursor, Journal};
 use engine::testing::TestDb;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::json;
 
 use crate::app::{claims, token, TEST_SECRET};
-use crate::support::on_both_backends;
+use crate::support::{on_both_backends, read_all_settled};
 
 on_both_backends!(acknowledged_commands_survive_sigkill_exactly_once);
 
@@ -202,28 +201,19 @@ async fn acknowledged_commands_survive_sigkill_exactly_once(db: &TestDb) {
 /// frame_id → (run, how many times it is stored), read through the gap-safe global read; also
 /// checks that every run's journal sequences are gapless.
 async fn stored_frames(db: &TestDb) -> HashMap<String, (String, usize)> {
-    let journal = db.database.journal();
-    let mut cursor = GlobalCursor::START;
     let mut frames: HashMap<String, (String, usize)> = HashMap::new();
     let mut last_sequence: HashMap<String, usize> = HashMap::new();
-    loop {
-        let page = journal.read_all(cursor, 500).await.unwrap();
-        if page.is_empty() {
-            break;
-        }
-        for stored in page {
-            cursor = stored.cursor;
-            let last = last_sequence
-                .entry(stored.event.aggregate_id.clone())
-                .or_insert(0);
-            assert_eq!(stored.event.sequence, *last + 1);
-            *last = stored.event.sequence;
-            if let Some(frame) = stored.event.payload["FrameAppended"]["frame_id"].as_str() {
-                frames
-                    .entry(frame.to_owned())
-                    .or_insert_with(|| (stored.event.aggregate_id.clone(), 0))
-                    .1 += 1;
-            }
+    for stored in read_all_settled(&db.database.journal()).await {
+        let last = last_sequence
+            .entry(stored.event.aggregate_id.clone())
+            .or_insert(0);
+        assert_eq!(stored.event.sequence, *last + 1);
+        *last = stored.event.sequence;
+        if let Some(frame) = stored.event.payload["FrameAppended"]["frame_id"].as_str() {
+            frames
+                .entry(frame.to_owned())
+                .or_insert_with(|| (stored.event.aggregate_id.clone(), 0))
+                .1 += 1;
         }
     }
     frames

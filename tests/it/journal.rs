@@ -9,7 +9,7 @@ use aggregates::run::Run;
 use engine::journal::{AppendRequest, GlobalCursor, Journal, JournalError, NewIdempotencyRecord};
 use engine::testing::TestDb;
 
-use crate::support::{on_both_backends, raw_event, ts};
+use crate::support::{on_both_backends, raw_event, read_all_settled, ts};
 
 on_both_backends!(
     appends_and_loads_one_aggregate_in_sequence_order,
@@ -187,6 +187,9 @@ async fn read_all_returns_every_event_once_in_order_across_pages(db: &TestDb) {
             .unwrap();
         expected.push(label);
     }
+    // Let the PostgreSQL horizon pass our commits first (other tests' transactions on the cluster
+    // hold it back for a moment, see read_all_settled); then page through.
+    read_all_settled(&journal).await;
     let mut cursor = GlobalCursor::START;
     let mut seen = Vec::new();
     loop {
@@ -246,11 +249,7 @@ async fn events_survive_closing_and_reopening_the_database(db: &TestDb) {
     let events = reopened.journal().load::<Run>("durable", 0).await.unwrap();
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].payload["label"], "kept");
-    let all = reopened
-        .journal()
-        .read_all(GlobalCursor::START, 10)
-        .await
-        .unwrap();
+    let all = read_all_settled(&reopened.journal()).await;
     assert_eq!(all.len(), 1);
     reopened.close().await;
 }
@@ -294,6 +293,7 @@ async fn concurrent_appenders_lose_nothing_and_duplicate_nothing(db: &TestDb) {
     }
     assert_eq!(acknowledged.len(), TASKS * PER_TASK);
 
+    read_all_settled(&journal).await;
     let mut cursor = GlobalCursor::START;
     let mut seen = HashSet::new();
     let mut last_sequence: HashMap<String, usize> = HashMap::new();
@@ -333,6 +333,8 @@ async fn an_open_write_transaction_is_never_skipped_by_the_global_reader(db: &Te
         .append(append("before", 0, &[raw_event("before")]))
         .await
         .unwrap();
+    // "before" is visible to the global read before the slow transaction starts.
+    read_all_settled(&journal).await;
     match &db.database {
         engine::Database::Postgres(pool) => {
             // The slow transaction inserts first (lower xid and lower position) and stays open.
@@ -357,6 +359,7 @@ async fn an_open_write_transaction_is_never_skipped_by_the_global_reader(db: &Te
             );
             let cursor = last_cursor(&journal).await;
             slow.commit().await.unwrap();
+            read_all_settled(&journal).await;
             assert_eq!(labels(&journal, cursor).await, ["slow", "fast"]);
         }
         engine::Database::Sqlite { pool, .. } => {
@@ -452,7 +455,7 @@ async fn postgres_es_writes_into_the_same_journal() {
     .await
     .unwrap();
     let journal = db.database.journal();
-    let all = journal.read_all(GlobalCursor::START, 10).await.unwrap();
+    let all = read_all_settled(&journal).await;
     assert_eq!(
         all.iter()
             .map(|e| e.event.event_type.as_str())

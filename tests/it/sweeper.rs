@@ -7,7 +7,6 @@ use std::time::Duration;
 use aggregates::ids::{Owner, UserId, WorkerId};
 use aggregates::worker::{Worker, WorkerCommand};
 use engine::clock::{ManualClock, SequentialIds, Stamps};
-use engine::journal::{GlobalCursor, Journal};
 use engine::notify::JournalNotifier;
 use engine::testing::TestDb;
 use engine::{CommandContext, Engine, EngineConfig};
@@ -15,7 +14,7 @@ use openagents_runtime::sweeper::{sweep_once, LeaseIndex};
 use serde_json::json;
 
 use crate::app::{spawn_app_with, Options};
-use crate::support::{on_both_backends, ts};
+use crate::support::{on_both_backends, read_all_settled, ts};
 
 on_both_backends!(
     a_worker_whose_lease_runs_out_is_marked_lost_by_the_running_sweeper,
@@ -127,12 +126,7 @@ async fn two_sweepers_on_one_journal_mark_a_worker_lost_once(db: &TestDb) {
     // A later sweep finds nothing more to do.
     clock.advance_millis(1_000);
     assert_eq!(sweep_once(&node_a, &mut index_a).await.unwrap(), 0);
-    let all = db
-        .database
-        .journal()
-        .read_all(GlobalCursor::START, 100)
-        .await
-        .unwrap();
+    let all = read_all_settled(&db.database.journal()).await;
     let mut lost: Vec<_> = all
         .iter()
         .filter(|e| e.event.event_type == "worker.lost")
