@@ -120,6 +120,16 @@ impl ApiError {
     }
 }
 
+impl From<engine::JournalError> for ApiError {
+    fn from(error: engine::JournalError) -> Self {
+        if error.is_unavailable() {
+            ApiError::unavailable(&error)
+        } else {
+            ApiError::internal(&error)
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         if self.code == ErrorCode::Conflict {

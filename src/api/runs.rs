@@ -427,9 +427,8 @@ pub(crate) async fn list_runs(
             }
         },
     };
-    let ids = engine::listing::runs_of_thread(app.database(), thread_id.as_str(), 4 * MAX_LIST)
-        .await
-        .map_err(|e| ApiError::unavailable(&e))?;
+    let ids =
+        engine::listing::runs_of_thread(app.database(), thread_id.as_str(), 4 * MAX_LIST).await?;
     let mut data = Vec::new();
     for id in ids {
         let (summary, _) = app.engine().load::<Run>(&id).await?;

@@ -381,8 +381,7 @@ pub(crate) async fn list(
     if let Some(user) = &caller.principal.user {
         ids.extend(
             engine::listing::workers_of_owner(app.database(), "user", user.as_str(), 4 * MAX_LIST)
-                .await
-                .map_err(|e| ApiError::unavailable(&e))?,
+                .await?,
         );
     }
     if let Some(guest) = &caller.principal.guest {
@@ -393,8 +392,7 @@ pub(crate) async fn list(
                 guest.as_str(),
                 4 * MAX_LIST,
             )
-            .await
-            .map_err(|e| ApiError::unavailable(&e))?,
+            .await?,
         );
     }
     let now = app.engine().now();

@@ -80,7 +80,16 @@ pub async fn run(command: TokenCommand) -> anyhow::Result<()> {
 /// When no secret can be found or the TTL is not positive.
 pub fn internal(args: &InternalTokenArgs) -> anyhow::Result<String> {
     anyhow::ensure!(args.ttl_secs > 0, "--ttl-secs must be positive");
-    let (secret, _) = resolve_secret(args.signature_secret.as_deref(), &args.data_dir, true)?;
+    let configured = args.signature_secret.as_deref().filter(|s| !s.is_empty());
+    let dev_file = args.data_dir.join(crate::config::DEV_SECRET_FILE);
+    anyhow::ensure!(
+        configured.is_some() || dev_file.exists(),
+        "no signing secret: pass --signature-secret (or set OA_RUNTIME_SIGNATURE_SECRET) as given \
+         to serve, or point --data-dir at the embedded journal's directory ({} does not exist; \
+         `serve` creates it on first start)",
+        dev_file.display()
+    );
+    let (secret, _) = resolve_secret(configured, &args.data_dir, true)?;
     let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs() as i64;
     let claims = InternalClaims {
         run_id: args.run_id.clone(),

@@ -1075,3 +1075,34 @@ async fn journal_failures_are_opaque_internal_errors() {
     drop(app);
     db.cleanup().await;
 }
+
+/// `/readyz` is 503 while the journal lacks a migration this binary knows, and 200 once applied.
+#[tokio::test]
+async fn readiness_requires_every_migration() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = engine::DatabaseConfig::Sqlite {
+        path: dir.path().join(engine::db::SQLITE_FILE),
+    };
+    let database = engine::Database::connect(&config).await.unwrap();
+    let app = openagents_runtime::App::new(
+        openagents_runtime::RuntimeConfig::new(config, dir.path().to_owned(), crate::app::secret()),
+        database.clone(),
+        engine::clock::Stamps::system(),
+    );
+    let server = openagents_runtime::Server::bind(app.clone()).await.unwrap();
+    let base = format!("http://{}", server.local_addr());
+    let running = tokio::spawn(server.run_until_stopped());
+    let ready = || async {
+        let response = reqwest::get(format!("{base}/readyz")).await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.json::<serde_json::Value>().await.unwrap())
+    };
+    let (status, body) = ready().await;
+    assert_eq!(status, 503);
+    assert_eq!(body["status"], "not_ready");
+    database.migrate().await.unwrap();
+    let (status, body) = ready().await;
+    assert_eq!(status, 200, "{body}");
+    app.shutdown_token().cancel();
+    running.await.unwrap().unwrap();
+}
