@@ -378,9 +378,13 @@ pub(crate) async fn create_run(
 ) -> Result<Response, ApiError> {
     caller.check_thread(&body.thread_id)?;
     let idem = idempotency(&caller, key, "POST", "/internal/v1/runs", &raw);
-    let run_id = match body.run_id {
-        Some(id) => id,
-        None => RunId::parse(app.engine().next_id("run_")).map_err(|e| ApiError::bad_id(&e))?,
+    // The body's id, else the id the token is bound to, else a fresh one.
+    let run_id = match (body.run_id, &caller.claims.run_id) {
+        (Some(id), _) => id,
+        (None, Some(claimed)) => RunId::parse(claimed.clone()).map_err(|e| ApiError::bad_id(&e))?,
+        (None, None) => {
+            RunId::parse(app.engine().next_id("run_")).map_err(|e| ApiError::bad_id(&e))?
+        }
     };
     if let Some(claimed) = &caller.claims.run_id {
         if claimed != run_id.as_str() {

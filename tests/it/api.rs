@@ -384,6 +384,23 @@ async fn ownership_and_token_claims_are_enforced(db: &TestDb) {
         .await
         .assert_error(401, "unauthorized");
 
+    // A token bound to a run creates that run when the body names none; another id is refused.
+    let bound_create = app
+        .post("/internal/v1/runs", json!({"thread_id": "thread_1"}))
+        .claims(|c| c.run_id = Some("run_from_claim".into()))
+        .send()
+        .await;
+    assert_eq!(bound_create.status, 201, "{}", bound_create.text);
+    assert_eq!(bound_create.json["run_id"], "run_from_claim");
+    app.post(
+        "/internal/v1/runs",
+        json!({"run_id": "run_x", "thread_id": "thread_1"}),
+    )
+    .claims(|c| c.run_id = Some("run_from_claim".into()))
+    .send()
+    .await
+    .assert_error(403, "forbidden");
+
     // Guest-owned runs belong to the guest scope.
     let guest_run = app
         .post(
