@@ -476,6 +476,7 @@ pub(crate) async fn snapshot(
         (status = 200, description = "Same frame_id and content: idempotent replay", body = FrameResponse),
         (status = 409, description = "Same frame_id, different content; or the run is terminal", body = ErrorEnvelope),
     ))]
+#[tracing::instrument(name = "runtime.ingest", skip_all, fields(run_id = %run_id))]
 pub(crate) async fn append_frame(
     State(app): State<App>,
     caller: Caller,
@@ -543,6 +544,7 @@ pub(crate) async fn append_frame(
         (status = 202, description = "Cancellation requested", body = CancelResponse),
         (status = 200, description = "Already requested (or the run already ended)", body = CancelResponse),
     ))]
+#[tracing::instrument(name = "runtime.ingest", skip_all, fields(run_id = %run_id, action = "cancel"))]
 pub(crate) async fn cancel(
     State(app): State<App>,
     caller: Caller,

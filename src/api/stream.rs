@@ -17,6 +17,7 @@ use serde_json::json;
 use tokio::sync::{broadcast, mpsc};
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
+use tracing::Instrument;
 
 use crate::api::error::{ApiError, ErrorCode};
 use crate::app::App;
@@ -144,7 +145,9 @@ where
     let mut changes = app.notifier().subscribe();
     let shutdown = app.shutdown_token().clone();
     metrics::gauge!("runtime_sse_streams", "aggregate" => aggregate_type).increment(1.0);
-    app.tracker().spawn(async move {
+    // A child of the request's span, so the stream's logs carry the request and trace ids.
+    let span = tracing::info_span!("runtime.stream", aggregate = aggregate_type, aggregate_id = %aggregate_id, after = start.after);
+    let producer = async move {
         let deadline = Instant::now() + start.tail;
         let mut cursor = start.after;
         'stream: loop {
@@ -192,7 +195,8 @@ where
             }
         }
         metrics::gauge!("runtime_sse_streams", "aggregate" => aggregate_type).decrement(1.0);
-    });
+    };
+    app.tracker().spawn(producer.instrument(span));
     let mut response = Sse::new(ReceiverStream::new(rx))
         .keep_alive(KeepAlive::default())
         .into_response();
