@@ -7,6 +7,7 @@ mod app;
 mod support;
 
 mod api;
+mod auth;
 mod cli;
 mod concurrency;
 mod crash;
