@@ -5,12 +5,14 @@
 //! # Layout
 //! - [`lnd`]: [`lnd::LndNode`], the domain's `LightningNode` over LND's gRPC API (`lnd_grpc_rust`).
 //! - [`executor`]: the wallet executor (HTTP API, payment flow, crash reconcile).
+//! - [`l402`]: L402 compile, reconcile and the gateway.
 //! - [`projection`]: the `runtime/payment:<payment_id>` read-model document, as a pure function.
 //! - [`run_payments`]: a run's settled payments, for run receipts.
 //! - `testing` (feature `testing`): an in-process fake LND speaking real gRPC over TLS.
 #![forbid(unsafe_code)]
 
 pub mod executor;
+pub mod l402;
 pub mod lnd;
 pub mod projection;
 pub mod run_payments;
