@@ -21,10 +21,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::support::on_both_backends;
 
-const TOKEN: &str = "test-token";
+pub(super) const TOKEN: &str = "test-token";
 const WALLET: &str = "wallet-test";
 
-fn engine_for(database: &Database) -> Arc<Engine> {
+pub(super) fn engine_for(database: &Database) -> Arc<Engine> {
     Arc::new(Engine::new(
         database.journal(),
         Stamps::system(),
@@ -33,7 +33,7 @@ fn engine_for(database: &Database) -> Arc<Engine> {
     ))
 }
 
-fn test_config() -> ExecutorConfig {
+pub(super) fn test_config() -> ExecutorConfig {
     let mut config = ExecutorConfig::new(WalletId::parse(WALLET).unwrap());
     config.auth_token = Some(TOKEN.into());
     config.response_wait = Duration::from_secs(10);
@@ -43,9 +43,9 @@ fn test_config() -> ExecutorConfig {
     config
 }
 
-struct App {
-    base: String,
-    http: reqwest::Client,
+pub(super) struct App {
+    pub(super) base: String,
+    pub(super) http: reqwest::Client,
     executor: Arc<PaymentExecutor>,
     engine: Arc<Engine>,
     shutdown: CancellationToken,
@@ -57,7 +57,7 @@ impl Drop for App {
     }
 }
 
-async fn spawn_app(database: &Database, lnd: &LndConfig, config: ExecutorConfig) -> App {
+pub(super) async fn spawn_app(database: &Database, lnd: &LndConfig, config: ExecutorConfig) -> App {
     let engine = engine_for(database);
     let node = Arc::new(LndNode::connect(lnd).await.expect("lnd channel"));
     let shutdown = CancellationToken::new();
@@ -82,7 +82,11 @@ async fn spawn_app(database: &Database, lnd: &LndConfig, config: ExecutorConfig)
 }
 
 impl App {
-    async fn pay_with(&self, request_id: Option<&str>, body: Value) -> (StatusCode, Value) {
+    pub(super) async fn pay_with(
+        &self,
+        request_id: Option<&str>,
+        body: Value,
+    ) -> (StatusCode, Value) {
         let mut request = self
             .http
             .post(format!("{}/pay-bolt11", self.base))
@@ -688,7 +692,7 @@ fn spawn_child(spec: &Value) -> std::process::Child {
     std::process::Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
-            "lightning::child_executor_process",
+            "lightning::executor::child_executor_process",
             "--ignored",
             "--nocapture",
         ])
