@@ -4,6 +4,8 @@
 //!
 //! # Layout
 //! - [`lnd`]: [`lnd::LndNode`], the domain's `LightningNode` over LND's gRPC API (`lnd_grpc_rust`).
+//! - [`cli`]: `lightning l402 compile|reconcile` and the `serve` flags (`--wallet-executor`,
+//!   `--l402-gateway`) with [`cli::start`].
 //! - [`executor`]: the wallet executor (HTTP API, payment flow, crash reconcile).
 //! - [`l402`]: L402 compile, reconcile and the gateway.
 //! - [`projection`]: the `runtime/payment:<payment_id>` read-model document, as a pure function.
@@ -11,6 +13,7 @@
 //! - `testing` (feature `testing`): an in-process fake LND speaking real gRPC over TLS.
 #![forbid(unsafe_code)]
 
+pub mod cli;
 pub mod executor;
 pub mod l402;
 pub mod lnd;

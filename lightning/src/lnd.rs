@@ -48,20 +48,20 @@ pub struct LndArgs {
         env = "OA_LND_ADDRESS",
         default_value = "127.0.0.1:10009"
     )]
-    pub address: String,
+    pub lnd_address: String,
     /// Path to LND's `tls.cert`.
     #[arg(long = "lnd-tls-cert", env = "OA_LND_TLS_CERT_PATH")]
-    pub tls_cert_path: Option<PathBuf>,
+    pub lnd_tls_cert_path: Option<PathBuf>,
     /// Path to the macaroon file (binary, as LND writes it).
     #[arg(long = "lnd-macaroon", env = "OA_LND_MACAROON_PATH")]
-    pub macaroon_path: Option<PathBuf>,
+    pub lnd_macaroon_path: Option<PathBuf>,
     /// The macaroon as hex, instead of a file (keep it out of shell history: prefer the env var).
     #[arg(
         long = "lnd-macaroon-hex",
         env = "OA_LND_MACAROON_HEX",
         hide_env_values = true
     )]
-    pub macaroon_hex: Option<String>,
+    pub lnd_macaroon_hex: Option<String>,
 }
 
 impl LndArgs {
@@ -72,13 +72,13 @@ impl LndArgs {
     /// their contents.
     pub fn load(&self) -> anyhow::Result<LndConfig> {
         let cert_path = self
-            .tls_cert_path
+            .lnd_tls_cert_path
             .as_ref()
             .ok_or_else(|| anyhow::anyhow!("--lnd-tls-cert (OA_LND_TLS_CERT_PATH) is required"))?;
         let tls_cert_pem = std::fs::read(cert_path).map_err(|e| {
             anyhow::anyhow!("cannot read LND TLS cert {}: {e}", cert_path.display())
         })?;
-        let macaroon_hex = match (&self.macaroon_hex, &self.macaroon_path) {
+        let macaroon_hex = match (&self.lnd_macaroon_hex, &self.lnd_macaroon_path) {
             (Some(hex_value), _) => hex_value.trim().to_owned(),
             (None, Some(path)) => hex::encode(std::fs::read(path).map_err(|e| {
                 anyhow::anyhow!("cannot read LND macaroon {}: {e}", path.display())
@@ -88,7 +88,7 @@ impl LndArgs {
             }
         };
         Ok(LndConfig {
-            address: self.address.clone(),
+            address: self.lnd_address.clone(),
             tls_cert_pem,
             macaroon_hex,
         })

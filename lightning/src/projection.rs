@@ -150,3 +150,100 @@ pub fn apply(doc: Option<PaymentDoc>, payment_id: &str, event: &PaymentEvent) ->
     }
     doc
 }
+
+#[cfg(test)]
+mod tests {
+    use aggregates::ids::{RunId, UserId};
+    use aggregates::payment::receipt::{build_receipt, ReceiptInput};
+    use aggregates::payment::{DecodedInvoice, Msat, Network, PaymentHash, WalletId};
+    use aggregates::Timestamp;
+
+    use super::*;
+
+    fn at(s: i64) -> Timestamp {
+        Timestamp::from_unix_seconds(1_771_000_000 + s).unwrap()
+    }
+
+    #[test]
+    fn folds_a_paid_payment_into_a_document_without_the_preimage() {
+        let hash = PaymentHash::parse(&"ab".repeat(32)).unwrap();
+        let preimage = "cd".repeat(32);
+        let events = vec![
+            PaymentEvent::PaymentRequested {
+                attempt: 1,
+                request_id: "req-1".into(),
+                request_fingerprint: "fp".into(),
+                wallet_id: WalletId::parse("w").unwrap(),
+                host: "sats4ai.com".into(),
+                invoice: "lnbcrt1...".into(),
+                invoice_hash: "ih".into(),
+                decoded: DecodedInvoice {
+                    payment_hash: hash.clone(),
+                    destination: "02".into(),
+                    amount_msats: Msat(1_000),
+                    created_at_unix: 0,
+                    expiry_secs: 3600,
+                    description: String::new(),
+                },
+                network: Network::Regtest,
+                max_amount_msats: Msat(2_000),
+                fee_limit_msats: Msat(10),
+                run_id: Some(RunId::parse("run_1").unwrap()),
+                owner: Some(Owner::User(UserId::parse("7").unwrap())),
+                requested_at: at(0),
+            },
+            PaymentEvent::PaymentRequestAttached {
+                attempt: 1,
+                request_id: "req-2".into(),
+                request_fingerprint: "fp2".into(),
+                host: "sats4ai.com".into(),
+                max_amount_msats: Msat(2_000),
+                run_id: None,
+                owner: None,
+                attached_at: at(1),
+            },
+            PaymentEvent::PaymentReserved {
+                attempt: 1,
+                window_spend_before_msats: 0,
+                reserved_at: at(1),
+            },
+            PaymentEvent::PaymentSucceeded {
+                attempt: 1,
+                preimage_hex: preimage.clone(),
+                settled_amount_msats: 1_000,
+                fee_msats: 3,
+                paid_at_ms: 42,
+                window_spend_after_msats: 1_000,
+                receipt: build_receipt(&ReceiptInput {
+                    request_id: "req-1",
+                    wallet_id: "w",
+                    host: "sats4ai.com",
+                    payment_id: hash.as_str(),
+                    invoice_hash: "ih",
+                    quoted_amount_msats: 1_000,
+                    settled_amount_msats: 1_000,
+                    preimage_hex: &preimage,
+                    paid_at_ms: 42,
+                }),
+                succeeded_at: at(2),
+            },
+        ];
+        let mut doc = None;
+        for event in &events {
+            doc = Some(apply(doc, hash.as_str(), event));
+        }
+        let doc = doc.unwrap();
+        assert_eq!(doc_key(&doc.payment_id), format!("runtime/payment:{hash}"));
+        assert_eq!(doc.status, "succeeded");
+        assert_eq!(doc.request_ids, ["req-1", "req-2"]);
+        assert_eq!(doc.owner_user_id.as_deref(), Some("7"));
+        assert_eq!(doc.run_id.as_deref(), Some("run_1"));
+        assert_eq!(doc.settled_amount_msats, Some(1_000));
+        assert_eq!(doc.preimage_sha256, Some(sha256_hex(&preimage)));
+        assert!(doc.receipt_id.as_deref().unwrap().starts_with("lwr_"));
+        let payload = doc.payload();
+        assert!(!payload.to_string().contains(&preimage));
+        assert!(!payload.to_string().contains("lnbcrt1"));
+        assert_eq!(PaymentDoc::from_payload(&payload).unwrap(), doc);
+    }
+}
