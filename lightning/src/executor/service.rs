@@ -511,6 +511,7 @@ impl PaymentExecutor {
         request_id: &str,
         deadline: Instant,
     ) -> Result<PaySuccess, PayError> {
+        let mut rounds: u32 = 0;
         loop {
             let (payment, _) = self
                 .engine
@@ -562,18 +563,36 @@ impl PaymentExecutor {
                 AttemptStatus::Requested
                 | AttemptStatus::Reserved
                 | AttemptStatus::ReconcileRequired => {
-                    let mut done = self.ensure_driver(payment_hash);
-                    if *done.borrow() {
-                        continue;
+                    if self.shutdown.is_cancelled() {
+                        return Err(PayError::Pending(
+                            "the executor is shutting down; the payment resumes on restart".into(),
+                        ));
                     }
-                    match tokio::time::timeout_at(deadline, done.changed()).await {
-                        Ok(_) => continue,
-                        Err(_) => {
+                    if rounds > 0 {
+                        // A driver ended without closing the attempt (e.g. the journal was
+                        // briefly unavailable): back off before starting another.
+                        let pause = Duration::from_millis(100 * u64::from(rounds.min(10)));
+                        if tokio::time::timeout_at(deadline, tokio::time::sleep(pause))
+                            .await
+                            .is_err()
+                        {
                             return Err(PayError::Pending(
                                 "payment did not complete before timeout".into(),
-                            ))
+                            ));
                         }
                     }
+                    let mut done = self.ensure_driver(payment_hash);
+                    let finished = *done.borrow();
+                    if !finished
+                        && tokio::time::timeout_at(deadline, done.changed())
+                            .await
+                            .is_err()
+                    {
+                        return Err(PayError::Pending(
+                            "payment did not complete before timeout".into(),
+                        ));
+                    }
+                    rounds += 1;
                 }
             }
         }
@@ -793,6 +812,11 @@ impl PaymentExecutor {
     async fn drive(&self, payment_hash: &str) -> anyhow::Result<()> {
         let mut delay = Duration::from_millis(100);
         loop {
+            // Never start sending (or following) once shutdown began: LND keeps what it has, and
+            // the next start reconciles it.
+            if self.shutdown.is_cancelled() {
+                return Ok(());
+            }
             let payment = self.load_payment(payment_hash).await?;
             let Some(open) = payment.open_attempt().cloned() else {
                 return self.settle_ledger(&payment).await;
