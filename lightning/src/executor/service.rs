@@ -1111,8 +1111,16 @@ impl PaymentExecutor {
             window_spend_msats: ledger.window_spend(now, caps.window_ms, None),
             open_reservations: ledger.reservations.len(),
             recent_payments_count: ledger.recent_count(now, caps.window_ms),
-            last_payment_id: status.last_payment_id,
-            last_payment_at_ms: status.last_payment_at_ms,
+            // This process's last payment, else the ledger's (so it survives restarts).
+            last_payment_id: status
+                .last_payment_id
+                .or_else(|| ledger.recent.last().map(|s| s.payment_hash.to_string())),
+            last_payment_at_ms: status.last_payment_at_ms.or_else(|| {
+                ledger
+                    .recent
+                    .last()
+                    .map(|s| s.committed_at.unix_micros() / 1000)
+            }),
             last_error_code: status.last_error_code,
             last_error_message: status.last_error_message,
             updated_at_ms: status.updated_at_ms,

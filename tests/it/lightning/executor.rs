@@ -817,3 +817,108 @@ mod crash {
     use super::*;
     on_both_backends!(the_runtime_killed_mid_payment_reconciles_and_never_pays_twice);
 }
+
+// --- crash before sending: the reservation is held, LND never saw the payment ---------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payment_interrupted_before_sending_is_failed_as_not_sent_and_released_on_restart() {
+    use aggregates::payment::{
+        DecodedInvoice, Network, PaymentCommand, PaymentHash, PaymentRequest, SpendLedgerCommand,
+    };
+    use engine::CommandContext;
+
+    let db = TestDb::sqlite().await;
+    let fake = FakeLnd::start().await;
+    let invoice = fake.issue_invoice(60_000, "interrupted");
+    let config = test_config();
+    // What a process that died between reserving and SendPaymentV2 leaves in the journal.
+    let engine = engine_for(&db.database);
+    let hash = PaymentHash::parse(&invoice.payment_hash).unwrap();
+    let context = CommandContext::system("test");
+    let request = PaymentRequest {
+        request_id: "lost-1".into(),
+        fingerprint: lightning::executor::service::request_fingerprint(
+            WALLET,
+            "sats4ai.com",
+            &aggregates::payment::types::sha256_hex(&invoice.payment_request),
+            100_000,
+        ),
+        wallet_id: WalletId::parse(WALLET).unwrap(),
+        host: "sats4ai.com".into(),
+        invoice: invoice.payment_request.clone(),
+        invoice_hash: aggregates::payment::types::sha256_hex(&invoice.payment_request),
+        decoded: DecodedInvoice {
+            payment_hash: hash.clone(),
+            destination: "02".into(),
+            amount_msats: Msat(60_000),
+            created_at_unix: chrono::Utc::now().timestamp(),
+            expiry_secs: 3600,
+            description: String::new(),
+        },
+        network: Network::Regtest,
+        max_amount_msats: Msat(100_000),
+        fee_limit_msats: Msat(1_000),
+        run_id: None,
+        owner: None,
+    };
+    let mut idem = context.clone();
+    idem.idempotency = Some(engine::IdempotencyRequest {
+        scope: format!("lightning:{WALLET}"),
+        key: "lost-1".into(),
+        request_hash: request.fingerprint.clone(),
+    });
+    engine
+        .execute::<Payment>(
+            hash.as_str(),
+            PaymentCommand::RequestPayment(Box::new(request)),
+            &idem,
+        )
+        .await
+        .unwrap();
+    engine
+        .execute::<SpendLedger>(
+            WALLET,
+            SpendLedgerCommand::ReserveSpend {
+                payment_hash: hash.clone(),
+                attempt: 1,
+                amount_msats: Msat(60_000),
+                host: "sats4ai.com".into(),
+                run_id: None,
+                owner: None,
+                caps: config.policy.caps.clone(),
+            },
+            &context,
+        )
+        .await
+        .unwrap();
+    engine
+        .execute::<Payment>(
+            hash.as_str(),
+            PaymentCommand::RecordReservation {
+                attempt: 1,
+                window_spend_before_msats: 0,
+            },
+            &context,
+        )
+        .await
+        .unwrap();
+
+    // The restarted executor reconciles it before anything else: LND never saw it.
+    let app = spawn_app(&db.database, &fake.config(), config).await;
+    let (status, body) = app.pay("lost-1", &invoice.payment_request, 100_000).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    assert_eq!(body["error"]["details"]["failureReason"], "not_sent");
+    assert!(app.ledger().await.reservations.is_empty());
+    assert_eq!(fake.send_count(&invoice.payment_hash), 0);
+    // A new request id pays it (attempt 2), once.
+    let (status, body) = app.pay("lost-2", &invoice.payment_request, 100_000).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(fake.send_count(&invoice.payment_hash), 1);
+    let status = app.status().await;
+    assert_eq!(
+        status["status"]["lastPaymentId"],
+        invoice.payment_hash.as_str()
+    );
+    assert_eq!(status["status"]["recentPaymentsCount"], 1);
+    db.cleanup().await;
+}
