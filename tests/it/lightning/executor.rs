@@ -922,3 +922,84 @@ async fn a_payment_interrupted_before_sending_is_failed_as_not_sent_and_released
     assert_eq!(status["status"]["recentPaymentsCount"], 1);
     db.cleanup().await;
 }
+
+// --- the serve flags the composition root flattens -----------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_flags_start_the_executor_and_the_gateway_on_their_own_listeners() {
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Serve {
+        #[command(flatten)]
+        lightning: lightning::cli::LightningServeArgs,
+    }
+
+    let db = TestDb::sqlite().await;
+    let fake = FakeLnd::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cert = dir.path().join("tls.cert");
+    std::fs::write(&cert, fake.config().tls_cert_pem).unwrap();
+    let macaroon = dir.path().join("admin.macaroon");
+    std::fs::write(&macaroon, hex::decode(fake.config().macaroon_hex).unwrap()).unwrap();
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+    let args = Serve::parse_from([
+        "serve",
+        "--wallet-executor",
+        "--l402-gateway",
+        "--lnd-address",
+        &fake.addr().to_string(),
+        "--lnd-tls-cert",
+        cert.to_str().unwrap(),
+        "--lnd-macaroon",
+        macaroon.to_str().unwrap(),
+        "--wallet-executor-token",
+        TOKEN,
+        "--wallet-executor-listen",
+        "127.0.0.1:0",
+        "--l402-gateway-listen",
+        "127.0.0.1:0",
+        "--l402-ops-token",
+        "ops",
+        "--l402-root-key-file",
+        &path("root.key"),
+        "--l402-state-file",
+        &path("gateway.json"),
+    ]);
+    let shutdown = CancellationToken::new();
+    let services =
+        lightning::cli::start(args.lightning, engine_for(&db.database), shutdown.clone())
+            .await
+            .unwrap();
+    let http = reqwest::Client::new();
+    let executor = format!("http://{}", services.executor_addr.unwrap());
+    let gateway = format!("http://{}", services.gateway_addr.unwrap());
+    let status: Value = http
+        .get(format!("{executor}/status"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["status"]["network"], "regtest");
+    assert_eq!(status["status"]["walletId"], "openagents-ep212");
+    let deployment: Value = http
+        .get(format!("{gateway}/ops/deployment"))
+        .bearer_auth("ops")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(deployment, json!({ "ok": true, "deployment": null }));
+    assert_eq!(
+        std::fs::read(dir.path().join("root.key")).unwrap().len(),
+        32
+    );
+    shutdown.cancel();
+    services.wait().await.unwrap();
+    db.cleanup().await;
+}
