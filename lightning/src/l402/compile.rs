@@ -438,7 +438,7 @@ pub fn compile(paywalls: &[Paywall]) -> CompiledArtifact {
             });
         }
     }
-    if rules.is_empty() && diagnostics.is_empty() {
+    if rules.is_empty() {
         diagnostics.push(diag(
             "no_compilable_routes",
             "No valid routes available to compile",
@@ -698,7 +698,8 @@ mod tests {
                 "invalid_route_pattern",
                 "invalid_upstream_url",
                 "invalid_upstream_url",
-                "missing_route_protocol"
+                "missing_route_protocol",
+                "no_compilable_routes"
             ]
         );
         assert_eq!(artifact.config_hash, snapshot_hash(&input));

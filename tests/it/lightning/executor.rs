@@ -1003,3 +1003,101 @@ async fn serve_flags_start_the_executor_and_the_gateway_on_their_own_listeners()
     services.wait().await.unwrap();
     db.cleanup().await;
 }
+
+// --- benchmark harness (not a test: prints numbers; run in release) -------------------------------
+
+/// Payments per second through the executor (HTTP → journal → gRPC/TLS → fake LND → journal) against
+/// a raw baseline measured in the same run: SendPaymentV2 straight to the same fake LND through the
+/// same client. Run with
+/// `cargo test --release --test it lightning::executor::bench_payments -- --ignored --nocapture`
+/// (`OA_BENCH_PAYMENTS`, default 300; PostgreSQL when reachable, else SQLite).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark harness; prints numbers"]
+async fn bench_payments() {
+    use aggregates::payment::services::{LightningNode, SendRequest};
+
+    let count: usize = std::env::var("OA_BENCH_PAYMENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300);
+    let fake = FakeLnd::start().await;
+    fake.set_default_behavior(Behavior::Succeed {
+        after: Duration::ZERO,
+    });
+    let concurrency = 8;
+
+    // Baseline: the node alone.
+    let node = Arc::new(LndNode::connect(&fake.config()).await.unwrap());
+    let invoices: Vec<_> = (0..count)
+        .map(|i| fake.issue_invoice(1_000, &format!("raw {i}")))
+        .collect();
+    let started = std::time::Instant::now();
+    let mut tasks = Vec::new();
+    for chunk in invoices.chunks(count.div_ceil(concurrency)) {
+        let node = node.clone();
+        let chunk: Vec<String> = chunk.iter().map(|i| i.payment_request.clone()).collect();
+        tasks.push(tokio::spawn(async move {
+            for invoice in chunk {
+                let mut updates = node
+                    .send(SendRequest {
+                        invoice,
+                        fee_limit_msats: Msat(1_000),
+                        timeout_secs: 60,
+                    })
+                    .await
+                    .unwrap();
+                while let Some(update) = updates.next().await {
+                    if update.unwrap().is_final() {
+                        break;
+                    }
+                }
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let raw = started.elapsed();
+
+    for backend in ["postgres", "sqlite"] {
+        let db = match backend {
+            "postgres" => match TestDb::postgres().await {
+                Some(db) => db,
+                None => continue,
+            },
+            _ => TestDb::sqlite().await,
+        };
+        let mut config = test_config();
+        config.policy.caps.window_cap = Msat(u64::MAX / 2);
+        let app = Arc::new(spawn_app(&db.database, &fake.config(), config).await);
+        let invoices: Vec<_> = (0..count)
+            .map(|i| fake.issue_invoice(1_000, &format!("ex {i}")))
+            .collect();
+        let started = std::time::Instant::now();
+        let mut tasks = Vec::new();
+        for (n, chunk) in invoices.chunks(count.div_ceil(concurrency)).enumerate() {
+            let app = app.clone();
+            let chunk: Vec<String> = chunk.iter().map(|i| i.payment_request.clone()).collect();
+            tasks.push(tokio::spawn(async move {
+                for (i, invoice) in chunk.iter().enumerate() {
+                    let (status, body) = app.pay(&format!("bench-{n}-{i}"), invoice, 200_000).await;
+                    assert_eq!(status, StatusCode::OK, "{body}");
+                }
+            }));
+        }
+        for task in tasks {
+            task.await.unwrap();
+        }
+        let through = started.elapsed();
+        println!(
+            "lightning bench ({backend}): {count} payments, concurrency {concurrency}: executor {:.0}/s \
+             ({:.2} ms each), raw SendPaymentV2 {:.0}/s; executor/raw time ratio {:.1}x",
+            count as f64 / through.as_secs_f64(),
+            through.as_secs_f64() * 1000.0 / count as f64,
+            count as f64 / raw.as_secs_f64(),
+            through.as_secs_f64() / raw.as_secs_f64()
+        );
+        drop(app);
+        db.cleanup().await;
+    }
+}
