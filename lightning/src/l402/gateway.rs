@@ -754,6 +754,45 @@ mod tests {
         assert_eq!(path_match("/v[0-9]+", "/v2"), Some(String::new()));
     }
 
+    #[tokio::test]
+    async fn deployments_survive_a_restart_through_the_state_file_and_roll_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).unwrap();
+        let node: Arc<dyn LightningNode> = Arc::new(
+            crate::lnd::LndNode::connect(&crate::lnd::LndConfig {
+                address: "127.0.0.1:1".into(),
+                tls_cert_pem: cert.cert.pem().into_bytes(),
+                macaroon_hex: "00".into(),
+            })
+            .await
+            .unwrap(),
+        );
+        let config = GatewayConfig {
+            ops_token: None,
+            root_key: vec![1; 32],
+            location: "t".into(),
+            invoice_expiry_secs: 60,
+            state_file: Some(dir.path().join("state.json")),
+        };
+        let yaml_a = "version: 1\nroutes: []\n";
+        let yaml_b = "version: 1\nroutes:\n  - id: p:r\n    match:\n      host: h.com\n      path: /x\n    upstream:\n      url: http://u.example.com/x\n      protocol: http\n      timeout_ms: 1000\n    auth:\n      type: l402\n      paywall_id: p\n    pricing:\n      mode: fixed_msats\n      amount_msats: 5\n";
+        let first = L402Gateway::new(node.clone(), config.clone()).unwrap();
+        first
+            .deploy("d1", None, &config_hash(yaml_a), yaml_a)
+            .unwrap();
+        first
+            .deploy("d2", None, &config_hash(yaml_b), yaml_b)
+            .unwrap();
+        let restarted = L402Gateway::new(node, config).unwrap();
+        let active = restarted.active().unwrap();
+        assert_eq!(active.deployment_id, "d2");
+        assert_eq!(active.routes[0].amount_msats, 5);
+        assert_eq!(restarted.deploy_count(), 2);
+        restarted.rollback(&config_hash(yaml_a)).unwrap();
+        assert_eq!(restarted.active().unwrap().deployment_id, "d1");
+        assert!(restarted.rollback("cfg_unknown").is_err());
+    }
+
     #[test]
     fn a_config_whose_hash_does_not_match_is_refused() {
         let yaml = "version: 1\nroutes: []\n";
