@@ -15,6 +15,7 @@
 pub mod aggregate;
 pub mod canonical;
 pub mod ids;
+pub mod payment;
 pub mod run;
 pub mod time;
 pub mod worker;

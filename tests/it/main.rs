@@ -12,4 +12,5 @@ mod cli;
 mod concurrency;
 mod crash;
 mod journal;
+mod lightning;
 mod sweeper;

@@ -1,0 +1,13 @@
+//! The Bolt11 payment executor: the original wallet executor's HTTP API, backed by the journal.
+//!
+//! - [`config`]: wallet id, policy, fee limit, timeouts, bearer token.
+//! - [`service`]: [`PaymentExecutor`], the exactly-once payment flow and the reconciler.
+//! - [`http`]: the `axum::Router` with `/healthz`, `/status`, `/pay-bolt11`.
+
+pub mod config;
+pub mod http;
+pub mod service;
+
+pub use config::{ExecutorConfig, FeeLimit};
+pub use http::router;
+pub use service::{PayError, PayInput, PaySuccess, PaymentExecutor, WalletStatus};
