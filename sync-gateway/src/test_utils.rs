@@ -108,8 +108,19 @@ impl TestApp {
         stream: Arc<dyn TestStream>,
         revocations: Revocations,
     ) -> TestApp {
+        Self::spawn_full(config, source, stream, revocations, auth_config()).await
+    }
+
+    /// Like [`TestApp::spawn_with`] with its own token configuration.
+    pub async fn spawn_full(
+        config: GatewayConfig,
+        source: Arc<dyn SyncSource>,
+        stream: Arc<dyn TestStream>,
+        revocations: Revocations,
+        auth: AuthConfig,
+    ) -> TestApp {
         let shutdown = CancellationToken::new();
-        let verifier = Verifier::new(auth_config(), revocations);
+        let verifier = Verifier::new(auth, revocations);
         let gateway = Gateway::start(config, source, verifier, shutdown.clone());
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
