@@ -181,11 +181,11 @@ impl GatewayConfig {
     }
 }
 
-/// Khala flags for `serve` (each also an env var).
+/// Sync-token key and claim flags (shared by `serve` and `token mint`; each also an env var).
 #[derive(Clone, Debug, clap::Args)]
-pub struct GatewayArgs {
+pub struct AuthArgs {
     /// Active HS256 sync-token key as `kid=secret` (`base64:` prefix for binary secrets).
-    /// Tokens are minted with it. Env only in production: secrets on a command line leak.
+    /// Tokens are minted with it. Use the env var in production: command lines leak.
     #[arg(long = "sync-jwt-key", env = "OA_SYNC_JWT_KEY", hide_env_values = true)]
     pub jwt_key: Option<String>,
     /// Older HS256 keys still accepted, comma-separated `kid=secret`.
@@ -218,6 +218,57 @@ pub struct GatewayArgs {
     /// Tokens older than this (by iat) are refused, e.g. 1h.
     #[arg(long = "sync-jwt-max-age", env = "OA_SYNC_JWT_MAX_AGE", default_value = "1h", value_parser = parse_duration)]
     pub jwt_max_age: Duration,
+}
+
+/// Reads a PEM named by `kid=path`.
+fn read_pem(entry: &str) -> Result<(String, Vec<u8>), anyhow::Error> {
+    let (kid, path) = crate::auth::keys::split_entry(entry)?;
+    let pem = std::fs::read(PathBuf::from(&path))
+        .map_err(|e| anyhow::anyhow!("cannot read key file {path} for kid {kid}: {e}"))?;
+    Ok((kid, pem))
+}
+
+impl AuthArgs {
+    /// The auth configuration these flags describe.
+    ///
+    /// # Errors
+    /// Malformed key entries or unreadable key files.
+    pub fn auth_config(&self) -> anyhow::Result<AuthConfig> {
+        let mut keys = KeySet::new();
+        if let Some(active) = &self.jwt_key {
+            let (kid, secret) = crate::auth::keys::split_entry(active)?;
+            keys = keys.with_active_hs256(&kid, &secret)?;
+        }
+        for entry in self
+            .jwt_previous_keys
+            .iter()
+            .filter(|e| !e.trim().is_empty())
+        {
+            let (kid, secret) = crate::auth::keys::split_entry(entry)?;
+            keys = keys.with_hs256(&kid, &secret)?;
+        }
+        for entry in self.jwt_public_keys.iter().filter(|e| !e.trim().is_empty()) {
+            let (kid, pem) = read_pem(entry)?;
+            keys = keys.with_public_pem(&kid, &pem)?;
+        }
+        if let Some(entry) = &self.jwt_signing_pem {
+            let (kid, pem) = read_pem(entry)?;
+            keys = keys.with_signing_pem(&kid, &pem)?;
+        }
+        let mut config = AuthConfig::new(keys);
+        config.issuer.clone_from(&self.jwt_issuer);
+        config.audience.clone_from(&self.jwt_audience);
+        config.leeway = self.jwt_leeway;
+        config.max_token_age = self.jwt_max_age;
+        Ok(config)
+    }
+}
+
+/// Khala flags for `serve` (each also an env var).
+#[derive(Clone, Debug, clap::Args)]
+pub struct GatewayArgs {
+    #[command(flatten)]
+    pub auth: AuthArgs,
     /// Topic policies `topic=retention:replay_budget`, comma-separated; replaces the defaults.
     #[arg(long = "sync-topic-policies", env = "OA_SYNC_TOPIC_POLICIES", value_delimiter = ',', value_parser = TopicPolicy::parse)]
     pub topic_policies: Vec<TopicPolicy>,
@@ -270,47 +321,13 @@ pub struct GatewayArgs {
     pub require_client_compat: bool,
 }
 
-/// Reads a PEM named by `kid=path`.
-fn read_pem(entry: &str) -> Result<(String, Vec<u8>), anyhow::Error> {
-    let (kid, path) = crate::auth::keys::split_entry(entry)?;
-    let pem = std::fs::read(PathBuf::from(&path))
-        .map_err(|e| anyhow::anyhow!("cannot read key file {path} for kid {kid}: {e}"))?;
-    Ok((kid, pem))
-}
-
 impl GatewayArgs {
     /// The auth configuration these flags describe.
     ///
     /// # Errors
     /// Malformed key entries or unreadable key files.
     pub fn auth_config(&self) -> anyhow::Result<AuthConfig> {
-        let mut keys = KeySet::new();
-        if let Some(active) = &self.jwt_key {
-            let (kid, secret) = crate::auth::keys::split_entry(active)?;
-            keys = keys.with_active_hs256(&kid, &secret)?;
-        }
-        for entry in self
-            .jwt_previous_keys
-            .iter()
-            .filter(|e| !e.trim().is_empty())
-        {
-            let (kid, secret) = crate::auth::keys::split_entry(entry)?;
-            keys = keys.with_hs256(&kid, &secret)?;
-        }
-        for entry in self.jwt_public_keys.iter().filter(|e| !e.trim().is_empty()) {
-            let (kid, pem) = read_pem(entry)?;
-            keys = keys.with_public_pem(&kid, &pem)?;
-        }
-        if let Some(entry) = &self.jwt_signing_pem {
-            let (kid, pem) = read_pem(entry)?;
-            keys = keys.with_signing_pem(&kid, &pem)?;
-        }
-        let mut config = AuthConfig::new(keys);
-        config.issuer.clone_from(&self.jwt_issuer);
-        config.audience.clone_from(&self.jwt_audience);
-        config.leeway = self.jwt_leeway;
-        config.max_token_age = self.jwt_max_age;
-        Ok(config)
+        self.auth.auth_config()
     }
 
     /// The gateway configuration these flags describe (timers and tuning at their defaults).
