@@ -17,7 +17,7 @@ use futures::{Sink, Stream, StreamExt};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinHandle;
-use tokio::time::{sleep_until, Instant};
+use tokio::time::Instant;
 
 use crate::auth::{AuthContext, AuthError};
 use crate::connection::{close_code, write_loop, InboundError, Outbound};
@@ -124,7 +124,8 @@ pub struct Session {
     gateway: Gateway,
     id: u64,
     auth: AuthContext,
-    filter: OwnerFilter,
+    /// The token's ownership filter (shared: cloned per batch).
+    filter: Arc<OwnerFilter>,
     /// Notified by tailers when this session's feeds grow (one stored permit at most).
     wake: Arc<Notify>,
     channel: Option<Channel>,
@@ -155,10 +156,45 @@ enum Event {
     Strike,
 }
 
-async fn sleep_opt(at: Option<Instant>) {
-    match at {
-        Some(at) => sleep_until(at).await,
-        None => std::future::pending().await,
+/// The session's deadlines at one point of its loop.
+struct Deadlines {
+    token: Instant,
+    strike: Option<Instant>,
+    channel_idle: Option<Instant>,
+    heartbeat: Option<Instant>,
+    socket_idle: Instant,
+}
+
+impl Deadlines {
+    fn earliest(&self) -> Instant {
+        [
+            self.strike,
+            self.channel_idle,
+            self.heartbeat,
+            Some(self.socket_idle),
+        ]
+        .into_iter()
+        .flatten()
+        .fold(self.token, Instant::min)
+    }
+
+    /// Which deadline is due at `now` (in priority order; an idle close beats a heartbeat due
+    /// at the same instant).
+    fn due(&self, now: Instant) -> Event {
+        let due = |at: Option<Instant>| at.is_some_and(|at| at <= now);
+        if self.token <= now {
+            Event::TokenExpired
+        } else if due(self.strike) {
+            Event::Strike
+        } else if due(self.channel_idle) {
+            Event::ChannelIdle
+        } else if due(self.heartbeat) {
+            Event::Heartbeat
+        } else if self.socket_idle <= now {
+            Event::SocketIdle
+        } else {
+            Event::Woken
+        }
     }
 }
 
@@ -194,7 +230,7 @@ impl Session {
         let config = gateway.config();
         let mut session = Session {
             id: gateway.next_session_id(),
-            filter: auth.principal.owner_filter(),
+            filter: Arc::new(auth.principal.owner_filter()),
             bucket: TokenBucket::new(config.subscribe_burst, config.subscribe_per_second, now),
             auth,
             wake: Arc::new(Notify::new()),
@@ -239,38 +275,41 @@ impl Session {
         R: Stream<Item = Result<Message, InboundError>> + Unpin,
     {
         let shutdown = self.gateway.shutdown_token().clone();
+        let mut cancelled = std::pin::pin!(shutdown.cancelled());
         let mut revocations = self.gateway.verifier().revocations().subscribe();
         let config = self.gateway.config().clone();
+        // One timer for every deadline (heartbeat, idle, token, strike), reset only when the
+        // earliest deadline changes: a wake-up per delivered batch must stay cheap.
+        let mut timer = std::pin::pin!(tokio::time::sleep_until(self.token_deadline));
+        let mut timer_at: Option<Instant> = None;
         loop {
             let pending = self.has_pending();
             self.track_blocked(pending);
-            let heartbeat_at = self.channel.as_ref().map(|c| c.next_heartbeat);
-            let idle_at = self
-                .channel
-                .as_ref()
-                .map(|c| c.last_activity + config.channel_idle_timeout);
-            let socket_idle_at = self.last_frame_at + config.socket_idle_timeout;
-            let strike_at = self.blocked_since.map(|t| t + config.slow_consumer_grace);
+            let deadlines = self.deadlines(&config);
+            let next = deadlines.earliest();
+            if timer_at != Some(next) {
+                timer.as_mut().reset(next);
+                timer_at = Some(next);
+            }
             let tx = self.data_tx.clone();
             let wake = self.wake.clone();
             let event = tokio::select! {
-                () = shutdown.cancelled() => Event::Shutdown,
+                () = &mut cancelled => Event::Shutdown,
                 _ = &mut *writer => Event::WriterDone,
                 changed = revocations.changed() => match changed {
                     Ok(()) => Event::Revocations,
                     Err(_) => Event::WriterDone,
                 },
-                () = sleep_until(self.token_deadline) => Event::TokenExpired,
                 item = stream.next() => Event::Inbound(item),
                 permit = tx.reserve_owned(), if pending => match permit {
                     Ok(permit) => Event::Permit(permit),
                     Err(_) => Event::WriterDone,
                 },
                 () = wake.notified() => Event::Woken,
-                () = sleep_opt(heartbeat_at) => Event::Heartbeat,
-                () = sleep_opt(idle_at) => Event::ChannelIdle,
-                () = sleep_until(socket_idle_at) => Event::SocketIdle,
-                () = sleep_opt(strike_at) => Event::Strike,
+                () = &mut timer => {
+                    timer_at = None; // fired: re-arm on the next iteration
+                    deadlines.due(Instant::now())
+                }
             };
             let outcome = match event {
                 Event::Shutdown => Err(End::Close(close_code::GOING_AWAY, "server shutting down")),
@@ -294,6 +333,19 @@ impl Session {
             if let Err(end) = outcome {
                 return end;
             }
+        }
+    }
+
+    fn deadlines(&self, config: &crate::config::GatewayConfig) -> Deadlines {
+        Deadlines {
+            token: self.token_deadline,
+            strike: self.blocked_since.map(|t| t + config.slow_consumer_grace),
+            channel_idle: self
+                .channel
+                .as_ref()
+                .map(|c| c.last_activity + config.channel_idle_timeout),
+            heartbeat: self.channel.as_ref().map(|c| c.next_heartbeat),
+            socket_idle: self.last_frame_at + config.socket_idle_timeout,
         }
     }
 
@@ -903,9 +955,9 @@ impl Session {
 
     /// Builds and queues one batch (fair across topics), using the reserved queue slot.
     async fn deliver(&mut self, permit: mpsc::OwnedPermit<Outbound>) -> Result<(), End> {
-        let config = self.gateway.config().clone();
-        let filter = self.filter.clone();
         let gateway = self.gateway.clone();
+        let config = gateway.config();
+        let filter = self.filter.clone();
         let Some(ch) = self.channel.as_mut() else {
             return Ok(());
         };

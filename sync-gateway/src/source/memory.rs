@@ -236,8 +236,7 @@ impl SyncSource for MemorySource {
         let start =
             usize::try_from(after.saturating_add(1).saturating_sub(first)).unwrap_or(usize::MAX);
         Ok(t.rows
-            .iter()
-            .skip(start)
+            .range(start.min(t.rows.len())..)
             .filter(|row| owner.matches(&row.owner))
             .take(limit)
             .cloned()
