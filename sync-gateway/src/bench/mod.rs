@@ -167,12 +167,8 @@ pub async fn run_fanout(args: FanoutArgs) -> anyhow::Result<()> {
         return server::run(args).await;
     }
     raise_fd_limit();
-    let mut server = ServerProcess::spawn().await?;
     println!(
-        "fanout bench: server pid {} (gateway :{}, baseline :{}), payload {} B, {} per run",
-        server.child.id().unwrap_or(0),
-        server.khala_port,
-        server.baseline_port,
+        "fanout bench: payload {} B, {} of commits per run, a fresh server process per run",
         args.payload_bytes,
         humantime(args.duration)
     );
@@ -180,6 +176,8 @@ pub async fn run_fanout(args: FanoutArgs) -> anyhow::Result<()> {
     for (i, &connections) in args.connections.iter().enumerate() {
         let rate = *args.rate.get(i).or(args.rate.last()).unwrap_or(&100);
         let count = (rate as f64 * args.duration.as_secs_f64()).round() as u64;
+        // A fresh server per run: its RSS growth is the idle connections' alone.
+        let mut server = ServerProcess::spawn().await?;
         let rss_before = server.rss().await?;
         let clients =
             load::connect_all(load::Target::Khala, server.khala_port, connections).await?;
@@ -195,9 +193,9 @@ pub async fn run_fanout(args: FanoutArgs) -> anyhow::Result<()> {
                 load::connect_all(load::Target::Baseline, server.baseline_port, connections)
                     .await?;
             let report = load::measure(&mut server, clients, "baseline", rate, count).await?;
-            tokio::time::sleep(Duration::from_millis(500)).await;
             Some(report)
         };
+        server.quit().await;
         let result = RunResult {
             connections,
             rate,
@@ -209,6 +207,7 @@ pub async fn run_fanout(args: FanoutArgs) -> anyhow::Result<()> {
         results.push(result);
     }
     if args.replay_rows > 0 {
+        let mut server = ServerProcess::spawn().await?;
         let reply = server
             .call(&format!("seed {} {}", args.replay_rows, args.payload_bytes))
             .await?;
@@ -250,8 +249,8 @@ pub async fn run_fanout(args: FanoutArgs) -> anyhow::Result<()> {
                 ))
                 .unwrap_or_default()
         );
+        server.quit().await;
     }
-    server.quit().await;
     Ok(())
 }
 
