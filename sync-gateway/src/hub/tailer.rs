@@ -337,9 +337,19 @@ impl Tailer {
         }
         loop {
             let after = self.tail();
-            let rows = source
+            let rows = match source
                 .read_stream(&self.topic, after, self.read_batch, &OwnerFilter::Any)
-                .await?;
+                .await
+            {
+                Ok(rows) => rows,
+                Err(SourceError::Stale { state }) if state.retention_floor > after => {
+                    // Pruned past this node's tail before it read them: memory can vouch for
+                    // nothing up to the floor; carry on from there.
+                    self.skip_to(state.retention_floor);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             let count = rows.len();
             if count == 0 {
                 return Ok(());
@@ -356,6 +366,23 @@ impl Tailer {
                 return Ok(());
             }
         }
+    }
+
+    /// Forgets everything up to `through` (a gap this node cannot fill) and continues after it.
+    fn skip_to(&self, through: u64) {
+        let mut guard = self.write();
+        let st = &mut *guard;
+        if through <= self.tail() {
+            return;
+        }
+        st.window.clear();
+        st.trimmed_through = through;
+        for feed in st.feeds.values() {
+            let mut inner = feed.lock();
+            inner.rows.clear();
+            inner.trimmed_through = through;
+        }
+        self.tail.store(through, Ordering::Release);
     }
 
     /// Appends prepared rows (ascending) and returns the wake-ups to fire.
@@ -546,6 +573,25 @@ mod tests {
             tailer.pull(alice.feed(), 0, 10),
             Pulled::NeedStore
         ));
+    }
+
+    #[tokio::test]
+    async fn rows_pruned_before_this_node_read_them_are_skipped_not_retried_forever() {
+        let source = MemorySource::new();
+        let tailer = Tailer::new("t", &GatewayConfig::default());
+        tailer.catch_up(&source).await.unwrap();
+        let alice = tailer.attach(&user("alice"), 1, Arc::new(Notify::new()));
+        for i in 0..5 {
+            source.append("t", &format!("d{i}"), json!({}), DocOwner::user("alice"));
+        }
+        source.prune_through("t", 3);
+        tailer.catch_up(&source).await.unwrap();
+        assert_eq!(tailer.tail(), 5);
+        assert!(matches!(
+            tailer.pull(alice.feed(), 2, 10),
+            Pulled::NeedStore
+        ));
+        assert_eq!(rows(&tailer.pull(alice.feed(), 3, 10)), (vec![4, 5], 5));
     }
 
     #[tokio::test]

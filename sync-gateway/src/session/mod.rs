@@ -1085,23 +1085,12 @@ async fn pull(
     // (the head when the replay started) are visible, so a short read covers them.
     let visible = tailer.tail().max(sub.target);
     let source = gateway.source();
-    let rows = source
-        .read_stream(&sub.topic, sub.cursor, limit, filter)
-        .await
-        .map_err(PullError::Source)?;
-    let state = source
-        .topic_states(&[sub.topic.as_str()])
-        .await
-        .map_err(PullError::Source)?
-        .pop()
-        .unwrap_or_default();
-    if state.retention_floor > sub.cursor {
-        // Rows after the cursor may have been pruned (or dropped by a rebuild) during the read.
+    let stale = |state: &crate::source::TopicState| {
         let budget = gateway
             .config()
             .policy(&sub.topic)
             .map_or(u64::MAX, |p| p.replay_budget);
-        return Err(PullError::Stale(StaleTopic {
+        PullError::Stale(StaleTopic {
             topic: sub.topic.clone(),
             reason: if sub.cursor < state.epoch_start {
                 StaleReason::EpochChanged
@@ -1112,7 +1101,26 @@ async fn pull(
             retention_floor: state.retention_floor,
             head_watermark: state.head_watermark,
             replay_budget_events: budget,
-        }));
+        })
+    };
+    let rows = match source
+        .read_stream(&sub.topic, sub.cursor, limit, filter)
+        .await
+    {
+        Ok(rows) => rows,
+        Err(SourceError::Stale { state }) => return Err(stale(&state)),
+        Err(e) => return Err(PullError::Source(e)),
+    };
+    // For sources that do not check the floor in the read's snapshot: rows after the cursor
+    // may have been pruned (or dropped by a rebuild) during the read.
+    let state = source
+        .topic_states(&[sub.topic.as_str()])
+        .await
+        .map_err(PullError::Source)?
+        .pop()
+        .unwrap_or_default();
+    if state.retention_floor > sub.cursor {
+        return Err(stale(&state));
     }
     let last = rows.last().map_or(sub.cursor, |r| r.watermark);
     let cursor = if rows.len() >= limit {

@@ -229,6 +229,11 @@ impl SyncSource for MemorySource {
         let Some(t) = all.get(topic) else {
             return Ok(Vec::new());
         };
+        if after < t.retention_floor {
+            return Err(SourceError::Stale {
+                state: t.state(topic),
+            });
+        }
         let first = match t.rows.front() {
             Some(row) => row.watermark,
             None => return Ok(Vec::new()),

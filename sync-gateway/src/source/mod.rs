@@ -112,9 +112,15 @@ impl OwnerFilter {
     }
 }
 
-/// Failures of the source. The gateway maps every one to `internal` for clients.
+/// Failures of the source.
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
+    /// `read_stream` was asked for rows after a cursor below the topic's retention floor
+    /// (checked in the same snapshot as the read): the reader must not assume it saw everything.
+    /// The gateway reports `stale_cursor` to the client.
+    #[error("cursor of {} is below its retention floor {}", state.topic, state.retention_floor)]
+    Stale { state: TopicState },
+    /// Anything else; clients get `internal`.
     #[error("sync source unavailable")]
     Unavailable(#[source] anyhow::Error),
 }
@@ -129,6 +135,7 @@ pub trait SyncSource: Send + Sync + 'static {
     async fn topic_states(&self, topics: &[&str]) -> Result<Vec<TopicState>, SourceError>;
 
     /// Rows of `topic` with `watermark > after`, ascending, at most `limit`, filtered by owner.
+    /// [`SourceError::Stale`] when `after` is below the retention floor.
     async fn read_stream(
         &self,
         topic: &str,
