@@ -324,7 +324,13 @@ impl Session {
                 }
                 Event::Inbound(item) => self.inbound(item).await,
                 Event::Permit(permit) => self.deliver(permit).await,
-                Event::Woken => Ok(()),
+                Event::Woken => {
+                    // The common live path: deliver at once instead of another select round.
+                    match self.data_tx.clone().try_reserve_owned() {
+                        Ok(permit) if self.has_pending() => self.deliver(permit).await,
+                        _ => Ok(()),
+                    }
+                }
                 Event::Heartbeat => self.heartbeat_push().await,
                 Event::ChannelIdle => self.close_channel().await,
                 Event::SocketIdle => Err(End::Close(close_code::NORMAL, "idle")),
