@@ -12,5 +12,6 @@ mod cli;
 mod concurrency;
 mod crash;
 mod journal;
+mod khala;
 mod lightning;
 mod sweeper;

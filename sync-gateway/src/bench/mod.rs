@@ -1,0 +1,326 @@
+//! `openagents-runtime bench fanout`: N WebSocket clients subscribed to one topic while rows
+//! commit at a steady rate; reports deliveries/s, commit → client latency p50/p99 and server
+//! memory per idle connection, beside a raw baseline measured in the same run (a bare
+//! tokio-tungstenite broadcast of the same frames), plus the replay catch-up rate to one client.
+//!
+//! The server side (gateway over the in-memory source, and the baseline server) runs in a child
+//! process (this same binary re-executed with `OA_BENCH_FANOUT_ROLE=server`), so its RSS is
+//! measured alone; the clients run in this process. Both share the machine's cores, as a real
+//! load generator on the same host would.
+//!
+//! - [`server`]: the child: gateway, baseline broadcaster, commit driver, RSS probe.
+//! - [`load`]: the client connections and their measurements.
+
+mod load;
+mod server;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+
+use anyhow::{bail, Context as _};
+
+use crate::config::parse_duration;
+pub use load::LoadReport;
+
+/// Set in the child's environment.
+pub const ROLE_ENV: &str = "OA_BENCH_FANOUT_ROLE";
+
+/// Fan-out benchmark.
+#[derive(Clone, Debug, clap::Args)]
+pub struct FanoutArgs {
+    /// Connection counts to measure, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1000,5000")]
+    pub connections: Vec<usize>,
+    /// Commits per second during each run (one row each), per connection count; a single value
+    /// applies to all.
+    #[arg(long, value_delimiter = ',', default_value = "200,40")]
+    pub rate: Vec<u64>,
+    /// How long rows commit in each run.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Size of each row's padding in bytes.
+    #[arg(long, default_value_t = 200)]
+    pub payload_bytes: usize,
+    /// Rows replayed to one client for the catch-up measurement (0 to skip).
+    #[arg(long, default_value_t = 200_000)]
+    pub replay_rows: u64,
+    /// `replay_batch_size` the replaying client asks for.
+    #[arg(long, default_value_t = 1000)]
+    pub replay_batch_size: u64,
+    /// Skip the raw baseline.
+    #[arg(long)]
+    pub no_baseline: bool,
+}
+
+/// The server child and its line protocol (one command line in, one reply line out).
+pub(crate) struct ServerProcess {
+    /// Killed on drop (`kill_on_drop`), so a failed bench never leaves it behind.
+    child: Child,
+    stdin: ChildStdin,
+    stdout: tokio::io::Lines<BufReader<ChildStdout>>,
+    pub khala_port: u16,
+    pub baseline_port: u16,
+}
+
+impl ServerProcess {
+    async fn spawn() -> anyhow::Result<Self> {
+        let exe = std::env::current_exe().context("locate the current executable")?;
+        let mut child = Command::new(exe)
+            .args(std::env::args_os().skip(1))
+            .env(ROLE_ENV, "server")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .context("spawn the bench server process")?;
+        let stdin = child.stdin.take().context("child stdin")?;
+        let stdout = BufReader::new(child.stdout.take().context("child stdout")?).lines();
+        let mut server = Self {
+            child,
+            stdin,
+            stdout,
+            khala_port: 0,
+            baseline_port: 0,
+        };
+        let ready = server.read_line().await?;
+        let parts: Vec<&str> = ready.split_whitespace().collect();
+        match parts.as_slice() {
+            ["ready", khala, baseline] => {
+                server.khala_port = khala.parse()?;
+                server.baseline_port = baseline.parse()?;
+            }
+            _ => bail!("unexpected bench server greeting {ready:?}"),
+        }
+        Ok(server)
+    }
+
+    async fn read_line(&mut self) -> anyhow::Result<String> {
+        match self.stdout.next_line().await? {
+            Some(line) => Ok(line.trim().to_owned()),
+            None => bail!("the bench server process exited"),
+        }
+    }
+
+    /// Sends a command and returns the reply's words.
+    pub(crate) async fn call(&mut self, command: &str) -> anyhow::Result<Vec<String>> {
+        self.stdin
+            .write_all(format!("{command}\n").as_bytes())
+            .await?;
+        self.stdin.flush().await?;
+        Ok(self
+            .read_line()
+            .await?
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect())
+    }
+
+    async fn rss(&mut self) -> anyhow::Result<u64> {
+        let reply = self.call("rss").await?;
+        reply
+            .get(1)
+            .context("rss reply")?
+            .parse()
+            .context("rss value")
+    }
+
+    async fn quit(mut self) {
+        let _ = self.stdin.write_all(b"quit\n").await;
+        let _ = self.stdin.flush().await;
+        if tokio::time::timeout(Duration::from_secs(5), self.child.wait())
+            .await
+            .is_err()
+        {
+            let _ = self.child.kill().await;
+        }
+    }
+}
+
+/// One connection count's results.
+#[derive(Debug)]
+struct RunResult {
+    connections: usize,
+    rate: u64,
+    khala: LoadReport,
+    baseline: Option<LoadReport>,
+    idle_bytes_per_connection: f64,
+}
+
+fn fmt_rate(x: f64) -> String {
+    if x >= 1000.0 {
+        format!("{:.1}k", x / 1000.0)
+    } else {
+        format!("{x:.0}")
+    }
+}
+
+/// Runs the benchmark and prints the report.
+///
+/// # Errors
+/// When the server process cannot start or a run fails.
+pub async fn run_fanout(args: FanoutArgs) -> anyhow::Result<()> {
+    if std::env::var(ROLE_ENV).as_deref() == Ok("server") {
+        return server::run(args).await;
+    }
+    raise_fd_limit();
+    println!(
+        "fanout bench: payload {} B, {} of commits per run, a fresh server process per run",
+        args.payload_bytes,
+        humantime(args.duration)
+    );
+    let mut results = Vec::new();
+    for (i, &connections) in args.connections.iter().enumerate() {
+        let rate = *args.rate.get(i).or(args.rate.last()).unwrap_or(&100);
+        let count = (rate as f64 * args.duration.as_secs_f64()).round() as u64;
+        // A fresh server per run: its RSS growth is the idle connections' alone.
+        let mut server = ServerProcess::spawn().await?;
+        let rss_before = server.rss().await?;
+        let clients =
+            load::connect_all(load::Target::Khala, server.khala_port, connections).await?;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let rss_after = server.rss().await?;
+        let idle = (rss_after.saturating_sub(rss_before)) as f64 / connections as f64;
+        let khala = load::measure(&mut server, clients, "khala", rate, count).await?;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let baseline = if args.no_baseline {
+            None
+        } else {
+            let clients =
+                load::connect_all(load::Target::Baseline, server.baseline_port, connections)
+                    .await?;
+            let report = load::measure(&mut server, clients, "baseline", rate, count).await?;
+            Some(report)
+        };
+        server.quit().await;
+        let result = RunResult {
+            connections,
+            rate,
+            khala,
+            baseline,
+            idle_bytes_per_connection: idle,
+        };
+        print_result(&result);
+        results.push(result);
+    }
+    if args.replay_rows > 0 {
+        let mut server = ServerProcess::spawn().await?;
+        let reply = server
+            .call(&format!("seed {} {}", args.replay_rows, args.payload_bytes))
+            .await?;
+        if reply.first().map(String::as_str) != Some("seeded") {
+            bail!("seed failed: {reply:?}");
+        }
+        let khala = load::replay(
+            load::Target::Khala,
+            server.khala_port,
+            args.replay_rows,
+            args.replay_batch_size,
+        )
+        .await?;
+        let baseline = if args.no_baseline {
+            None
+        } else {
+            Some(
+                load::replay(
+                    load::Target::Baseline,
+                    server.baseline_port,
+                    args.replay_rows,
+                    args.replay_batch_size,
+                )
+                .await?,
+            )
+        };
+        println!(
+            "replay catch-up, one client, {} rows, batch {}: khala {}/s ({:.2} s){}",
+            args.replay_rows,
+            args.replay_batch_size,
+            fmt_rate(khala.rate),
+            khala.seconds,
+            baseline
+                .map(|b| format!(
+                    "; raw baseline {}/s ({:.2} s); ratio {:.2}",
+                    fmt_rate(b.rate),
+                    b.seconds,
+                    khala.rate / b.rate
+                ))
+                .unwrap_or_default()
+        );
+        server.quit().await;
+    }
+    Ok(())
+}
+
+fn humantime(d: Duration) -> String {
+    format!("{:.1} s", d.as_secs_f64())
+}
+
+fn print_result(r: &RunResult) {
+    let k = &r.khala;
+    println!(
+        "N={:>5} rate={:>4}/s | khala: {}/{} delivered, {}/s, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms | idle {:.1} KiB/conn",
+        r.connections,
+        r.rate,
+        k.delivered,
+        k.expected,
+        fmt_rate(k.deliveries_per_sec),
+        k.p50_ms,
+        k.p99_ms,
+        k.max_ms,
+        r.idle_bytes_per_connection / 1024.0
+    );
+    if let Some(b) = &r.baseline {
+        println!(
+            "          baseline | raw:   {}/{} delivered, {}/s, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms | khala/raw throughput {:.2}, p99 {:.2}x",
+            b.delivered,
+            b.expected,
+            fmt_rate(b.deliveries_per_sec),
+            b.p50_ms,
+            b.p99_ms,
+            b.max_ms,
+            k.deliveries_per_sec / b.deliveries_per_sec.max(1.0),
+            k.p99_ms / b.p99_ms.max(0.001)
+        );
+    }
+}
+
+/// Raises the soft open-files limit to the hard limit (thousands of sockets per process).
+pub fn raise_fd_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) if limit < 12_000 => {
+            eprintln!("warning: open-files limit is {limit}; 5,000 connections need about 10,500 (raise `ulimit -Hn`)");
+        }
+        Ok(_) => {}
+        Err(e) => eprintln!("warning: cannot raise the open-files limit: {e}"),
+    }
+}
+
+/// The topic the fan-out runs commit to.
+pub(crate) const FANOUT_TOPIC: &str = "runtime.run_summaries";
+/// The topic seeded for the replay measurement.
+pub(crate) const REPLAY_TOPIC: &str = "runtime.codex_worker_events";
+/// The principal every bench client speaks for (every row is theirs).
+pub(crate) const BENCH_USER: &str = "bench";
+
+/// The bench's token key (both processes derive the same one).
+pub(crate) fn bench_auth() -> crate::auth::AuthConfig {
+    crate::auth::AuthConfig::new(
+        crate::auth::KeySet::new()
+            .with_active_hs256("bench", "fanout-bench-secret-0123456789")
+            .expect("bench key is valid"),
+    )
+}
+
+/// Unix nanoseconds (comparable across the two processes on one machine).
+pub(crate) fn now_ns() -> u64 {
+    u64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    )
+    .unwrap_or(u64::MAX)
+}

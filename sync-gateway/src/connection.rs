@@ -1,0 +1,107 @@
+//! One socket's I/O: the outbound writer (a bounded data queue plus a small priority lane for
+//! control frames, written in order and flushed in bursts) and the inbound error type.
+//!
+//! The session produces frames; the writer task owns the sink. When the client stops reading,
+//! the sink blocks, the data queue fills, and the session sees it (slow consumer) without ever
+//! blocking other sessions.
+
+use std::fmt::Display;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
+use futures::{Sink, SinkExt};
+use tokio::sync::mpsc;
+
+/// What the writer sends.
+#[derive(Debug)]
+pub enum Outbound {
+    Text(Utf8Bytes),
+    /// Sends a Close frame and ends the writer.
+    Close(u16, &'static str),
+}
+
+/// WebSocket close codes the gateway uses.
+pub mod close_code {
+    /// Normal closure (idle socket).
+    pub const NORMAL: u16 = 1000;
+    /// Going away: the server is shutting down.
+    pub const GOING_AWAY: u16 = 1001;
+    /// Policy violation: the token expired or the session was revoked.
+    pub const POLICY: u16 = 1008;
+    /// Message too big: a client frame exceeded the inbound limit.
+    pub const TOO_BIG: u16 = 1009;
+    /// Internal error: the sync source failed.
+    pub const INTERNAL: u16 = 1011;
+    /// Try again later: slow consumer disconnect.
+    pub const TRY_AGAIN_LATER: u16 = 1013;
+}
+
+/// Why reading the socket failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InboundError {
+    #[error("frame larger than the inbound limit")]
+    TooLarge,
+    #[error("websocket error: {0}")]
+    Protocol(String),
+}
+
+impl InboundError {
+    /// Classifies an axum WebSocket read error.
+    pub fn from_axum(error: axum::Error) -> Self {
+        let inner = error.into_inner();
+        match inner.downcast_ref::<tokio_tungstenite::tungstenite::Error>() {
+            Some(tokio_tungstenite::tungstenite::Error::Capacity(_)) => InboundError::TooLarge,
+            _ => InboundError::Protocol(inner.to_string()),
+        }
+    }
+}
+
+/// Frames written per flush at most (a burst of queued frames goes out in one write).
+const BURST: usize = 64;
+
+/// Writes queued frames until both queues close or a Close is sent.
+///
+/// # Errors
+/// The sink's error text when the socket fails; the session then ends.
+pub async fn write_loop<S>(
+    mut sink: S,
+    mut data: mpsc::Receiver<Outbound>,
+    mut control: mpsc::Receiver<Outbound>,
+) -> Result<(), String>
+where
+    S: Sink<Message> + Unpin,
+    S::Error: Display,
+{
+    loop {
+        let first = tokio::select! {
+            biased;
+            Some(out) = control.recv() => out,
+            Some(out) = data.recv() => out,
+            else => return Ok(()),
+        };
+        let mut next = Some(first);
+        let mut fed = 0;
+        while let Some(out) = next.take() {
+            match out {
+                Outbound::Text(text) => {
+                    sink.feed(Message::Text(text))
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    fed += 1;
+                }
+                Outbound::Close(code, reason) => {
+                    let _ = sink
+                        .send(Message::Close(Some(CloseFrame {
+                            code,
+                            reason: Utf8Bytes::from_static(reason),
+                        })))
+                        .await;
+                    return Ok(());
+                }
+            }
+            if fed < BURST {
+                next = control.try_recv().ok().or_else(|| data.try_recv().ok());
+            }
+        }
+        sink.flush().await.map_err(|e| e.to_string())?;
+    }
+}

@@ -1,0 +1,615 @@
+//! The per-topic tailer: reads new stream rows once per node (woken by head notifications plus a
+//! fallback poll), keeps a bounded window of recent rows, and pushes each row into the feeds of
+//! the principals that own it, waking only their sessions.
+//!
+//! Invariants (what sessions rely on):
+//! - `tail` is stored (Release) under the state write lock *after* the rows up to it were pushed
+//!   into the window and into every matching feed. A session that loads `tail` (Acquire) and then
+//!   reads a feed therefore finds every matching row `<= tail` there, unless trimmed.
+//! - The window holds every row in `(trimmed_through, tail]`, contiguous; a feed holds every row of
+//!   its principal in `(feed.trimmed_through, tail]`. Cursors below either bound are served from
+//!   the source instead (replay), where staleness is checked.
+//! - Lock order: tailer state, then a feed. Sessions take one lock at a time.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::PreparedRow;
+use crate::auth::Principal;
+use crate::config::GatewayConfig;
+use crate::source::{OwnerFilter, SourceError, SyncSource};
+
+/// Rows of one principal on one topic, and the sessions waiting for them.
+pub struct Feed {
+    principal: Principal,
+    filter: OwnerFilter,
+    /// std Mutex: pushes and copies of `Arc`s only, never held across an await.
+    inner: Mutex<FeedInner>,
+}
+
+struct FeedInner {
+    rows: VecDeque<Arc<PreparedRow>>,
+    /// The feed holds every matching row with watermark in `(trimmed_through, tail]`.
+    trimmed_through: u64,
+    /// Sessions to wake when rows arrive: `(session id, its wake-up)`. Added by
+    /// [`Tailer::attach`], removed when the [`FeedHandle`] drops.
+    waiters: Vec<(u64, Arc<Notify>)>,
+}
+
+impl Feed {
+    pub fn filter(&self) -> &OwnerFilter {
+        &self.filter
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, FeedInner> {
+        self.inner.lock().expect("feed lock poisoned")
+    }
+}
+
+/// A session's registration on a feed; dropping it unregisters the session (and drops the feed
+/// when it was the last one).
+pub struct FeedHandle {
+    tailer: Arc<Tailer>,
+    feed: Arc<Feed>,
+    session: u64,
+}
+
+impl FeedHandle {
+    pub fn feed(&self) -> &Feed {
+        &self.feed
+    }
+
+    pub fn tailer(&self) -> &Arc<Tailer> {
+        &self.tailer
+    }
+}
+
+impl Drop for FeedHandle {
+    fn drop(&mut self) {
+        self.tailer.release(&self.feed, self.session);
+    }
+}
+
+/// What [`Tailer::pull`] found.
+#[derive(Debug)]
+pub enum Pulled {
+    /// Rows after the cursor (at most `limit`), and the cursor to move to once all of them are
+    /// delivered (possibly past the last row: nothing else of this principal is in between).
+    Rows {
+        rows: Vec<Arc<PreparedRow>>,
+        cursor: u64,
+    },
+    /// The cursor is older than what memory holds: read the source.
+    NeedStore,
+}
+
+struct TailState {
+    /// Every row in `(trimmed_through, tail]`, contiguous.
+    window: VecDeque<Arc<PreparedRow>>,
+    trimmed_through: u64,
+    epoch: u64,
+    feeds: HashMap<Principal, Arc<Feed>>,
+    /// Feed index: which principals to look at for a row's owner user / guest scope.
+    by_user: HashMap<String, Vec<Principal>>,
+    by_guest: HashMap<String, Vec<Principal>>,
+}
+
+/// One topic's tailer. Shared (`Arc`) by the gateway and every session subscribed to the topic.
+pub struct Tailer {
+    topic: String,
+    max_update_bytes: usize,
+    window_rows: usize,
+    feed_rows: usize,
+    read_batch: usize,
+    tail: AtomicU64,
+    /// False until the first read of the topic's state; until then sessions use the source.
+    ready: AtomicBool,
+    /// std RwLock: in-memory pushes and scans only, never held across an await.
+    state: RwLock<TailState>,
+}
+
+fn index_add(index: &mut HashMap<String, Vec<Principal>>, key: &Option<String>, p: &Principal) {
+    if let Some(key) = key {
+        index.entry(key.clone()).or_default().push(p.clone());
+    }
+}
+
+fn index_remove(index: &mut HashMap<String, Vec<Principal>>, key: &Option<String>, p: &Principal) {
+    if let Some(key) = key {
+        if let Some(list) = index.get_mut(key) {
+            list.retain(|q| q != p);
+            if list.is_empty() {
+                index.remove(key);
+            }
+        }
+    }
+}
+
+impl Tailer {
+    pub fn new(topic: &str, config: &GatewayConfig) -> Arc<Self> {
+        Arc::new(Self {
+            topic: topic.to_owned(),
+            max_update_bytes: config.max_update_bytes,
+            window_rows: config.window_rows.max(1),
+            feed_rows: config.feed_rows.max(1),
+            read_batch: config.tailer_read_batch.max(1),
+            tail: AtomicU64::new(0),
+            ready: AtomicBool::new(false),
+            state: RwLock::new(TailState {
+                window: VecDeque::new(),
+                trimmed_through: u64::MAX,
+                epoch: 0,
+                feeds: HashMap::new(),
+                by_user: HashMap::new(),
+                by_guest: HashMap::new(),
+            }),
+        })
+    }
+
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// The last watermark this node has read (0 before the first read).
+    pub fn tail(&self) -> u64 {
+        self.tail.load(Ordering::Acquire)
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// Number of live feeds (distinct principals with sessions on this topic).
+    pub fn feed_count(&self) -> usize {
+        self.read().feeds.len()
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, TailState> {
+        self.state.read().expect("tailer lock poisoned")
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, TailState> {
+        self.state.write().expect("tailer lock poisoned")
+    }
+
+    /// Registers `session` for `principal`'s rows; `wake` is notified when rows arrive.
+    pub fn attach(
+        self: &Arc<Self>,
+        principal: &Principal,
+        session: u64,
+        wake: Arc<Notify>,
+    ) -> FeedHandle {
+        let mut state = self.write();
+        let trimmed = if self.is_ready() {
+            self.tail()
+        } else {
+            u64::MAX
+        };
+        let feed = match state.feeds.get(principal) {
+            Some(feed) => feed.clone(),
+            None => {
+                let feed = Arc::new(Feed {
+                    principal: principal.clone(),
+                    filter: principal.owner_filter(),
+                    inner: Mutex::new(FeedInner {
+                        rows: VecDeque::new(),
+                        trimmed_through: trimmed,
+                        waiters: Vec::new(),
+                    }),
+                });
+                state.feeds.insert(principal.clone(), feed.clone());
+                index_add(&mut state.by_user, &principal.user_id, principal);
+                index_add(&mut state.by_guest, &principal.guest_scope, principal);
+                feed
+            }
+        };
+        feed.lock().waiters.push((session, wake));
+        FeedHandle {
+            tailer: self.clone(),
+            feed,
+            session,
+        }
+    }
+
+    fn release(&self, feed: &Arc<Feed>, session: u64) {
+        let mut state = self.write();
+        let empty = {
+            let mut inner = feed.lock();
+            inner.waiters.retain(|(id, _)| *id != session);
+            inner.waiters.is_empty()
+        };
+        if empty
+            && state
+                .feeds
+                .get(&feed.principal)
+                .is_some_and(|f| Arc::ptr_eq(f, feed))
+        {
+            state.feeds.remove(&feed.principal);
+            index_remove(&mut state.by_user, &feed.principal.user_id, &feed.principal);
+            index_remove(
+                &mut state.by_guest,
+                &feed.principal.guest_scope,
+                &feed.principal,
+            );
+        }
+    }
+
+    /// Rows of `feed`'s principal after `cursor`, from memory if memory covers the cursor.
+    pub fn pull(&self, feed: &Feed, cursor: u64, limit: usize) -> Pulled {
+        if !self.is_ready() {
+            return Pulled::NeedStore;
+        }
+        let tail = self.tail();
+        if cursor >= tail {
+            return Pulled::Rows {
+                rows: Vec::new(),
+                cursor,
+            };
+        }
+        let limit = limit.max(1);
+        {
+            let inner = feed.lock();
+            if cursor >= inner.trimmed_through {
+                let start = inner.rows.partition_point(|r| r.watermark <= cursor);
+                let rows: Vec<Arc<PreparedRow>> =
+                    inner.rows.range(start..).take(limit).cloned().collect();
+                let last = rows.last().map_or(cursor, |r| r.watermark);
+                let cursor = if rows.len() == limit {
+                    last
+                } else {
+                    last.max(tail)
+                };
+                return Pulled::Rows { rows, cursor };
+            }
+        }
+        let state = self.read();
+        if cursor < state.trimmed_through {
+            return Pulled::NeedStore;
+        }
+        let tail = self.tail();
+        let start = usize::try_from(cursor - state.trimmed_through).unwrap_or(usize::MAX);
+        let mut rows = Vec::new();
+        let mut scanned = cursor;
+        for row in state.window.range(start.min(state.window.len())..) {
+            scanned = row.watermark;
+            if feed.filter.matches(&row.owner) {
+                rows.push(row.clone());
+                if rows.len() == limit {
+                    return Pulled::Rows {
+                        rows,
+                        cursor: scanned,
+                    };
+                }
+            }
+        }
+        Pulled::Rows {
+            rows,
+            cursor: scanned.max(tail),
+        }
+    }
+
+    /// Reads everything new from `source` into the window and the feeds, then wakes the
+    /// sessions whose feeds grew.
+    ///
+    /// # Errors
+    /// [`SourceError`] from the source; what was read before stays applied.
+    pub async fn catch_up(&self, source: &dyn SyncSource) -> Result<(), SourceError> {
+        let state = source
+            .topic_states(&[self.topic.as_str()])
+            .await?
+            .pop()
+            .unwrap_or_default();
+        {
+            let mut st = self.write();
+            if !self.is_ready() {
+                st.epoch = state.epoch;
+                st.trimmed_through = state.head_watermark;
+                for feed in st.feeds.values() {
+                    feed.lock().trimmed_through = state.head_watermark;
+                }
+                self.tail.store(state.head_watermark, Ordering::Release);
+                self.ready.store(true, Ordering::Release);
+            } else if state.epoch != st.epoch {
+                // A rebuild: rows of the old epoch may no longer be served from memory, so
+                // cursors before the new epoch go to the source and get `stale_cursor`.
+                st.epoch = state.epoch;
+                let through = state.epoch_start;
+                while st.window.front().is_some_and(|r| r.watermark <= through) {
+                    st.window.pop_front();
+                }
+                st.trimmed_through = st.trimmed_through.max(through);
+                for feed in st.feeds.values() {
+                    let mut inner = feed.lock();
+                    while inner.rows.front().is_some_and(|r| r.watermark <= through) {
+                        inner.rows.pop_front();
+                    }
+                    inner.trimmed_through = inner.trimmed_through.max(through);
+                }
+                if self.tail() < through {
+                    self.tail.store(through, Ordering::Release);
+                }
+            }
+        }
+        loop {
+            let after = self.tail();
+            let rows = match source
+                .read_stream(&self.topic, after, self.read_batch, &OwnerFilter::Any)
+                .await
+            {
+                Ok(rows) => rows,
+                Err(SourceError::Stale { state }) if state.retention_floor > after => {
+                    // Pruned past this node's tail before it read them: memory can vouch for
+                    // nothing up to the floor; carry on from there.
+                    self.skip_to(state.retention_floor);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let count = rows.len();
+            if count == 0 {
+                return Ok(());
+            }
+            let prepared: Vec<Arc<PreparedRow>> = rows
+                .iter()
+                .map(|row| PreparedRow::prepare(row, self.max_update_bytes))
+                .collect();
+            let wake = self.apply(prepared);
+            for notify in wake {
+                notify.notify_one();
+            }
+            if count < self.read_batch {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Forgets everything up to `through` (a gap this node cannot fill) and continues after it.
+    fn skip_to(&self, through: u64) {
+        let mut guard = self.write();
+        let st = &mut *guard;
+        if through <= self.tail() {
+            return;
+        }
+        st.window.clear();
+        st.trimmed_through = through;
+        for feed in st.feeds.values() {
+            let mut inner = feed.lock();
+            inner.rows.clear();
+            inner.trimmed_through = through;
+        }
+        self.tail.store(through, Ordering::Release);
+    }
+
+    /// Appends prepared rows (ascending) and returns the wake-ups to fire.
+    fn apply(&self, rows: Vec<Arc<PreparedRow>>) -> Vec<Arc<Notify>> {
+        let mut st = self.write();
+        let mut tail = self.tail();
+        let mut dirty: Vec<Arc<Feed>> = Vec::new();
+        for row in rows {
+            if row.watermark <= tail {
+                continue;
+            }
+            if row.watermark != tail + 1 {
+                // A gap (pruned or dropped by a rebuild before this node read it): memory can
+                // no longer vouch for anything up to here.
+                let through = row.watermark - 1;
+                st.window.clear();
+                st.trimmed_through = through;
+                for feed in st.feeds.values() {
+                    let mut inner = feed.lock();
+                    inner.rows.clear();
+                    inner.trimmed_through = through;
+                }
+            }
+            tail = row.watermark;
+            let mut candidates: Vec<&Principal> = Vec::new();
+            if let Some(list) = row.owner.user_id.as_ref().and_then(|u| st.by_user.get(u)) {
+                candidates.extend(list);
+            }
+            if let Some(list) = row
+                .owner
+                .guest_scope
+                .as_ref()
+                .and_then(|g| st.by_guest.get(g))
+            {
+                candidates.extend(list);
+            }
+            for principal in candidates {
+                let Some(feed) = st.feeds.get(principal) else {
+                    continue;
+                };
+                if !feed.filter.matches(&row.owner) {
+                    continue;
+                }
+                let mut inner = feed.lock();
+                if inner
+                    .rows
+                    .back()
+                    .is_some_and(|r| r.watermark == row.watermark)
+                {
+                    continue; // matched through both user and guest scope
+                }
+                inner.rows.push_back(row.clone());
+                if inner.rows.len() > self.feed_rows {
+                    if let Some(old) = inner.rows.pop_front() {
+                        inner.trimmed_through = old.watermark;
+                    }
+                }
+                if !dirty.iter().any(|f| Arc::ptr_eq(f, feed)) {
+                    dirty.push(feed.clone());
+                }
+            }
+            st.window.push_back(row);
+            if st.window.len() > self.window_rows {
+                if let Some(old) = st.window.pop_front() {
+                    st.trimmed_through = old.watermark;
+                }
+            }
+        }
+        self.tail.store(tail, Ordering::Release);
+        drop(st);
+        let mut wake = Vec::new();
+        for feed in dirty {
+            wake.extend(feed.lock().waiters.iter().map(|(_, n)| n.clone()));
+        }
+        wake
+    }
+
+    /// Tails the topic until `shutdown`: catches up, then waits for a head notification or the
+    /// fallback poll. Source errors are logged and retried at the next wake-up.
+    pub async fn run(
+        self: Arc<Self>,
+        source: Arc<dyn SyncSource>,
+        poll: Duration,
+        shutdown: CancellationToken,
+    ) {
+        let mut heads = source.subscribe_heads();
+        let mut notifications = true;
+        loop {
+            heads.mark_unchanged();
+            if let Err(e) = self.catch_up(source.as_ref()).await {
+                tracing::warn!(topic = %self.topic, error.message = %e, error.cause_chain = ?e, "tailer read failed; retrying");
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                changed = heads.changed(), if notifications => {
+                    if changed.is_err() {
+                        notifications = false; // the notifier is gone; poll only
+                    }
+                }
+                () = tokio::time::sleep(poll) => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::{DocOwner, MemorySource};
+    use serde_json::json;
+
+    fn user(id: &str) -> Principal {
+        Principal {
+            user_id: Some(id.into()),
+            ..Principal::default()
+        }
+    }
+
+    fn rows(pulled: &Pulled) -> (Vec<u64>, u64) {
+        match pulled {
+            Pulled::Rows { rows, cursor } => (rows.iter().map(|r| r.watermark).collect(), *cursor),
+            Pulled::NeedStore => panic!("expected rows"),
+        }
+    }
+
+    #[tokio::test]
+    async fn rows_reach_only_the_owners_feed_and_wake_only_its_sessions() {
+        let source = MemorySource::new();
+        source.append("t", "a0", json!({}), DocOwner::user("alice"));
+        let tailer = Tailer::new("t", &GatewayConfig::default());
+        tailer.catch_up(&source).await.unwrap();
+        assert_eq!(tailer.tail(), 1, "starts at the head, not at the beginning");
+
+        let alice_wake = Arc::new(Notify::new());
+        let bob_wake = Arc::new(Notify::new());
+        let alice = tailer.attach(&user("alice"), 1, alice_wake.clone());
+        let bob = tailer.attach(&user("bob"), 2, bob_wake.clone());
+        let alice2 = tailer.attach(&user("alice"), 3, Arc::new(Notify::new()));
+        assert_eq!(tailer.feed_count(), 2);
+
+        source.append("t", "a1", json!({}), DocOwner::user("alice"));
+        source.append("t", "b1", json!({}), DocOwner::user("bob"));
+        source.append("t", "a2", json!({}), DocOwner::user("alice"));
+        tailer.catch_up(&source).await.unwrap();
+
+        // Alice was woken (a stored permit), Bob too; each sees only their rows.
+        tokio::time::timeout(Duration::from_secs(1), alice_wake.notified())
+            .await
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(1), bob_wake.notified())
+            .await
+            .unwrap();
+        assert_eq!(rows(&tailer.pull(alice.feed(), 1, 10)), (vec![2, 4], 4));
+        assert_eq!(rows(&tailer.pull(bob.feed(), 1, 10)), (vec![3], 4));
+        assert_eq!(rows(&tailer.pull(alice2.feed(), 2, 1)), (vec![4], 4));
+        assert_eq!(rows(&tailer.pull(alice.feed(), 1, 1)), (vec![2], 2));
+
+        // A cursor older than the feed's start is served from the window (filtered)...
+        drop(bob);
+        let bob = tailer.attach(&user("bob"), 4, Arc::new(Notify::new()));
+        assert_eq!(rows(&tailer.pull(bob.feed(), 1, 10)), (vec![3], 4));
+        // ...and one older than the window needs the source.
+        assert!(matches!(tailer.pull(bob.feed(), 0, 10), Pulled::NeedStore));
+        drop((alice, alice2, bob));
+        assert_eq!(tailer.feed_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn bounded_feeds_and_windows_fall_back_to_the_source() {
+        let config = GatewayConfig {
+            window_rows: 4,
+            feed_rows: 2,
+            ..GatewayConfig::default()
+        };
+        let source = MemorySource::new();
+        let tailer = Tailer::new("t", &config);
+        tailer.catch_up(&source).await.unwrap();
+        let alice = tailer.attach(&user("alice"), 1, Arc::new(Notify::new()));
+        for i in 0..6 {
+            let owner = if i % 2 == 0 { "alice" } else { "bob" };
+            source.append("t", &format!("d{i}"), json!({}), DocOwner::user(owner));
+        }
+        tailer.catch_up(&source).await.unwrap();
+        // Feed keeps alice's last 2 rows (3, 5): covers cursors >= 1.
+        assert_eq!(rows(&tailer.pull(alice.feed(), 1, 10)), (vec![3, 5], 6));
+        // Window keeps rows 3..=6: cursor 0 needs the source.
+        assert!(matches!(
+            tailer.pull(alice.feed(), 0, 10),
+            Pulled::NeedStore
+        ));
+    }
+
+    #[tokio::test]
+    async fn rows_pruned_before_this_node_read_them_are_skipped_not_retried_forever() {
+        let source = MemorySource::new();
+        let tailer = Tailer::new("t", &GatewayConfig::default());
+        tailer.catch_up(&source).await.unwrap();
+        let alice = tailer.attach(&user("alice"), 1, Arc::new(Notify::new()));
+        for i in 0..5 {
+            source.append("t", &format!("d{i}"), json!({}), DocOwner::user("alice"));
+        }
+        source.prune_through("t", 3);
+        tailer.catch_up(&source).await.unwrap();
+        assert_eq!(tailer.tail(), 5);
+        assert!(matches!(
+            tailer.pull(alice.feed(), 2, 10),
+            Pulled::NeedStore
+        ));
+        assert_eq!(rows(&tailer.pull(alice.feed(), 3, 10)), (vec![4, 5], 5));
+    }
+
+    #[tokio::test]
+    async fn a_rebuild_forces_older_cursors_back_to_the_source() {
+        let source = MemorySource::new();
+        let tailer = Tailer::new("t", &GatewayConfig::default());
+        tailer.catch_up(&source).await.unwrap();
+        let alice = tailer.attach(&user("alice"), 1, Arc::new(Notify::new()));
+        source.append("t", "a", json!({}), DocOwner::user("alice"));
+        source.append("t", "b", json!({}), DocOwner::user("alice"));
+        tailer.catch_up(&source).await.unwrap();
+        assert_eq!(rows(&tailer.pull(alice.feed(), 0, 10)), (vec![1, 2], 2));
+        source.rebuild("t");
+        tailer.catch_up(&source).await.unwrap();
+        assert!(matches!(
+            tailer.pull(alice.feed(), 1, 10),
+            Pulled::NeedStore
+        ));
+        assert_eq!(rows(&tailer.pull(alice.feed(), 2, 10)), (vec![3, 4], 4));
+    }
+}

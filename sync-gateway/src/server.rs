@@ -1,0 +1,168 @@
+//! The HTTP surface: the WebSocket upgrade at `/sync/socket/websocket` (token check → 403,
+//! connection limit → 503, then one tracked task per socket), the routers the root composes,
+//! and a standalone `serve` for tests, the bench and single-purpose deployments.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use futures::StreamExt;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::connection::InboundError;
+use crate::gateway::Gateway;
+use crate::http::{self, ApiError};
+use crate::protocol::{ErrorCode, PHOENIX_VSN, PROTOCOL_VERSION};
+use crate::session::Session;
+
+/// The socket path (Phoenix's `/socket` endpoint + `/websocket` transport).
+pub const SOCKET_PATH: &str = "/sync/socket/websocket";
+/// `schema_version`s this gateway serves.
+pub const SUPPORTED_SCHEMA_VERSIONS: &[&str] = &["1"];
+
+/// Per-socket read buffer: small, so idle sockets stay cheap (client frames are small).
+const READ_BUFFER: usize = 4 * 1024;
+/// Per-socket write buffer target before a write reaches the socket.
+const WRITE_BUFFER: usize = 32 * 1024;
+
+/// Public routes authorised by sync tokens: the socket and HTTP hydration.
+pub fn routes(gateway: Gateway) -> Router {
+    Router::new()
+        .route(SOCKET_PATH, get(upgrade))
+        .route(http::HYDRATE_PATH, get(http::hydrate))
+        .with_state(gateway)
+}
+
+/// `POST /internal/v1/sync/sessions/revoke`: the root mounts it under its internal-signature
+/// auth like every `/internal/v1` route.
+pub fn internal_routes(gateway: Gateway) -> Router {
+    Router::new()
+        .route(http::REVOKE_PATH, post(http::revoke))
+        .layer(axum::extract::DefaultBodyLimit::max(16 * 1024))
+        .with_state(gateway)
+}
+
+/// `POST /api/sync/token`: token minting for deployments without a control plane. The root
+/// must put it behind the internal-signature auth (it is not under `/internal/v1`).
+pub fn token_routes(gateway: Gateway) -> Router {
+    Router::new()
+        .route(http::MINT_PATH, post(http::mint_token))
+        .layer(axum::extract::DefaultBodyLimit::max(16 * 1024))
+        .with_state(gateway)
+}
+
+fn refuse(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
+    ApiError::new(status, code, message).into_response()
+}
+
+async fn upgrade(
+    State(gateway): State<Gateway>,
+    Query(params): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    if let Some(vsn) = params.get("vsn") {
+        if vsn != PHOENIX_VSN {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                "unsupported_vsn",
+                format!("only vsn={PHOENIX_VSN} is supported"),
+            );
+        }
+    }
+    let config = gateway.config();
+    if config.require_client_compat {
+        if params.get("protocol_version").map(String::as_str) != Some(PROTOCOL_VERSION) {
+            return refuse(
+                StatusCode::UPGRADE_REQUIRED,
+                "unsupported_protocol_version",
+                format!("protocol_version={PROTOCOL_VERSION} is required"),
+            );
+        }
+        if !params
+            .get("schema_version")
+            .is_some_and(|v| SUPPORTED_SCHEMA_VERSIONS.contains(&v.as_str()))
+        {
+            return refuse(
+                StatusCode::UPGRADE_REQUIRED,
+                "unsupported_schema_version",
+                format!("schema_version must be one of {SUPPORTED_SCHEMA_VERSIONS:?}"),
+            );
+        }
+    }
+    let token = params
+        .get("token")
+        .map(String::as_str)
+        .or_else(|| http::bearer(&headers))
+        .unwrap_or("");
+    let auth = match gateway.verifier().verify(token) {
+        Ok(auth) => auth,
+        Err(e) => {
+            let code = match e.code() {
+                ErrorCode::ReauthRequired => "reauth_required",
+                _ => "unauthorized",
+            };
+            return refuse(StatusCode::FORBIDDEN, code, e.to_string());
+        }
+    };
+    let Ok(permit) = gateway.connections().clone().try_acquire_owned() else {
+        let mut response = refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "over_capacity",
+            "this node is at its connection limit; retry another node or later",
+        );
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        return response;
+    };
+    tracing::debug!(
+        subject = %auth.subject,
+        client = params.get("client").map(String::as_str).unwrap_or(""),
+        client_build_id = params.get("client_build_id").map(String::as_str).unwrap_or(""),
+        "sync socket accepted"
+    );
+    let max_frame = config.max_inbound_frame_bytes;
+    let tracker = gateway.tracker().clone();
+    ws.read_buffer_size(READ_BUFFER)
+        .write_buffer_size(WRITE_BUFFER)
+        .max_message_size(max_frame)
+        .max_frame_size(max_frame)
+        .on_upgrade(move |socket| {
+            tracker.track_future(async move {
+                // Held for the socket's lifetime: the connection limit.
+                let _permit = permit;
+                let stats = gateway.stats();
+                stats.sockets_open.fetch_add(1, Ordering::Relaxed);
+                stats.sockets_total.fetch_add(1, Ordering::Relaxed);
+                let (sink, stream) = socket.split();
+                let stream = stream.map(|item| item.map_err(InboundError::from_axum));
+                Session::run(gateway.clone(), auth, sink, stream).await;
+                gateway.stats().sockets_open.fetch_sub(1, Ordering::Relaxed);
+            })
+        })
+}
+
+/// Serves `router` on `listener` until `shutdown`, then waits for the gateway's sockets to
+/// close (each sends Close 1001) and its background tasks to stop.
+///
+/// # Errors
+/// The listener's I/O error.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    gateway: Gateway,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let result = axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+        .await;
+    gateway.closed().await;
+    result
+}

@@ -1,0 +1,298 @@
+//! The session driven through channels under paused time: exact frames, timers, slow consumers.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::Message;
+use futures::channel::mpsc;
+use futures::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::Session;
+use crate::auth::mint::{mint, MintRequest};
+use crate::auth::{Revocations, Verifier};
+use crate::config::GatewayConfig;
+use crate::connection::InboundError;
+use crate::gateway::Gateway;
+use crate::protocol::Frame;
+use crate::source::{DocOwner, MemorySource};
+use crate::test_utils::auth_config;
+
+const TOPIC: &str = "runtime.run_summaries";
+
+struct Harness {
+    to_session: mpsc::Sender<Result<Message, InboundError>>,
+    from_session: mpsc::Receiver<Message>,
+    source: Arc<MemorySource>,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+    start: Instant,
+}
+
+impl Harness {
+    /// A session whose outbound channel holds `sink_capacity` frames.
+    fn start(config: GatewayConfig, sink_capacity: usize, ttl: u64) -> Harness {
+        let source = Arc::new(MemorySource::new());
+        let shutdown = CancellationToken::new();
+        let verifier = Verifier::new(auth_config(), Revocations::in_memory());
+        let gateway = Gateway::start(config, source.clone(), verifier.clone(), shutdown.clone());
+        let token = mint(
+            verifier.config(),
+            gateway.known_topics(),
+            &MintRequest {
+                subject: "user:alice".into(),
+                scopes: vec![TOPIC.into()],
+                ttl_seconds: Some(ttl),
+                ..MintRequest::default()
+            },
+            verifier.now(),
+        )
+        .unwrap()
+        .token;
+        let auth = verifier.verify(&token).unwrap();
+        let (to_session, inbound) = mpsc::channel(16);
+        let (outbound, from_session) = mpsc::channel(sink_capacity);
+        let task = tokio::spawn(Session::run(gateway, auth, outbound, inbound));
+        Harness {
+            to_session,
+            from_session,
+            source,
+            shutdown,
+            task,
+            start: Instant::now(),
+        }
+    }
+
+    async fn send(&mut self, text: &str) {
+        self.to_session.send(Ok(Message::text(text))).await.unwrap();
+    }
+
+    async fn recv(&mut self) -> Message {
+        tokio::time::timeout(Duration::from_secs(600), self.from_session.next())
+            .await
+            .expect("a frame within 600 s (virtual)")
+            .expect("session still open")
+    }
+
+    async fn recv_text(&mut self) -> String {
+        match self.recv().await {
+            Message::Text(text) => text.to_string(),
+            other => panic!("expected text, got {other:?}"),
+        }
+    }
+
+    async fn recv_frame(&mut self) -> Frame {
+        Frame::parse(&self.recv_text().await).unwrap()
+    }
+
+    fn elapsed(&self) -> Duration {
+        Instant::now() - self.start
+    }
+
+    async fn join_and_subscribe(&mut self) {
+        self.send(r#"["1","1","sync:v1","phx_join",{}]"#).await;
+        let reply = self.recv_frame().await;
+        assert_eq!(reply.payload["status"], "ok");
+        self.send(&format!(
+            r#"["1","2","sync:v1","sync:subscribe",{{"topics":["{TOPIC}"]}}]"#
+        ))
+        .await;
+        let reply = self.recv_frame().await;
+        assert_eq!(reply.payload["status"], "ok", "{reply:?}");
+        // The (empty) replay-complete batch.
+        let batch = self.recv_frame().await;
+        assert_eq!(batch.event, "sync:update_batch");
+        assert_eq!(batch.payload["replay_complete"], true);
+    }
+}
+
+fn code_of(frame: &Frame) -> Value {
+    frame.payload["code"].clone()
+}
+
+#[tokio::test(start_paused = true)]
+async fn phoenix_heartbeats_get_exact_replies_and_garbage_gets_an_error() {
+    let mut h = Harness::start(GatewayConfig::default(), 16, 300);
+    h.send(r#"[null,"7","phoenix","heartbeat",{}]"#).await;
+    assert_eq!(
+        h.recv_text().await,
+        r#"[null,"7","phoenix","phx_reply",{"status":"ok","response":{}}]"#
+    );
+    h.send("{not json").await;
+    let error = h.recv_frame().await;
+    assert_eq!(
+        (error.topic.as_str(), error.event.as_str()),
+        ("phoenix", "sync:error")
+    );
+    assert_eq!(code_of(&error), "bad_subscription");
+    h.send(r#"["1","2","rooms:lobby","phx_join",{}]"#).await;
+    assert_eq!(
+        h.recv_text().await,
+        r#"["1","2","rooms:lobby","phx_reply",{"status":"error","response":{"code":"bad_topic","message":"unknown channel topic \"rooms:lobby\"; join \"sync:v1\""}}]"#
+    );
+    h.send(r#"["1","3","sync:v1","sync:subscribe",{"topics":[]}]"#)
+        .await;
+    let reply = h.recv_frame().await;
+    assert_eq!(reply.payload["response"]["code"], "bad_subscription");
+    // Still alive.
+    h.send(r#"[null,"8","phoenix","heartbeat",{}]"#).await;
+    assert_eq!(h.recv_frame().await.msg_ref.as_deref(), Some("8"));
+    h.shutdown.cancel();
+    assert!(matches!(h.recv().await, Message::Close(Some(frame)) if frame.code == 1001));
+}
+
+#[tokio::test(start_paused = true)]
+async fn heartbeats_every_15s_then_the_idle_channel_closes_at_60s_and_the_socket_at_90s() {
+    let mut h = Harness::start(GatewayConfig::default(), 16, 900);
+    h.join_and_subscribe().await;
+    let joined_at = h.elapsed();
+    let mut heartbeats = Vec::new();
+    loop {
+        let frame = h.recv_frame().await;
+        match frame.event.as_str() {
+            "sync:heartbeat" => {
+                assert_eq!(
+                    frame.payload,
+                    json!({"watermarks": [{"topic": TOPIC, "watermark": 0}]})
+                );
+                heartbeats.push(h.elapsed() - joined_at);
+                if heartbeats.len() == 3 {
+                    // A Phoenix heartbeat keeps the socket, not the channel.
+                    h.send(r#"[null,"9","phoenix","heartbeat",{}]"#).await;
+                }
+            }
+            "phx_reply" => assert_eq!(frame.msg_ref.as_deref(), Some("9")),
+            "phx_close" => {
+                assert_eq!(frame.topic, "sync:v1");
+                assert_eq!(h.elapsed() - joined_at, Duration::from_secs(60));
+                break;
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert_eq!(
+        heartbeats,
+        [
+            Duration::from_secs(15),
+            Duration::from_secs(30),
+            Duration::from_secs(45)
+        ]
+    );
+    // The socket goes 90 s after the last frame (the Phoenix heartbeat at 45 s).
+    match h.recv().await {
+        Message::Close(Some(frame)) => assert_eq!(frame.code, 1000),
+        other => panic!("expected close, got {other:?}"),
+    }
+    assert_eq!(h.elapsed() - joined_at, Duration::from_secs(45 + 90));
+}
+
+#[tokio::test(start_paused = true)]
+async fn sync_heartbeats_keep_the_channel_and_report_delivered_watermarks() {
+    let mut h = Harness::start(GatewayConfig::default(), 16, 900);
+    h.join_and_subscribe().await;
+    h.source
+        .append(TOPIC, "d1", json!({"n": 1}), DocOwner::user("alice"));
+    h.source
+        .append(TOPIC, "other", json!({"n": 2}), DocOwner::user("bob"));
+    let batch = h.recv_frame().await;
+    assert_eq!(batch.payload["updates"][0]["watermark"], 1);
+    for i in 0..5 {
+        tokio::time::sleep(Duration::from_secs(50)).await;
+        h.send(&format!(r#"["1","h{i}","sync:v1","sync:heartbeat",{{}}]"#))
+            .await;
+        loop {
+            let frame = h.recv_frame().await;
+            if frame.event == "phx_reply" {
+                assert_eq!(frame.payload["status"], "ok");
+                // Bob's row moved the topic to 2: nothing of Alice's is pending up to there.
+                assert_eq!(
+                    frame.payload["response"]["watermarks"],
+                    json!([{"topic": TOPIC, "watermark": 2}])
+                );
+                break;
+            }
+            assert_eq!(frame.event, "sync:heartbeat");
+        }
+    }
+    assert!(
+        h.elapsed() > Duration::from_secs(240),
+        "the channel outlived 60 s of idle windows"
+    );
+    h.task.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_token_that_expires_while_connected_ends_access() {
+    let mut h = Harness::start(GatewayConfig::default(), 16, 60);
+    h.join_and_subscribe().await;
+    // Keep the socket (not the channel) alive past the token's end.
+    tokio::time::sleep(Duration::from_secs(50)).await;
+    h.send(r#"[null,"9","phoenix","heartbeat",{}]"#).await;
+    let mut saw_error = false;
+    loop {
+        match h.recv().await {
+            Message::Text(text) => {
+                let frame = Frame::parse(&text).unwrap();
+                if frame.event == "sync:error" {
+                    assert_eq!(code_of(&frame), "unauthorized");
+                    saw_error = true;
+                }
+            }
+            Message::Close(Some(frame)) => {
+                assert_eq!(frame.code, 1008);
+                break;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(saw_error);
+    // 60 s TTL + 30 s leeway (minus the sub-second the test took to mint and join).
+    assert!(h.elapsed() >= Duration::from_secs(88) && h.elapsed() <= Duration::from_secs(90));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_client_that_stops_reading_is_throttled_then_disconnected() {
+    let config = GatewayConfig {
+        queue_limit: 2,
+        slow_consumer_grace: Duration::from_secs(1),
+        slow_consumer_max_strikes: 3,
+        ..GatewayConfig::default()
+    };
+    // The "socket" holds one frame: the writer blocks as soon as the client stops reading.
+    let mut h = Harness::start(config, 1, 900);
+    h.join_and_subscribe().await;
+    // Stop reading; keep committing.
+    for i in 0..40 {
+        h.source.append(
+            TOPIC,
+            &format!("d{i}"),
+            json!({"i": i}),
+            DocOwner::user("alice"),
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut notices = Vec::new();
+    let close_code;
+    loop {
+        match h.recv().await {
+            Message::Text(text) => {
+                let frame = Frame::parse(&text).unwrap();
+                if frame.event == "sync:error" {
+                    assert_eq!(code_of(&frame), "slow_consumer");
+                    assert_eq!(frame.payload["queue_limit"], 2);
+                    assert_eq!(frame.payload["topic"], TOPIC);
+                    notices.push(frame.payload["action"].as_str().unwrap().to_owned());
+                }
+            }
+            Message::Close(Some(frame)) => {
+                close_code = frame.code;
+                break;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(notices, ["throttle", "throttle", "disconnect"]);
+    assert_eq!(close_code, 1013);
+}

@@ -1,0 +1,158 @@
+//! What the gateway reads: the projectors' sync stream and read models, behind the
+//! [`SyncSource`] trait (names and semantics of `SYNC_CONTRACT.md` / `projectors::sync`).
+//!
+//! The gateway only ever reads through this trait. [`memory::MemorySource`] implements it in
+//! memory (unit and integration tests, the fan-out bench); the PostgreSQL/SQLite implementation
+//! is an adapter over `projectors::sync::SyncStore` + `SyncNotifier`.
+
+pub mod memory;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::sync::watch;
+
+pub use memory::MemorySource;
+
+/// Who owns a stream row / document.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct DocOwner {
+    pub user_id: Option<String>,
+    pub guest_scope: Option<String>,
+    pub org_id: Option<String>,
+}
+
+impl DocOwner {
+    pub fn user(user_id: &str) -> Self {
+        Self {
+            user_id: Some(user_id.to_owned()),
+            ..Self::default()
+        }
+    }
+}
+
+/// One row of a topic's sync stream.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StreamRow {
+    pub topic: String,
+    pub watermark: u64,
+    pub doc_key: String,
+    pub doc_version: u64,
+    /// A JSON object.
+    pub payload: Value,
+    /// `sha256:` + hex SHA-256 of the canonical JSON of `payload`.
+    pub payload_hash: String,
+    pub owner: DocOwner,
+}
+
+/// A topic's watermarks and epoch.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TopicState {
+    pub topic: String,
+    /// Last allocated watermark (0 = none).
+    pub head_watermark: u64,
+    /// Cursors strictly below this cannot be served by replay.
+    pub retention_floor: u64,
+    /// Starts at 1; a full rebuild starts a new epoch.
+    pub epoch: u64,
+    /// The watermark before the first row of the current epoch.
+    pub epoch_start: u64,
+}
+
+/// A current document.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Doc {
+    pub doc_key: String,
+    pub doc_version: u64,
+    pub payload: Value,
+    pub payload_hash: String,
+    pub watermark: u64,
+    pub owner: DocOwner,
+}
+
+/// A topic's documents exactly as of `watermark`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Hydration {
+    pub topic: String,
+    pub watermark: u64,
+    pub docs: Vec<Doc>,
+}
+
+/// Which rows a read returns.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum OwnerFilter {
+    Any,
+    Principal {
+        user_id: Option<String>,
+        guest_scope: Option<String>,
+        org_id: Option<String>,
+    },
+}
+
+impl OwnerFilter {
+    /// The contract's rule: (user matches, or guest scope matches) and (no org on either side,
+    /// or the orgs are equal).
+    pub fn matches(&self, owner: &DocOwner) -> bool {
+        match self {
+            OwnerFilter::Any => true,
+            OwnerFilter::Principal {
+                user_id,
+                guest_scope,
+                org_id,
+            } => {
+                let user = user_id.is_some() && *user_id == owner.user_id;
+                let guest = guest_scope.is_some() && *guest_scope == owner.guest_scope;
+                let org = match (org_id, &owner.org_id) {
+                    (Some(mine), Some(theirs)) => mine == theirs,
+                    _ => true,
+                };
+                (user || guest) && org
+            }
+        }
+    }
+}
+
+/// Failures of the source.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// `read_stream` was asked for rows after a cursor below the topic's retention floor
+    /// (checked in the same snapshot as the read): the reader must not assume it saw everything.
+    /// The gateway reports `stale_cursor` to the client.
+    #[error("cursor of {} is below its retention floor {}", state.topic, state.retention_floor)]
+    Stale { state: TopicState },
+    /// Anything else; clients get `internal`.
+    #[error("sync source unavailable")]
+    Unavailable(#[source] anyhow::Error),
+}
+
+/// The read API the gateway needs from the projectors.
+///
+/// Implementations must keep the contract's invariants: per topic, watermarks are gapless and
+/// commit-ordered, so a reader that sees watermark N+1 also sees N.
+#[async_trait]
+pub trait SyncSource: Send + Sync + 'static {
+    /// States of `topics`, in the same order; unknown topics get a state of zeros.
+    async fn topic_states(&self, topics: &[&str]) -> Result<Vec<TopicState>, SourceError>;
+
+    /// Rows of `topic` with `watermark > after`, ascending, at most `limit`, filtered by owner.
+    /// [`SourceError::Stale`] when `after` is below the retention floor.
+    async fn read_stream(
+        &self,
+        topic: &str,
+        after: u64,
+        limit: usize,
+        owner: &OwnerFilter,
+    ) -> Result<Vec<StreamRow>, SourceError>;
+
+    /// One consistent snapshot of `topic`'s current docs (or the one `doc_key`).
+    async fn hydrate(
+        &self,
+        topic: &str,
+        doc_key: Option<&str>,
+        owner: &OwnerFilter,
+    ) -> Result<Hydration, SourceError>;
+
+    /// A receiver that changes whenever any topic's head may have moved (a wake-up only:
+    /// consumers re-read the source).
+    fn subscribe_heads(&self) -> watch::Receiver<u64>;
+}
