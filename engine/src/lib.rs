@@ -6,12 +6,15 @@
 //! - [`command`]: [`Engine`], which stamps, handles and appends commands with optimistic
 //!   concurrency, bounded retries and idempotency keys.
 //! - [`cache`]: the in-memory aggregate cache behind the engine.
+//! - [`artifacts`]: receipts, REPLAY.jsonl, trajectory hashes and receipt signatures, computed
+//!   from a run's events; recording a finished run's receipt.
 //! - [`notify`]: commit notifications, in-process and across processes (PostgreSQL NOTIFY).
 //! - [`db`]: connecting, migrating and checking the database.
 //! - [`clock`]: injectable clock and id source.
 //! - `testing` (feature `testing`): throwaway databases for tests.
 #![forbid(unsafe_code)]
 
+pub mod artifacts;
 mod cache;
 pub mod clock;
 pub mod command;
