@@ -68,7 +68,12 @@ pub struct ReplayArgs {
     #[arg(long, conflicts_with_all = ["bless", "print"])]
     pub journal: bool,
     /// Data directory of the embedded journal, for `--journal`.
-    #[arg(long, value_name = "DIR", default_value = "data", env = "OA_DATA_DIR")]
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = ".openagents-runtime",
+        env = "OA_DATA_DIR"
+    )]
     pub data_dir: PathBuf,
     /// Where `--journal` builds its scratch copy: a PostgreSQL server URL, else embedded SQLite.
     #[arg(long, value_name = "URL")]

@@ -1,0 +1,471 @@
+//! Writing an audit bundle: events streamed from the journal page by page, then each covered
+//! run's receipt and replay (rebuilt one run at a time from its stored events), the chain heads
+//! and the manifest. Memory does not grow with the number of events: it holds one page of rows,
+//! one run at a time, and one chain head (~150 bytes) per aggregate in the bundle.
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+
+use aggregates::canonical::{hash_canonical, sha256_hex, write_json_string, PrefixedSha256};
+use aggregates::chain::{self, EventContent};
+use aggregates::run::Run;
+use aggregates::Timestamp;
+use anyhow::{anyhow, Context};
+use cqrs_es::persist::SerializedEvent;
+use engine::artifacts::recorder::receipt_for;
+use engine::artifacts::{render_replay, replay_hash, ReceiptSigner, RunRecord, RunRecordBuilder};
+use engine::Database;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde_json::{json, Map, Value};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+
+use super::bundle::{Scope, BUNDLE_SCHEMA};
+use super::source::{page_after, AuditRow, RowFilter, RowPages, PAGE};
+
+/// How to export.
+#[derive(Clone, Debug)]
+pub struct ExportOptions {
+    pub scope: Scope,
+    /// Signs the receipts and the manifest.
+    pub signer: Option<ReceiptSigner>,
+    /// `CARGO_PKG_VERSION` of the exporting binary.
+    pub runtime_version: String,
+    pub exported_at: Timestamp,
+    /// Draw a progress bar on stderr (only when it is a terminal).
+    pub progress: bool,
+    /// Recompute every event's content hash and chain link while exporting and count stored
+    /// hashes that do not match (the bundle always carries the stored values, so `audit verify`
+    /// names them too).
+    pub verify_stored: bool,
+}
+
+/// What an export wrote.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ExportSummary {
+    pub events: u64,
+    pub aggregates: u64,
+    pub runs: u64,
+    /// Stored hashes that do not match their recomputation (with `verify_stored`).
+    pub stored_hash_mismatches: u64,
+    pub bundle_sha256: String,
+    pub bytes: u64,
+}
+
+/// Buffers lines, hashes them and writes them out in large chunks.
+struct LineWriter<W> {
+    out: W,
+    buffer: Vec<u8>,
+    hasher: PrefixedSha256,
+    bytes: u64,
+}
+
+impl<W: AsyncWrite + Unpin> LineWriter<W> {
+    async fn end_line(&mut self) -> anyhow::Result<()> {
+        self.buffer.push(b'\n');
+        if self.buffer.len() >= 256 * 1024 {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> anyhow::Result<()> {
+        self.hasher.update(&self.buffer);
+        self.bytes += self.buffer.len() as u64;
+        self.out
+            .write_all(&self.buffer)
+            .await
+            .context("write the bundle")?;
+        self.buffer.clear();
+        Ok(())
+    }
+
+    async fn value_line(&mut self, value: &Value) -> anyhow::Result<()> {
+        serde_json::to_writer(&mut self.buffer, value)?;
+        self.end_line().await
+    }
+}
+
+/// The chain hash of `aggregate_type/aggregate_id` at `sequence` (for the first event of an
+/// aggregate in a time-range export): the stored one, or recomputed from the aggregate's start.
+async fn chain_through(
+    database: &Database,
+    aggregate_type: &str,
+    aggregate_id: &str,
+    sequence: i64,
+) -> anyhow::Result<Option<String>> {
+    let filter = RowFilter {
+        aggregates: vec![(aggregate_type.to_owned(), aggregate_id.to_owned())],
+    };
+    let mut prev: Option<String> = None;
+    let mut after = (-1, 0);
+    loop {
+        let page = page_after(database, &filter, after, PAGE).await?;
+        let Some(last) = page.last() else {
+            return Ok(prev);
+        };
+        after = (last.transaction_id, last.position);
+        for row in page {
+            if row.sequence > sequence {
+                return Ok(prev);
+            }
+            let metadata: Value = serde_json::from_str(&row.metadata)?;
+            let stored = metadata
+                .get(chain::CHAIN_HASH_KEY)
+                .and_then(Value::as_str)
+                .map(str::to_owned);
+            prev = Some(match stored {
+                Some(stored) => stored,
+                None => {
+                    let payload: Value = serde_json::from_str(&row.payload)?;
+                    chain::link(prev.as_deref(), &content_of(&row, &payload, &metadata)).1
+                }
+            });
+        }
+    }
+}
+
+fn content_of<'a>(row: &'a AuditRow, payload: &'a Value, metadata: &'a Value) -> EventContent<'a> {
+    EventContent {
+        aggregate_type: &row.aggregate_type,
+        aggregate_id: &row.aggregate_id,
+        sequence: row.sequence as u64,
+        event_type: &row.event_type,
+        event_version: &row.event_version,
+        payload,
+        metadata,
+    }
+}
+
+/// Per-aggregate state while exporting.
+struct Head {
+    first_sequence: i64,
+    last_sequence: i64,
+    chain_hash: String,
+}
+
+/// Writes a bundle of `options.scope` from `database` to `out`.
+///
+/// # Errors
+/// When the database or `out` fails.
+pub async fn export<W: AsyncWrite + Unpin>(
+    database: &Database,
+    options: &ExportOptions,
+    out: W,
+) -> anyhow::Result<ExportSummary> {
+    let mut w = LineWriter {
+        out,
+        buffer: Vec::with_capacity(512 * 1024),
+        hasher: PrefixedSha256::new(),
+        bytes: 0,
+    };
+    let mut summary = ExportSummary::default();
+    w.value_line(&json!({
+        "type": "header",
+        "schema": BUNDLE_SCHEMA,
+        "runtime_version": options.runtime_version,
+        "chain_scheme": chain::CHAIN_SCHEME,
+        "scope": options.scope.to_json(),
+        "exported_at": options.exported_at.to_rfc3339(),
+    }))
+    .await?;
+
+    let filter = RowFilter {
+        aggregates: options.scope.aggregates(),
+    };
+    let mut pages = RowPages::start(database, filter).await?;
+    let bar = if options.progress && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        let bar = ProgressBar::with_draw_target(Some(pages.total()), ProgressDrawTarget::stderr());
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{spinner} {wide_bar} {pos}/{len} events ({per_sec}, eta {eta})",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        bar
+    } else {
+        ProgressBar::hidden()
+    };
+    let time_range = match &options.scope {
+        Scope::TimeRange { since, until } => Some((*since, *until)),
+        _ => None,
+    };
+    let mut heads: BTreeMap<(String, String), Head> = BTreeMap::new();
+    let mut first_position: Option<(i64, i64)> = None;
+    let mut last_position: Option<(i64, i64)> = None;
+    let mut first_recorded: Option<String> = None;
+    let mut last_recorded: Option<String> = None;
+    while let Some(page) = pages.next().await? {
+        bar.inc(page.len() as u64);
+        for row in page {
+            let mut metadata: Map<String, Value> = serde_json::from_str(&row.metadata)
+                .with_context(|| {
+                    format!(
+                        "metadata of {}/{}#{}",
+                        row.aggregate_type, row.aggregate_id, row.sequence
+                    )
+                })?;
+            let recorded_at = metadata
+                .get("recorded_at")
+                .and_then(Value::as_str)
+                .map(str::to_owned);
+            if let Some((since, until)) = time_range {
+                let at = recorded_at
+                    .as_deref()
+                    .and_then(|s| s.parse::<Timestamp>().ok());
+                if !at.is_some_and(|at| at >= since && at < until) {
+                    continue;
+                }
+            }
+            let stored_content = take_str(&mut metadata, chain::CONTENT_HASH_KEY);
+            let stored_chain = take_str(&mut metadata, chain::CHAIN_HASH_KEY);
+            let key = (row.aggregate_type.clone(), row.aggregate_id.clone());
+            let prev = match heads.get(&key) {
+                Some(head) => Some(head.chain_hash.clone()),
+                None if row.sequence <= 1 => None,
+                None => {
+                    chain_through(
+                        database,
+                        &row.aggregate_type,
+                        &row.aggregate_id,
+                        row.sequence - 1,
+                    )
+                    .await?
+                }
+            };
+            let needs_payload = options.verify_stored
+                || stored_content.is_none()
+                || stored_chain.is_none()
+                || row.payload.contains(['\n', '\r']);
+            let payload: Option<Value> = if needs_payload {
+                Some(serde_json::from_str(&row.payload).with_context(|| {
+                    format!(
+                        "payload of {}/{}#{}",
+                        row.aggregate_type, row.aggregate_id, row.sequence
+                    )
+                })?)
+            } else {
+                None
+            };
+            let metadata = Value::Object(metadata);
+            let (content_hash, chain_hash) = match (&payload, &stored_content, &stored_chain) {
+                (None, Some(c), Some(h)) => (c.clone(), h.clone()),
+                (Some(p), _, _) => {
+                    let (computed_content, computed_chain) =
+                        chain::link(prev.as_deref(), &content_of(&row, p, &metadata));
+                    if stored_content
+                        .as_ref()
+                        .is_some_and(|s| *s != computed_content)
+                        || stored_chain.as_ref().is_some_and(|s| *s != computed_chain)
+                    {
+                        summary.stored_hash_mismatches += 1;
+                    }
+                    (
+                        stored_content.clone().unwrap_or(computed_content),
+                        stored_chain.clone().unwrap_or(computed_chain),
+                    )
+                }
+                (None, _, _) => unreachable!("the payload is parsed when a stored hash is missing"),
+            };
+            // The event line, fields in a fixed order.
+            let buf = &mut w.buffer;
+            write!(
+                buf,
+                "{{\"type\":\"event\",\"position\":{},\"transaction_id\":{},\"aggregate_type\":",
+                row.position, row.transaction_id
+            )?;
+            write_json_string(&row.aggregate_type, buf)?;
+            buf.extend_from_slice(b",\"aggregate_id\":");
+            write_json_string(&row.aggregate_id, buf)?;
+            write!(buf, ",\"sequence\":{},\"event_type\":", row.sequence)?;
+            write_json_string(&row.event_type, buf)?;
+            buf.extend_from_slice(b",\"event_version\":");
+            write_json_string(&row.event_version, buf)?;
+            buf.extend_from_slice(b",\"recorded_at\":");
+            match &recorded_at {
+                Some(at) => write_json_string(at, buf)?,
+                None => buf.extend_from_slice(b"null"),
+            }
+            buf.extend_from_slice(b",\"payload\":");
+            match &payload {
+                Some(p) if row.payload.contains(['\n', '\r']) => {
+                    serde_json::to_writer(&mut *buf, p)?
+                }
+                _ => buf.extend_from_slice(row.payload.as_bytes()),
+            }
+            buf.extend_from_slice(b",\"metadata\":");
+            serde_json::to_writer(&mut *buf, &metadata)?;
+            buf.extend_from_slice(b",\"content_hash\":");
+            write_json_string(&content_hash, buf)?;
+            buf.extend_from_slice(b",\"prev_chain_hash\":");
+            match &prev {
+                Some(p) => write_json_string(p, buf)?,
+                None => buf.extend_from_slice(b"null"),
+            }
+            buf.extend_from_slice(b",\"chain_hash\":");
+            write_json_string(&chain_hash, buf)?;
+            buf.push(b'}');
+            w.end_line().await?;
+
+            summary.events += 1;
+            let cursor = (row.transaction_id, row.position);
+            first_position.get_or_insert(cursor);
+            last_position = Some(cursor);
+            if first_recorded.is_none() {
+                first_recorded.clone_from(&recorded_at);
+            }
+            if recorded_at.is_some() {
+                last_recorded = recorded_at;
+            }
+            heads
+                .entry(key)
+                .and_modify(|h| {
+                    h.last_sequence = row.sequence;
+                    h.chain_hash.clone_from(&chain_hash);
+                })
+                .or_insert(Head {
+                    first_sequence: row.sequence,
+                    last_sequence: row.sequence,
+                    chain_hash,
+                });
+        }
+    }
+    bar.finish_and_clear();
+
+    // Receipts and replays of the runs whose whole stream is in the bundle.
+    for ((aggregate_type, run_id), head) in &heads {
+        if aggregate_type != "run" || head.first_sequence != 1 {
+            continue;
+        }
+        let record = run_record(database, run_id, head.last_sequence).await?;
+        let Some(record) = record else { continue };
+        let receipt = receipt_for(&record, options.signer.as_ref(), &[]);
+        w.value_line(&json!({"type": "receipt", "run_id": run_id, "receipt": receipt}))
+            .await?;
+        let text = render_replay(&record);
+        w.value_line(&json!({"type": "replay", "run_id": run_id, "replay_hash": replay_hash(&record), "replay_jsonl": text}))
+            .await?;
+        summary.runs += 1;
+    }
+    for ((aggregate_type, aggregate_id), head) in &heads {
+        w.value_line(&json!({
+            "type": "chain_head",
+            "aggregate_type": aggregate_type,
+            "aggregate_id": aggregate_id,
+            "first_sequence": head.first_sequence,
+            "sequence": head.last_sequence,
+            "chain_hash": head.chain_hash,
+        }))
+        .await?;
+    }
+    summary.aggregates = heads.len() as u64;
+    w.flush().await?;
+
+    let bundle_sha256 = std::mem::take(&mut w.hasher).finish();
+    let mut manifest = json!({
+        "type": "manifest",
+        "schema": BUNDLE_SCHEMA,
+        "runtime_version": options.runtime_version,
+        "scope": options.scope.to_json(),
+        "exported_at": options.exported_at.to_rfc3339(),
+        "counts": {
+            "events": summary.events,
+            "aggregates": summary.aggregates,
+            "runs": summary.runs,
+            "receipts": summary.runs,
+            "replays": summary.runs,
+        },
+        "range": {
+            "first_cursor": first_position.map(|(t, p)| json!({"transaction_id": t, "position": p})),
+            "last_cursor": last_position.map(|(t, p)| json!({"transaction_id": t, "position": p})),
+            "first_recorded_at": first_recorded,
+            "last_recorded_at": last_recorded,
+        },
+        "bundle_sha256": bundle_sha256,
+    });
+    if let Some(signer) = &options.signer {
+        let digest = manifest_digest(&manifest);
+        let signature = signer
+            .sign_sha256_hex(&digest)
+            .map_err(|e| anyhow!("sign the manifest: {e}"))?;
+        manifest["signature"] = serde_json::to_value(signature)?;
+    }
+    w.value_line(&manifest).await?;
+    w.flush().await?;
+    w.out.flush().await.context("flush the bundle")?;
+    summary.bundle_sha256 = bundle_sha256;
+    summary.bytes = w.bytes;
+    Ok(summary)
+}
+
+/// Hex SHA-256 of the canonical manifest without `signature`: what a manifest signature signs.
+pub fn manifest_digest(manifest: &Value) -> String {
+    let mut unsigned = manifest.clone();
+    if let Some(object) = unsigned.as_object_mut() {
+        object.remove("signature");
+    }
+    let prefixed = hash_canonical(&unsigned);
+    prefixed.trim_start_matches("sha256:").to_owned()
+}
+
+fn take_str(metadata: &mut Map<String, Value>, key: &str) -> Option<String> {
+    match metadata.remove(key) {
+        Some(Value::String(s)) => Some(s),
+        Some(other) => {
+            // Not ours: keep it in the hashed metadata.
+            metadata.insert(key.to_owned(), other);
+            None
+        }
+        None => None,
+    }
+}
+
+/// A run's stream up to journal `last_sequence`, decoded (upcasters applied).
+async fn run_record(
+    database: &Database,
+    run_id: &str,
+    last_sequence: i64,
+) -> anyhow::Result<Option<RunRecord>> {
+    let filter = RowFilter {
+        aggregates: vec![("run".into(), run_id.to_owned())],
+    };
+    let mut builder = RunRecordBuilder::default();
+    let mut events = Vec::new();
+    let mut after = (-1, 0);
+    'pages: loop {
+        let page = page_after(database, &filter, after, PAGE).await?;
+        let Some(last) = page.last() else { break };
+        after = (last.transaction_id, last.position);
+        for row in page {
+            if row.sequence > last_sequence {
+                break 'pages;
+            }
+            let serialized = SerializedEvent {
+                aggregate_id: row.aggregate_id.clone(),
+                sequence: row.sequence as usize,
+                aggregate_type: row.aggregate_type.clone(),
+                event_type: row.event_type.clone(),
+                event_version: row.event_version.clone(),
+                payload: serde_json::from_str(&row.payload)?,
+                metadata: serde_json::from_str(&row.metadata)?,
+            };
+            let metadata = serialized.metadata.clone();
+            let envelope = engine::command::decode::<Run>(serialized, row.sequence as u64)?;
+            if let Some(event) = builder.push(row.sequence as u64, &envelope.payload, &metadata)? {
+                events.push(event);
+            }
+        }
+    }
+    let Ok((header, status)) = builder.finish() else {
+        return Ok(None);
+    };
+    Ok(Some(RunRecord {
+        header,
+        status,
+        events,
+    }))
+}
+
+/// Hex SHA-256 of `bytes` (re-exported for the verifier's messages).
+pub fn hex_sha256(bytes: &[u8]) -> String {
+    sha256_hex(bytes)
+}
