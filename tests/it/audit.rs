@@ -631,3 +631,96 @@ mod http {
         http_artifacts(db).await;
     }
 }
+
+mod recorder {
+    use std::time::Duration;
+
+    use aggregates::ids::{Owner, RunId, ThreadId, UserId};
+    use aggregates::receipt::RunReceipt;
+    use aggregates::run::{Outcome, Run, RunCommand};
+    use engine::artifacts::{run_receipt_recorder, RecorderConfig};
+    use engine::CommandContext;
+    use serde_json::Map;
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+
+    on_both_backends!(the_recorder_catches_up_then_records_each_run_as_it_finishes);
+
+    async fn finish(engine: &Engine, id: &str, end: bool) {
+        let ctx = CommandContext::system("test");
+        let create = openagents_runtime::replay::fixture::new_create_run(
+            RunId::parse(id).unwrap(),
+            ThreadId::parse("t").unwrap(),
+            Owner::User(UserId::parse("1").unwrap()),
+            Map::new(),
+        );
+        engine.execute::<Run>(id, create, &ctx).await.unwrap();
+        engine
+            .execute::<Run>(
+                id,
+                RunCommand::StartRun {
+                    source: "runtime".into(),
+                },
+                &ctx,
+            )
+            .await
+            .unwrap();
+        if end {
+            let finish = RunCommand::FinishRun {
+                outcome: Outcome::Succeeded,
+                reason_class: None,
+                reason: None,
+                error_code: None,
+            };
+            engine.execute::<Run>(id, finish, &ctx).await.unwrap();
+        }
+    }
+
+    async fn receipt_version(engine: &Engine, id: &str) -> u64 {
+        engine.load::<RunReceipt>(id).await.unwrap().1
+    }
+
+    async fn eventually_recorded(engine: &Engine, id: &str) {
+        for _ in 0..1_000 {
+            if receipt_version(engine, id).await == 1 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("no receipt recorded for {id}");
+    }
+
+    async fn the_recorder_catches_up_then_records_each_run_as_it_finishes(db: &TestDb) {
+        let engine = Arc::new(Engine::new(
+            db.database.journal(),
+            Stamps::system(),
+            Arc::new(JournalNotifier::new()),
+            EngineConfig::default(),
+        ));
+        finish(&engine, "before-start", true).await;
+        let shutdown = CancellationToken::new();
+        let signer = ReceiptSigner::from_secret_hex(KEY).unwrap();
+        let task = tokio::spawn(run_receipt_recorder(
+            engine.clone(),
+            db.database.clone(),
+            RecorderConfig {
+                signer: Some(signer),
+                poll_interval: Duration::from_millis(200),
+            },
+            shutdown.clone(),
+        ));
+        eventually_recorded(&engine, "before-start").await;
+        finish(&engine, "open", false).await;
+        finish(&engine, "live", true).await;
+        eventually_recorded(&engine, "live").await;
+        assert_eq!(receipt_version(&engine, "open").await, 0);
+        let (summary, _) = engine.load::<RunReceipt>("live").await.unwrap();
+        let receipt = summary.receipt.unwrap();
+        let signature: ReceiptSignature =
+            serde_json::from_value(receipt["signature"].clone()).unwrap();
+        assert!(verify_receipt_signature(&signature).unwrap());
+        shutdown.cancel();
+        task.await.unwrap().unwrap();
+    }
+}

@@ -23,7 +23,10 @@ pub mod trajectory;
 
 pub use receipt::{build_receipt, PaymentReceipt, Receipt, ReceiptBuilder, SettledPayment};
 pub use record::{RunHeader, RunRecord, RunRecordBuilder, RunStreamEvent};
-pub use recorder::{load_run_record, receipt_for, record_receipt, RecordError, RecordOutcome};
+pub use recorder::{
+    load_run_record, receipt_for, record_receipt, run_receipt_recorder, runs_missing_receipts,
+    RecordError, RecordOutcome, RecorderConfig,
+};
 pub use replay::{parse_replay, render_replay, replay_hash, ReplayWriter};
 pub use signature::{verify_receipt_signature, ReceiptSignature, ReceiptSigner, SignatureError};
 pub use trajectory::{trajectory_hash, TrajectoryHasher};
