@@ -20,7 +20,7 @@ use serde_json::{json, Map, Value};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use super::bundle::{Scope, BUNDLE_SCHEMA};
-use super::source::{page_after, AuditRow, RowFilter, RowPages, PAGE};
+use super::source::{aggregate_rows, AuditRow, RowFilter, RowPages};
 
 /// How to export.
 #[derive(Clone, Debug)]
@@ -86,42 +86,35 @@ impl<W: AsyncWrite + Unpin> LineWriter<W> {
 }
 
 /// The chain hash of `aggregate_type/aggregate_id` at `sequence` (for the first event of an
-/// aggregate in a time-range export): the stored one, or recomputed from the aggregate's start.
+/// aggregate in a time-range export): the stored one, or recomputed from the aggregate's start
+/// for rows written before the chain existed.
 async fn chain_through(
     database: &Database,
     aggregate_type: &str,
     aggregate_id: &str,
     sequence: i64,
 ) -> anyhow::Result<Option<String>> {
-    let filter = RowFilter {
-        aggregates: vec![(aggregate_type.to_owned(), aggregate_id.to_owned())],
-    };
+    let at = aggregate_rows(database, aggregate_type, aggregate_id, sequence, sequence).await?;
+    if let Some(row) = at.first() {
+        let metadata: Value = serde_json::from_str(&row.metadata)?;
+        if let Some(stored) = metadata.get(chain::CHAIN_HASH_KEY).and_then(Value::as_str) {
+            return Ok(Some(stored.to_owned()));
+        }
+    }
     let mut prev: Option<String> = None;
-    let mut after = (-1, 0);
-    loop {
-        let page = page_after(database, &filter, after, PAGE).await?;
-        let Some(last) = page.last() else {
-            return Ok(prev);
-        };
-        after = (last.transaction_id, last.position);
-        for row in page {
-            if row.sequence > sequence {
-                return Ok(prev);
-            }
-            let metadata: Value = serde_json::from_str(&row.metadata)?;
-            let stored = metadata
-                .get(chain::CHAIN_HASH_KEY)
-                .and_then(Value::as_str)
-                .map(str::to_owned);
-            prev = Some(match stored {
-                Some(stored) => stored,
+    for row in aggregate_rows(database, aggregate_type, aggregate_id, 1, sequence).await? {
+        let metadata: Value = serde_json::from_str(&row.metadata)?;
+        prev = Some(
+            match metadata.get(chain::CHAIN_HASH_KEY).and_then(Value::as_str) {
+                Some(stored) => stored.to_owned(),
                 None => {
                     let payload: Value = serde_json::from_str(&row.payload)?;
                     chain::link(prev.as_deref(), &content_of(&row, &payload, &metadata)).1
                 }
-            });
-        }
+            },
+        );
     }
+    Ok(prev)
 }
 
 fn content_of<'a>(row: &'a AuditRow, payload: &'a Value, metadata: &'a Value) -> EventContent<'a> {
@@ -425,34 +418,22 @@ async fn run_record(
     run_id: &str,
     last_sequence: i64,
 ) -> anyhow::Result<Option<RunRecord>> {
-    let filter = RowFilter {
-        aggregates: vec![("run".into(), run_id.to_owned())],
-    };
     let mut builder = RunRecordBuilder::default();
     let mut events = Vec::new();
-    let mut after = (-1, 0);
-    'pages: loop {
-        let page = page_after(database, &filter, after, PAGE).await?;
-        let Some(last) = page.last() else { break };
-        after = (last.transaction_id, last.position);
-        for row in page {
-            if row.sequence > last_sequence {
-                break 'pages;
-            }
-            let serialized = SerializedEvent {
-                aggregate_id: row.aggregate_id.clone(),
-                sequence: row.sequence as usize,
-                aggregate_type: row.aggregate_type.clone(),
-                event_type: row.event_type.clone(),
-                event_version: row.event_version.clone(),
-                payload: serde_json::from_str(&row.payload)?,
-                metadata: serde_json::from_str(&row.metadata)?,
-            };
-            let metadata = serialized.metadata.clone();
-            let envelope = engine::command::decode::<Run>(serialized, row.sequence as u64)?;
-            if let Some(event) = builder.push(row.sequence as u64, &envelope.payload, &metadata)? {
-                events.push(event);
-            }
+    for row in aggregate_rows(database, "run", run_id, 1, last_sequence).await? {
+        let serialized = SerializedEvent {
+            aggregate_id: row.aggregate_id.clone(),
+            sequence: row.sequence as usize,
+            aggregate_type: row.aggregate_type.clone(),
+            event_type: row.event_type.clone(),
+            event_version: row.event_version.clone(),
+            payload: serde_json::from_str(&row.payload)?,
+            metadata: serde_json::from_str(&row.metadata)?,
+        };
+        let metadata = serialized.metadata.clone();
+        let envelope = engine::command::decode::<Run>(serialized, row.sequence as u64)?;
+        if let Some(event) = builder.push(row.sequence as u64, &envelope.payload, &metadata)? {
+            events.push(event);
         }
     }
     let Ok((header, status)) = builder.finish() else {

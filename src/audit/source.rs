@@ -39,25 +39,21 @@ pub struct RowFilter {
     pub aggregates: Vec<(String, String)>,
 }
 
-impl RowFilter {
-    fn types_and_ids(&self) -> (Vec<String>, Vec<String>) {
-        self.aggregates.iter().cloned().unzip()
+/// `AND (aggregate_type, aggregate_id) IN (…)` with numbered placeholders from `first`, or
+/// nothing without a filter. Explicit pairs let both planners use the primary key for small
+/// filters and the global-order index for a full read.
+fn pg_filter(filter: &RowFilter, first: usize) -> String {
+    if filter.aggregates.is_empty() {
+        return String::new();
     }
+    let pairs: Vec<String> = (0..filter.aggregates.len())
+        .map(|i| format!("(${}, ${})", first + 2 * i, first + 2 * i + 1))
+        .collect();
+    format!(
+        " AND (aggregate_type, aggregate_id) IN ({})",
+        pairs.join(", ")
+    )
 }
-
-const PG_COUNT: &str = "SELECT count(*) FROM events e
-  WHERE cardinality($1::text[]) = 0
-     OR (e.aggregate_type, e.aggregate_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))";
-
-const PG_PAGE: &str = "SELECT transaction_id, position, aggregate_type, aggregate_id, sequence,
-       event_type, event_version, payload::text AS payload, metadata::text AS metadata
-  FROM events e
- WHERE (transaction_id, position) > ($3, $4)
-   AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())::text::bigint
-   AND (cardinality($1::text[]) = 0
-        OR (e.aggregate_type, e.aggregate_id) IN (SELECT * FROM unnest($1::text[], $2::text[])))
- ORDER BY transaction_id, position
- LIMIT $5";
 
 fn sqlite_filter(filter: &RowFilter) -> String {
     if filter.aggregates.is_empty() {
@@ -97,13 +93,15 @@ where
 pub async fn count_rows(database: &Database, filter: &RowFilter) -> anyhow::Result<u64> {
     let count: i64 = match database {
         Database::Postgres(pool) => {
-            let (types, ids) = filter.types_and_ids();
-            sqlx::query(PG_COUNT)
-                .bind(&types)
-                .bind(&ids)
-                .fetch_one(pool)
-                .await?
-                .try_get(0)?
+            let sql = format!(
+                "SELECT count(*) FROM events WHERE true{}",
+                pg_filter(filter, 1)
+            );
+            let mut query = sqlx::query(&sql);
+            for (t, id) in &filter.aggregates {
+                query = query.bind(t).bind(id);
+            }
+            query.fetch_one(pool).await?.try_get(0)?
         }
         Database::Sqlite { pool, .. } => {
             let sql = format!(
@@ -132,15 +130,21 @@ pub async fn page_after(
 ) -> anyhow::Result<Vec<AuditRow>> {
     match database {
         Database::Postgres(pool) => {
-            let (types, ids) = filter.types_and_ids();
-            let rows = sqlx::query(PG_PAGE)
-                .bind(&types)
-                .bind(&ids)
-                .bind(after.0)
-                .bind(after.1)
-                .bind(limit)
-                .fetch_all(pool)
-                .await?;
+            let sql = format!(
+                "SELECT transaction_id, position, aggregate_type, aggregate_id, sequence,
+                        event_type, event_version, payload::text AS payload, metadata::text AS metadata
+                   FROM events
+                  WHERE (transaction_id, position) > ($1, $2)
+                    AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())::text::bigint{}
+                  ORDER BY transaction_id, position
+                  LIMIT $3",
+                pg_filter(filter, 4)
+            );
+            let mut query = sqlx::query(&sql).bind(after.0).bind(after.1).bind(limit);
+            for (t, id) in &filter.aggregates {
+                query = query.bind(t).bind(id);
+            }
+            let rows = query.fetch_all(pool).await?;
             rows.iter()
                 .map(|r| decode_row(r).context("decode an events row"))
                 .collect()
@@ -164,30 +168,53 @@ pub async fn page_after(
     }
 }
 
-/// The stored metadata text of one event, if it exists.
+/// One aggregate's rows with `sequence` in `from..=to`, in sequence order (primary-key reads).
 ///
 /// # Errors
-/// When the database fails.
-pub async fn metadata_of(
+/// When the database fails or a row cannot be decoded.
+pub async fn aggregate_rows(
     database: &Database,
     aggregate_type: &str,
     aggregate_id: &str,
-    sequence: i64,
-) -> anyhow::Result<Option<AuditRow>> {
-    let filter = RowFilter {
-        aggregates: vec![(aggregate_type.to_owned(), aggregate_id.to_owned())],
-    };
-    // Small and rare (the first event of an aggregate in a time-range export): read the
-    // aggregate's rows up to `sequence`.
-    let mut after = (-1, 0);
-    loop {
-        let page = page_after(database, &filter, after, PAGE).await?;
-        let Some(last) = page.last() else {
-            return Ok(None);
-        };
-        after = (last.transaction_id, last.position);
-        if let Some(row) = page.into_iter().find(|r| r.sequence == sequence) {
-            return Ok(Some(row));
+    from: i64,
+    to: i64,
+) -> anyhow::Result<Vec<AuditRow>> {
+    match database {
+        Database::Postgres(pool) => {
+            let rows = sqlx::query(
+                "SELECT transaction_id, position, aggregate_type, aggregate_id, sequence,
+                        event_type, event_version, payload::text AS payload, metadata::text AS metadata
+                   FROM events
+                  WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence BETWEEN $3 AND $4
+                  ORDER BY sequence",
+            )
+            .bind(aggregate_type)
+            .bind(aggregate_id)
+            .bind(from)
+            .bind(to)
+            .fetch_all(pool)
+            .await?;
+            rows.iter()
+                .map(|r| decode_row(r).context("decode an events row"))
+                .collect()
+        }
+        Database::Sqlite { pool, .. } => {
+            let rows = sqlx::query(
+                "SELECT transaction_id, position, aggregate_type, aggregate_id, sequence,
+                        event_type, event_version, payload, metadata
+                   FROM events
+                  WHERE aggregate_type = ?1 AND aggregate_id = ?2 AND sequence BETWEEN ?3 AND ?4
+                  ORDER BY sequence",
+            )
+            .bind(aggregate_type)
+            .bind(aggregate_id)
+            .bind(from)
+            .bind(to)
+            .fetch_all(pool)
+            .await?;
+            rows.iter()
+                .map(|r| decode_row(r).context("decode an events row"))
+                .collect()
         }
     }
 }
