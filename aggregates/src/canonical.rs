@@ -23,20 +23,7 @@ pub fn canonical_json(value: &Value) -> String {
 /// Whatever `out` returns.
 pub fn write_canonical<W: io::Write + ?Sized>(value: &Value, out: &mut W) -> io::Result<()> {
     match value {
-        Value::Object(map) => {
-            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
-            entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
-            out.write_all(b"{")?;
-            for (i, (key, value)) in entries.into_iter().enumerate() {
-                if i > 0 {
-                    out.write_all(b",")?;
-                }
-                write_json_string(key, out)?;
-                out.write_all(b":")?;
-                write_canonical(value, out)?;
-            }
-            out.write_all(b"}")
-        }
+        Value::Object(map) => write_canonical_map(map, out),
         Value::Array(items) => {
             out.write_all(b"[")?;
             for (i, item) in items.iter().enumerate() {
@@ -50,6 +37,28 @@ pub fn write_canonical<W: io::Write + ?Sized>(value: &Value, out: &mut W) -> io:
         Value::String(text) => write_json_string(text, out),
         scalar => serde_json::to_writer(&mut *out, scalar).map_err(io::Error::other),
     }
+}
+
+/// Streams the canonical JSON of an object (without wrapping it in a `Value`).
+///
+/// # Errors
+/// Whatever `out` returns.
+pub fn write_canonical_map<W: io::Write + ?Sized>(
+    map: &serde_json::Map<String, Value>,
+    out: &mut W,
+) -> io::Result<()> {
+    let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+    entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    out.write_all(b"{")?;
+    for (i, (key, value)) in entries.into_iter().enumerate() {
+        if i > 0 {
+            out.write_all(b",")?;
+        }
+        write_json_string(key, out)?;
+        out.write_all(b":")?;
+        write_canonical(value, out)?;
+    }
+    out.write_all(b"}")
 }
 
 /// Writes `text` as a JSON string literal with serde_json's escaping.

@@ -7,7 +7,9 @@
 //!    `metadata` without the chain keys), `recorded_at`, and the chain link `content_hash`,
 //!    `prev_chain_hash`, `chain_hash` (`aggregates::chain`).
 //! 3. `receipt` and `replay` (per run whose whole stream is in the bundle): the run's
-//!    `openagents.receipt.v1` and its REPLAY.jsonl v1 text with its `replay_hash`.
+//!    `openagents.receipt.v1` and its REPLAY.jsonl v1 text with its `replay_hash`, right after
+//!    the event that ends the run (a terminal run takes no further events), or after the events
+//!    for runs still open at the end of the range.
 //! 4. `chain_head` (per aggregate in the bundle, sorted): the last sequence and chain hash.
 //! 5. `manifest` (last line): counts, range, `bundle_sha256` (`sha256:` of every byte before the
 //!    manifest line) and, optionally, a Schnorr `signature` over the manifest's canonical hash.

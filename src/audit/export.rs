@@ -1,9 +1,11 @@
-//! Writing an audit bundle: events streamed from the journal page by page, then each covered
-//! run's receipt and replay (rebuilt one run at a time from its stored events), the chain heads
-//! and the manifest. Memory does not grow with the number of events: it holds one page of rows,
-//! one run at a time, and one chain head (~150 bytes) per aggregate in the bundle.
+//! Writing an audit bundle in one pass: events streamed from the journal page by page; each run
+//! whose stream starts in the bundle folded into its receipt and replay as its events go past,
+//! written right after the event that ends it (runs still open at the end follow the events);
+//! then the chain heads and the manifest. Memory does not grow with the number of events: one page
+//! of rows, one chain head (~150 bytes) per aggregate, and the artifacts of the runs open at the
+//! same time (their REPLAY.jsonl text so far).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Write as _;
 
 use aggregates::canonical::{hash_canonical, sha256_hex, write_json_string, PrefixedSha256};
@@ -12,8 +14,7 @@ use aggregates::run::Run;
 use aggregates::Timestamp;
 use anyhow::{anyhow, Context};
 use cqrs_es::persist::SerializedEvent;
-use engine::artifacts::recorder::receipt_for;
-use engine::artifacts::{render_replay, replay_hash, ReceiptSigner, RunRecord, RunRecordBuilder};
+use engine::artifacts::{ReceiptSigner, RunArtifactsBuilder, RunRecordBuilder};
 use engine::Database;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::{json, Map, Value};
@@ -49,6 +50,8 @@ pub struct ExportSummary {
     pub stored_hash_mismatches: u64,
     pub bundle_sha256: String,
     pub bytes: u64,
+    /// Runs whose events could not be decoded: exported without receipt and replay.
+    pub runs_without_artifacts: u64,
 }
 
 /// Buffers lines, hashes them and writes them out in large chunks.
@@ -183,6 +186,7 @@ pub async fn export<W: AsyncWrite + Unpin>(
         _ => None,
     };
     let mut heads: BTreeMap<(String, String), Head> = BTreeMap::new();
+    let mut open_runs: HashMap<String, OpenRun> = HashMap::new();
     let mut first_position: Option<(i64, i64)> = None;
     let mut last_position: Option<(i64, i64)> = None;
     let mut first_recorded: Option<String> = None;
@@ -191,12 +195,7 @@ pub async fn export<W: AsyncWrite + Unpin>(
         bar.inc(page.len() as u64);
         for row in page {
             let mut metadata: Map<String, Value> = serde_json::from_str(&row.metadata)
-                .with_context(|| {
-                    format!(
-                        "metadata of {}/{}#{}",
-                        row.aggregate_type, row.aggregate_id, row.sequence
-                    )
-                })?;
+                .with_context(|| format!("metadata of {}", name(&row)))?;
             let recorded_at = metadata
                 .get("recorded_at")
                 .and_then(Value::as_str)
@@ -225,78 +224,52 @@ pub async fn export<W: AsyncWrite + Unpin>(
                     .await?
                 }
             };
-            let needs_payload = options.verify_stored
-                || stored_content.is_none()
-                || stored_chain.is_none()
-                || row.payload.contains(['\n', '\r']);
-            let payload: Option<Value> = if needs_payload {
-                Some(serde_json::from_str(&row.payload).with_context(|| {
-                    format!(
-                        "payload of {}/{}#{}",
-                        row.aggregate_type, row.aggregate_id, row.sequence
-                    )
-                })?)
+            // A run whose whole stream is in the bundle gets its receipt and replay, built while
+            // its events stream past.
+            let is_run = row.aggregate_type == "run";
+            if is_run && row.sequence == 1 && !heads.contains_key(&key) {
+                open_runs.insert(row.aggregate_id.clone(), OpenRun::default());
+            }
+            let builds_artifacts = is_run && open_runs.contains_key(&row.aggregate_id);
+            let hash_here =
+                options.verify_stored || stored_content.is_none() || stored_chain.is_none();
+            let multiline = row.payload.contains(['\n', '\r']);
+            let payload: Option<Value> = if hash_here || builds_artifacts || multiline {
+                Some(
+                    serde_json::from_str(&row.payload)
+                        .with_context(|| format!("payload of {}", name(&row)))?,
+                )
             } else {
                 None
             };
             let metadata = Value::Object(metadata);
-            let (content_hash, chain_hash) = match (&payload, &stored_content, &stored_chain) {
-                (None, Some(c), Some(h)) => (c.clone(), h.clone()),
-                (Some(p), _, _) => {
-                    let (computed_content, computed_chain) =
+            let (content_hash, chain_hash) = match (&payload, stored_content, stored_chain) {
+                (Some(p), stored_content, stored_chain) if hash_here => {
+                    let (content, link) =
                         chain::link(prev.as_deref(), &content_of(&row, p, &metadata));
-                    if stored_content
-                        .as_ref()
-                        .is_some_and(|s| *s != computed_content)
-                        || stored_chain.as_ref().is_some_and(|s| *s != computed_chain)
+                    if stored_content.as_ref().is_some_and(|s| *s != content)
+                        || stored_chain.as_ref().is_some_and(|s| *s != link)
                     {
                         summary.stored_hash_mismatches += 1;
                     }
                     (
-                        stored_content.clone().unwrap_or(computed_content),
-                        stored_chain.clone().unwrap_or(computed_chain),
+                        stored_content.unwrap_or(content),
+                        stored_chain.unwrap_or(link),
                     )
                 }
-                (None, _, _) => unreachable!("the payload is parsed when a stored hash is missing"),
+                (_, Some(content), Some(link)) => (content, link),
+                _ => unreachable!("hashes are computed whenever one is not stored"),
             };
-            // The event line, fields in a fixed order.
-            let buf = &mut w.buffer;
-            write!(
-                buf,
-                "{{\"type\":\"event\",\"position\":{},\"transaction_id\":{},\"aggregate_type\":",
-                row.position, row.transaction_id
+            write_event_line(
+                &mut w.buffer,
+                &row,
+                recorded_at.as_deref(),
+                payload.as_ref().filter(|_| multiline),
+                &metadata,
+                &content_hash,
+                prev.as_deref(),
+                &chain_hash,
             )?;
-            write_json_string(&row.aggregate_type, buf)?;
-            buf.extend_from_slice(b",\"aggregate_id\":");
-            write_json_string(&row.aggregate_id, buf)?;
-            write!(buf, ",\"sequence\":{},\"event_type\":", row.sequence)?;
-            write_json_string(&row.event_type, buf)?;
-            buf.extend_from_slice(b",\"event_version\":");
-            write_json_string(&row.event_version, buf)?;
-            buf.extend_from_slice(b",\"recorded_at\":");
-            match &recorded_at {
-                Some(at) => write_json_string(at, buf)?,
-                None => buf.extend_from_slice(b"null"),
-            }
-            buf.extend_from_slice(b",\"payload\":");
-            match &payload {
-                Some(p) if row.payload.contains(['\n', '\r']) => {
-                    serde_json::to_writer(&mut *buf, p)?
-                }
-                _ => buf.extend_from_slice(row.payload.as_bytes()),
-            }
-            buf.extend_from_slice(b",\"metadata\":");
-            serde_json::to_writer(&mut *buf, &metadata)?;
-            buf.extend_from_slice(b",\"content_hash\":");
-            write_json_string(&content_hash, buf)?;
-            buf.extend_from_slice(b",\"prev_chain_hash\":");
-            match &prev {
-                Some(p) => write_json_string(p, buf)?,
-                None => buf.extend_from_slice(b"null"),
-            }
-            buf.extend_from_slice(b",\"chain_hash\":");
-            write_json_string(&chain_hash, buf)?;
-            buf.push(b'}');
             w.end_line().await?;
 
             summary.events += 1;
@@ -308,6 +281,23 @@ pub async fn export<W: AsyncWrite + Unpin>(
             }
             if recorded_at.is_some() {
                 last_recorded = recorded_at;
+            }
+            if builds_artifacts {
+                let payload = payload.expect("parsed for the run's artifacts");
+                let finished = fold_run(&mut open_runs, &row, payload, &metadata);
+                match finished {
+                    Ok(false) => {}
+                    Ok(true) => {
+                        let run = open_runs.remove(&row.aggregate_id).expect("open");
+                        write_artifacts(&mut w, &row.aggregate_id, run, options).await?;
+                        summary.runs += 1;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error.message = %e, run_id = %row.aggregate_id, "no receipt or replay for this run in the bundle");
+                        open_runs.remove(&row.aggregate_id);
+                        summary.runs_without_artifacts += 1;
+                    }
+                }
             }
             heads
                 .entry(key)
@@ -323,21 +313,14 @@ pub async fn export<W: AsyncWrite + Unpin>(
         }
     }
     bar.finish_and_clear();
-
-    // Receipts and replays of the runs whose whole stream is in the bundle.
-    for ((aggregate_type, run_id), head) in &heads {
-        if aggregate_type != "run" || head.first_sequence != 1 {
-            continue;
+    // Runs still open at the end of the range: their artifacts as of now, in id order.
+    let mut still_open: Vec<(String, OpenRun)> = open_runs.into_iter().collect();
+    still_open.sort_by(|a, b| a.0.cmp(&b.0));
+    for (run_id, run) in still_open {
+        if run.artifacts.is_some() {
+            write_artifacts(&mut w, &run_id, run, options).await?;
+            summary.runs += 1;
         }
-        let record = run_record(database, run_id, head.last_sequence).await?;
-        let Some(record) = record else { continue };
-        let receipt = receipt_for(&record, options.signer.as_ref(), &[]);
-        w.value_line(&json!({"type": "receipt", "run_id": run_id, "receipt": receipt}))
-            .await?;
-        let text = render_replay(&record);
-        w.value_line(&json!({"type": "replay", "run_id": run_id, "replay_hash": replay_hash(&record), "replay_jsonl": text}))
-            .await?;
-        summary.runs += 1;
     }
     for ((aggregate_type, aggregate_id), head) in &heads {
         w.value_line(&json!({
@@ -412,38 +395,134 @@ fn take_str(metadata: &mut Map<String, Value>, key: &str) -> Option<String> {
     }
 }
 
-/// A run's stream up to journal `last_sequence`, decoded (upcasters applied).
-async fn run_record(
-    database: &Database,
-    run_id: &str,
-    last_sequence: i64,
-) -> anyhow::Result<Option<RunRecord>> {
-    let mut builder = RunRecordBuilder::default();
-    let mut events = Vec::new();
-    for row in aggregate_rows(database, "run", run_id, 1, last_sequence).await? {
-        let serialized = SerializedEvent {
-            aggregate_id: row.aggregate_id.clone(),
-            sequence: row.sequence as usize,
-            aggregate_type: row.aggregate_type.clone(),
-            event_type: row.event_type.clone(),
-            event_version: row.event_version.clone(),
-            payload: serde_json::from_str(&row.payload)?,
-            metadata: serde_json::from_str(&row.metadata)?,
-        };
-        let metadata = serialized.metadata.clone();
-        let envelope = engine::command::decode::<Run>(serialized, row.sequence as u64)?;
-        if let Some(event) = builder.push(row.sequence as u64, &envelope.payload, &metadata)? {
-            events.push(event);
+/// A run being exported whose stream started in the bundle.
+#[derive(Default)]
+struct OpenRun {
+    record: RunRecordBuilder,
+    artifacts: Option<RunArtifactsBuilder<Vec<u8>>>,
+}
+
+fn name(row: &AuditRow) -> String {
+    format!(
+        "{}/{}#{}",
+        row.aggregate_type, row.aggregate_id, row.sequence
+    )
+}
+
+/// Folds one run event into its open run; `Ok(true)` when the run has reached a terminal state
+/// (its stream is complete: a terminal run accepts no further events).
+fn fold_run(
+    open_runs: &mut HashMap<String, OpenRun>,
+    row: &AuditRow,
+    payload: Value,
+    metadata: &Value,
+) -> anyhow::Result<bool> {
+    let run = open_runs
+        .get_mut(&row.aggregate_id)
+        .expect("only open runs are folded");
+    let serialized = SerializedEvent {
+        aggregate_id: row.aggregate_id.clone(),
+        sequence: row.sequence as usize,
+        aggregate_type: row.aggregate_type.clone(),
+        event_type: row.event_type.clone(),
+        event_version: row.event_version.clone(),
+        payload,
+        // Decoding reads the payload only; the run's metadata is read below, as stored.
+        metadata: Value::Object(Map::new()),
+    };
+    let envelope = engine::command::decode::<Run>(serialized, row.sequence as u64)?;
+    match run
+        .record
+        .push(row.sequence as u64, &envelope.payload, metadata)?
+    {
+        None => {
+            let header = run.record.header().expect("set by run.created");
+            run.artifacts = Some(RunArtifactsBuilder::start(header, Vec::new())?);
+            Ok(false)
+        }
+        Some(event) => {
+            if let Some(artifacts) = &mut run.artifacts {
+                artifacts.push(&event)?;
+            }
+            Ok(run.record.status().is_some_and(|s| s.is_terminal()))
         }
     }
-    let Ok((header, status)) = builder.finish() else {
-        return Ok(None);
+}
+
+/// Writes a run's `receipt` and `replay` lines.
+async fn write_artifacts<W: AsyncWrite + Unpin>(
+    w: &mut LineWriter<W>,
+    run_id: &str,
+    run: OpenRun,
+    options: &ExportOptions,
+) -> anyhow::Result<()> {
+    let (Some(artifacts), Some(status)) = (run.artifacts, run.record.status()) else {
+        return Ok(());
     };
-    Ok(Some(RunRecord {
-        header,
-        status,
-        events,
-    }))
+    let (mut receipt, replay) = artifacts.finish(status, &[])?;
+    if let Some(signer) = &options.signer {
+        receipt.signature = Some(
+            signer
+                .sign_sha256_hex(&receipt.canonical_json_sha256)
+                .map_err(|e| anyhow!("sign a receipt: {e}"))?,
+        );
+    }
+    w.value_line(&json!({"type": "receipt", "run_id": run_id, "receipt": receipt}))
+        .await?;
+    let replay_hash = aggregates::canonical::sha256_prefixed(&replay);
+    let text = String::from_utf8(replay).context("REPLAY.jsonl is UTF-8")?;
+    w.value_line(&json!({"type": "replay", "run_id": run_id, "replay_hash": replay_hash, "replay_jsonl": text}))
+        .await
+}
+
+/// The event line, fields in a fixed order; `payload` embeds the stored text unless a reformatted
+/// value is given (stored text spanning lines).
+#[allow(clippy::too_many_arguments)]
+fn write_event_line(
+    buf: &mut Vec<u8>,
+    row: &AuditRow,
+    recorded_at: Option<&str>,
+    reformatted_payload: Option<&Value>,
+    metadata: &Value,
+    content_hash: &str,
+    prev: Option<&str>,
+    chain_hash: &str,
+) -> anyhow::Result<()> {
+    write!(
+        buf,
+        "{{\"type\":\"event\",\"position\":{},\"transaction_id\":{},\"aggregate_type\":",
+        row.position, row.transaction_id
+    )?;
+    write_json_string(&row.aggregate_type, buf)?;
+    buf.extend_from_slice(b",\"aggregate_id\":");
+    write_json_string(&row.aggregate_id, buf)?;
+    write!(buf, ",\"sequence\":{},\"event_type\":", row.sequence)?;
+    write_json_string(&row.event_type, buf)?;
+    buf.extend_from_slice(b",\"event_version\":");
+    write_json_string(&row.event_version, buf)?;
+    buf.extend_from_slice(b",\"recorded_at\":");
+    match recorded_at {
+        Some(at) => write_json_string(at, buf)?,
+        None => buf.extend_from_slice(b"null"),
+    }
+    buf.extend_from_slice(b",\"payload\":");
+    match reformatted_payload {
+        Some(p) => serde_json::to_writer(&mut *buf, p)?,
+        None => buf.extend_from_slice(row.payload.as_bytes()),
+    }
+    buf.extend_from_slice(b",\"metadata\":");
+    serde_json::to_writer(&mut *buf, metadata)?;
+    buf.extend_from_slice(b",\"content_hash\":");
+    write_json_string(content_hash, buf)?;
+    buf.extend_from_slice(b",\"prev_chain_hash\":");
+    match prev {
+        Some(p) => write_json_string(p, buf)?,
+        None => buf.extend_from_slice(b"null"),
+    }
+    buf.extend_from_slice(b",\"chain_hash\":");
+    write_json_string(chain_hash, buf)?;
+    buf.push(b'}');
+    Ok(())
 }
 
 /// Hex SHA-256 of `bytes` (re-exported for the verifier's messages).

@@ -109,6 +109,8 @@ struct RunState {
     receipt: Option<ReceiptBuilder>,
     replay: Option<ReplayWriter<PrefixedSha256>>,
     broken: Option<String>,
+    /// The run's receipt line was checked; no event of the run may follow.
+    sealed: bool,
 }
 
 struct Verifier {
@@ -291,7 +293,7 @@ impl Verifier {
         }
         // Fold run events into their artifacts; receipts recorded in the journal are remembered.
         if aggregate_type == "run" {
-            self.fold_run(aggregate_id, sequence, in_order, line, payload, metadata);
+            self.fold_run(n, aggregate_id, sequence, in_order, line, payload, metadata);
         }
         if aggregate_type == "run_receipt" {
             if let Some(sha) = payload
@@ -304,8 +306,10 @@ impl Verifier {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn fold_run(
         &mut self,
+        n: usize,
         run_id: &str,
         sequence: i64,
         in_order: bool,
@@ -321,12 +325,24 @@ impl Verifier {
                     receipt: None,
                     replay: None,
                     broken: None,
+                    sealed: false,
                 },
             );
         }
         let Some(state) = self.runs.get_mut(run_id) else {
             return;
         };
+        if state.sealed {
+            let message = format!(
+                "run/{run_id}#{sequence} comes after the run's receipt: its receipt and replay do not cover it"
+            );
+            self.report.findings.push(Finding {
+                line: Some(n),
+                kind: FindingKind::ReceiptMismatch,
+                message,
+            });
+            return;
+        }
         if state.broken.is_some() {
             return;
         }
@@ -410,6 +426,7 @@ impl Verifier {
             self.find(Some(n), FindingKind::ReceiptMismatch, message);
             return;
         }
+        state.sealed = true;
         let Some(builder) = state.receipt.take() else {
             self.find(
                 Some(n),
@@ -714,7 +731,7 @@ pub fn verify_bundle<R: BufRead>(
                 format!("the first line is not a {BUNDLE_SCHEMA} header"),
             );
         }
-        if kind != "event" && !events_done && n > 1 {
+        if (kind == "chain_head" || kind == "manifest") && !events_done {
             events_done = true;
             v.finish_events();
         }

@@ -9,10 +9,12 @@
 //! - [`replay`]: REPLAY.jsonl v1, written while streaming, and a parser for it.
 //! - [`receipt`]: `openagents.receipt.v1` (tool calls, verification, payments, metrics).
 //! - [`signature`]: deterministic BIP-340 Schnorr receipt signatures (`secp256k1_schnorr_no_aux_rand`).
+//! - [`builder`]: receipt and replay built together in one pass.
 //! - [`history`]: re-executing recorded run streams (compat histories, REPLAY.jsonl) through the
 //!   engine.
 //! - [`recorder`]: recording a finished run's receipt in the journal (`run_receipt` aggregate).
 
+pub mod builder;
 pub mod history;
 pub mod receipt;
 pub mod record;
@@ -21,6 +23,7 @@ pub mod replay;
 pub mod signature;
 pub mod trajectory;
 
+pub use builder::RunArtifactsBuilder;
 pub use receipt::{build_receipt, PaymentReceipt, Receipt, ReceiptBuilder, SettledPayment};
 pub use record::{RunHeader, RunRecord, RunRecordBuilder, RunStreamEvent};
 pub use recorder::{

@@ -180,7 +180,15 @@ impl ReceiptBuilder {
 
     /// Adds the next stream event.
     pub fn push(&mut self, event: &RunStreamEvent) {
-        self.trajectory.push(event);
+        let mut canonical = Vec::with_capacity(128);
+        aggregates::canonical::write_canonical_map(&event.payload, &mut canonical)
+            .expect("writing to a Vec cannot fail");
+        self.push_canonical(event, &canonical);
+    }
+
+    /// Adds the next stream event whose payload's canonical JSON is already at hand.
+    pub fn push_canonical(&mut self, event: &RunStreamEvent, canonical_payload: &[u8]) {
+        self.trajectory.push_canonical(event, canonical_payload);
         self.first_seq.get_or_insert(event.seq);
         self.last_seq = event.seq;
         let payload = &event.payload;

@@ -15,7 +15,9 @@
 
 use std::io::{self, Write};
 
-use aggregates::canonical::{hash_canonical, write_json_string, PrefixedSha256};
+use aggregates::canonical::{
+    sha256_prefixed, write_canonical_map, write_json_string, PrefixedSha256,
+};
 use aggregates::run::RunStatus;
 use aggregates::Timestamp;
 use serde_json::{Map, Value};
@@ -87,7 +89,16 @@ impl<W: Write> ReplayWriter<W> {
     /// # Errors
     /// Whatever the sink returns.
     pub fn push(&mut self, event: &RunStreamEvent) -> io::Result<()> {
-        let payload = Value::Object(event.payload.clone());
+        let mut canonical = Vec::with_capacity(128);
+        write_canonical_map(&event.payload, &mut canonical)?;
+        self.push_hashed(event, &sha256_prefixed(&canonical))
+    }
+
+    /// Writes one RuntimeEvent line whose `payload_hash` is already known.
+    ///
+    /// # Errors
+    /// Whatever the sink returns.
+    pub fn push_hashed(&mut self, event: &RunStreamEvent, payload_hash: &str) -> io::Result<()> {
         let out = &mut self.out;
         out.write_all(b"{\"type\":\"RuntimeEvent\",\"ts\":")?;
         write_json_string(&event.recorded_at.to_contract_rfc3339(), out)?;
@@ -96,9 +107,9 @@ impl<W: Write> ReplayWriter<W> {
         write!(out, ",\"seq\":{},\"runtime_event_type\":", event.seq)?;
         write_json_string(&event.event_type, out)?;
         out.write_all(b",\"payload_hash\":")?;
-        write_json_string(&hash_canonical(&payload), out)?;
+        write_json_string(payload_hash, out)?;
         out.write_all(b",\"payload\":")?;
-        serde_json::to_writer(&mut *out, &payload).map_err(io::Error::other)?;
+        serde_json::to_writer(&mut *out, &event.payload).map_err(io::Error::other)?;
         out.write_all(b"}\n")?;
         self.end_ts = event.recorded_at;
         if is_tool_call(&event.event_type) {

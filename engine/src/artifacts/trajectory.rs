@@ -5,8 +5,7 @@
 
 use std::io::Write;
 
-use aggregates::canonical::{write_canonical, write_json_string, PrefixedSha256};
-use serde_json::Value;
+use aggregates::canonical::{write_canonical_map, write_json_string, PrefixedSha256};
 
 use super::record::RunStreamEvent;
 
@@ -24,6 +23,13 @@ impl TrajectoryHasher {
 
     /// Adds the next event (events must come in seq order).
     pub fn push(&mut self, event: &RunStreamEvent) {
+        let mut canonical = Vec::with_capacity(128);
+        write_canonical_map(&event.payload, &mut canonical).expect("writing to a Vec cannot fail");
+        self.push_canonical(event, &canonical);
+    }
+
+    /// Adds the next event whose payload's canonical JSON is already at hand.
+    pub fn push_canonical(&mut self, event: &RunStreamEvent, canonical_payload: &[u8]) {
         let out = &mut self.hasher;
         let sep: &[u8] = if self.count == 0 { b"[" } else { b"," };
         let write = |out: &mut PrefixedSha256| -> std::io::Result<()> {
@@ -37,7 +43,7 @@ impl TrajectoryHasher {
                 None => out.write_all(b"null")?,
             }
             out.write_all(b",\"payload\":")?;
-            write_canonical(&Value::Object(event.payload.clone()), out)?;
+            out.write_all(canonical_payload)?;
             out.write_all(b",\"recorded_at\":")?;
             write_json_string(&event.recorded_at.to_contract_rfc3339(), out)?;
             write!(out, ",\"seq\":{}}}", event.seq)
@@ -73,7 +79,7 @@ pub fn trajectory_hash<'a>(events: impl IntoIterator<Item = &'a RunStreamEvent>)
 mod tests {
     use super::*;
     use aggregates::canonical::hash_canonical;
-    use serde_json::json;
+    use serde_json::{json, Value};
 
     #[test]
     fn streaming_equals_hashing_the_canonical_array() {
