@@ -41,6 +41,9 @@ pub struct BenchExportArgs {
     /// Directory for the COPY file and the bundle (default: a temporary directory).
     #[arg(long)]
     pub out_dir: Option<PathBuf>,
+    /// Keep the seeded scratch database (its name is printed) for profiling `audit export`.
+    #[arg(long)]
+    pub keep: bool,
 }
 
 fn copy_escape(text: &str, out: &mut Vec<u8>) {
@@ -199,7 +202,15 @@ pub async fn run(args: BenchExportArgs) -> anyhow::Result<()> {
     })
     .await?;
     let result = bench(&scratch.database, &args, &dir).await;
-    scratch.dispose().await;
+    if args.keep {
+        println!(
+            "kept scratch database {}",
+            scratch.name().unwrap_or_default()
+        );
+        scratch.database.close().await;
+    } else {
+        scratch.dispose().await;
+    }
     result
 }
 

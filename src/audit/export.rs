@@ -7,6 +7,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write as _;
+use std::sync::Arc;
 
 use aggregates::canonical::{hash_canonical, sha256_hex, write_json_string, PrefixedSha256};
 use aggregates::chain::{self, EventContent};
@@ -55,11 +56,29 @@ pub struct ExportSummary {
 }
 
 /// Buffers lines, hashes them and writes them out in large chunks.
+/// Buffers lines and writes them out in large chunks, hashing each chunk on a blocking thread
+/// while the next one is being produced.
 struct LineWriter<W> {
     out: W,
     buffer: Vec<u8>,
-    hasher: PrefixedSha256,
+    /// The bundle hash so far: either at hand, or inside the task hashing the last chunk. The task
+    /// owns it until it is awaited at the next flush (or at [`LineWriter::finish_hash`]).
+    hasher: Hashing,
     bytes: u64,
+}
+
+enum Hashing {
+    Idle(PrefixedSha256),
+    Busy(tokio::task::JoinHandle<PrefixedSha256>),
+}
+
+impl Hashing {
+    async fn take(self) -> anyhow::Result<PrefixedSha256> {
+        match self {
+            Hashing::Idle(hasher) => Ok(hasher),
+            Hashing::Busy(task) => task.await.context("hash task"),
+        }
+    }
 }
 
 impl<W: AsyncWrite + Unpin> LineWriter<W> {
@@ -72,14 +91,31 @@ impl<W: AsyncWrite + Unpin> LineWriter<W> {
     }
 
     async fn flush(&mut self) -> anyhow::Result<()> {
-        self.hasher.update(&self.buffer);
-        self.bytes += self.buffer.len() as u64;
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        let chunk: Arc<[u8]> = Arc::from(std::mem::take(&mut self.buffer));
+        self.buffer.reserve(512 * 1024);
+        let previous = std::mem::replace(&mut self.hasher, Hashing::Idle(PrefixedSha256::new()));
+        let mut hasher = previous.take().await?;
+        let to_hash = chunk.clone();
+        self.hasher = Hashing::Busy(tokio::task::spawn_blocking(move || {
+            hasher.update(&to_hash);
+            hasher
+        }));
+        self.bytes += chunk.len() as u64;
         self.out
-            .write_all(&self.buffer)
+            .write_all(&chunk)
             .await
             .context("write the bundle")?;
-        self.buffer.clear();
         Ok(())
+    }
+
+    /// Flushes and returns the hash of everything written.
+    async fn finish_hash(&mut self) -> anyhow::Result<String> {
+        self.flush().await?;
+        let hashing = std::mem::replace(&mut self.hasher, Hashing::Idle(PrefixedSha256::new()));
+        Ok(hashing.take().await?.finish())
     }
 
     async fn value_line(&mut self, value: &Value) -> anyhow::Result<()> {
@@ -151,7 +187,7 @@ pub async fn export<W: AsyncWrite + Unpin>(
     let mut w = LineWriter {
         out,
         buffer: Vec::with_capacity(512 * 1024),
-        hasher: PrefixedSha256::new(),
+        hasher: Hashing::Idle(PrefixedSha256::new()),
         bytes: 0,
     };
     let mut summary = ExportSummary::default();
@@ -336,7 +372,7 @@ pub async fn export<W: AsyncWrite + Unpin>(
     summary.aggregates = heads.len() as u64;
     w.flush().await?;
 
-    let bundle_sha256 = std::mem::take(&mut w.hasher).finish();
+    let bundle_sha256 = w.finish_hash().await?;
     let mut manifest = json!({
         "type": "manifest",
         "schema": BUNDLE_SCHEMA,
@@ -467,12 +503,24 @@ async fn write_artifacts<W: AsyncWrite + Unpin>(
                 .map_err(|e| anyhow!("sign a receipt: {e}"))?,
         );
     }
-    w.value_line(&json!({"type": "receipt", "run_id": run_id, "receipt": receipt}))
-        .await?;
+    let buf = &mut w.buffer;
+    buf.extend_from_slice(b"{\"type\":\"receipt\",\"run_id\":");
+    write_json_string(run_id, buf)?;
+    buf.extend_from_slice(b",\"receipt\":");
+    serde_json::to_writer(&mut *buf, &receipt)?;
+    buf.push(b'}');
+    w.end_line().await?;
     let replay_hash = aggregates::canonical::sha256_prefixed(&replay);
-    let text = String::from_utf8(replay).context("REPLAY.jsonl is UTF-8")?;
-    w.value_line(&json!({"type": "replay", "run_id": run_id, "replay_hash": replay_hash, "replay_jsonl": text}))
-        .await
+    let text = std::str::from_utf8(&replay).context("REPLAY.jsonl is UTF-8")?;
+    let buf = &mut w.buffer;
+    buf.extend_from_slice(b"{\"type\":\"replay\",\"run_id\":");
+    write_json_string(run_id, buf)?;
+    buf.extend_from_slice(b",\"replay_hash\":");
+    write_json_string(&replay_hash, buf)?;
+    buf.extend_from_slice(b",\"replay_jsonl\":");
+    write_json_string(text, buf)?;
+    buf.push(b'}');
+    w.end_line().await
 }
 
 /// The event line, fields in a fixed order; `payload` embeds the stored text unless a reformatted

@@ -219,33 +219,54 @@ pub async fn aggregate_rows(
     }
 }
 
-/// Pages through the committed rows matching a filter (see the module docs).
-pub struct RowPages<'a> {
-    database: &'a Database,
+/// A page being fetched in the background.
+type PageFetch = tokio::task::JoinHandle<anyhow::Result<Vec<AuditRow>>>;
+
+/// Pages through the committed rows matching a filter (see the module docs). While the caller
+/// works on one page, the next one is already being fetched, so the database's work and the
+/// caller's overlap.
+pub struct RowPages {
+    database: Database,
     filter: RowFilter,
     total: u64,
     seen: u64,
+    /// The page being fetched in the background and the cursor it was asked after. Dropping it
+    /// (with the pager) lets the query finish and its result be discarded.
+    prefetch: Option<(PageFetch, (i64, i64))>,
     after: (i64, i64),
 }
 
-impl<'a> RowPages<'a> {
-    /// Counts the rows to read.
+impl RowPages {
+    /// Counts the rows to read and starts fetching the first page.
     ///
     /// # Errors
     /// When the database fails.
-    pub async fn start(database: &'a Database, filter: RowFilter) -> anyhow::Result<Self> {
+    pub async fn start(database: &Database, filter: RowFilter) -> anyhow::Result<Self> {
         let total = count_rows(database, &filter).await?;
-        Ok(Self {
-            database,
+        let mut pages = Self {
+            database: database.clone(),
             filter,
             total,
             seen: 0,
+            prefetch: None,
             after: (-1, 0),
-        })
+        };
+        pages.fetch_after((-1, 0));
+        Ok(pages)
     }
 
     pub fn total(&self) -> u64 {
         self.total
+    }
+
+    fn fetch_after(&mut self, after: (i64, i64)) {
+        if self.seen >= self.total {
+            return;
+        }
+        let database = self.database.clone();
+        let filter = self.filter.clone();
+        let handle = tokio::spawn(async move { page_after(&database, &filter, after, PAGE).await });
+        self.prefetch = Some((handle, after));
     }
 
     /// The next page; `None` once every counted row was returned.
@@ -256,10 +277,16 @@ impl<'a> RowPages<'a> {
         let mut waited = Duration::ZERO;
         let pause = Duration::from_millis(20);
         while self.seen < self.total {
-            let page = page_after(self.database, &self.filter, self.after, PAGE).await?;
+            let page = match self.prefetch.take() {
+                Some((handle, after)) if after == self.after => {
+                    handle.await.context("page fetch task")??
+                }
+                _ => page_after(&self.database, &self.filter, self.after, PAGE).await?,
+            };
             if let Some(last) = page.last() {
                 self.after = (last.transaction_id, last.position);
                 self.seen += page.len() as u64;
+                self.fetch_after(self.after);
                 return Ok(Some(page));
             }
             if waited > Duration::from_secs(60) {

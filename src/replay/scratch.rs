@@ -111,6 +111,11 @@ impl ScratchDb {
         }
     }
 
+    /// The PostgreSQL database's name, for a PostgreSQL scratch journal.
+    pub fn name(&self) -> Option<String> {
+        self.postgres.as_ref().map(|(_, name)| name.clone())
+    }
+
     /// Closes the journal and drops a PostgreSQL scratch database.
     pub async fn dispose(self) {
         self.database.close().await;
