@@ -36,6 +36,9 @@ pub async fn run(args: BenchReplayArgs) -> anyhow::Result<()> {
     let target = ScratchTarget::from_url(args.database_url.as_deref());
     let mut fixtures = Vec::new();
     for path in expand_inputs(&args.inputs)? {
+        if path.extension().and_then(|e| e.to_str()) != Some("json") {
+            continue;
+        }
         let text = std::fs::read_to_string(&path)?;
         let value: serde_json::Value =
             serde_json::from_str(&text).with_context(|| path.display().to_string())?;
