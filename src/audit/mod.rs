@@ -262,3 +262,60 @@ async fn run_verify(args: VerifyArgs) -> anyhow::Result<()> {
     println!("bundle OK");
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(subcommand)]
+        audit: AuditCommand,
+    }
+
+    fn export(args: &[&str]) -> Result<ExportArgs, clap::Error> {
+        let mut argv = vec!["x", "export", "-o", "b.jsonl"];
+        argv.extend_from_slice(args);
+        match Cli::try_parse_from(argv)?.audit {
+            AuditCommand::Export(args) => Ok(args),
+            AuditCommand::Verify(_) => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn export_needs_exactly_one_scope() {
+        assert!(export(&[]).is_err());
+        assert!(export(&["--run-id", "r", "--all"]).is_err());
+        assert!(export(&["--since", "2026-01-01T00:00:00Z"]).is_err());
+        assert_eq!(export(&["--all"]).unwrap().scope().unwrap(), Scope::All);
+        let range = export(&[
+            "--since",
+            "2026-01-01T00:00:00Z",
+            "--until",
+            "2026-01-02T00:00:00Z",
+        ])
+        .unwrap();
+        assert!(matches!(range.scope().unwrap(), Scope::TimeRange { .. }));
+        let backwards = export(&[
+            "--since",
+            "2026-01-02T00:00:00Z",
+            "--until",
+            "2026-01-01T00:00:00Z",
+        ])
+        .unwrap();
+        assert!(backwards.scope().is_err());
+        assert!(export(&["--run-id", "bad id"]).unwrap().scope().is_err());
+    }
+
+    #[test]
+    fn a_malformed_signing_key_is_refused() {
+        let args = SigningArgs {
+            signing_key_file: None,
+            signing_key: Some("zz".into()),
+        };
+        assert!(args.signer().is_err());
+        assert!(SigningArgs::default().signer().unwrap().is_none());
+    }
+}

@@ -724,3 +724,61 @@ mod recorder {
         task.await.unwrap().unwrap();
     }
 }
+
+mod cli {
+    use openagents_runtime::audit::{run, AuditCommand, ExportArgs, SigningArgs, VerifyArgs};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn the_export_and_verify_commands_round_trip_and_verify_fails_on_a_tampered_bundle() {
+        let db = TestDb::sqlite().await;
+        seeded(&db).await;
+        let dir = tempfile::tempdir().unwrap();
+        let bundle = dir.path().join("run.jsonl");
+        let key_file = dir.path().join("key.hex");
+        std::fs::write(&key_file, format!("{KEY}\n")).unwrap();
+        let export = ExportArgs {
+            run_id: Some("run_happy".into()),
+            worker_id: None,
+            since: None,
+            until: None,
+            all: false,
+            output: bundle.clone(),
+            database_url: None,
+            data_dir: db.data_dir.clone().unwrap(),
+            signing: SigningArgs {
+                signing_key_file: Some(key_file),
+                signing_key: None,
+            },
+            no_verify: false,
+        };
+        run(AuditCommand::Export(export)).await.unwrap();
+        let pubkey = ReceiptSigner::from_secret_hex(KEY)
+            .unwrap()
+            .public_key_hex();
+        let verify = |path: std::path::PathBuf, signer: Option<String>| VerifyArgs {
+            bundle: path,
+            expect_signer: signer,
+            json: false,
+        };
+        run(AuditCommand::Verify(verify(
+            bundle.clone(),
+            Some(pubkey.clone()),
+        )))
+        .await
+        .unwrap();
+
+        let text = std::fs::read_to_string(&bundle).unwrap().replacen(
+            "list the files",
+            "list the filez",
+            1,
+        );
+        let tampered = dir.path().join("tampered.jsonl");
+        std::fs::write(&tampered, text).unwrap();
+        assert!(run(AuditCommand::Verify(verify(tampered, Some(pubkey))))
+            .await
+            .is_err());
+        db.cleanup().await;
+    }
+}
