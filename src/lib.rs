@@ -15,13 +15,18 @@
 //! - [`telemetry`]: tracing and the Prometheus recorder.
 //! - [`cli`]: the `openagents-runtime` command line (one file per subcommand).
 //! - [`bench`]: benchmarks run by `openagents-runtime bench …`.
+//! - [`replay`]: deterministic replay of fixtures, REPLAY.jsonl files and compat histories; the
+//!   `--journal` drift check; `bench replay`.
+//! - [`audit`]: audit bundles (export, verify), the run artifact HTTP routes, `bench export`.
 #![forbid(unsafe_code)]
 
 pub mod api;
 pub mod app;
+pub mod audit;
 pub mod bench;
 pub mod cli;
 pub mod config;
+pub mod replay;
 pub mod server;
 pub mod sweeper;
 pub mod telemetry;

@@ -10,12 +10,16 @@
 //! - [`run`]: the Run aggregate (created → running → succeeded | failed | canceled).
 //! - [`worker`]: the Worker aggregate (starting → running → stopping → stopped | failed | lost).
 //! - [`canonical`]: canonical JSON and `sha256:` content hashes.
+//! - [`chain`]: the per-aggregate event hash chain (`openagents.event_chain.v1`).
+//! - [`receipt`]: the RunReceipt aggregate (a run's recorded `openagents.receipt.v1`).
 #![forbid(unsafe_code)]
 
 pub mod aggregate;
 pub mod canonical;
+pub mod chain;
 pub mod ids;
 pub mod payment;
+pub mod receipt;
 pub mod run;
 pub mod time;
 pub mod worker;

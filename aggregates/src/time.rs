@@ -65,6 +65,15 @@ impl Timestamp {
     pub fn to_rfc3339(&self) -> String {
         self.0.to_rfc3339_opts(SecondsFormat::AutoSi, true)
     }
+
+    /// RFC 3339 with a `+00:00` offset, the original contract's rendering (trajectory hashes,
+    /// REPLAY.jsonl, receipts): `2026-02-01T00:00:01+00:00` for whole seconds; otherwise the
+    /// fewest of 3 or 6 sub-second digits that represent the instant exactly, e.g.
+    /// `2026-02-01T00:00:01.500+00:00`, `2026-02-01T00:00:01.000123+00:00` (chrono's
+    /// `to_rfc3339`, which the original runtime used). See docs/adr/0031.
+    pub fn to_contract_rfc3339(&self) -> String {
+        self.0.to_rfc3339_opts(SecondsFormat::AutoSi, false)
+    }
 }
 
 impl fmt::Display for Timestamp {
@@ -126,6 +135,21 @@ mod tests {
         let json = serde_json::to_string(&t).unwrap();
         assert_eq!(json, "\"2026-02-01T00:00:01.123456Z\"");
         assert_eq!(serde_json::from_str::<Timestamp>(&json).unwrap(), t);
+    }
+
+    #[test]
+    fn contract_rendering_uses_an_offset_and_keeps_sub_seconds_exact() {
+        let t: Timestamp = "2026-02-01T00:00:01Z".parse().unwrap();
+        assert_eq!(t.to_contract_rfc3339(), "2026-02-01T00:00:01+00:00");
+        assert_eq!(
+            t.plus_millis(500).to_contract_rfc3339(),
+            "2026-02-01T00:00:01.500+00:00"
+        );
+        let micros = Timestamp::from_unix_micros(t.unix_micros() + 123).unwrap();
+        assert_eq!(
+            micros.to_contract_rfc3339(),
+            "2026-02-01T00:00:01.000123+00:00"
+        );
     }
 
     #[test]

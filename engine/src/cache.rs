@@ -13,6 +13,9 @@ use lru::LruCache;
 pub(crate) struct Loaded<A> {
     pub aggregate: A,
     pub version: u64,
+    /// The chain hash of the event at `version` (`None` before the first event): the link the
+    /// next appended event extends (`aggregates::chain`).
+    pub chain_head: Option<String>,
 }
 
 /// One aggregate's slot. `None` means "not loaded" (or dropped after a failure).
@@ -68,6 +71,7 @@ mod tests {
         *a1.lock().await = Some(Loaded {
             aggregate: 5,
             version: 1,
+            chain_head: None,
         });
         let a2 = cache.slot::<u32>("t", "a");
         assert!(Arc::ptr_eq(&a1, &a2));

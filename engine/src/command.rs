@@ -11,6 +11,7 @@ use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use aggregates::chain::{self, EventContent};
 use aggregates::{RuntimeAggregate, Stamped, Timestamp};
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::persist::SerializedEvent;
@@ -296,7 +297,14 @@ impl Engine {
                     version: expected,
                 });
             }
-            let new_events = match to_new_events::<A>(&events, &metadata) {
+            let chained = to_new_events::<A>(
+                aggregate_id,
+                expected,
+                loaded.chain_head.as_deref(),
+                &events,
+                &metadata,
+            );
+            let (new_events, chain_head) = match chained {
                 Ok(e) => e,
                 Err(error) => {
                     *guard = None;
@@ -316,6 +324,7 @@ impl Engine {
             match appended {
                 Ok(appended) => {
                     loaded.version = appended.last_sequence;
+                    loaded.chain_head = Some(chain_head);
                     let summary = loaded.aggregate.summary();
                     drop(guard);
                     self.notifier
@@ -389,9 +398,11 @@ impl Engine {
         let Loaded {
             mut aggregate,
             version,
+            mut chain_head,
         } = slot.take().unwrap_or(Loaded {
             aggregate: A::default(),
             version: 0,
+            chain_head: None,
         });
         let stored = self
             .journal
@@ -400,11 +411,16 @@ impl Engine {
             .map_err(CommandError::from_journal)?;
         let mut version = version;
         for serialized in stored {
+            chain_head = Some(stored_chain_hash(&serialized, chain_head.as_deref()));
             let envelope = decode::<A>(serialized, version + 1).map_err(CommandError::Internal)?;
             aggregate.apply(envelope.payload);
             version += 1;
         }
-        *slot = Some(Loaded { aggregate, version });
+        *slot = Some(Loaded {
+            aggregate,
+            version,
+            chain_head,
+        });
         Ok(())
     }
 
@@ -505,21 +521,75 @@ fn event_metadata(at: Timestamp, context: &CommandContext) -> EventMetadata {
     metadata
 }
 
+/// Serialises the events of one append and links each into the aggregate's hash chain: its
+/// `content_hash` and `chain_hash` go into its metadata (`aggregates::chain`). Returns the events
+/// and the new chain head.
 fn to_new_events<A: Aggregate>(
+    aggregate_id: &str,
+    expected_sequence: u64,
+    chain_head: Option<&str>,
     events: &[A::Event],
     metadata: &EventMetadata,
-) -> anyhow::Result<Vec<NewEvent>> {
-    events
-        .iter()
-        .map(|event| {
-            Ok(NewEvent {
-                event_type: event.event_type(),
-                event_version: event.event_version(),
-                payload: serde_json::to_value(event)?,
-                metadata: metadata.clone(),
-            })
-        })
-        .collect()
+) -> anyhow::Result<(Vec<NewEvent>, String)> {
+    let metadata_value = serde_json::to_value(metadata)?;
+    let mut head = chain_head.map(str::to_owned);
+    let mut out = Vec::with_capacity(events.len());
+    for (offset, event) in events.iter().enumerate() {
+        let event_type = event.event_type();
+        let event_version = event.event_version();
+        let payload = serde_json::to_value(event)?;
+        let (content_hash, chain) = chain::link(
+            head.as_deref(),
+            &EventContent {
+                aggregate_type: A::TYPE,
+                aggregate_id,
+                sequence: expected_sequence + 1 + offset as u64,
+                event_type: &event_type,
+                event_version: &event_version,
+                payload: &payload,
+                metadata: &metadata_value,
+            },
+        );
+        let mut metadata = metadata.clone();
+        metadata.insert(chain::CONTENT_HASH_KEY.into(), content_hash);
+        metadata.insert(chain::CHAIN_HASH_KEY.into(), chain.clone());
+        head = Some(chain);
+        out.push(NewEvent {
+            event_type,
+            event_version,
+            payload,
+            metadata,
+        });
+    }
+    let head = head.ok_or_else(|| anyhow::anyhow!("an append needs at least one event"))?;
+    Ok((out, head))
+}
+
+/// The chain hash of a stored event: the one in its metadata, or (for rows written before the
+/// chain existed, or by another writer such as the stock postgres-es repository) the one computed
+/// from its content and `prev_chain_hash`.
+pub fn stored_chain_hash(event: &SerializedEvent, prev_chain_hash: Option<&str>) -> String {
+    if let Some(stored) = event
+        .metadata
+        .get(chain::CHAIN_HASH_KEY)
+        .and_then(|v| v.as_str())
+    {
+        return stored.to_owned();
+    }
+    chain::link(prev_chain_hash, &stored_content(event)).1
+}
+
+/// The chain content of a stored event.
+pub fn stored_content(event: &SerializedEvent) -> EventContent<'_> {
+    EventContent {
+        aggregate_type: &event.aggregate_type,
+        aggregate_id: &event.aggregate_id,
+        sequence: event.sequence as u64,
+        event_type: &event.event_type,
+        event_version: &event.event_version,
+        payload: &event.payload,
+        metadata: &event.metadata,
+    }
 }
 
 /// Upcasts and deserialises one stored event, checking it sits at `expected_sequence`.

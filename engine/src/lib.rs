@@ -9,12 +9,15 @@
 //!   concurrency, bounded retries and idempotency keys.
 //! - [`listing`]: runs of a thread and workers of an owner, from their birth events.
 //! - [`cache`]: the in-memory aggregate cache behind the engine.
+//! - [`artifacts`]: receipts, REPLAY.jsonl, trajectory hashes and receipt signatures, computed
+//!   from a run's events; recording a finished run's receipt.
 //! - [`notify`]: commit notifications, in-process and across processes (PostgreSQL NOTIFY).
 //! - [`db`]: connecting, migrating and checking the database.
 //! - [`clock`]: injectable clock and id source.
 //! - `testing` (feature `testing`): throwaway databases for tests.
 #![forbid(unsafe_code)]
 
+pub mod artifacts;
 pub mod auth;
 mod cache;
 pub mod clock;

@@ -7,6 +7,7 @@ mod app;
 mod support;
 
 mod api;
+mod audit;
 mod auth;
 mod cli;
 mod concurrency;
@@ -14,4 +15,5 @@ mod crash;
 mod journal;
 mod khala;
 mod lightning;
+mod replay;
 mod sweeper;

@@ -13,6 +13,7 @@
 mod commands;
 mod error;
 mod events;
+mod upcast;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -25,6 +26,7 @@ use serde_json::{json, Map, Value};
 pub use commands::{Outcome, RunCommand};
 pub use error::RunError;
 pub use events::{default_reason_class, RunEvent, RuntimeEventView, RUN_EVENT_VERSION};
+pub use upcast::{upcast_run_event, LEGACY_RUN_EVENT_VERSION};
 
 use crate::canonical::hash_canonical;
 use crate::ids::{FrameId, OrgId, Owner, RunId, ThreadId};
@@ -371,6 +373,10 @@ impl RuntimeAggregate for Run {
             updated_at: self.updated_at,
             cancel_requested: self.cancel_requested,
         }
+    }
+
+    fn upcast(event: cqrs_es::persist::SerializedEvent) -> cqrs_es::persist::SerializedEvent {
+        upcast_run_event(event)
     }
 }
 

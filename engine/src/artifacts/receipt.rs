@@ -1,0 +1,366 @@
+//! `openagents.receipt.v1`: a machine-verifiable attestation of what a run did.
+//!
+//! Extraction rules (documented in `docs/receipts-and-replay.md`), all from the run's stream:
+//! - `tool_call` frame (`tool_call_id`, `name`, optional `arguments`/`params`, `side_effects`)
+//!   opens a tool call; the `tool_result` frame with the same `tool_call_id` (optional
+//!   `output`/`result`, `ok`/`is_error`, `error`, `latency_ms`, `side_effects`) closes it. The
+//!   original runtime's single `tool` frame (`tool`, `params`/`params_hash`, `output_hash`,
+//!   `latency_ms`, `side_effects`, `ok`, `error`) is accepted as a complete call.
+//! - `verification` frame: `command`, `exit_code`, optional `cwd`, `duration_ms`.
+//! - `payment` frame: `rail`, `asset_id`, `amount_msats`, `payment_proof`, optional `job_hash`,
+//!   `status` (default `released`); plus settled payments the Lightning lane reports for the run.
+//!
+//! `canonical_json_sha256` is bare hex SHA-256 over the canonical JSON of the receipt without
+//! `canonical_json_sha256` and `signature`.
+
+use std::collections::HashMap;
+
+use aggregates::canonical::hash_canonical;
+use aggregates::receipt::{receipt_canonical_sha256, RECEIPT_SCHEMA};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::record::{RunHeader, RunRecord, RunStreamEvent};
+use super::signature::ReceiptSignature;
+use super::trajectory::TrajectoryHasher;
+
+/// Payment statuses that count towards `metrics.payments_msats_total`.
+pub const SETTLED_PAYMENT_STATUSES: [&str; 4] = ["released", "settled", "succeeded", "paid"];
+
+/// True for the stream event types that count as a tool call.
+pub fn is_tool_call(event_type: &str) -> bool {
+    event_type == "tool_call" || event_type == "tool"
+}
+
+/// The receipt, field order as served.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Receipt {
+    pub schema: String,
+    pub session_id: String,
+    pub trajectory_hash: String,
+    pub policy_bundle_id: String,
+    pub created_at: String,
+    pub event_count: u64,
+    pub first_seq: u64,
+    pub last_seq: u64,
+    pub tool_calls: Vec<ToolCallReceipt>,
+    pub verification: Vec<VerificationReceipt>,
+    pub payments: Vec<PaymentReceipt>,
+    pub metrics: ReceiptMetrics,
+    pub canonical_json_sha256: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<ReceiptSignature>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ReceiptMetrics {
+    pub tool_calls: u64,
+    pub tool_latency_ms_total: u64,
+    /// `null` without verification entries, else whether every `exit_code` is 0.
+    pub verification_passed: Option<bool>,
+    pub payments_msats_total: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ToolCallReceipt {
+    pub tool: String,
+    pub params_hash: String,
+    /// `null` while the call has no result.
+    pub output_hash: Option<String>,
+    pub latency_ms: u64,
+    pub side_effects: Vec<String>,
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+    pub call_seq: u64,
+    pub result_seq: Option<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VerificationReceipt {
+    pub command: String,
+    pub exit_code: i64,
+    pub cwd: Option<String>,
+    pub duration_ms: Option<u64>,
+    pub seq: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PaymentReceipt {
+    pub rail: String,
+    pub asset_id: String,
+    pub amount_msats: u64,
+    pub payment_proof: Value,
+    pub session_id: String,
+    pub trajectory_hash: String,
+    pub policy_bundle_id: String,
+    pub job_hash: Option<String>,
+    pub status: String,
+    /// The run seq of the `payment` frame; `null` for payments reported by the Lightning lane.
+    pub seq: Option<u64>,
+}
+
+/// A payment the Lightning lane settled for a run (added to the receipt after the frame ones).
+#[derive(Clone, Debug, PartialEq)]
+pub struct SettledPayment {
+    pub amount_msats: u64,
+    /// e.g. `{"preimage": …, "payment_hash": …}`.
+    pub payment_proof: Value,
+    pub job_hash: Option<String>,
+}
+
+fn str_of(payload: &Map<String, Value>, key: &str) -> Option<String> {
+    payload.get(key).and_then(Value::as_str).map(str::to_owned)
+}
+
+fn side_effects(payload: &Map<String, Value>) -> Vec<String> {
+    payload
+        .get("side_effects")
+        .and_then(Value::as_array)
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn ok_of(payload: &Map<String, Value>) -> bool {
+    match payload.get("ok").and_then(Value::as_bool) {
+        Some(ok) => ok,
+        None => {
+            !payload
+                .get("is_error")
+                .and_then(Value::as_bool)
+                .unwrap_or(false)
+                && payload.get("error").is_none_or(Value::is_null)
+        }
+    }
+}
+
+fn hash_of_first(payload: &Map<String, Value>, keys: &[&str], default: Value) -> String {
+    let value = keys
+        .iter()
+        .find_map(|k| payload.get(*k))
+        .cloned()
+        .unwrap_or(default);
+    hash_canonical(&value)
+}
+
+/// Builds a receipt while the run's stream goes past; memory grows only with the extracted
+/// entries (tool calls, verifications, payments), not with the stream.
+pub struct ReceiptBuilder {
+    header: RunHeader,
+    trajectory: TrajectoryHasher,
+    first_seq: Option<u64>,
+    last_seq: u64,
+    tool_calls: Vec<ToolCallReceipt>,
+    /// tool_call_id -> (index in `tool_calls`, call recorded_at) of calls without a result.
+    open_calls: HashMap<String, (usize, aggregates::Timestamp)>,
+    verification: Vec<VerificationReceipt>,
+    payments: Vec<PaymentReceipt>,
+}
+
+impl ReceiptBuilder {
+    pub fn new(header: RunHeader) -> Self {
+        Self {
+            header,
+            trajectory: TrajectoryHasher::new(),
+            first_seq: None,
+            last_seq: 0,
+            tool_calls: Vec::new(),
+            open_calls: HashMap::new(),
+            verification: Vec::new(),
+            payments: Vec::new(),
+        }
+    }
+
+    /// Adds the next stream event.
+    pub fn push(&mut self, event: &RunStreamEvent) {
+        let mut canonical = Vec::with_capacity(128);
+        aggregates::canonical::write_canonical_map(&event.payload, &mut canonical)
+            .expect("writing to a Vec cannot fail");
+        self.push_canonical(event, &canonical);
+    }
+
+    /// Adds the next stream event whose payload's canonical JSON is already at hand.
+    pub fn push_canonical(&mut self, event: &RunStreamEvent, canonical_payload: &[u8]) {
+        self.trajectory.push_canonical(event, canonical_payload);
+        self.first_seq.get_or_insert(event.seq);
+        self.last_seq = event.seq;
+        let payload = &event.payload;
+        match event.event_type.as_str() {
+            "tool_call" => {
+                let index = self.tool_calls.len();
+                let id = str_of(payload, "tool_call_id");
+                self.tool_calls.push(ToolCallReceipt {
+                    tool: str_of(payload, "name").unwrap_or_else(|| "unknown".into()),
+                    params_hash: hash_of_first(
+                        payload,
+                        &["arguments", "params"],
+                        Value::Object(Map::new()),
+                    ),
+                    output_hash: None,
+                    latency_ms: 0,
+                    side_effects: side_effects(payload),
+                    ok: false,
+                    error: None,
+                    tool_call_id: id.clone(),
+                    call_seq: event.seq,
+                    result_seq: None,
+                });
+                if let Some(id) = id {
+                    self.open_calls.insert(id, (index, event.recorded_at));
+                }
+            }
+            "tool_result" => {
+                let Some(id) = str_of(payload, "tool_call_id") else {
+                    return;
+                };
+                let Some((index, called_at)) = self.open_calls.remove(&id) else {
+                    return;
+                };
+                let call = &mut self.tool_calls[index];
+                call.output_hash = Some(hash_of_first(payload, &["output", "result"], Value::Null));
+                call.latency_ms = payload
+                    .get("latency_ms")
+                    .and_then(Value::as_u64)
+                    .unwrap_or_else(|| event.recorded_at.millis_since(called_at));
+                call.side_effects.extend(side_effects(payload));
+                call.ok = ok_of(payload);
+                call.error = payload.get("error").filter(|e| !e.is_null()).cloned();
+                call.result_seq = Some(event.seq);
+            }
+            "tool" => {
+                let params_hash = str_of(payload, "params_hash").unwrap_or_else(|| {
+                    hash_of_first(payload, &["params"], Value::Object(Map::new()))
+                });
+                self.tool_calls.push(ToolCallReceipt {
+                    tool: str_of(payload, "tool").unwrap_or_else(|| "unknown".into()),
+                    params_hash,
+                    output_hash: str_of(payload, "output_hash"),
+                    latency_ms: payload
+                        .get("latency_ms")
+                        .and_then(Value::as_u64)
+                        .unwrap_or(0),
+                    side_effects: side_effects(payload),
+                    ok: ok_of(payload),
+                    error: payload.get("error").filter(|e| !e.is_null()).cloned(),
+                    tool_call_id: None,
+                    call_seq: event.seq,
+                    result_seq: Some(event.seq),
+                });
+            }
+            "verification" => self.verification.push(VerificationReceipt {
+                command: str_of(payload, "command").unwrap_or_else(|| "unknown".into()),
+                exit_code: payload
+                    .get("exit_code")
+                    .and_then(Value::as_i64)
+                    .unwrap_or(-1),
+                cwd: str_of(payload, "cwd"),
+                duration_ms: payload.get("duration_ms").and_then(Value::as_u64),
+                seq: event.seq,
+            }),
+            "payment" => self.payments.push(PaymentReceipt {
+                rail: str_of(payload, "rail").unwrap_or_else(|| "unknown".into()),
+                asset_id: str_of(payload, "asset_id").unwrap_or_else(|| "unknown".into()),
+                amount_msats: payload
+                    .get("amount_msats")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(0),
+                payment_proof: payload.get("payment_proof").cloned().unwrap_or(Value::Null),
+                session_id: String::new(),
+                trajectory_hash: String::new(),
+                policy_bundle_id: String::new(),
+                job_hash: str_of(payload, "job_hash"),
+                status: str_of(payload, "status").unwrap_or_else(|| "released".into()),
+                seq: Some(event.seq),
+            }),
+            _ => {}
+        }
+    }
+
+    /// The receipt (unsigned), with `settled` Lightning payments appended to `payments`.
+    pub fn finish(self, settled: &[SettledPayment]) -> Receipt {
+        let event_count = self.trajectory.count();
+        let trajectory_hash = self.trajectory.finish();
+        let header = self.header;
+        let mut payments = self.payments;
+        payments.extend(settled.iter().map(|p| PaymentReceipt {
+            rail: "lightning".into(),
+            asset_id: "BTC_LN".into(),
+            amount_msats: p.amount_msats,
+            payment_proof: p.payment_proof.clone(),
+            session_id: String::new(),
+            trajectory_hash: String::new(),
+            policy_bundle_id: String::new(),
+            job_hash: p.job_hash.clone(),
+            status: "settled".into(),
+            seq: None,
+        }));
+        for payment in &mut payments {
+            payment.session_id = header.run_id.clone();
+            payment.trajectory_hash = trajectory_hash.clone();
+            payment.policy_bundle_id = header.policy_bundle_id.clone();
+        }
+        let metrics = ReceiptMetrics {
+            tool_calls: self.tool_calls.len() as u64,
+            tool_latency_ms_total: self.tool_calls.iter().map(|c| c.latency_ms).sum(),
+            verification_passed: if self.verification.is_empty() {
+                None
+            } else {
+                Some(self.verification.iter().all(|v| v.exit_code == 0))
+            },
+            payments_msats_total: payments
+                .iter()
+                .filter(|p| SETTLED_PAYMENT_STATUSES.contains(&p.status.as_str()))
+                .map(|p| p.amount_msats)
+                .sum(),
+        };
+        let mut receipt = Receipt {
+            schema: RECEIPT_SCHEMA.into(),
+            session_id: header.run_id,
+            trajectory_hash,
+            policy_bundle_id: header.policy_bundle_id,
+            created_at: header.created_at.to_contract_rfc3339(),
+            event_count,
+            first_seq: self.first_seq.unwrap_or(0),
+            last_seq: self.last_seq,
+            tool_calls: self.tool_calls,
+            verification: self.verification,
+            payments,
+            metrics,
+            canonical_json_sha256: String::new(),
+            signature: None,
+        };
+        receipt.canonical_json_sha256 = receipt_canonical_sha256(&receipt.to_map());
+        receipt
+    }
+}
+
+impl Receipt {
+    /// The receipt as a JSON object in served field order.
+    pub fn to_map(&self) -> Map<String, Value> {
+        match serde_json::to_value(self).expect("a receipt always serialises") {
+            Value::Object(map) => map,
+            _ => unreachable!("a struct serialises to an object"),
+        }
+    }
+
+    /// Recomputes `canonical_json_sha256` from the other fields.
+    pub fn computed_sha256(&self) -> String {
+        receipt_canonical_sha256(&self.to_map())
+    }
+}
+
+/// The receipt of a whole run.
+pub fn build_receipt(record: &RunRecord, settled: &[SettledPayment]) -> Receipt {
+    let mut builder = ReceiptBuilder::new(record.header.clone());
+    for event in &record.events {
+        builder.push(event);
+    }
+    builder.finish(settled)
+}

@@ -1,0 +1,177 @@
+//! The first divergence between an expected and an actual JSON document, as a readable report:
+//! where (a JSONPath-like path), what was expected and what was produced.
+
+use std::fmt;
+
+use serde_json::Value;
+
+/// Where two documents first differ.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Divergence {
+    /// `$.events[3].payload.RunStarted.source`.
+    pub path: String,
+    /// `None` when the expected document has nothing there.
+    pub expected: Option<Value>,
+    /// `None` when the produced document has nothing there.
+    pub actual: Option<Value>,
+}
+
+fn short(value: &Option<Value>) -> String {
+    match value {
+        None => "(nothing)".into(),
+        Some(v) => {
+            let text = serde_json::to_string_pretty(v).unwrap_or_default();
+            if text.len() > 2_000 {
+                let head: String = text.chars().take(2_000).collect();
+                format!("{head}… ({} bytes)", text.len())
+            } else {
+                text
+            }
+        }
+    }
+}
+
+impl fmt::Display for Divergence {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "first divergence at {}", self.path)?;
+        writeln!(
+            f,
+            "  expected: {}",
+            short(&self.expected).replace('\n', "\n            ")
+        )?;
+        write!(
+            f,
+            "  actual:   {}",
+            short(&self.actual).replace('\n', "\n            ")
+        )
+    }
+}
+
+fn key_path(path: &str, key: &str) -> String {
+    if key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') && !key.is_empty() {
+        format!("{path}.{key}")
+    } else {
+        format!("{path}[{}]", Value::String(key.to_owned()))
+    }
+}
+
+/// The first place where `actual` differs from `expected` (depth first, in document order), or
+/// `None` when they are equal.
+pub fn first_divergence(expected: &Value, actual: &Value) -> Option<Divergence> {
+    walk("$", expected, actual)
+}
+
+fn walk(path: &str, expected: &Value, actual: &Value) -> Option<Divergence> {
+    match (expected, actual) {
+        (Value::Object(e), Value::Object(a)) => {
+            for (key, ev) in e {
+                let p = key_path(path, key);
+                match a.get(key) {
+                    Some(av) => {
+                        if let Some(d) = walk(&p, ev, av) {
+                            return Some(d);
+                        }
+                    }
+                    None => {
+                        return Some(Divergence {
+                            path: p,
+                            expected: Some(ev.clone()),
+                            actual: None,
+                        })
+                    }
+                }
+            }
+            a.iter()
+                .find(|(k, _)| !e.contains_key(*k))
+                .map(|(k, av)| Divergence {
+                    path: key_path(path, k),
+                    expected: None,
+                    actual: Some(av.clone()),
+                })
+        }
+        (Value::Array(e), Value::Array(a)) => {
+            for i in 0..e.len().max(a.len()) {
+                let p = format!("{path}[{i}]");
+                match (e.get(i), a.get(i)) {
+                    (Some(ev), Some(av)) => {
+                        if let Some(d) = walk(&p, ev, av) {
+                            return Some(d);
+                        }
+                    }
+                    (ev, av) => {
+                        return Some(Divergence {
+                            path: p,
+                            expected: ev.cloned(),
+                            actual: av.cloned(),
+                        })
+                    }
+                }
+            }
+            None
+        }
+        (e, a) if e == a => None,
+        (e, a) => Some(Divergence {
+            path: path.to_owned(),
+            expected: Some(e.clone()),
+            actual: Some(a.clone()),
+        }),
+    }
+}
+
+/// The first differing line of two texts (1-based), with both lines.
+pub fn first_line_divergence(
+    expected: &str,
+    actual: &str,
+) -> Option<(usize, Option<String>, Option<String>)> {
+    let mut e = expected.split_inclusive('\n');
+    let mut a = actual.split_inclusive('\n');
+    let mut line = 0;
+    loop {
+        line += 1;
+        match (e.next(), a.next()) {
+            (None, None) => return None,
+            (x, y) if x == y => continue,
+            (x, y) => return Some((line, x.map(str::to_owned), y.map(str::to_owned))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn equal_documents_have_no_divergence() {
+        let v = json!({"a": [1, {"b": null}]});
+        assert_eq!(first_divergence(&v, &v.clone()), None);
+    }
+
+    #[test]
+    fn names_the_deepest_first_difference() {
+        let e = json!({"events": [{"n": 1}, {"payload": {"x": 1, "y": 2}}]});
+        let a = json!({"events": [{"n": 1}, {"payload": {"x": 1, "y": 3}}]});
+        let d = first_divergence(&e, &a).unwrap();
+        assert_eq!(d.path, "$.events[1].payload.y");
+        assert_eq!((d.expected, d.actual), (Some(json!(2)), Some(json!(3))));
+    }
+
+    #[test]
+    fn missing_and_extra_entries_are_divergences() {
+        let d = first_divergence(&json!([1, 2]), &json!([1])).unwrap();
+        assert_eq!((d.path.as_str(), d.actual), ("$[1]", None));
+        let d = first_divergence(&json!({"a": 1}), &json!({"a": 1, "b c": 2})).unwrap();
+        assert_eq!(d.path, "$[\"b c\"]");
+        assert!(d.to_string().contains("expected: (nothing)"));
+    }
+
+    #[test]
+    fn line_divergence_is_one_based() {
+        assert_eq!(first_line_divergence("a\nb\n", "a\nb\n"), None);
+        let (line, e, a) = first_line_divergence("a\nb\n", "a\nc\n").unwrap();
+        assert_eq!(
+            (line, e.as_deref(), a.as_deref()),
+            (2, Some("b\n"), Some("c\n"))
+        );
+    }
+}

@@ -1,0 +1,224 @@
+//! `replay --journal`: the drift check an operator runs after an upgrade. The live journal is
+//! read in commit order and copied into a scratch journal; on the way every event's content hash
+//! and chain link is recomputed, every run's receipt is rebuilt by this build from the copy and
+//! compared with the receipt recorded in the live journal, and every aggregate folds without
+//! error (upcasters included). Any difference is reported and makes the command exit non-zero.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use aggregates::chain;
+use aggregates::receipt::RunReceipt;
+use aggregates::run::Run;
+use aggregates::worker::Worker;
+use anyhow::{bail, Context};
+use engine::artifacts::load_run_record;
+use engine::artifacts::recorder::receipt_for;
+use engine::clock::Stamps;
+use engine::command::stored_content;
+use engine::journal::{AppendRequest, EventMetadata, NewEvent};
+use engine::notify::JournalNotifier;
+use engine::{Database, DatabaseConfig, Engine, EngineConfig, Journal};
+use serde_json::Value;
+
+use super::runner::CommittedPages;
+use super::scratch::{ScratchDb, ScratchTarget};
+use super::ReplayArgs;
+
+/// What the drift check found.
+#[derive(Clone, Debug, Default)]
+pub struct DriftReport {
+    pub events: u64,
+    pub aggregates: u64,
+    pub runs: u64,
+    pub receipts_compared: u64,
+    /// One readable line per problem.
+    pub problems: Vec<String>,
+}
+
+/// Runs the drift check described in the module docs.
+///
+/// # Errors
+/// When a database cannot be opened, or drift is found.
+pub async fn run(args: &ReplayArgs) -> anyhow::Result<()> {
+    let config = DatabaseConfig::from_parts(args.database_url.as_deref(), &args.data_dir, 4);
+    let live = Database::connect(&config)
+        .await
+        .with_context(|| format!("open {}", config.describe()))?;
+    let pending = live.pending_migrations().await?;
+    if !pending.is_empty() {
+        bail!("the live journal has unapplied migrations {pending:?}: run `migrate` first");
+    }
+    let scratch = ScratchDb::create(&ScratchTarget::from_url(
+        args.scratch_database_url.as_deref(),
+    ))
+    .await?;
+    let report = check_journal(&live, &scratch.database).await;
+    scratch.dispose().await;
+    live.close().await;
+    let report = report?;
+    println!(
+        "checked {} events of {} aggregates, {} runs, {} recorded receipts",
+        report.events, report.aggregates, report.runs, report.receipts_compared
+    );
+    if report.problems.is_empty() {
+        println!("no drift");
+        return Ok(());
+    }
+    for problem in &report.problems {
+        println!("DRIFT {problem}");
+    }
+    bail!("{} problems found", report.problems.len())
+}
+
+fn new_engine(database: &Database) -> Engine {
+    Engine::new(
+        database.journal(),
+        Stamps::system(),
+        std::sync::Arc::new(JournalNotifier::new()),
+        EngineConfig::default(),
+    )
+}
+
+fn to_metadata(value: &Value) -> EventMetadata {
+    value
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| {
+                    (
+                        k.clone(),
+                        v.as_str()
+                            .map(str::to_owned)
+                            .unwrap_or_else(|| v.to_string()),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Copies `live` into `scratch` (which must be empty) and compares; see the module docs.
+///
+/// # Errors
+/// When either journal fails.
+pub async fn check_journal(live: &Database, scratch: &Database) -> anyhow::Result<DriftReport> {
+    let live_journal = live.journal();
+    let scratch_journal = scratch.journal();
+    let mut report = DriftReport::default();
+    let mut heads: BTreeMap<(String, String), (u64, String)> = BTreeMap::new();
+    let mut pages = CommittedPages::start(&live_journal).await?;
+    while let Some(page) = pages.next().await? {
+        for stored in &page {
+            let e = &stored.event;
+            report.events += 1;
+            let key = (e.aggregate_type.clone(), e.aggregate_id.clone());
+            let (prev_seq, prev_link) = heads
+                .get(&key)
+                .cloned()
+                .map_or((0, None), |(s, l)| (s, Some(l)));
+            let where_ = format!(
+                "{}/{}#{} (position {})",
+                e.aggregate_type, e.aggregate_id, e.sequence, stored.cursor
+            );
+            if e.sequence as u64 != prev_seq + 1 {
+                report
+                    .problems
+                    .push(format!("{where_}: follows sequence {prev_seq}"));
+            }
+            let (content, link) = chain::link(prev_link.as_deref(), &stored_content(e));
+            for (field, computed) in [
+                (chain::CONTENT_HASH_KEY, &content),
+                (chain::CHAIN_HASH_KEY, &link),
+            ] {
+                if let Some(stored_hash) = e.metadata.get(field).and_then(Value::as_str) {
+                    if stored_hash != computed {
+                        report.problems.push(format!("{where_}: stored {field} {stored_hash} but the row hashes to {computed}"));
+                    }
+                }
+            }
+            heads.insert(key, (e.sequence as u64, link));
+            let copy = NewEvent {
+                event_type: e.event_type.clone(),
+                event_version: e.event_version.clone(),
+                payload: e.payload.clone(),
+                metadata: to_metadata(&e.metadata),
+            };
+            scratch_journal
+                .append(AppendRequest {
+                    aggregate_type: &e.aggregate_type,
+                    aggregate_id: &e.aggregate_id,
+                    expected_sequence: e.sequence as u64 - 1,
+                    events: std::slice::from_ref(&copy),
+                    idempotency: None,
+                })
+                .await
+                .with_context(|| format!("copy {where_}"))?;
+        }
+    }
+    report.aggregates = heads.len() as u64;
+    let live_engine = new_engine(live);
+    let scratch_engine = new_engine(scratch);
+    let kinds: BTreeSet<(String, String)> = heads.into_keys().collect();
+    for (aggregate_type, id) in &kinds {
+        let folded = match aggregate_type.as_str() {
+            "run" => scratch_engine
+                .load::<Run>(id)
+                .await
+                .map(|_| ())
+                .map_err(|e| format!("{e:#}")),
+            "codex_worker" => scratch_engine
+                .load::<Worker>(id)
+                .await
+                .map(|_| ())
+                .map_err(|e| format!("{e:#}")),
+            "run_receipt" => scratch_engine
+                .load::<RunReceipt>(id)
+                .await
+                .map(|_| ())
+                .map_err(|e| format!("{e:#}")),
+            _ => Ok(()),
+        };
+        if let Err(e) = folded {
+            report.problems.push(format!(
+                "{aggregate_type}/{id}: does not fold with this build: {e}"
+            ));
+        }
+        if aggregate_type != "run" {
+            continue;
+        }
+        report.runs += 1;
+        let record = match load_run_record(&scratch_engine, id).await {
+            Ok(Some(record)) => record,
+            Ok(None) => continue,
+            Err(e) => {
+                report.problems.push(format!("run/{id}: {e}"));
+                continue;
+            }
+        };
+        let recomputed = receipt_for(&record, None, &[]);
+        let recorded = live_engine
+            .load::<RunReceipt>(id)
+            .await
+            .map_err(|e| anyhow::anyhow!("load run_receipt/{id}: {e}"))?
+            .0;
+        match recorded.canonical_json_sha256 {
+            Some(recorded_sha) => {
+                report.receipts_compared += 1;
+                if recorded_sha != recomputed.canonical_json_sha256 {
+                    report.problems.push(format!(
+                        "run/{id}: recorded receipt {recorded_sha} but this build computes {}",
+                        recomputed.canonical_json_sha256
+                    ));
+                }
+            }
+            None if record.status.is_terminal() => {
+                report.problems.push(format!(
+                    "run/{id}: {} but no receipt is recorded",
+                    record.status
+                ));
+            }
+            None => {}
+        }
+    }
+    Ok(report)
+}

@@ -1,0 +1,408 @@
+//! `openagents-runtime replay`: deterministic replay.
+//!
+//! - Fixtures (`replay-fixtures/*.json`, `openagents.replay_fixture.v1`): each runs on a fresh
+//!   journal (embedded by default, PostgreSQL with `--database-url`) through the real engine, and
+//!   every output is compared with the fixture's `expected`; `--bless` rewrites `expected`.
+//! - REPLAY.jsonl files: the stream is re-executed and the regenerated REPLAY.jsonl must equal the
+//!   input byte for byte.
+//! - The original runtime's workflow histories (`openagents.runtime.workflow_history_compat.v1`):
+//!   each is re-executed and must give its expected status, trajectory and replay hashes.
+//! - `--journal`: the drift check of a live journal (see [`journal_check`]).
+//!
+//! # Layout
+//! - [`fixture`]: the fixture format.
+//! - [`runner`]: running one fixture and collecting its outputs.
+//! - [`diff`]: the first divergence between expected and actual.
+//! - [`scratch`]: throwaway journals.
+//! - [`journal_check`]: the `--journal` drift check.
+//! - [`bench`]: `bench replay`.
+
+pub mod bench;
+pub mod diff;
+pub mod fixture;
+pub mod journal_check;
+pub mod runner;
+pub mod scratch;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use aggregates::canonical::sha256_prefixed;
+use anyhow::{anyhow, bail, Context};
+use engine::artifacts::history::{
+    reexecute_history, reexecute_stream, HistoryCorpus, StreamStep, HISTORY_SCHEMA,
+};
+use engine::artifacts::render_replay;
+use engine::artifacts::replay::parse_replay;
+use engine::clock::{ManualClock, SequentialIds, Stamps};
+use engine::notify::JournalNotifier;
+use engine::{Engine, EngineConfig};
+use serde_json::{Map, Value};
+
+pub use fixture::{Fixture, FIXTURE_SCHEMA};
+pub use scratch::{ScratchDb, ScratchTarget};
+
+/// `openagents-runtime replay`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ReplayArgs {
+    /// Fixture files, REPLAY.jsonl files, compat history corpora, or directories of them
+    /// (`*.json`, `*.jsonl`, not recursive).
+    #[arg(value_name = "FIXTURE")]
+    pub inputs: Vec<PathBuf>,
+    /// Compare every output with the expectations; print the first divergence and exit non-zero
+    /// on any difference (the default).
+    #[arg(long, conflicts_with_all = ["bless", "print"])]
+    pub check: bool,
+    /// Rewrite the fixtures' `expected` with what this build produces.
+    #[arg(long, conflicts_with = "print")]
+    pub bless: bool,
+    /// Print each fixture's produced outputs as JSON instead of comparing.
+    #[arg(long)]
+    pub print: bool,
+    /// Replay on fresh PostgreSQL databases created on this server (the role needs CREATEDB)
+    /// instead of embedded SQLite. With `--journal`: the live journal to check.
+    #[arg(long, value_name = "URL")]
+    pub database_url: Option<String>,
+    /// Drift check: copy the live journal (`--database-url`, or the embedded one in
+    /// `--data-dir`) into a scratch journal, recompute and compare.
+    #[arg(long, conflicts_with_all = ["bless", "print"])]
+    pub journal: bool,
+    /// Data directory of the embedded journal, for `--journal`.
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = ".openagents-runtime",
+        env = "OA_DATA_DIR"
+    )]
+    pub data_dir: PathBuf,
+    /// Where `--journal` builds its scratch copy: a PostgreSQL server URL, else embedded SQLite.
+    #[arg(long, value_name = "URL")]
+    pub scratch_database_url: Option<String>,
+}
+
+/// What to do with each fixture.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Check,
+    Bless,
+    Print,
+}
+
+/// The result of one replayed item (a fixture, a history, a REPLAY.jsonl file).
+#[derive(Clone, Debug, PartialEq)]
+pub enum ItemStatus {
+    Matched,
+    Blessed,
+    Printed(Value),
+    /// A readable report of the first divergence.
+    Diverged(String),
+}
+
+#[derive(Clone, Debug)]
+pub struct ItemResult {
+    pub name: String,
+    pub events: usize,
+    pub status: ItemStatus,
+}
+
+/// Runs `openagents-runtime replay`.
+///
+/// # Errors
+/// When an input cannot be read or run, or (in check mode) any output diverges.
+pub async fn run(args: ReplayArgs) -> anyhow::Result<()> {
+    if args.journal {
+        return journal_check::run(&args).await;
+    }
+    if args.inputs.is_empty() {
+        bail!("name at least one fixture, REPLAY.jsonl file or directory (e.g. replay-fixtures/)");
+    }
+    let mode = if args.bless {
+        Mode::Bless
+    } else if args.print {
+        Mode::Print
+    } else {
+        Mode::Check
+    };
+    let target = ScratchTarget::from_url(args.database_url.as_deref());
+    let files = expand_inputs(&args.inputs)?;
+    let mut diverged = 0;
+    let mut total = 0;
+    for file in &files {
+        let results = replay_file(file, &target, mode)
+            .await
+            .with_context(|| format!("replay {}", file.display()))?;
+        for result in results {
+            total += 1;
+            match &result.status {
+                ItemStatus::Matched => println!(
+                    "ok       {} ({} events, {})",
+                    result.name,
+                    result.events,
+                    target.backend_name()
+                ),
+                ItemStatus::Blessed => {
+                    println!("blessed  {} ({} events)", result.name, result.events)
+                }
+                ItemStatus::Printed(value) => println!("{}", serde_json::to_string_pretty(value)?),
+                ItemStatus::Diverged(report) => {
+                    diverged += 1;
+                    println!("DIVERGED {} ({})\n{report}", result.name, file.display());
+                }
+            }
+        }
+    }
+    if diverged > 0 {
+        bail!("{diverged} of {total} replayed items diverged");
+    }
+    Ok(())
+}
+
+/// Files named directly, plus the `*.json`/`*.jsonl` files directly inside named directories
+/// (sorted; JSON files that are neither fixtures nor history corpora are skipped there).
+///
+/// # Errors
+/// When a path does not exist.
+pub fn expand_inputs(inputs: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for input in inputs {
+        if input.is_dir() {
+            let mut found: Vec<PathBuf> = std::fs::read_dir(input)
+                .with_context(|| format!("read {}", input.display()))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| {
+                    p.is_file()
+                        && matches!(
+                            p.extension().and_then(|e| e.to_str()),
+                            Some("json" | "jsonl")
+                        )
+                })
+                .filter(|p| {
+                    p.extension().and_then(|e| e.to_str()) == Some("jsonl")
+                        || json_schema(p)
+                            .is_some_and(|s| s == FIXTURE_SCHEMA || s == HISTORY_SCHEMA)
+                })
+                .collect();
+            found.sort();
+            out.extend(found);
+        } else if input.is_file() {
+            out.push(input.clone());
+        } else {
+            bail!("{} does not exist", input.display());
+        }
+    }
+    Ok(out)
+}
+
+fn json_schema(path: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let value: Value = serde_json::from_str(&text).ok()?;
+    value.get("schema")?.as_str().map(str::to_owned)
+}
+
+/// Replays one file of any accepted kind.
+///
+/// # Errors
+/// When the file cannot be read or is of no accepted kind, or a replay fails to run.
+pub async fn replay_file(
+    path: &Path,
+    target: &ScratchTarget,
+    mode: Mode,
+) -> anyhow::Result<Vec<ItemResult>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+    let name = path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("replay")
+        .to_owned();
+    let first_line = text.lines().next().unwrap_or_default();
+    if first_line.contains("\"ReplayHeader\"") {
+        return Ok(vec![replay_jsonl(&name, &text, target, mode).await?]);
+    }
+    let value: Value =
+        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
+    match value.get("schema").and_then(Value::as_str) {
+        Some(FIXTURE_SCHEMA) => Ok(vec![replay_fixture_file(path, value, target, mode).await?]),
+        Some(HISTORY_SCHEMA) => replay_histories(value, target, mode).await,
+        other => bail!(
+            "{} is neither a replay fixture ({FIXTURE_SCHEMA}), a history corpus ({HISTORY_SCHEMA}) nor REPLAY.jsonl (schema {other:?})",
+            path.display()
+        ),
+    }
+}
+
+/// Runs a fixture on a fresh journal and returns its outputs.
+///
+/// # Errors
+/// When the scratch journal cannot be created or the fixture cannot run.
+pub async fn produce(
+    fixture: &Fixture,
+    target: &ScratchTarget,
+) -> anyhow::Result<runner::FixtureRun> {
+    let scratch = ScratchDb::create(target).await?;
+    let result = runner::run_fixture(fixture, scratch.database.journal()).await;
+    scratch.dispose().await;
+    result
+}
+
+async fn replay_fixture_file(
+    path: &Path,
+    mut document: Value,
+    target: &ScratchTarget,
+    mode: Mode,
+) -> anyhow::Result<ItemResult> {
+    let fixture: Fixture =
+        serde_json::from_value(document.clone()).context("not a valid replay fixture")?;
+    let produced = produce(&fixture, target).await?;
+    let status = match mode {
+        Mode::Print => ItemStatus::Printed(produced.output),
+        Mode::Bless => {
+            let object = document
+                .as_object_mut()
+                .ok_or_else(|| anyhow!("a fixture is a JSON object"))?;
+            object.insert("expected".into(), produced.output);
+            let mut text = serde_json::to_string_pretty(&document)?;
+            text.push('\n');
+            std::fs::write(path, text).with_context(|| format!("write {}", path.display()))?;
+            ItemStatus::Blessed
+        }
+        Mode::Check => match &fixture.expected {
+            None => {
+                ItemStatus::Diverged("the fixture has no `expected` yet: run with --bless".into())
+            }
+            Some(expected) => match diff::first_divergence(expected, &produced.output) {
+                None => ItemStatus::Matched,
+                Some(d) => ItemStatus::Diverged(d.to_string()),
+            },
+        },
+    };
+    Ok(ItemResult {
+        name: fixture.name,
+        events: produced.event_count,
+        status,
+    })
+}
+
+fn fresh_engine(database: &engine::Database, clock: Arc<ManualClock>) -> Engine {
+    Engine::new(
+        database.journal(),
+        Stamps {
+            clock,
+            ids: Arc::new(SequentialIds::default()),
+        },
+        Arc::new(JournalNotifier::new()),
+        EngineConfig::default(),
+    )
+}
+
+async fn replay_histories(
+    value: Value,
+    target: &ScratchTarget,
+    mode: Mode,
+) -> anyhow::Result<Vec<ItemResult>> {
+    let corpus: HistoryCorpus =
+        serde_json::from_value(value).context("not a valid history corpus")?;
+    let mut results = Vec::new();
+    for history in &corpus.fixtures {
+        let scratch = ScratchDb::create(target).await?;
+        let clock = Arc::new(ManualClock::new(history.created_at, 0));
+        let engine = fresh_engine(&scratch.database, clock.clone());
+        let outcome = reexecute_history(&engine, &clock, history).await;
+        scratch.dispose().await;
+        let status = match outcome {
+            Err(e) => ItemStatus::Diverged(format!("re-execution failed: {e}")),
+            Ok(outcome) => match mode {
+                Mode::Print => ItemStatus::Printed(serde_json::json!({
+                    "id": history.id,
+                    "final_status": outcome.final_status,
+                    "trajectory_hash": outcome.trajectory_hash,
+                    "replay_hash": outcome.replay_hash,
+                    "runtime_event_count": outcome.runtime_event_count,
+                    "replay_jsonl": render_replay(&outcome.record),
+                })),
+                // The corpus is the original system's record: it is never rewritten.
+                Mode::Check | Mode::Bless => {
+                    let mismatches = outcome.mismatches(&history.expected);
+                    if mismatches.is_empty() {
+                        ItemStatus::Matched
+                    } else {
+                        ItemStatus::Diverged(
+                            mismatches
+                                .iter()
+                                .map(|(field, e, a)| format!("{field}: expected {e}, got {a}"))
+                                .collect::<Vec<_>>()
+                                .join("\n"),
+                        )
+                    }
+                }
+            },
+        };
+        results.push(ItemResult {
+            name: history.id.clone(),
+            events: history.events.len() + 1,
+            status,
+        });
+    }
+    Ok(results)
+}
+
+async fn replay_jsonl(
+    name: &str,
+    text: &str,
+    target: &ScratchTarget,
+    mode: Mode,
+) -> anyhow::Result<ItemResult> {
+    let parsed = parse_replay(text)?;
+    let mut metadata = Map::new();
+    metadata.insert(
+        "policy_bundle_id".into(),
+        Value::String(parsed.policy_bundle_id.clone()),
+    );
+    let steps: Vec<StreamStep<'_>> = parsed
+        .events
+        .iter()
+        .map(|e| StreamStep {
+            seq: e.seq,
+            event_type: &e.runtime_event_type,
+            payload: &e.payload,
+            idempotency_key: None,
+            recorded_at: e.ts,
+        })
+        .collect();
+    let scratch = ScratchDb::create(target).await?;
+    let clock = Arc::new(ManualClock::new(parsed.created_at, 0));
+    let engine = fresh_engine(&scratch.database, clock.clone());
+    let outcome = reexecute_stream(
+        &engine,
+        &clock,
+        &parsed.session_id,
+        parsed.created_at,
+        &metadata,
+        &steps,
+    )
+    .await;
+    scratch.dispose().await;
+    let status = match outcome {
+        Err(e) => ItemStatus::Diverged(format!("re-execution failed: {e}")),
+        Ok(outcome) => {
+            let regenerated = render_replay(&outcome.record);
+            match mode {
+                Mode::Print => ItemStatus::Printed(Value::String(regenerated)),
+                Mode::Check | Mode::Bless => match diff::first_line_divergence(text, &regenerated) {
+                    None => ItemStatus::Matched,
+                    Some((line, expected, actual)) => ItemStatus::Diverged(format!(
+                        "first divergence at line {line} (input {}, regenerated {})\n  expected: {}\n  actual:   {}",
+                        sha256_prefixed(text.as_bytes()),
+                        sha256_prefixed(regenerated.as_bytes()),
+                        expected.as_deref().unwrap_or("(nothing)").trim_end(),
+                        actual.as_deref().unwrap_or("(nothing)").trim_end()
+                    )),
+                },
+            }
+        }
+    };
+    Ok(ItemResult {
+        name: name.to_owned(),
+        events: parsed.events.len() + 1,
+        status,
+    })
+}
