@@ -8,6 +8,14 @@ pub enum BenchCommand {
     /// Command throughput and latency through the real engine against PostgreSQL, beside plain
     /// single-row INSERTs of the same payload size over the same pool.
     Append(crate::bench::append::AppendArgs),
+    /// Khala fan-out: N WebSocket clients on a topic while updates commit at a steady rate
+    /// (deliveries/s, commit→client p50/p99, memory per idle connection, replay catch-up),
+    /// beside a bare tokio WebSocket broadcast of the same frames.
+    Fanout(sync_gateway::bench::FanoutArgs),
+    /// Audit export rate for a large journal, beside a plain COPY of the same rows to a file.
+    Export(crate::audit::bench::BenchExportArgs),
+    /// Fixture replay rate on the embedded journal, beside raw appends of the same events.
+    Replay(crate::replay::bench::BenchReplayArgs),
 }
 
 /// Runs a `bench` subcommand.
@@ -17,5 +25,8 @@ pub enum BenchCommand {
 pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
     match command {
         BenchCommand::Append(args) => crate::bench::append::run(args).await,
+        BenchCommand::Fanout(args) => sync_gateway::bench::run_fanout(args).await,
+        BenchCommand::Export(args) => crate::audit::bench::run(args).await,
+        BenchCommand::Replay(args) => crate::replay::bench::run(args).await,
     }
 }

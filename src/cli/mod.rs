@@ -41,6 +41,27 @@ pub enum Command {
     /// Benchmarks (release builds only give meaningful numbers).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Replay fixtures, REPLAY.jsonl files or compat histories on a fresh journal and compare
+    /// every output byte for byte (--check, default), or rewrite the expectations (--bless);
+    /// `--journal` checks a live journal for drift.
+    Replay(crate::replay::ReplayArgs),
+    /// Export verifiable audit bundles of the journal, and verify them.
+    #[command(subcommand)]
+    Audit(crate::audit::AuditCommand),
+    /// Follow Khala sync topics like a client: hydrate, subscribe, print deltas, persist the
+    /// watermark, reconnect and resume.
+    Watch(sync_gateway::cli::WatchArgs),
+    /// The Lightning lane's operator tools (L402 paywall compile and reconcile).
+    #[command(subcommand)]
+    Lightning(LightningCommand),
+}
+
+/// `openagents-runtime lightning …`
+#[derive(Debug, Subcommand)]
+pub enum LightningCommand {
+    /// L402 paywalls: compile intents into gateway config; reconcile a gateway to it.
+    #[command(subcommand)]
+    L402(lightning::cli::L402Command),
 }
 
 /// Runs the parsed command line.
@@ -53,6 +74,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Migrate(args) => migrate::run(args).await,
         Command::Token(command) => token::run(command).await,
         Command::Bench(command) => bench::run(command).await,
+        Command::Replay(args) => crate::replay::run(args).await,
+        Command::Audit(command) => crate::audit::run(command).await,
+        Command::Watch(args) => sync_gateway::cli::run_watch(args).await,
+        Command::Lightning(LightningCommand::L402(command)) => {
+            lightning::cli::run_l402(command).await
+        }
     }
 }
 

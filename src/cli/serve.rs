@@ -53,6 +53,14 @@ pub struct ServeArgs {
     /// How long shutdown waits for in-flight requests, streams and tasks, in seconds.
     #[arg(long, env = "OA_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
     pub shutdown_grace_secs: u64,
+
+    /// The key that signs run receipts and audit bundles (optional).
+    #[command(flatten)]
+    pub signing: crate::audit::SigningArgs,
+
+    /// The Lightning lane: wallet executor and L402 gateway, each on its own listener.
+    #[command(flatten)]
+    pub lightning: lightning::cli::LightningServeArgs,
 }
 
 impl ServeArgs {
@@ -98,12 +106,73 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         version = crate::VERSION,
         "starting openagents-runtime"
     );
+    let signer = args.signing.signer()?;
     let app = App::open(config).await?;
     let server = Server::bind(app.clone()).await?;
+    let server = with_artifacts(server, &app, signer);
+    let server = with_lightning(server, &app, args.lightning.clone()).await?;
     let addr = server.local_addr();
     crate::server::cancel_on_signals(app.shutdown_token().clone());
     announce(addr, &args, &source);
     server.run_until_stopped().await
+}
+
+/// Run receipts, REPLAY.jsonl and audit bundles over HTTP, and the task that records each run's
+/// receipt when it finishes.
+fn with_artifacts(
+    server: Server,
+    app: &App,
+    signer: Option<engine::artifacts::ReceiptSigner>,
+) -> Server {
+    let router = crate::audit::router(crate::audit::ArtifactState {
+        engine: app.engine().clone(),
+        database: app.database().clone(),
+        signer: signer.clone(),
+        runtime_version: crate::VERSION.to_owned(),
+    });
+    let engine = app.engine().clone();
+    let database = app.database().clone();
+    server
+        .merge_internal(router)
+        .task("receipt-recorder", move |shutdown| {
+            engine::artifacts::run_receipt_recorder(
+                engine,
+                database,
+                engine::artifacts::RecorderConfig {
+                    signer,
+                    ..Default::default()
+                },
+                shutdown,
+            )
+        })
+}
+
+/// The wallet executor and the L402 gateway, when their flags ask for them.
+async fn with_lightning(
+    server: Server,
+    app: &App,
+    args: lightning::cli::LightningServeArgs,
+) -> anyhow::Result<Server> {
+    if !args.wallet_executor && !args.l402_gateway {
+        return Ok(server);
+    }
+    let services =
+        lightning::cli::start(args, app.engine().clone(), app.shutdown_token().clone()).await?;
+    announce_lightning(services.executor_addr, services.gateway_addr);
+    // The listeners run on their own tasks; this one ends when they do (after shutdown), so a
+    // listener that fails early stops the process like any other component.
+    Ok(server.task("lightning", move |_shutdown| services.wait()))
+}
+
+fn announce_lightning(executor: Option<SocketAddr>, gateway: Option<SocketAddr>) {
+    let mut out = std::io::stdout().lock();
+    if let Some(addr) = executor {
+        let _ = writeln!(out, "wallet executor listening on http://{addr}");
+    }
+    if let Some(addr) = gateway {
+        let _ = writeln!(out, "L402 gateway listening on http://{addr}");
+    }
+    let _ = out.flush();
 }
 
 /// Prints where the API listens (one stable line that scripts and tests parse) and, with the dev

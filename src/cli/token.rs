@@ -16,6 +16,11 @@ pub enum TokenCommand {
     /// Example: curl -H "X-OA-RUNTIME-SIGNATURE: $(openagents-runtime token internal --user-id 1)"
     ///   -H 'x-oa-user-id: 1' http://127.0.0.1:8080/internal/v1/health
     Internal(InternalTokenArgs),
+    /// Mint a Khala sync JWT (what the control plane's POST /api/sync/token returns), for
+    /// operators and tests.
+    ///
+    /// Example: openagents-runtime token mint --subject user:1 --scopes runtime.run_summaries --ttl 300
+    Mint(sync_gateway::cli::TokenMintArgs),
 }
 
 #[derive(Debug, Args)]
@@ -71,6 +76,7 @@ pub async fn run(command: TokenCommand) -> anyhow::Result<()> {
             println!("{}", internal(&args)?);
             Ok(())
         }
+        TokenCommand::Mint(args) => sync_gateway::cli::run_token_mint(args).await,
     }
 }
 
