@@ -1,7 +1,7 @@
 //! The OpenAgents Runtime: an event-sourced execution authority for AI-agent runs and workers.
 //! This crate is the composition root: it reads configuration, opens the journal, builds the
 //! command [`engine::Engine`], and serves the HTTP command API plus every background task
-//! (projectors, gateways and executors plug in through [`server::Server`]). Nothing depends on it.
+//! (projectors, the Khala gateway and the Lightning executors plug in through [`server::Server`]). Nothing depends on it.
 //!
 //! # Layout
 //! - [`config`]: [`config::RuntimeConfig`], everything `serve` needs, and the signing secret.
@@ -12,6 +12,7 @@
 //! - [`api`]: the HTTP API (axum): `/internal/v1` (runs, workers, health, OpenAPI) behind
 //!   internal signature auth, plus `/healthz`, `/readyz`, `/metrics`.
 //! - [`sweeper`]: the worker lease sweeper (marks workers whose lease ran out as lost).
+//! - [`sync`]: the sync lane: projector runners, the stream-head relay and Khala.
 //! - [`telemetry`]: tracing and the Prometheus recorder.
 //! - [`cli`]: the `openagents-runtime` command line (one file per subcommand).
 //! - [`bench`]: benchmarks run by `openagents-runtime bench …`.
@@ -29,6 +30,7 @@ pub mod config;
 pub mod replay;
 pub mod server;
 pub mod sweeper;
+pub mod sync;
 pub mod telemetry;
 
 pub use app::App;

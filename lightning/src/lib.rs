@@ -8,7 +8,6 @@
 //!   `--l402-gateway`) with [`cli::start`].
 //! - [`executor`]: the wallet executor (HTTP API, payment flow, crash reconcile).
 //! - [`l402`]: L402 compile, reconcile and the gateway.
-//! - [`projection`]: the `runtime/payment:<payment_id>` read-model document, as a pure function.
 //! - [`run_payments`]: a run's settled payments, for run receipts.
 //! - `testing` (feature `testing`): an in-process fake LND speaking real gRPC over TLS.
 #![forbid(unsafe_code)]
@@ -17,7 +16,6 @@ pub mod cli;
 pub mod executor;
 pub mod l402;
 pub mod lnd;
-pub mod projection;
 pub mod run_payments;
 
 #[cfg(any(test, feature = "testing"))]

@@ -38,17 +38,14 @@ use tower_http::trace::TraceLayer;
 
 use crate::app::App;
 
-/// The `/internal/v1` routes of the runtime itself, guarded by internal signature auth.
+/// The `/internal/v1` routes of the runtime itself ([`compose`] puts them, and every other
+/// component's internal routes, behind internal signature auth).
 pub fn internal_router(app: App) -> Router {
     Router::new()
         .route("/internal/v1/health", get(health::internal_health))
         .route("/internal/v1/openapi.json", get(openapi::document))
         .merge(runs::router())
         .merge(workers::router())
-        .route_layer(middleware::from_fn_with_state(
-            app.clone(),
-            auth::require_signature,
-        ))
         .with_state(app)
 }
 
@@ -61,7 +58,7 @@ pub fn ops_router(app: App) -> Router {
         .with_state(app)
 }
 
-/// The main listener's router: `internal` (already behind auth) and `public` routes under the
+/// The main listener's router: `internal` routes behind signature auth and `public` routes, under the
 /// process-wide layers.
 pub fn compose(app: App, internal: Router, public: Router) -> Router {
     let request_id = HeaderName::from_static("x-request-id");
@@ -85,7 +82,13 @@ pub fn compose(app: App, internal: Router, public: Router) -> Router {
             trace_id = %extract::trace_id_of(&traceparent).unwrap_or_default(),
         )
     });
+    // The signature check is applied here, after every component merged its internal routes
+    // (a route layer only covers the routes that exist when it is added).
     internal
+        .route_layer(middleware::from_fn_with_state(
+            app.clone(),
+            auth::require_signature,
+        ))
         .merge(public)
         .fallback(error::not_found_route)
         .method_not_allowed_fallback(error::method_not_allowed)

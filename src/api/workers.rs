@@ -3,7 +3,7 @@
 //! Responses are wrapped in `{"data": …}` as the original's were.
 
 use aggregates::ids::{RequestId, WorkerId};
-use aggregates::worker::{Worker, WorkerCommand, WorkerEvent, WorkerStatus, WorkerSummary};
+use aggregates::worker::{Worker, WorkerCommand, WorkerStatus, WorkerSummary};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::Event;
@@ -277,18 +277,6 @@ fn command_response(app: &App, outcome: &Outcome<Worker>) -> Data<WorkerCommandR
 
 fn path(worker_id: &WorkerId, action: &str) -> String {
     format!("/internal/v1/codex/workers/{worker_id}/{action}")
-}
-
-/// The stream payload of a stored worker event: a reported event's own payload, otherwise the
-/// event's fields.
-fn stream_payload(event: &WorkerEvent) -> Value {
-    if let WorkerEvent::EventReported { payload, .. } = event {
-        return Value::Object(payload.clone());
-    }
-    match serde_json::to_value(event) {
-        Ok(Value::Object(map)) => map.into_iter().next().map(|(_, v)| v).unwrap_or_default(),
-        _ => Value::Object(Map::new()),
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -604,7 +592,7 @@ pub(crate) async fn stream(
                     let data = json!({
                         "workerId": id, "worker_id": id, "seq": seq,
                         "eventType": event_type, "event_type": event_type,
-                        "payload": stream_payload(&envelope.payload),
+                        "payload": envelope.payload.stream_payload(),
                         "occurredAt": occurred_at, "occurred_at": occurred_at,
                     });
                     (

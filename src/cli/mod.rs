@@ -32,7 +32,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the runtime: the HTTP command API and background tasks, until SIGINT/SIGTERM.
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Apply pending database migrations, then exit (serve also migrates on start).
     Migrate(migrate::MigrateArgs),
     /// Mint tokens for tests and operators.
@@ -70,7 +70,7 @@ pub enum LightningCommand {
 /// Whatever the subcommand reports; `main` prints it and exits non-zero.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Serve(args) => serve::run(args).await,
+        Command::Serve(args) => serve::run(*args).await,
         Command::Migrate(args) => migrate::run(args).await,
         Command::Token(command) => token::run(command).await,
         Command::Bench(command) => bench::run(command).await,

@@ -61,6 +61,14 @@ pub struct ServeArgs {
     /// The Lightning lane: wallet executor and L402 gateway, each on its own listener.
     #[command(flatten)]
     pub lightning: lightning::cli::LightningServeArgs,
+
+    /// Khala, the sync gateway (sync-token keys, topic policies, limits).
+    #[command(flatten)]
+    pub sync: sync_gateway::GatewayArgs,
+
+    /// The projectors that build read models and the sync stream.
+    #[command(flatten)]
+    pub projectors: crate::sync::ProjectorArgs,
 }
 
 impl ServeArgs {
@@ -111,9 +119,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let server = Server::bind(app.clone()).await?;
     let server = with_artifacts(server, &app, signer);
     let server = with_lightning(server, &app, args.lightning.clone()).await?;
+    let (server, _lane, sync_key) =
+        crate::sync::with_sync(server, &app, &args.sync, &args.projectors)?;
     let addr = server.local_addr();
     crate::server::cancel_on_signals(app.shutdown_token().clone());
-    announce(addr, &args, &source);
+    announce(addr, &args, &source, &sync_key);
     server.run_until_stopped().await
 }
 
@@ -177,7 +187,12 @@ fn announce_lightning(executor: Option<SocketAddr>, gateway: Option<SocketAddr>)
 
 /// Prints where the API listens (one stable line that scripts and tests parse) and, with the dev
 /// secret, how to mint a token.
-fn announce(addr: SocketAddr, args: &ServeArgs, source: &SecretSource) {
+fn announce(
+    addr: SocketAddr,
+    args: &ServeArgs,
+    source: &SecretSource,
+    sync_key: &crate::sync::SyncKeySource,
+) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "openagents-runtime listening on http://{addr}");
     if let SecretSource::DevFile { path, created } = source {
@@ -188,6 +203,25 @@ fn announce(addr: SocketAddr, args: &ServeArgs, source: &SecretSource) {
             if *created { "generated now" } else { "existing" },
             args.database.data_dir.display(),
         );
+    }
+    let _ = writeln!(out, "khala sync socket: ws://{addr}/sync/socket/websocket");
+    match sync_key {
+        crate::sync::SyncKeySource::DevFile { path, created } => {
+            let _ = writeln!(
+                out,
+                "sync-token key: {} ({}); mint a sync token with:\n  openagents-runtime token mint --data-dir {} --subject user:1 --scopes runtime.run_summaries",
+                path.display(),
+                if *created { "generated now" } else { "existing" },
+                args.database.data_dir.display(),
+            );
+        }
+        crate::sync::SyncKeySource::Missing => {
+            let _ = writeln!(
+                out,
+                "no sync-token key (OA_SYNC_JWT_KEY): Khala refuses every client"
+            );
+        }
+        crate::sync::SyncKeySource::Configured => {}
     }
     let _ = out.flush();
 }

@@ -20,7 +20,18 @@ pub enum TokenCommand {
     /// operators and tests.
     ///
     /// Example: openagents-runtime token mint --subject user:1 --scopes runtime.run_summaries --ttl 300
-    Mint(sync_gateway::cli::TokenMintArgs),
+    Mint(MintTokenArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct MintTokenArgs {
+    #[command(flatten)]
+    pub mint: sync_gateway::cli::TokenMintArgs,
+
+    /// Data directory holding the dev sync-token key that `serve` generates for the embedded
+    /// journal; used when no key is given.
+    #[arg(long, env = "OA_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
+    pub data_dir: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -76,7 +87,14 @@ pub async fn run(command: TokenCommand) -> anyhow::Result<()> {
             println!("{}", internal(&args)?);
             Ok(())
         }
-        TokenCommand::Mint(args) => sync_gateway::cli::run_token_mint(args).await,
+        TokenCommand::Mint(MintTokenArgs { mut mint, data_dir }) => {
+            if mint.auth.jwt_key.is_none() && mint.auth.jwt_signing_pem.is_none() {
+                if let Some((entry, _)) = crate::sync::dev_sync_key(&data_dir, false)? {
+                    mint.auth.jwt_key = Some(entry);
+                }
+            }
+            sync_gateway::cli::run_token_mint(mint).await
+        }
     }
 }
 

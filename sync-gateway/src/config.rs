@@ -266,6 +266,7 @@ impl AuthArgs {
 
 /// Khala flags for `serve` (each also an env var).
 #[derive(Clone, Debug, clap::Args)]
+#[group(id = "KhalaArgs")]
 pub struct GatewayArgs {
     #[command(flatten)]
     pub auth: AuthArgs,

@@ -114,6 +114,18 @@ impl WorkerEvent {
             other => other.event_type(),
         }
     }
+
+    /// The payload clients see on the worker stream (SSE and `runtime.codex_worker_events`): a
+    /// reported event's own payload, otherwise the event's fields.
+    pub fn stream_payload(&self) -> Value {
+        if let WorkerEvent::EventReported { payload, .. } = self {
+            return Value::Object(payload.clone());
+        }
+        match serde_json::to_value(self) {
+            Ok(Value::Object(map)) => map.into_iter().next().map(|(_, v)| v).unwrap_or_default(),
+            _ => Value::Object(Map::new()),
+        }
+    }
 }
 
 impl DomainEvent for WorkerEvent {

@@ -55,6 +55,25 @@ impl Journal for AnyJournal {
         }
     }
 
+    async fn load_stored(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+        after_sequence: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, JournalError> {
+        match self {
+            AnyJournal::Postgres(j) => {
+                j.load_stored(aggregate_type, aggregate_id, after_sequence, limit)
+                    .await
+            }
+            AnyJournal::Sqlite(j) => {
+                j.load_stored(aggregate_type, aggregate_id, after_sequence, limit)
+                    .await
+            }
+        }
+    }
+
     async fn find_idempotency(
         &self,
         scope: &str,

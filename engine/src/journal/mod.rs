@@ -240,6 +240,17 @@ pub trait Journal: Send + Sync {
         limit: usize,
     ) -> impl Future<Output = Result<Vec<StoredEvent>, JournalError>> + Send;
 
+    /// Up to `limit` events of one aggregate with `sequence > after_sequence`, in sequence order,
+    /// with their global cursors (for projectors: an aggregate's birth record, or the events of
+    /// one entity up to a checkpoint). Unlike [`Journal::load`] this does not upcast or decode.
+    fn load_stored(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+        after_sequence: u64,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<StoredEvent>, JournalError>> + Send;
+
     /// The idempotency record for `(scope, key)`, if any.
     fn find_idempotency(
         &self,

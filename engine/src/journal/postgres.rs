@@ -41,6 +41,15 @@ SELECT transaction_id, position, aggregate_type, aggregate_id, sequence,
  LIMIT $3
 "#;
 
+const LOAD_STORED: &str = r#"
+SELECT transaction_id, position, aggregate_type, aggregate_id, sequence,
+       event_type, event_version, payload, metadata
+  FROM events
+ WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence > $3
+ ORDER BY sequence
+ LIMIT $4
+"#;
+
 const FIND_IDEMPOTENCY: &str = r#"
 SELECT scope, idempotency_key, request_hash, aggregate_type, aggregate_id,
        first_sequence, last_sequence, created_at
@@ -90,6 +99,16 @@ fn serialized_event(row: &PgRow) -> Result<SerializedEvent, JournalError> {
         event_version: row.try_get("event_version").map_err(decode)?,
         payload: row.try_get("payload").map_err(decode)?,
         metadata: row.try_get("metadata").map_err(decode)?,
+    })
+}
+
+fn stored_event(row: &PgRow) -> Result<StoredEvent, JournalError> {
+    let decode = |e: sqlx::Error| JournalError::Corrupt(e.to_string());
+    let tx: i64 = row.try_get("transaction_id").map_err(decode)?;
+    let position: i64 = row.try_get("position").map_err(decode)?;
+    Ok(StoredEvent {
+        cursor: GlobalCursor::new(to_u64(tx, "transaction id")?, to_u64(position, "position")?),
+        event: serialized_event(row)?,
     })
 }
 
@@ -196,20 +215,25 @@ impl Journal for PgJournal {
             .fetch_all(&self.pool)
             .await
             .map_err(JournalError::Database)?;
-        rows.iter()
-            .map(|row| {
-                let decode = |e: sqlx::Error| JournalError::Corrupt(e.to_string());
-                let tx: i64 = row.try_get("transaction_id").map_err(decode)?;
-                let position: i64 = row.try_get("position").map_err(decode)?;
-                Ok(StoredEvent {
-                    cursor: GlobalCursor::new(
-                        to_u64(tx, "transaction id")?,
-                        to_u64(position, "position")?,
-                    ),
-                    event: serialized_event(row)?,
-                })
-            })
-            .collect()
+        rows.iter().map(stored_event).collect()
+    }
+
+    async fn load_stored(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+        after_sequence: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, JournalError> {
+        let rows = sqlx::query(LOAD_STORED)
+            .bind(aggregate_type)
+            .bind(aggregate_id)
+            .bind(to_i64(after_sequence, "sequence out of range")?)
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(JournalError::Database)?;
+        rows.iter().map(stored_event).collect()
     }
 
     async fn find_idempotency(

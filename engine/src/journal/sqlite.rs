@@ -70,6 +70,14 @@ fn serialized_event(row: &SqliteRow) -> Result<SerializedEvent, JournalError> {
     })
 }
 
+fn stored_event(row: &SqliteRow) -> Result<StoredEvent, JournalError> {
+    let position: i64 = row.try_get("position").map_err(decode)?;
+    Ok(StoredEvent {
+        cursor: GlobalCursor::new(0, to_u64(position, "position")?),
+        event: serialized_event(row)?,
+    })
+}
+
 fn is_unique_violation(error: &sqlx::Error) -> bool {
     match error {
         // 2067 SQLITE_CONSTRAINT_UNIQUE, 1555 SQLITE_CONSTRAINT_PRIMARYKEY
@@ -194,15 +202,32 @@ impl Journal for SqliteJournal {
         .fetch_all(&self.pool)
         .await
         .map_err(JournalError::Database)?;
-        rows.iter()
-            .map(|row| {
-                let position: i64 = row.try_get("position").map_err(decode)?;
-                Ok(StoredEvent {
-                    cursor: GlobalCursor::new(0, to_u64(position, "position")?),
-                    event: serialized_event(row)?,
-                })
-            })
-            .collect()
+        rows.iter().map(stored_event).collect()
+    }
+
+    async fn load_stored(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+        after_sequence: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, JournalError> {
+        let rows = sqlx::query(
+            "SELECT position, aggregate_type, aggregate_id, sequence, event_type, event_version,
+                    payload, metadata
+               FROM events
+              WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence > $3
+              ORDER BY sequence
+              LIMIT $4",
+        )
+        .bind(aggregate_type)
+        .bind(aggregate_id)
+        .bind(to_i64(after_sequence, "sequence out of range")?)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(JournalError::Database)?;
+        rows.iter().map(stored_event).collect()
     }
 
     async fn find_idempotency(

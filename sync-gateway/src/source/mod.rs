@@ -1,35 +1,22 @@
 //! What the gateway reads: the projectors' sync stream and read models, behind the
-//! [`SyncSource`] trait (names and semantics of `SYNC_CONTRACT.md` / `projectors::sync`).
+//! [`SyncSource`] trait (the semantics of `projectors::store`).
 //!
-//! The gateway only ever reads through this trait. [`memory::MemorySource`] implements it in
-//! memory (unit and integration tests, the fan-out bench); the PostgreSQL/SQLite implementation
-//! is an adapter over `projectors::sync::SyncStore` + `SyncNotifier`.
+//! The gateway only ever reads through this trait. [`store::StoreSource`] is the runtime's: the
+//! projectors' [`SyncStore`](projectors::store::SyncStore) (PostgreSQL or SQLite) woken by their
+//! [`SyncNotifier`](projectors::SyncNotifier). [`memory::MemorySource`] implements the same
+//! contract in memory (unit tests, the fan-out bench).
 
 pub mod memory;
+pub mod store;
 
 use async_trait::async_trait;
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::watch;
 
 pub use memory::MemorySource;
-
-/// Who owns a stream row / document.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct DocOwner {
-    pub user_id: Option<String>,
-    pub guest_scope: Option<String>,
-    pub org_id: Option<String>,
-}
-
-impl DocOwner {
-    pub fn user(user_id: &str) -> Self {
-        Self {
-            user_id: Some(user_id.to_owned()),
-            ..Self::default()
-        }
-    }
-}
+/// Owners and filters are the projectors' own types.
+pub use projectors::model::{DocOwner, OwnerFilter};
+pub use store::StoreSource;
 
 /// One row of a topic's sync stream.
 #[derive(Clone, Debug, PartialEq)]
@@ -55,7 +42,8 @@ pub struct TopicState {
     pub retention_floor: u64,
     /// Starts at 1; a full rebuild starts a new epoch.
     pub epoch: u64,
-    /// The watermark before the first row of the current epoch.
+    /// Where the current epoch starts: cursors below it belong to an older epoch (0 in the
+    /// first epoch).
     pub epoch_start: u64,
 }
 
@@ -76,40 +64,6 @@ pub struct Hydration {
     pub topic: String,
     pub watermark: u64,
     pub docs: Vec<Doc>,
-}
-
-/// Which rows a read returns.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub enum OwnerFilter {
-    Any,
-    Principal {
-        user_id: Option<String>,
-        guest_scope: Option<String>,
-        org_id: Option<String>,
-    },
-}
-
-impl OwnerFilter {
-    /// The contract's rule: (user matches, or guest scope matches) and (no org on either side,
-    /// or the orgs are equal).
-    pub fn matches(&self, owner: &DocOwner) -> bool {
-        match self {
-            OwnerFilter::Any => true,
-            OwnerFilter::Principal {
-                user_id,
-                guest_scope,
-                org_id,
-            } => {
-                let user = user_id.is_some() && *user_id == owner.user_id;
-                let guest = guest_scope.is_some() && *guest_scope == owner.guest_scope;
-                let org = match (org_id, &owner.org_id) {
-                    (Some(mine), Some(theirs)) => mine == theirs,
-                    _ => true,
-                };
-                (user || guest) && org
-            }
-        }
-    }
 }
 
 /// Failures of the source.

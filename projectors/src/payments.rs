@@ -1,12 +1,17 @@
-//! The payments read model, as pure functions for the projector runner: topic `runtime.payments`,
-//! one document per payment, `runtime/payment:<payment_id>`, owned by the payment's owner. The
-//! document never carries the preimage (only its SHA-256), the invoice text or any credential.
+//! Payments: topic `runtime.payments`, one document per payment, `runtime/payment:<payment_id>`
+//! (the payment hash), owned by the payment's owner (a payment without one is delivered to
+//! nobody). The document never carries the preimage (only its SHA-256), the invoice text or any
+//! credential.
 
 use aggregates::ids::Owner;
 use aggregates::payment::types::sha256_hex;
-use aggregates::payment::PaymentEvent;
+use aggregates::payment::{Payment, PaymentEvent};
+use aggregates::{RuntimeAggregate, Timestamp};
+use cqrs_es::persist::SerializedEvent;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+
+use crate::model::{DocOwner, ProjectedEvent, Projection, ProjectionError, RuntimeSource};
 
 /// The sync topic.
 pub const TOPIC: &str = "runtime.payments";
@@ -42,6 +47,9 @@ pub struct PaymentDoc {
     pub paid_at_ms: Option<i64>,
     pub requested_at: String,
     pub updated_at: String,
+    pub runtime_source: Option<RuntimeSource>,
+    pub projection_version: u32,
+    pub projected_at: String,
 }
 
 impl PaymentDoc {
@@ -149,6 +157,50 @@ pub fn apply(doc: Option<PaymentDoc>, payment_id: &str, event: &PaymentEvent) ->
         }
     }
     doc
+}
+
+/// The payments read model.
+pub struct Payments;
+
+impl Projection for Payments {
+    type Doc = PaymentDoc;
+    const NAME: &'static str = "payments";
+    const TOPIC: &'static str = TOPIC;
+    const TABLE: &'static str = "sync_payments";
+    const VERSION: u32 = 1;
+    const AGGREGATE_TYPES: &'static [&'static str] = &["lightning_payment"];
+
+    fn upcast(event: SerializedEvent) -> SerializedEvent {
+        <Payment as RuntimeAggregate>::upcast(event)
+    }
+
+    fn doc_key(event: &SerializedEvent) -> Option<String> {
+        Some(doc_key(&event.aggregate_id))
+    }
+
+    fn apply(
+        prior: Option<&PaymentDoc>,
+        event: &ProjectedEvent<'_>,
+    ) -> Result<Option<PaymentDoc>, ProjectionError> {
+        let payment_event: PaymentEvent = event.decode()?;
+        let mut doc = apply(prior.cloned(), &event.event.aggregate_id, &payment_event);
+        doc.runtime_source = Some(event.source());
+        doc.projection_version = Self::VERSION;
+        doc.projected_at = event.recorded_at.to_rfc3339();
+        Ok(Some(doc))
+    }
+
+    fn owner(doc: &PaymentDoc) -> DocOwner {
+        DocOwner {
+            user_id: doc.owner_user_id.clone(),
+            guest_scope: doc.owner_guest_scope.clone(),
+            org_id: None,
+        }
+    }
+
+    fn projected_at(doc: &PaymentDoc) -> Timestamp {
+        doc.projected_at.parse().unwrap_or(Timestamp::EPOCH)
+    }
 }
 
 #[cfg(test)]
