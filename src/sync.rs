@@ -123,16 +123,23 @@ pub struct SyncLane {
     pub context: Arc<ProjectorContext>,
 }
 
-/// Adds the projectors, the relay and Khala to `server`.
+/// Everything the sync lane needs to start.
+pub struct SyncSettings {
+    pub auth: sync_gateway::auth::AuthConfig,
+    pub gateway: sync_gateway::GatewayConfig,
+    pub runner: RunnerConfig,
+}
+
+/// The settings `serve`'s flags describe: on the embedded journal without a configured key, a
+/// dev key generated in the data directory.
 ///
 /// # Errors
-/// Malformed sync-token key configuration.
-pub fn with_sync(
-    server: Server,
+/// Malformed key configuration, or an unusable data directory.
+pub fn settings_from_args(
     app: &App,
     gateway_args: &GatewayArgs,
     projector_args: &ProjectorArgs,
-) -> anyhow::Result<(Server, SyncLane, SyncKeySource)> {
+) -> anyhow::Result<(SyncSettings, SyncKeySource)> {
     let mut gateway_args = gateway_args.clone();
     let embedded = matches!(app.database(), engine::Database::Sqlite { .. });
     let configured =
@@ -161,7 +168,27 @@ pub fn with_sync(
         SyncKeySource::Configured
     };
     let auth = gateway_args.auth_config().context("sync-token keys")?;
-    let mut config = gateway_args.gateway_config();
+    let gateway = gateway_args.gateway_config();
+    let runner = projector_args.runner_config(HashMap::new());
+    Ok((
+        SyncSettings {
+            auth,
+            gateway,
+            runner,
+        },
+        key_source,
+    ))
+}
+
+/// Adds the projectors, the relay and Khala to `server`. Every projected topic the gateway
+/// config does not name gets a 7-day, 10,000-row policy; the runners prune each topic by its
+/// policy's retention.
+pub fn with_sync(server: Server, app: &App, settings: SyncSettings) -> (Server, SyncLane) {
+    let SyncSettings {
+        auth,
+        gateway: mut config,
+        runner: mut runner_config,
+    } = settings;
     let store = SyncStore::new(app.database(), all_specs());
     for spec in all_specs() {
         if config.policy(spec.topic).is_none() {
@@ -172,7 +199,7 @@ pub fn with_sync(
             ));
         }
     }
-    let retention = config
+    runner_config.retention = config
         .topics
         .iter()
         .map(|p| (p.topic.clone(), p.retention))
@@ -183,7 +210,7 @@ pub fn with_sync(
         app.database().journal(),
         notifier.clone(),
         app.notifier().appended(),
-        projector_args.runner_config(retention),
+        runner_config,
     ));
     let verifier = Verifier::new(auth, Revocations::durable(app.database().clone()));
     let gateway = Gateway::start(
@@ -217,7 +244,7 @@ pub fn with_sync(
         closing.closed().await;
         Ok(())
     });
-    Ok((
+    (
         server,
         SyncLane {
             store,
@@ -225,6 +252,5 @@ pub fn with_sync(
             gateway,
             context,
         },
-        key_source,
-    ))
+    )
 }

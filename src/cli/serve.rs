@@ -119,8 +119,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let server = Server::bind(app.clone()).await?;
     let server = with_artifacts(server, &app, signer);
     let server = with_lightning(server, &app, args.lightning.clone()).await?;
-    let (server, _lane, sync_key) =
-        crate::sync::with_sync(server, &app, &args.sync, &args.projectors)?;
+    let (settings, sync_key) = crate::sync::settings_from_args(&app, &args.sync, &args.projectors)?;
+    let (server, _lane) = crate::sync::with_sync(server, &app, settings);
     let addr = server.local_addr();
     crate::server::cancel_on_signals(app.shutdown_token().clone());
     announce(addr, &args, &source, &sync_key);

@@ -10,6 +10,7 @@ use engine::auth::{mint, InternalClaims, SigningSecret};
 use engine::clock::{ManualClock, SequentialIds, Stamps, SystemClock};
 use engine::testing::TestDb;
 use engine::DatabaseConfig;
+use openagents_runtime::sync::{SyncLane, SyncSettings};
 use openagents_runtime::{App, RuntimeConfig, Server};
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -67,6 +68,8 @@ pub struct TestApp {
     pub http: reqwest::Client,
     /// Set when the app was spawned with a manual clock.
     pub clock: Option<Arc<ManualClock>>,
+    /// Set when the app was spawned with the sync lane (projectors and Khala).
+    pub sync: Option<SyncLane>,
     server: Option<JoinHandle<anyhow::Result<()>>>,
 }
 
@@ -74,6 +77,9 @@ pub struct TestApp {
 pub struct Options {
     pub manual_clock: bool,
     pub configure: Box<dyn FnOnce(&mut RuntimeConfig) + Send>,
+    /// Run the sync lane (projectors and Khala) with these settings; sync tokens are signed with
+    /// `sync_gateway::test_utils::{TEST_KID, TEST_SECRET}` ([`sync_settings`]).
+    pub sync: Option<SyncSettings>,
 }
 
 impl Default for Options {
@@ -81,8 +87,36 @@ impl Default for Options {
         Self {
             manual_clock: false,
             configure: Box::new(|_| {}),
+            sync: None,
         }
     }
+}
+
+/// Sync-lane settings for tests: the test sync-token key, the default topic policies, and
+/// projectors tuned for tests (small batches, fast polls, a 1 s lease).
+pub fn sync_settings() -> SyncSettings {
+    SyncSettings {
+        auth: sync_gateway::test_utils::auth_config(),
+        gateway: sync_gateway::GatewayConfig::default(),
+        runner: projectors::RunnerConfig {
+            batch_size: 200,
+            poll_interval: Duration::from_millis(50),
+            lease_ttl: Duration::from_secs(1),
+            ..projectors::RunnerConfig::default()
+        },
+    }
+}
+
+/// The app with the sync lane ([`sync_settings`]).
+pub async fn spawn_app_with_sync(db: &TestDb) -> TestApp {
+    spawn_app_with(
+        db,
+        Options {
+            sync: Some(sync_settings()),
+            ..Options::default()
+        },
+    )
+    .await
 }
 
 pub async fn spawn_app(db: &TestDb) -> TestApp {
@@ -121,6 +155,13 @@ pub async fn spawn_app_with(db: &TestDb, options: Options) -> TestApp {
     };
     let app = App::new(config, db.database.clone(), stamps);
     let server = Server::bind(app.clone()).await.expect("bind 127.0.0.1:0");
+    let (server, sync) = match options.sync {
+        Some(settings) => {
+            let (server, lane) = openagents_runtime::sync::with_sync(server, &app, settings);
+            (server, Some(lane))
+        }
+        None => (server, None),
+    };
     let addr = server.local_addr();
     let handle = tokio::spawn(server.run_until_stopped());
     TestApp {
@@ -128,6 +169,7 @@ pub async fn spawn_app_with(db: &TestDb, options: Options) -> TestApp {
         app,
         http: reqwest::Client::new(),
         clock,
+        sync,
         server: Some(handle),
     }
 }
