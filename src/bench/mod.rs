@@ -2,3 +2,4 @@
 //! measured in the same run; results and commands are recorded in `docs/BENCHMARKS.md`.
 
 pub mod append;
+pub mod project;

@@ -8,6 +8,10 @@ pub enum BenchCommand {
     /// Command throughput and latency through the real engine against PostgreSQL, beside plain
     /// single-row INSERTs of the same payload size over the same pool.
     Append(crate::bench::append::AppendArgs),
+    /// Projection: a full rebuild of ≥ 1M events beside a batched SQL upsert of the same
+    /// documents, and commit → projected latency under a steady command load beside raw
+    /// INSERT → visible, on a scratch PostgreSQL database.
+    Project(crate::bench::project::ProjectArgs),
     /// Khala fan-out: N WebSocket clients on a topic while updates commit at a steady rate
     /// (deliveries/s, commit→client p50/p99, memory per idle connection, replay catch-up),
     /// beside a bare tokio WebSocket broadcast of the same frames.
@@ -25,6 +29,7 @@ pub enum BenchCommand {
 pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
     match command {
         BenchCommand::Append(args) => crate::bench::append::run(args).await,
+        BenchCommand::Project(args) => crate::bench::project::run(args).await,
         BenchCommand::Fanout(args) => sync_gateway::bench::run_fanout(args).await,
         BenchCommand::Export(args) => crate::audit::bench::run(args).await,
         BenchCommand::Replay(args) => crate::replay::bench::run(args).await,

@@ -4,6 +4,7 @@
 
 pub mod bench;
 pub mod migrate;
+pub mod reproject;
 pub mod serve;
 pub mod token;
 
@@ -41,6 +42,9 @@ pub enum Command {
     /// Benchmarks (release builds only give meaningful numbers).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Rebuild read models from the journal: everything (a new epoch per topic) or one run,
+    /// worker or payment; --status shows the projectors' checkpoints.
+    Reproject(reproject::ReprojectArgs),
     /// Replay fixtures, REPLAY.jsonl files or compat histories on a fresh journal and compare
     /// every output byte for byte (--check, default), or rewrite the expectations (--bless);
     /// `--journal` checks a live journal for drift.
@@ -74,6 +78,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Migrate(args) => migrate::run(args).await,
         Command::Token(command) => token::run(command).await,
         Command::Bench(command) => bench::run(command).await,
+        Command::Reproject(args) => reproject::run(args).await,
         Command::Replay(args) => crate::replay::run(args).await,
         Command::Audit(command) => crate::audit::run(command).await,
         Command::Watch(args) => sync_gateway::cli::run_watch(args).await,

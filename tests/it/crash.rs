@@ -5,18 +5,15 @@
 //! drain and exit 0.
 
 use std::collections::{HashMap, HashSet};
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use engine::testing::TestDb;
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
 use serde_json::json;
 
-use crate::app::{claims, token, TEST_SECRET};
+use crate::app::{claims, token};
+use crate::child::ServeChild;
 use crate::support::{on_both_backends, read_all_settled};
 
 on_both_backends!(acknowledged_commands_survive_sigkill_exactly_once);
@@ -27,62 +24,8 @@ const PER_CLIENT: usize = 400;
 /// Kill once this many commands have been acknowledged (so the kill lands mid-load).
 const KILL_AFTER_ACKS: usize = 60;
 
-struct Child_ {
-    child: Child,
-    base: String,
-}
-
-impl Drop for Child_ {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts `openagents-runtime serve` on port 0 over the test database and waits for its
-/// "listening on" line.
-fn start_child(db: &TestDb, data_dir: &std::path::Path) -> Child_ {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_openagents-runtime"));
-    command
-        .arg("serve")
-        .args(["--listen", "127.0.0.1:0"])
-        .args(["--data-dir", data_dir.to_str().unwrap()])
-        .args(["--shutdown-grace-secs", "20"])
-        .env("OA_RUNTIME_SIGNATURE_SECRET", TEST_SECRET)
-        .env_remove("DATABASE_URL")
-        .env(
-            "RUST_LOG",
-            if std::env::var_os("TEST_LOG").is_some() {
-                "info"
-            } else {
-                "warn"
-            },
-        )
-        .stdout(Stdio::piped())
-        .stderr(if std::env::var_os("TEST_LOG").is_some() {
-            Stdio::inherit()
-        } else {
-            Stdio::null()
-        });
-    if let Some(url) = &db.url {
-        command.args(["--database-url", url]);
-        command.args(["--db-max-connections", "8"]);
-    }
-    let mut child = command.spawn().expect("spawn openagents-runtime serve");
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = BufReader::new(stdout).lines();
-    let base = loop {
-        let line = lines
-            .next()
-            .expect("the child prints where it listens")
-            .expect("readable stdout");
-        if let Some(rest) = line.strip_prefix("openagents-runtime listening on ") {
-            break rest.trim().to_owned();
-        }
-    };
-    // Keep draining stdout so the child never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    Child_ { child, base }
+fn start_child(db: &TestDb, data_dir: &std::path::Path) -> ServeChild {
+    ServeChild::start(db, data_dir, &[])
 }
 
 async fn post_frame(
@@ -141,7 +84,7 @@ async fn acknowledged_commands_survive_sigkill_exactly_once(db: &TestDb) {
     while acks.load(Ordering::Relaxed) < KILL_AFTER_ACKS {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    kill(Pid::from_raw(child.child.id() as i32), Signal::SIGKILL).expect("SIGKILL the child");
+    child.kill_9();
     let mut acked = Vec::new();
     let mut attempted = Vec::new();
     for handle in clients {
@@ -186,12 +129,7 @@ async fn acknowledged_commands_survive_sigkill_exactly_once(db: &TestDb) {
     assert!(after.values().all(|(_, n)| *n == 1));
 
     // A graceful stop of the restarted child: SIGTERM, drain, exit 0.
-    let mut restarted = restarted;
-    kill(Pid::from_raw(restarted.child.id() as i32), Signal::SIGTERM).unwrap();
-    let status = tokio::task::spawn_blocking(move || restarted.child.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    let status = restarted.terminate().await;
     assert!(
         status.success(),
         "SIGTERM must shut down cleanly: {status:?}"

@@ -4,6 +4,7 @@
 //! message when PostgreSQL is unreachable, and fail instead when `CI` is set.
 
 mod app;
+mod child;
 mod support;
 
 mod api;
@@ -15,5 +16,6 @@ mod crash;
 mod journal;
 mod khala;
 mod lightning;
+mod projection;
 mod replay;
 mod sweeper;
