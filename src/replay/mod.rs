@@ -1,8 +1,10 @@
 //! `openagents-runtime replay`: deterministic replay.
 //!
 //! - Fixtures (`replay-fixtures/*.json`, `openagents.replay_fixture.v1`): each runs on a fresh
-//!   journal (embedded by default, PostgreSQL with `--database-url`) through the real engine, and
-//!   every output is compared with the fixture's `expected`; `--bless` rewrites `expected`.
+//!   journal (embedded by default, PostgreSQL with `--database-url`) through the real engine, the
+//!   journal is projected by every read model, and every output (events, chains, receipts, replay
+//!   hashes, read models, the sync stream) is compared with the fixture's `expected`, key order
+//!   included; `--bless` rewrites `expected`.
 //! - REPLAY.jsonl files: the stream is re-executed and the regenerated REPLAY.jsonl must equal the
 //!   input byte for byte.
 //! - The original runtime's workflow histories (`openagents.runtime.workflow_history_compat.v1`):
@@ -12,6 +14,7 @@
 //! # Layout
 //! - [`fixture`]: the fixture format.
 //! - [`runner`]: running one fixture and collecting its outputs.
+//! - [`projection`]: projecting a replayed journal and rendering its read models and sync stream.
 //! - [`diff`]: the first divergence between expected and actual.
 //! - [`scratch`]: throwaway journals.
 //! - [`journal_check`]: the `--journal` drift check.
@@ -21,6 +24,7 @@ pub mod bench;
 pub mod diff;
 pub mod fixture;
 pub mod journal_check;
+pub mod projection;
 pub mod runner;
 pub mod scratch;
 
@@ -230,16 +234,22 @@ pub async fn replay_file(
     }
 }
 
-/// Runs a fixture on a fresh journal and returns its outputs.
+/// Runs a fixture on a fresh journal, projects it with every read model and returns all its
+/// outputs.
 ///
 /// # Errors
-/// When the scratch journal cannot be created or the fixture cannot run.
+/// When the scratch journal cannot be created, the fixture cannot run or a projector fails.
 pub async fn produce(
     fixture: &Fixture,
     target: &ScratchTarget,
 ) -> anyhow::Result<runner::FixtureRun> {
     let scratch = ScratchDb::create(target).await?;
-    let result = runner::run_fixture(fixture, scratch.database.journal()).await;
+    let result = async {
+        let mut run = runner::run_fixture(fixture, scratch.database.journal()).await?;
+        projection::add_outputs(&scratch.database, &mut run.output).await?;
+        Ok(run)
+    }
+    .await;
     scratch.dispose().await;
     result
 }
