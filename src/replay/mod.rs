@@ -18,6 +18,7 @@
 //! - [`diff`]: the first divergence between expected and actual.
 //! - [`scratch`]: throwaway journals.
 //! - [`journal_check`]: the `--journal` drift check.
+//! - [`read_model_drift`]: its comparison of the live read models with their rebuild.
 //! - [`bench`]: `bench replay`.
 
 pub mod bench;
@@ -25,6 +26,7 @@ pub mod diff;
 pub mod fixture;
 pub mod journal_check;
 pub mod projection;
+pub mod read_model_drift;
 pub mod runner;
 pub mod scratch;
 
@@ -68,7 +70,8 @@ pub struct ReplayArgs {
     #[arg(long, value_name = "URL")]
     pub database_url: Option<String>,
     /// Drift check: copy the live journal (`--database-url`, or the embedded one in
-    /// `--data-dir`) into a scratch journal, recompute and compare.
+    /// `--data-dir`) into a scratch journal, recompute hashes and receipts, re-project it and
+    /// compare with the live read models.
     #[arg(long, conflicts_with_all = ["bless", "print"])]
     pub journal: bool,
     /// Data directory of the embedded journal, for `--journal`.
