@@ -510,3 +510,51 @@ async fn the_drift_check_compares_read_models_with_their_rebuild_on_postgres() {
     read_model_drift_on(&db).await;
     db.cleanup().await;
 }
+
+mod live {
+    //! The drift check against a server that keeps running, its projectors (the real sync lane)
+    //! following the journal while the check reads it.
+
+    use std::time::{Duration, Instant};
+
+    use serde_json::json;
+
+    use super::check;
+    use crate::app::spawn_app_with_sync;
+    use crate::support::on_both_backends;
+    use engine::testing::TestDb;
+
+    on_both_backends!(a_running_servers_read_models_have_no_drift_while_it_projects);
+
+    async fn a_running_servers_read_models_have_no_drift_while_it_projects(db: &TestDb) {
+        let app = spawn_app_with_sync(db).await;
+        assert!(app.sync.is_some());
+        app.running_run("run_live").await;
+        for i in 0..5 {
+            let response = app
+                .text_delta("run_live", &format!("f-{i}"), "streaming")
+                .await;
+            assert_eq!(response.status, 202, "{}", response.text);
+        }
+        let worker = app
+            .create_worker(json!({"worker_id": "w-live", "workspace_ref": "ws"}))
+            .await;
+        assert_eq!(worker.status, 202, "{}", worker.text);
+        // Checked while the projectors catch up (compared at their checkpoints, never drift)
+        // until they have caught up (no note left).
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let report = check(db).await;
+            assert_eq!(report.problems, Vec::<String>::new());
+            if report.notes.is_empty() {
+                assert_eq!(report.read_models_compared, 4);
+                // One run summary, one worker summary, one document per worker event.
+                assert_eq!(report.docs_compared, 1 + 1 + 1, "{report:?}");
+                break;
+            }
+            assert!(Instant::now() < deadline, "{:?}", report.notes);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        app.shutdown().await.unwrap();
+    }
+}
