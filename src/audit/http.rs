@@ -1,12 +1,16 @@
-//! HTTP surfaces for one run's artifacts, to be mounted under `/internal/v1` behind the internal
-//! signature auth: `GET /internal/v1/runs/{run_id}/receipt` (`openagents.receipt.v1`, signed when
-//! a key is configured), `GET …/replay` (REPLAY.jsonl v1, `application/x-ndjson`) and
-//! `GET …/audit-bundle` (the run's audit bundle, streamed as it is written). Errors use the API's
+//! HTTP surfaces for one run's artifacts, mounted under `/internal/v1` behind the internal
+//! signature auth ([`crate::api::compose`] puts every route merged into the internal router behind
+//! it): `GET /internal/v1/runs/{run_id}/receipt` (`openagents.receipt.v1`, signed when a key is
+//! configured), `GET …/replay` (REPLAY.jsonl v1, `application/x-ndjson`) and
+//! `GET …/audit-bundle` (the run's audit bundle, streamed as it is written). Only the run's owner
+//! may read them, with the run routes' rules (same user or guest scope, same tenant, and the
+//! token's thread, like an optional `?thread_id=`, must be the run's). Errors use the API's
 //! envelope `{ "error": { "code", "message", "details": { "reason" } } }`.
 
 use std::sync::Arc;
 
-use aggregates::ids::RunId;
+use aggregates::ids::{RunId, ThreadId};
+use aggregates::run::Run;
 use aggregates::Timestamp;
 use axum::body::Body;
 use axum::extract::{Path, State};
@@ -17,11 +21,17 @@ use axum::{Json, Router};
 use engine::artifacts::recorder::{receipt_for, RecordError};
 use engine::artifacts::{load_run_record, render_replay, ReceiptSigner, RunRecord};
 use engine::{Database, Engine};
+use serde::Deserialize;
 use serde_json::json;
 use tokio_util::io::ReaderStream;
 
 use super::bundle::Scope;
 use super::export::{export, ExportOptions};
+use crate::api::auth::Caller;
+use crate::api::error::{ApiError, ErrorCode};
+use crate::api::extract::ApiQuery;
+use crate::app::App;
+use crate::server::Server;
 
 /// What the artifact routes need.
 #[derive(Clone)]
@@ -35,7 +45,8 @@ pub struct ArtifactState {
     pub runtime_version: String,
 }
 
-/// The routes, with their full `/internal/v1/...` paths.
+/// The routes, with their full `/internal/v1/...` paths. Merge them into the internal router
+/// (`Server::merge_internal`): they rely on its signature auth and take a [`Caller`].
 pub fn router(state: ArtifactState) -> Router {
     Router::new()
         .route("/internal/v1/runs/{run_id}/receipt", get(receipt))
@@ -44,78 +55,139 @@ pub fn router(state: ArtifactState) -> Router {
         .with_state(state)
 }
 
-fn error(status: StatusCode, code: &str, reason: &str, message: &str) -> Response {
-    (
-        status,
-        Json(json!({"error": {"code": code, "message": message, "details": {"reason": reason}}})),
-    )
-        .into_response()
+/// Mounts the artifact routes on `server`'s internal router and adds the task that records each
+/// run's receipt when it finishes (`engine::artifacts::run_receipt_recorder`), signing both with
+/// `signer` when given: what `serve` runs.
+pub fn with_artifacts(server: Server, app: &App, signer: Option<ReceiptSigner>) -> Server {
+    let router = router(ArtifactState {
+        engine: app.engine().clone(),
+        database: app.database().clone(),
+        signer: signer.clone(),
+        runtime_version: crate::VERSION.to_owned(),
+    });
+    let engine = app.engine().clone();
+    let database = app.database().clone();
+    server
+        .merge_internal(router)
+        .task("receipt-recorder", move |shutdown| {
+            engine::artifacts::run_receipt_recorder(
+                engine,
+                database,
+                engine::artifacts::RecorderConfig {
+                    signer,
+                    ..Default::default()
+                },
+                shutdown,
+            )
+        })
 }
 
-async fn load(state: &ArtifactState, run_id: &str) -> Result<(RunId, RunRecord), Response> {
+/// `?thread_id=`: optional; when given it must be the run's thread.
+#[derive(Debug, Default, Deserialize)]
+pub struct ArtifactQuery {
+    pub thread_id: Option<String>,
+}
+
+fn not_owner() -> ApiError {
+    ApiError::forbidden("run does not belong to principal")
+        .with_details(json!({ "reason": "not_owner" }))
+}
+
+/// Parses the id, loads the run and checks that `caller` may read its artifacts.
+///
+/// # Errors
+/// `400 invalid_run_id`/`invalid_query`, `404 run_not_found`, `403 not_owner`/`claim_mismatch`/
+/// `org_mismatch`, `503` when the journal is unavailable.
+async fn authorize(
+    state: &ArtifactState,
+    caller: &Caller,
+    run_id: &str,
+    query: &ArtifactQuery,
+) -> Result<(RunId, RunRecord), ApiError> {
     let id = RunId::parse(run_id).map_err(|e| {
-        error(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            "invalid_run_id",
-            &e.to_string(),
-        )
+        ApiError::invalid(e.to_string())
+            .with_details(json!({ "reason": "invalid_run_id", "field": "run_id" }))
     })?;
-    match load_run_record(&state.engine, id.as_str()).await {
-        Ok(Some(record)) => Ok((id, record)),
-        Ok(None) => Err(error(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            "run_not_found",
-            "run not found",
-        )),
-        Err(RecordError::Unavailable) => Err(error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "internal_error",
-            "journal_unavailable",
-            "the journal is unavailable; retry",
-        )),
-        Err(e) => {
-            tracing::error!(error.message = %e, run_id = %id, "run artifacts failed");
-            Err(error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal_error",
-                "internal",
-                "internal error",
-            ))
+    let thread = query
+        .thread_id
+        .as_deref()
+        .map(ThreadId::parse)
+        .transpose()
+        .map_err(|e| ApiError::bad_id(&e))?;
+    let (summary, _) = state.engine.load::<Run>(id.as_str()).await?;
+    if !summary.exists() {
+        return Err(run_not_found());
+    }
+    let owned = summary
+        .owner
+        .as_ref()
+        .is_some_and(|owner| caller.principal.owns(owner));
+    if !owned {
+        return Err(not_owner());
+    }
+    if let Some(thread) = &thread {
+        if summary.thread_id.as_ref() != Some(thread) {
+            return Err(not_owner());
         }
     }
-}
-
-#[tracing::instrument(skip_all, fields(run_id = %run_id))]
-async fn receipt(State(state): State<ArtifactState>, Path(run_id): Path<String>) -> Response {
-    match load(&state, &run_id).await {
-        Ok((_, record)) => Json(receipt_for(&record, state.signer.as_ref(), &[])).into_response(),
-        Err(response) => response,
+    if let Some(run_thread) = &summary.thread_id {
+        caller.check_thread(run_thread)?;
     }
-}
-
-#[tracing::instrument(skip_all, fields(run_id = %run_id))]
-async fn replay(State(state): State<ArtifactState>, Path(run_id): Path<String>) -> Response {
-    match load(&state, &run_id).await {
-        Ok((_, record)) => (
-            [(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/x-ndjson"),
-            )],
-            render_replay(&record),
+    caller.check_org(summary.org_id.as_ref())?;
+    match load_run_record(&state.engine, id.as_str()).await {
+        Ok(Some(record)) => Ok((id, record)),
+        Ok(None) => Err(run_not_found()),
+        Err(RecordError::Unavailable) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::InternalError,
+            "the journal is unavailable; retry",
         )
-            .into_response(),
-        Err(response) => response,
+        .with_details(json!({ "reason": "journal_unavailable", "retryable": true }))),
+        Err(e) => Err(ApiError::internal(&e)),
     }
 }
 
+fn run_not_found() -> ApiError {
+    ApiError::not_found("run not found").with_details(json!({ "reason": "run_not_found" }))
+}
+
 #[tracing::instrument(skip_all, fields(run_id = %run_id))]
-async fn audit_bundle(State(state): State<ArtifactState>, Path(run_id): Path<String>) -> Response {
-    let id = match load(&state, &run_id).await {
-        Ok((id, _)) => id,
-        Err(response) => return response,
-    };
+async fn receipt(
+    State(state): State<ArtifactState>,
+    caller: Caller,
+    Path(run_id): Path<String>,
+    ApiQuery(query): ApiQuery<ArtifactQuery>,
+) -> Result<Response, ApiError> {
+    let (_, record) = authorize(&state, &caller, &run_id, &query).await?;
+    Ok(Json(receipt_for(&record, state.signer.as_ref(), &[])).into_response())
+}
+
+#[tracing::instrument(skip_all, fields(run_id = %run_id))]
+async fn replay(
+    State(state): State<ArtifactState>,
+    caller: Caller,
+    Path(run_id): Path<String>,
+    ApiQuery(query): ApiQuery<ArtifactQuery>,
+) -> Result<Response, ApiError> {
+    let (_, record) = authorize(&state, &caller, &run_id, &query).await?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/x-ndjson"),
+        )],
+        render_replay(&record),
+    )
+        .into_response())
+}
+
+#[tracing::instrument(skip_all, fields(run_id = %run_id))]
+async fn audit_bundle(
+    State(state): State<ArtifactState>,
+    caller: Caller,
+    Path(run_id): Path<String>,
+    ApiQuery(query): ApiQuery<ArtifactQuery>,
+) -> Result<Response, ApiError> {
+    let (id, _) = authorize(&state, &caller, &run_id, &query).await?;
     // The exporter writes into one end of an in-memory pipe while the response streams the other;
     // a slow client slows the export (bounded buffer), a gone client ends it with a write error.
     let (writer, reader) = tokio::io::duplex(256 * 1024);
@@ -136,7 +208,7 @@ async fn audit_bundle(State(state): State<ArtifactState>, Path(run_id): Path<Str
     let filename = format!("attachment; filename=\"audit-{run_id}.jsonl\"");
     let disposition =
         HeaderValue::from_str(&filename).unwrap_or_else(|_| HeaderValue::from_static("attachment"));
-    (
+    Ok((
         [
             (
                 header::CONTENT_TYPE,
@@ -146,5 +218,5 @@ async fn audit_bundle(State(state): State<ArtifactState>, Path(run_id): Path<Str
         ],
         Body::from_stream(ReaderStream::new(reader)),
     )
-        .into_response()
+        .into_response())
 }

@@ -9,7 +9,8 @@
 //! - [`source`]: reading the journal's rows in commit order for an export.
 //! - [`export`]: writing a bundle (streaming).
 //! - [`verify`]: checking a bundle.
-//! - [`http`]: `GET /internal/v1/runs/{run_id}/receipt | replay | audit-bundle`.
+//! - [`http`]: `GET /internal/v1/runs/{run_id}/receipt | replay | audit-bundle` (owner only), and
+//!   [`with_artifacts`], which mounts them with the receipt recorder.
 //! - [`bench`]: `bench export`.
 
 pub mod bench;
@@ -29,7 +30,7 @@ use engine::{Database, DatabaseConfig};
 
 pub use bundle::Scope;
 pub use export::{export, ExportOptions, ExportSummary};
-pub use http::{router, ArtifactState};
+pub use http::{router, with_artifacts, ArtifactState};
 pub use verify::{verify_bundle, Finding, FindingKind, VerifyOptions, VerifyReport};
 
 /// The runtime version written into bundles.

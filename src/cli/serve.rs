@@ -117,7 +117,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let signer = args.signing.signer()?;
     let app = App::open(config).await?;
     let server = Server::bind(app.clone()).await?;
-    let server = with_artifacts(server, &app, signer);
+    let server = crate::audit::with_artifacts(server, &app, signer);
     let server = with_lightning(server, &app, args.lightning.clone()).await?;
     let (settings, sync_key) = crate::sync::settings_from_args(&app, &args.sync, &args.projectors)?;
     let (server, _lane) = crate::sync::with_sync(server, &app, settings);
@@ -125,36 +125,6 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     crate::server::cancel_on_signals(app.shutdown_token().clone());
     announce(addr, &args, &source, &sync_key);
     server.run_until_stopped().await
-}
-
-/// Run receipts, REPLAY.jsonl and audit bundles over HTTP, and the task that records each run's
-/// receipt when it finishes.
-fn with_artifacts(
-    server: Server,
-    app: &App,
-    signer: Option<engine::artifacts::ReceiptSigner>,
-) -> Server {
-    let router = crate::audit::router(crate::audit::ArtifactState {
-        engine: app.engine().clone(),
-        database: app.database().clone(),
-        signer: signer.clone(),
-        runtime_version: crate::VERSION.to_owned(),
-    });
-    let engine = app.engine().clone();
-    let database = app.database().clone();
-    server
-        .merge_internal(router)
-        .task("receipt-recorder", move |shutdown| {
-            engine::artifacts::run_receipt_recorder(
-                engine,
-                database,
-                engine::artifacts::RecorderConfig {
-                    signer,
-                    ..Default::default()
-                },
-                shutdown,
-            )
-        })
 }
 
 /// The wallet executor and the L402 gateway, when their flags ask for them.

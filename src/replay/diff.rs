@@ -1,5 +1,6 @@
 //! The first divergence between an expected and an actual JSON document, as a readable report:
-//! where (a JSONPath-like path), what was expected and what was produced.
+//! where (a JSONPath-like path), what was expected and what was produced. Documents are compared
+//! as they serialise: object keys in a different order are a divergence too.
 
 use std::fmt;
 
@@ -81,13 +82,25 @@ fn walk(path: &str, expected: &Value, actual: &Value) -> Option<Divergence> {
                     }
                 }
             }
-            a.iter()
-                .find(|(k, _)| !e.contains_key(*k))
-                .map(|(k, av)| Divergence {
+            if let Some((k, av)) = a.iter().find(|(k, _)| !e.contains_key(*k)) {
+                return Some(Divergence {
                     path: key_path(path, k),
                     expected: None,
                     actual: Some(av.clone()),
-                })
+                });
+            }
+            // Same keys and values; the bytes still differ when the keys come in another order.
+            if !e.keys().eq(a.keys()) {
+                let keys = |m: &serde_json::Map<String, Value>| {
+                    Value::Array(m.keys().map(|k| Value::String(k.clone())).collect())
+                };
+                return Some(Divergence {
+                    path: format!("{path} (key order)"),
+                    expected: Some(keys(e)),
+                    actual: Some(keys(a)),
+                });
+            }
+            None
         }
         (Value::Array(e), Value::Array(a)) => {
             for i in 0..e.len().max(a.len()) {
@@ -163,6 +176,18 @@ mod tests {
         let d = first_divergence(&json!({"a": 1}), &json!({"a": 1, "b c": 2})).unwrap();
         assert_eq!(d.path, "$[\"b c\"]");
         assert!(d.to_string().contains("expected: (nothing)"));
+    }
+
+    #[test]
+    fn keys_in_another_order_are_a_divergence() {
+        let e: Value = serde_json::from_str(r#"{"x": {"a": 1, "b": 2}}"#).unwrap();
+        let a: Value = serde_json::from_str(r#"{"x": {"b": 2, "a": 1}}"#).unwrap();
+        let d = first_divergence(&e, &a).unwrap();
+        assert_eq!(d.path, "$.x (key order)");
+        assert_eq!(
+            (d.expected, d.actual),
+            (Some(json!(["a", "b"])), Some(json!(["b", "a"])))
+        );
     }
 
     #[test]

@@ -2,7 +2,12 @@
 //! read in commit order and copied into a scratch journal; on the way every event's content hash
 //! and chain link is recomputed, every run's receipt is rebuilt by this build from the copy and
 //! compared with the receipt recorded in the live journal, and every aggregate folds without
-//! error (upcasters included). Any difference is reported and makes the command exit non-zero.
+//! error (upcasters included). The scratch copy is then projected by every read model and the
+//! result compared with the live read models ([`super::read_model_drift`]): each projector at its
+//! own live checkpoint, because the copy pauses there and the scratch projectors catch up first.
+//! Any difference is reported and makes the command exit non-zero; what could not be compared
+//! (a live database never projected, a read model built with another projection version) is
+//! reported as a note.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -15,11 +20,13 @@ use engine::artifacts::load_run_record;
 use engine::artifacts::recorder::receipt_for;
 use engine::clock::Stamps;
 use engine::command::stored_content;
-use engine::journal::{AppendRequest, EventMetadata, NewEvent};
+use engine::journal::{AppendRequest, EventMetadata, GlobalCursor, NewEvent};
 use engine::notify::JournalNotifier;
 use engine::{Database, DatabaseConfig, Engine, EngineConfig, Journal};
 use serde_json::Value;
 
+use super::projection;
+use super::read_model_drift::{compare, snapshot_live, LiveModel};
 use super::runner::CommittedPages;
 use super::scratch::{ScratchDb, ScratchTarget};
 use super::ReplayArgs;
@@ -31,8 +38,13 @@ pub struct DriftReport {
     pub aggregates: u64,
     pub runs: u64,
     pub receipts_compared: u64,
+    /// Read models compared with their rebuild, and the live documents they held.
+    pub read_models_compared: u64,
+    pub docs_compared: u64,
     /// One readable line per problem.
     pub problems: Vec<String>,
+    /// What was not compared, or compared only in part, and why; not problems.
+    pub notes: Vec<String>,
 }
 
 /// Runs the drift check described in the module docs.
@@ -57,9 +69,17 @@ pub async fn run(args: &ReplayArgs) -> anyhow::Result<()> {
     live.close().await;
     let report = report?;
     println!(
-        "checked {} events of {} aggregates, {} runs, {} recorded receipts",
-        report.events, report.aggregates, report.runs, report.receipts_compared
+        "checked {} events of {} aggregates, {} runs, {} recorded receipts, {} documents of {} read models",
+        report.events,
+        report.aggregates,
+        report.runs,
+        report.receipts_compared,
+        report.docs_compared,
+        report.read_models_compared
     );
+    for note in &report.notes {
+        println!("NOTE {note}");
+    }
     if report.problems.is_empty() {
         println!("no drift");
         return Ok(());
@@ -97,18 +117,64 @@ fn to_metadata(value: &Value) -> EventMetadata {
         .unwrap_or_default()
 }
 
+/// Projects `scratch` as far as it was copied and compares `models` with what it holds,
+/// remembering for each how many live events the copy held at that point.
+async fn compare_read_models(
+    scratch: &Database,
+    models: Vec<LiveModel>,
+    report: &mut DriftReport,
+    compared_at: &mut Vec<(String, u64)>,
+) -> anyhow::Result<()> {
+    let store = projection::catch_up(scratch).await?;
+    for model in models {
+        let rebuilt = store
+            .all_docs(&model.spec)
+            .await
+            .with_context(|| format!("read the rebuilt documents of {}", model.spec.topic))?;
+        report.problems.extend(compare(&model, &rebuilt));
+        report.read_models_compared += 1;
+        report.docs_compared += model.docs.len() as u64;
+        compared_at.push((model.spec.topic.to_owned(), report.events));
+    }
+    Ok(())
+}
+
 /// Copies `live` into `scratch` (which must be empty) and compares; see the module docs.
 ///
 /// # Errors
-/// When either journal fails.
+/// When either journal or projection store fails, or a scratch projector cannot fold an event.
 pub async fn check_journal(live: &Database, scratch: &Database) -> anyhow::Result<DriftReport> {
     let live_journal = live.journal();
     let scratch_journal = scratch.journal();
     let mut report = DriftReport::default();
+    // The live read models first: each is consistent with a checkpoint cursor at or below the
+    // events the copy will hold (they were committed before the copy counts its events).
+    let live_models = snapshot_live(&projection::store_of(live)).await?;
+    if !live_models.projected {
+        report.notes.push(
+            "the live database has never been projected (no projector checkpoints): read models \
+             not compared"
+                .into(),
+        );
+    }
+    report.notes.extend(live_models.notes);
+    let mut boundaries: BTreeMap<GlobalCursor, Vec<LiveModel>> = BTreeMap::new();
+    for model in live_models.models {
+        boundaries.entry(model.cursor).or_default().push(model);
+    }
+    let mut compared_at = Vec::new();
     let mut heads: BTreeMap<(String, String), (u64, String)> = BTreeMap::new();
     let mut pages = CommittedPages::start(&live_journal).await?;
     while let Some(page) = pages.next().await? {
         for stored in &page {
+            // Every event up to a live projector's cursor is in the copy: compare it now.
+            while boundaries
+                .first_key_value()
+                .is_some_and(|(cursor, _)| *cursor < stored.cursor)
+            {
+                let (_, models) = boundaries.pop_first().expect("checked above");
+                compare_read_models(scratch, models, &mut report, &mut compared_at).await?;
+            }
             let e = &stored.event;
             report.events += 1;
             let key = (e.aggregate_type.clone(), e.aggregate_id.clone());
@@ -153,6 +219,18 @@ pub async fn check_journal(live: &Database, scratch: &Database) -> anyhow::Resul
                 })
                 .await
                 .with_context(|| format!("copy {where_}"))?;
+        }
+    }
+    for (_, models) in std::mem::take(&mut boundaries) {
+        compare_read_models(scratch, models, &mut report, &mut compared_at).await?;
+    }
+    for (topic, events) in compared_at {
+        let behind = report.events - events;
+        if behind > 0 {
+            report.notes.push(format!(
+                "read model {topic} is {behind} journal events behind on the live database: \
+                 compared as of its checkpoint"
+            ));
         }
     }
     report.aggregates = heads.len() as u64;

@@ -1,8 +1,10 @@
 //! `openagents-runtime replay`: deterministic replay.
 //!
 //! - Fixtures (`replay-fixtures/*.json`, `openagents.replay_fixture.v1`): each runs on a fresh
-//!   journal (embedded by default, PostgreSQL with `--database-url`) through the real engine, and
-//!   every output is compared with the fixture's `expected`; `--bless` rewrites `expected`.
+//!   journal (embedded by default, PostgreSQL with `--database-url`) through the real engine, the
+//!   journal is projected by every read model, and every output (events, chains, receipts, replay
+//!   hashes, read models, the sync stream) is compared with the fixture's `expected`, key order
+//!   included; `--bless` rewrites `expected`.
 //! - REPLAY.jsonl files: the stream is re-executed and the regenerated REPLAY.jsonl must equal the
 //!   input byte for byte.
 //! - The original runtime's workflow histories (`openagents.runtime.workflow_history_compat.v1`):
@@ -12,15 +14,19 @@
 //! # Layout
 //! - [`fixture`]: the fixture format.
 //! - [`runner`]: running one fixture and collecting its outputs.
+//! - [`projection`]: projecting a replayed journal and rendering its read models and sync stream.
 //! - [`diff`]: the first divergence between expected and actual.
 //! - [`scratch`]: throwaway journals.
 //! - [`journal_check`]: the `--journal` drift check.
+//! - [`read_model_drift`]: its comparison of the live read models with their rebuild.
 //! - [`bench`]: `bench replay`.
 
 pub mod bench;
 pub mod diff;
 pub mod fixture;
 pub mod journal_check;
+pub mod projection;
+pub mod read_model_drift;
 pub mod runner;
 pub mod scratch;
 
@@ -64,7 +70,8 @@ pub struct ReplayArgs {
     #[arg(long, value_name = "URL")]
     pub database_url: Option<String>,
     /// Drift check: copy the live journal (`--database-url`, or the embedded one in
-    /// `--data-dir`) into a scratch journal, recompute and compare.
+    /// `--data-dir`) into a scratch journal, recompute hashes and receipts, re-project it and
+    /// compare with the live read models.
     #[arg(long, conflicts_with_all = ["bless", "print"])]
     pub journal: bool,
     /// Data directory of the embedded journal, for `--journal`.
@@ -230,16 +237,22 @@ pub async fn replay_file(
     }
 }
 
-/// Runs a fixture on a fresh journal and returns its outputs.
+/// Runs a fixture on a fresh journal, projects it with every read model and returns all its
+/// outputs.
 ///
 /// # Errors
-/// When the scratch journal cannot be created or the fixture cannot run.
+/// When the scratch journal cannot be created, the fixture cannot run or a projector fails.
 pub async fn produce(
     fixture: &Fixture,
     target: &ScratchTarget,
 ) -> anyhow::Result<runner::FixtureRun> {
     let scratch = ScratchDb::create(target).await?;
-    let result = runner::run_fixture(fixture, scratch.database.journal()).await;
+    let result = async {
+        let mut run = runner::run_fixture(fixture, scratch.database.journal()).await?;
+        projection::add_outputs(&scratch.database, &mut run.output).await?;
+        Ok(run)
+    }
+    .await;
     scratch.dispose().await;
     result
 }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aggregates::Timestamp;
+use engine::artifacts::ReceiptSigner;
 use engine::auth::{mint, InternalClaims, SigningSecret};
 use engine::clock::{ManualClock, SequentialIds, Stamps, SystemClock};
 use engine::testing::TestDb;
@@ -80,6 +81,9 @@ pub struct Options {
     /// Run the sync lane (projectors and Khala) with these settings; sync tokens are signed with
     /// `sync_gateway::test_utils::{TEST_KID, TEST_SECRET}` ([`sync_settings`]).
     pub sync: Option<SyncSettings>,
+    /// Mount the run artifact routes and run the receipt recorder, as `serve` does
+    /// (`openagents_runtime::audit::with_artifacts`); `Some(Some(key))` also signs receipts.
+    pub artifacts: Option<Option<ReceiptSigner>>,
 }
 
 impl Default for Options {
@@ -88,6 +92,7 @@ impl Default for Options {
             manual_clock: false,
             configure: Box::new(|_| {}),
             sync: None,
+            artifacts: None,
         }
     }
 }
@@ -155,6 +160,10 @@ pub async fn spawn_app_with(db: &TestDb, options: Options) -> TestApp {
     };
     let app = App::new(config, db.database.clone(), stamps);
     let server = Server::bind(app.clone()).await.expect("bind 127.0.0.1:0");
+    let server = match options.artifacts {
+        Some(signer) => openagents_runtime::audit::with_artifacts(server, &app, signer),
+        None => server,
+    };
     let (server, sync) = match options.sync {
         Some(settings) => {
             let (server, lane) = openagents_runtime::sync::with_sync(server, &app, settings);

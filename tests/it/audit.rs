@@ -1,5 +1,6 @@
 //! Audit bundles: export on both backends and verify; every kind of tampering is named; the
-//! run artifact routes over real HTTP.
+//! run artifact routes through the real app (auth, owner checks, streamed bundle); the receipt a
+//! run records when it finishes shows in its run summary read model.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -11,8 +12,7 @@ use engine::notify::JournalNotifier;
 use engine::testing::TestDb;
 use engine::{Engine, EngineConfig};
 use openagents_runtime::audit::{
-    export, router, verify_bundle, ArtifactState, ExportOptions, FindingKind, Scope, VerifyOptions,
-    VerifyReport,
+    export, verify_bundle, ExportOptions, FindingKind, Scope, VerifyOptions, VerifyReport,
 };
 use openagents_runtime::replay::fixture::Fixture;
 use openagents_runtime::replay::runner::run_fixture;
@@ -523,112 +523,276 @@ async fn a_time_range_export_anchors_partial_chains_and_verifies() {
     db.cleanup().await;
 }
 
-async fn serve(db: &TestDb, signer: Option<ReceiptSigner>) -> String {
-    let engine = Engine::new(
-        db.database.journal(),
-        Stamps::system(),
-        Arc::new(JournalNotifier::new()),
-        EngineConfig::default(),
-    );
-    let app = router(ArtifactState {
-        engine: Arc::new(engine),
-        database: db.database.clone(),
-        signer,
-        runtime_version: "test".into(),
-    });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    format!("http://{address}/internal/v1/runs")
-}
-
-async fn http_artifacts(db: &TestDb) {
-    run_fixture(
-        &fixture("run_happy_path_with_tools.json"),
-        db.database.journal(),
-    )
-    .await
-    .unwrap();
-    let expected = fixture("run_happy_path_with_tools.json").expected.unwrap();
-    let signer = ReceiptSigner::from_secret_hex(KEY).unwrap();
-    let base = serve(db, Some(signer.clone())).await;
-    let client = reqwest::Client::new();
-
-    let response = client
-        .get(format!("{base}/run_happy/receipt"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    let receipt: Value = response.json().await.unwrap();
-    assert_eq!(receipt["schema"], "openagents.receipt.v1");
-    assert_eq!(
-        receipt["canonical_json_sha256"],
-        expected["runs"]["run_happy"]["receipt"]["canonical_json_sha256"]
-    );
-    let signature: ReceiptSignature = serde_json::from_value(receipt["signature"].clone()).unwrap();
-    assert_eq!(signature.signer_pubkey, signer.public_key_hex());
-    assert!(verify_receipt_signature(&signature).unwrap());
-
-    let response = client
-        .get(format!("{base}/run_happy/replay"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    assert_eq!(response.headers()["content-type"], "application/x-ndjson");
-    let text = response.text().await.unwrap();
-    assert_eq!(
-        Value::from(aggregates::canonical::sha256_prefixed(text.as_bytes())),
-        expected["runs"]["run_happy"]["replay_hash"]
-    );
-
-    let response = client
-        .get(format!("{base}/run_happy/audit-bundle"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    assert!(response.headers()["content-disposition"]
-        .to_str()
-        .unwrap()
-        .contains("audit-run_happy.jsonl"));
-    let bytes = response.bytes().await.unwrap();
-    let report = verify_bundle(
-        &bytes[..],
-        &VerifyOptions {
-            expected_signer: Some(signer.public_key_hex()),
-        },
-    )
-    .unwrap();
-    assert_eq!(report.findings, vec![]);
-    assert_eq!((report.events, report.receipts_checked), (14, 1));
-
-    let response = client
-        .get(format!("{base}/nope/receipt"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 404);
-    let body: Value = response.json().await.unwrap();
-    assert_eq!(body["error"]["code"], "not_found");
-    assert_eq!(body["error"]["details"]["reason"], "run_not_found");
-    let response = client
-        .get(format!("{base}/bad%20id/replay"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 400);
-    let body: Value = response.json().await.unwrap();
-    assert_eq!(body["error"]["details"]["reason"], "invalid_run_id");
-}
-
 mod http {
-    use super::*;
-    on_both_backends!(the_run_artifact_routes_serve_receipts_replays_and_bundles);
+    //! The artifact routes through the real app (`spawn_app`, mounted as `serve` mounts them):
+    //! internal auth, the owner rules of the run routes, and the downloads themselves.
 
-    async fn the_run_artifact_routes_serve_receipts_replays_and_bundles(db: &TestDb) {
-        http_artifacts(db).await;
+    use std::time::{Duration, Instant};
+
+    use projectors::run_summary::RunSummaries;
+    use serde_json::json;
+
+    use super::*;
+    use crate::app::{spawn_app_with, sync_settings, Options, TestApp};
+
+    on_both_backends!(
+        only_the_runs_owner_reads_its_receipt_replay_and_audit_bundle,
+        the_run_summary_shows_the_receipt_recorded_when_a_run_finishes_over_http
+    );
+
+    async fn spawn(db: &TestDb, signer: Option<ReceiptSigner>, sync: bool) -> TestApp {
+        spawn_app_with(
+            db,
+            Options {
+                artifacts: Some(signer),
+                sync: sync.then(sync_settings),
+                ..Options::default()
+            },
+        )
+        .await
+    }
+
+    fn artifact(run_id: &str, which: &str) -> String {
+        format!("/internal/v1/runs/{run_id}/{which}")
+    }
+
+    async fn only_the_runs_owner_reads_its_receipt_replay_and_audit_bundle(db: &TestDb) {
+        for name in [
+            "run_happy_path_with_tools.json",
+            "guest_run_with_explicit_receipt_recording.json",
+        ] {
+            run_fixture(&fixture(name), db.database.journal())
+                .await
+                .unwrap();
+        }
+        let expected = fixture("run_happy_path_with_tools.json").expected.unwrap();
+        let signer = ReceiptSigner::from_secret_hex(KEY).unwrap();
+        let app = spawn(db, Some(signer.clone()), false).await;
+
+        // The owner (user 42, no tenant on either side) reads all three.
+        let response = app
+            .get(&artifact("run_happy", "receipt"))
+            .user("42")
+            .send()
+            .await;
+        assert_eq!(response.status, 200, "{}", response.text);
+        let receipt = &response.json;
+        assert_eq!(receipt["schema"], "openagents.receipt.v1");
+        assert_eq!(
+            receipt["canonical_json_sha256"],
+            expected["runs"]["run_happy"]["receipt"]["canonical_json_sha256"]
+        );
+        let signature: ReceiptSignature =
+            serde_json::from_value(receipt["signature"].clone()).unwrap();
+        assert_eq!(signature.signer_pubkey, signer.public_key_hex());
+        assert!(verify_receipt_signature(&signature).unwrap());
+
+        let response = app
+            .get(&format!(
+                "{}?thread_id=thread-run_happy",
+                artifact("run_happy", "replay")
+            ))
+            .user("42")
+            .send()
+            .await;
+        assert_eq!(response.status, 200, "{}", response.text);
+        assert_eq!(
+            response.header("content-type"),
+            Some("application/x-ndjson")
+        );
+        assert_eq!(
+            Value::from(aggregates::canonical::sha256_prefixed(
+                response.text.as_bytes()
+            )),
+            expected["runs"]["run_happy"]["replay_hash"]
+        );
+
+        let response = app
+            .get(&artifact("run_happy", "audit-bundle"))
+            .user("42")
+            .send_streaming()
+            .await;
+        assert_eq!(response.status(), 200);
+        assert!(response.headers()["content-disposition"]
+            .to_str()
+            .unwrap()
+            .contains("audit-run_happy.jsonl"));
+        let bytes = response.bytes().await.unwrap();
+        let report = verify_bundle(
+            &bytes[..],
+            &VerifyOptions {
+                expected_signer: Some(signer.public_key_hex()),
+            },
+        )
+        .unwrap();
+        assert_eq!(report.findings, vec![]);
+        assert_eq!((report.events, report.receipts_checked), (14, 1));
+
+        for which in ["receipt", "replay", "audit-bundle"] {
+            let path = artifact("run_happy", which);
+            // No token at all.
+            app.get(&path)
+                .user("42")
+                .token(None)
+                .send()
+                .await
+                .assert_error(401, "unauthorized");
+            // A valid token for another user, or a guest.
+            let other = app.get(&path).user("2").send().await;
+            other.assert_error(403, "forbidden");
+            assert_eq!(other.reason(), "not_owner", "{which}");
+            let guest = app.get(&path).guest("g-1").send().await;
+            guest.assert_error(403, "forbidden");
+            assert_eq!(guest.reason(), "not_owner", "{which}");
+            // The owner, but about another thread: named in the query, or bound in the token.
+            let query = app
+                .get(&format!("{path}?thread_id=thread-other"))
+                .user("42")
+                .send()
+                .await;
+            query.assert_error(403, "forbidden");
+            assert_eq!(query.reason(), "not_owner", "{which}");
+            let bound = app
+                .get(&path)
+                .user("42")
+                .claims(|c| c.thread_id = Some("thread-other".into()))
+                .send()
+                .await;
+            bound.assert_error(403, "forbidden");
+            assert_eq!(bound.reason(), "claim_mismatch", "{which}");
+            // A token bound to another run.
+            let run = app
+                .get(&path)
+                .user("42")
+                .claims(|c| c.run_id = Some("run_guest".into()))
+                .send()
+                .await;
+            run.assert_error(403, "forbidden");
+            // Unknown and malformed runs.
+            let missing = app.get(&artifact("nope", which)).user("42").send().await;
+            missing.assert_error(404, "not_found");
+            assert_eq!(missing.reason(), "run_not_found", "{which}");
+            let bad = app
+                .get(&artifact("bad%20id", which))
+                .user("42")
+                .send()
+                .await;
+            bad.assert_error(400, "invalid_request");
+            assert_eq!(bad.reason(), "invalid_run_id", "{which}");
+        }
+
+        // A guest-owned run: its guest scope reads it, a user does not.
+        let response = app
+            .get(&artifact("run_guest", "receipt"))
+            .guest("g-1")
+            .send()
+            .await;
+        assert_eq!(response.status, 200, "{}", response.text);
+        assert_eq!(response.json["session_id"], "run_guest");
+        let response = app
+            .get(&artifact("run_guest", "receipt"))
+            .user("42")
+            .send()
+            .await;
+        response.assert_error(403, "forbidden");
+
+        // A run created in a tenant: the same user from another tenant is refused.
+        let created = app
+            .post(
+                "/internal/v1/runs",
+                json!({"run_id": "run_org", "thread_id": "thread_org"}),
+            )
+            .claims(|c| c.oa_org_id = Some("org_a".into()))
+            .send()
+            .await;
+        assert_eq!(created.status, 201, "{}", created.text);
+        let elsewhere = app
+            .get(&artifact("run_org", "receipt"))
+            .claims(|c| c.oa_org_id = Some("org_b".into()))
+            .send()
+            .await;
+        elsewhere.assert_error(403, "forbidden");
+        assert_eq!(elsewhere.reason(), "org_mismatch");
+        let home = app
+            .get(&artifact("run_org", "receipt"))
+            .claims(|c| c.oa_org_id = Some("org_a".into()))
+            .send()
+            .await;
+        assert_eq!(home.status, 200, "{}", home.text);
+        assert_eq!(home.json["session_id"], "run_org");
+        app.shutdown().await.unwrap();
+    }
+
+    async fn the_run_summary_shows_the_receipt_recorded_when_a_run_finishes_over_http(db: &TestDb) {
+        let signer = ReceiptSigner::from_secret_hex(KEY).unwrap();
+        let app = spawn(db, Some(signer), true).await;
+        app.running_run("run_done").await;
+        for (frame_id, frame_type, payload) in [
+            (
+                "f-1",
+                "tool_call",
+                json!({"tool_call_id": "c-1", "name": "shell", "arguments": {"cmd": "ls"}}),
+            ),
+            (
+                "f-2",
+                "tool_result",
+                json!({"tool_call_id": "c-1", "output": "a b", "ok": true}),
+            ),
+            ("f-3", "text_delta", json!({"delta": "done"})),
+        ] {
+            let response = app
+                .append_frame("run_done", "thread_1", frame_id, frame_type, payload)
+                .await;
+            assert_eq!(response.status, 202, "{}", response.text);
+        }
+        let finished = app.finish_run("run_done", "thread_1", "succeeded").await;
+        assert_eq!(finished.status, 202, "{}", finished.text);
+
+        let receipt = app.get(&artifact("run_done", "receipt")).send().await;
+        assert_eq!(receipt.status, 200, "{}", receipt.text);
+        let replay = app.get(&artifact("run_done", "replay")).send().await;
+        assert_eq!(replay.status, 200, "{}", replay.text);
+        let sha = receipt.json["canonical_json_sha256"].as_str().unwrap();
+        assert_eq!(sha.len(), 64);
+
+        // The recorder records the receipt; the projector folds it into the run summary.
+        let store = &app.sync.as_ref().expect("the sync lane runs").store;
+        let spec = projectors::runner::spec_of::<RunSummaries>();
+        let key = projectors::run_summary::doc_key("run_done");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let doc = loop {
+            let docs = store.all_docs(&spec).await.unwrap();
+            let doc = docs.into_iter().find(|d| d.doc_key == key);
+            if let Some(doc) = doc {
+                let payload: Value = serde_json::from_str(&doc.payload).unwrap();
+                if !payload["receipt"].is_null() {
+                    break (doc, payload);
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the run summary never showed a receipt"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let (row, payload) = doc;
+        assert_eq!(payload["status"], "succeeded");
+        assert_eq!(payload["tool_calls"], 1);
+        let shown = &payload["receipt"];
+        assert_eq!(shown["canonical_json_sha256"], sha);
+        assert_eq!(shown["schema"], "openagents.receipt.v1");
+        assert_eq!(shown["run_status"], "succeeded");
+        assert_eq!(shown["trajectory_hash"], receipt.json["trajectory_hash"]);
+        assert_eq!(
+            shown["replay_hash"],
+            aggregates::canonical::sha256_prefixed(replay.text.as_bytes())
+        );
+        assert_eq!(shown["last_seq"], receipt.json["last_seq"]);
+        assert_eq!(payload["runtime_source"]["aggregate_type"], "run_receipt");
+        // run.created, run.started, three frames, run.finished, then the receipt.
+        assert_eq!(row.doc_version, 7);
+        assert_eq!(row.owner, projectors::DocOwner::user("1"));
+        app.shutdown().await.unwrap();
     }
 }
 

@@ -1,13 +1,16 @@
 //! Deterministic replay: every fixture in `replay-fixtures/` (and the REPLAY.jsonl files and the
-//! original runtime's histories) replays on both backends to exactly its expected outputs; a
-//! divergence is reported at its first differing place; `--bless` rewrites expectations; the
-//! `--journal` drift check finds rows edited behind the engine's back.
+//! original runtime's histories) replays on both backends to exactly its expected outputs, read
+//! models and sync stream included; a divergence is reported at its first differing place;
+//! `--bless` rewrites expectations; the `--journal` drift check finds journal rows and read-model
+//! rows edited behind the engine's back, and compares a lagging projector at its own checkpoint.
 
 use std::path::{Path, PathBuf};
 
+use aggregates::canonical::hash_canonical;
 use engine::testing::{admin_url, in_ci, TestDb};
 use openagents_runtime::replay::fixture::Fixture;
-use openagents_runtime::replay::journal_check::check_journal;
+use openagents_runtime::replay::journal_check::{check_journal, DriftReport};
+use openagents_runtime::replay::projection;
 use openagents_runtime::replay::{
     expand_inputs, produce, replay_file, run, ItemStatus, Mode, ReplayArgs, ScratchDb,
     ScratchTarget,
@@ -79,26 +82,118 @@ fn load(name: &str) -> (Value, Fixture) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_runs_and_both_backends_give_byte_identical_outputs() {
-    let (_, fixture) = load("run_conflicting_appends.json");
-    let first = produce(&fixture, &ScratchTarget::Embedded)
-        .await
-        .unwrap()
-        .output;
-    let second = produce(&fixture, &ScratchTarget::Embedded)
-        .await
-        .unwrap()
-        .output;
-    assert_eq!(
-        serde_json::to_string(&first).unwrap(),
-        serde_json::to_string(&second).unwrap()
-    );
-    if let Some(target) = postgres_target().await {
-        let on_pg = produce(&fixture, &target).await.unwrap().output;
-        assert_eq!(
-            serde_json::to_string(&first).unwrap(),
-            serde_json::to_string(&on_pg).unwrap()
-        );
+    let postgres = postgres_target().await;
+    // Conflicting appends from two engines; runs and workers interleaved (every topic but
+    // payments gets rows).
+    for name in [
+        "run_conflicting_appends.json",
+        "interleaved_runs_of_several_workers.json",
+    ] {
+        let (_, fixture) = load(name);
+        let mut outputs = Vec::new();
+        for target in std::iter::repeat_n(ScratchTarget::Embedded, 2).chain(
+            postgres
+                .iter()
+                .flat_map(|t| std::iter::repeat_n(t.clone(), 2)),
+        ) {
+            let output = produce(&fixture, &target).await.unwrap().output;
+            assert!(output["sync_stream"]["runtime.run_summaries"]
+                .as_array()
+                .is_some_and(|rows| !rows.is_empty()));
+            outputs.push(serde_json::to_string(&output).unwrap());
+        }
+        assert!(outputs.len() >= 2);
+        assert!(outputs.windows(2).all(|w| w[0] == w[1]), "{name}");
     }
+}
+
+/// The blessed read models and sync streams are what the projectors must produce: per topic,
+/// watermarks 1..N without gaps, each document's versions 1..k in stream order, the current
+/// document at its last version with that row's hash, hashes that are the canonical hash of the
+/// payload, and summaries that agree with the engine's own reports of the same runs and workers.
+#[test]
+fn the_blessed_read_models_and_sync_streams_are_consistent_with_the_runs_and_workers() {
+    let mut checked = 0;
+    for path in expand_inputs(&[fixtures_dir()]).unwrap() {
+        if path.extension().is_none_or(|e| e != "json") {
+            continue;
+        }
+        let name = path.display().to_string();
+        let value: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let expected = &value["expected"];
+        let streams = expected["sync_stream"].as_object().expect(&name);
+        let models = expected["read_models"].as_object().expect(&name);
+        let topics = [
+            "runtime.codex_worker_events",
+            "runtime.codex_worker_summaries",
+            "runtime.payments",
+            "runtime.run_summaries",
+        ];
+        assert_eq!(streams.keys().collect::<Vec<_>>(), topics, "{name}");
+        assert_eq!(models.keys().collect::<Vec<_>>(), topics, "{name}");
+        for topic in topics {
+            let rows = streams[topic].as_array().unwrap();
+            let docs = models[topic].as_object().unwrap();
+            let mut last: std::collections::BTreeMap<&str, (u64, &str)> = Default::default();
+            for (i, row) in rows.iter().enumerate() {
+                assert_eq!(row[0], topic, "{name}");
+                assert_eq!(
+                    row[1].as_u64(),
+                    Some(i as u64 + 1),
+                    "{name} {topic} gapless"
+                );
+                let key = row[2].as_str().unwrap();
+                let version = row[3].as_u64().unwrap();
+                let before = last.get(key).map_or(0, |(v, _)| *v);
+                assert_eq!(version, before + 1, "{name} {topic} {key}");
+                last.insert(key, (version, row[4].as_str().unwrap()));
+            }
+            assert_eq!(
+                docs.keys().map(String::as_str).collect::<Vec<_>>(),
+                last.keys().copied().collect::<Vec<_>>(),
+                "{name} {topic}: a document per changed key"
+            );
+            for (key, doc) in docs {
+                let (version, hash) = last[key.as_str()];
+                assert_eq!(doc["doc_version"].as_u64(), Some(version), "{name} {key}");
+                assert_eq!(doc["payload_hash"], hash, "{name} {key}");
+                assert_eq!(
+                    doc["payload_hash"],
+                    hash_canonical(&doc["payload"]),
+                    "{name} {key}"
+                );
+            }
+        }
+        for (run_id, run) in expected["runs"].as_object().unwrap() {
+            let doc = &models["runtime.run_summaries"][format!("runtime/run_summary:{run_id}")];
+            if run.get("error").is_some() {
+                assert!(doc.is_null(), "{name} {run_id}");
+                continue;
+            }
+            let payload = &doc["payload"];
+            assert_eq!(payload["status"], run["status"], "{name} {run_id}");
+            assert_eq!(
+                payload["receipt"]["canonical_json_sha256"], run["recorded_receipt_sha256"],
+                "{name} {run_id}"
+            );
+            checked += 1;
+        }
+        for (worker_id, worker) in expected["workers"].as_object().unwrap() {
+            let doc = &models["runtime.codex_worker_summaries"]
+                [format!("runtime/codex_worker_summary:{worker_id}")];
+            assert_eq!(
+                doc["payload"]["status"], worker["status"],
+                "{name} {worker_id}"
+            );
+            assert_eq!(
+                doc["payload"]["latest_seq"], worker["latest_seq"],
+                "{name} {worker_id}"
+            );
+            checked += 1;
+        }
+    }
+    // 14 runs and 5 workers across the fixtures.
+    assert!(checked >= 19, "{checked}");
 }
 
 #[tokio::test]
@@ -198,6 +293,16 @@ async fn drift_check_on(live: &TestDb) {
         (report.events, report.runs, report.receipts_compared),
         (32, 4, 4)
     );
+    // Never projected: said once, instead of every document reported missing.
+    assert_eq!(report.read_models_compared, 0);
+    assert_eq!(
+        report.notes,
+        vec![
+            "the live database has never been projected (no projector checkpoints): read models \
+             not compared"
+                .to_owned()
+        ]
+    );
 
     // Edit one stored payload behind the engine's back.
     let sql =
@@ -252,4 +357,204 @@ async fn the_journal_drift_check_finds_rows_edited_behind_the_engine_on_postgres
     };
     drift_check_on(&db).await;
     db.cleanup().await;
+}
+
+async fn check(live: &TestDb) -> DriftReport {
+    let scratch = ScratchDb::create(&ScratchTarget::Embedded).await.unwrap();
+    let report = check_journal(&live.database, &scratch.database).await;
+    scratch.dispose().await;
+    report.unwrap()
+}
+
+/// Documents the fixture's expectation holds, over every read model.
+fn expected_docs(name: &str) -> u64 {
+    let (value, _) = load(name);
+    value["expected"]["read_models"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|docs| docs.as_object().unwrap().len() as u64)
+        .sum()
+}
+
+async fn execute(live: &TestDb, sql: &str) {
+    match &live.database {
+        engine::Database::Postgres(pool) => sqlx::query(&sql.replace("{runtime}", "runtime."))
+            .execute(pool)
+            .await
+            .map(|r| r.rows_affected()),
+        engine::Database::Sqlite { pool, .. } => sqlx::query(&sql.replace("{runtime}", "runtime_"))
+            .execute(pool)
+            .await
+            .map(|r| r.rows_affected()),
+    }
+    .map(|rows| assert_eq!(rows, 1, "{sql}"))
+    .unwrap();
+}
+
+async fn read_model_drift_on(live: &TestDb) {
+    let (_, fixture) = load("interleaved_runs_of_several_workers.json");
+    openagents_runtime::replay::runner::run_fixture(&fixture, live.database.journal())
+        .await
+        .unwrap();
+    projection::catch_up(&live.database).await.unwrap();
+    let report = check(live).await;
+    assert_eq!(report.problems, Vec::<String>::new());
+    assert_eq!(report.notes, Vec::<String>::new());
+    assert_eq!(
+        (report.read_models_compared, report.docs_compared),
+        (4, expected_docs("interleaved_runs_of_several_workers.json"))
+    );
+
+    // More runs that the live projectors have not seen yet: compared at their checkpoint, so
+    // this is no drift, only a note.
+    let (_, later) = load("run_happy_path_with_tools.json");
+    openagents_runtime::replay::runner::run_fixture(&later, live.database.journal())
+        .await
+        .unwrap();
+    let report = check(live).await;
+    assert_eq!(report.problems, Vec::<String>::new());
+    assert_eq!(report.notes.len(), 4, "{:?}", report.notes);
+    assert!(
+        report
+            .notes
+            .iter()
+            .any(|n| n.starts_with("read model runtime.run_summaries is 14 journal events behind")),
+        "{:?}",
+        report.notes
+    );
+    projection::catch_up(&live.database).await.unwrap();
+    let report = check(live).await;
+    assert_eq!(
+        (report.problems.len(), report.notes.len()),
+        (0, 0),
+        "{report:?}"
+    );
+
+    // Rows edited behind the projectors' back: a payload, an owner, a deleted document.
+    execute(
+        live,
+        "UPDATE {runtime}sync_run_summaries SET payload_hash = 'sha256:tampered' \
+         WHERE doc_key = 'runtime/run_summary:run-b'",
+    )
+    .await;
+    execute(
+        live,
+        "UPDATE {runtime}sync_codex_worker_summaries SET owner_user_id = 'mallory' \
+         WHERE doc_key = 'runtime/codex_worker_summary:w-2'",
+    )
+    .await;
+    execute(
+        live,
+        "DELETE FROM {runtime}sync_run_summaries WHERE doc_key = 'runtime/run_summary:run_happy'",
+    )
+    .await;
+    let report = check(live).await;
+    let mut problems = report.problems.clone();
+    problems.sort();
+    assert_eq!(problems.len(), 3, "{problems:?}");
+    assert!(
+        problems[0].starts_with(
+            "read model runtime.codex_worker_summaries runtime/codex_worker_summary:w-2: \
+             owner live user=mallory rebuilt user="
+        ),
+        "{problems:?}"
+    );
+    assert!(
+        problems[1].starts_with(
+            "read model runtime.run_summaries runtime/run_summary:run-b: payload_hash live \
+             sha256:tampered rebuilt sha256:"
+        ),
+        "{problems:?}"
+    );
+    assert_eq!(
+        problems[2],
+        "read model runtime.run_summaries runtime/run_summary:run_happy: missing from the live \
+         read model (rebuilt version 14)"
+    );
+
+    // The command prints each as a DRIFT line and exits non-zero.
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_openagents-runtime"));
+    command
+        .env_remove("DATABASE_URL")
+        .env_remove("OA_DATA_DIR")
+        .args(["replay", "--journal"]);
+    match (&live.url, &live.data_dir) {
+        (Some(url), _) => command.args(["--database-url", url]),
+        (None, Some(dir)) => command.arg("--data-dir").arg(dir),
+        _ => unreachable!(),
+    };
+    let output = command.output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(!output.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("DRIFT read model runtime.run_summaries runtime/run_summary:run-b: payload_hash live sha256:tampered"),
+        "{stdout}"
+    );
+    assert_eq!(stdout.matches("DRIFT ").count(), 3, "{stdout}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_drift_check_compares_read_models_with_their_rebuild_on_sqlite() {
+    let db = TestDb::sqlite().await;
+    read_model_drift_on(&db).await;
+    db.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_drift_check_compares_read_models_with_their_rebuild_on_postgres() {
+    let Some(db) = TestDb::postgres().await else {
+        assert!(!in_ci());
+        return;
+    };
+    read_model_drift_on(&db).await;
+    db.cleanup().await;
+}
+
+mod live {
+    //! The drift check against a server that keeps running, its projectors (the real sync lane)
+    //! following the journal while the check reads it.
+
+    use std::time::{Duration, Instant};
+
+    use serde_json::json;
+
+    use super::check;
+    use crate::app::spawn_app_with_sync;
+    use crate::support::on_both_backends;
+    use engine::testing::TestDb;
+
+    on_both_backends!(a_running_servers_read_models_have_no_drift_while_it_projects);
+
+    async fn a_running_servers_read_models_have_no_drift_while_it_projects(db: &TestDb) {
+        let app = spawn_app_with_sync(db).await;
+        assert!(app.sync.is_some());
+        app.running_run("run_live").await;
+        for i in 0..5 {
+            let response = app
+                .text_delta("run_live", &format!("f-{i}"), "streaming")
+                .await;
+            assert_eq!(response.status, 202, "{}", response.text);
+        }
+        let worker = app
+            .create_worker(json!({"worker_id": "w-live", "workspace_ref": "ws"}))
+            .await;
+        assert_eq!(worker.status, 202, "{}", worker.text);
+        // Checked while the projectors catch up (compared at their checkpoints, never drift)
+        // until they have caught up (no note left).
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let report = check(db).await;
+            assert_eq!(report.problems, Vec::<String>::new());
+            if report.notes.is_empty() {
+                assert_eq!(report.read_models_compared, 4);
+                // One run summary, one worker summary, one document per worker event.
+                assert_eq!(report.docs_compared, 1 + 1 + 1, "{report:?}");
+                break;
+            }
+            assert!(Instant::now() < deadline, "{:?}", report.notes);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        app.shutdown().await.unwrap();
+    }
 }
