@@ -133,7 +133,7 @@ impl ProjectedEvent<'_> {
 /// # Errors
 /// [`ProjectionError::Decode`] naming the event.
 pub fn decode_event<E: DeserializeOwned>(event: &SerializedEvent) -> Result<E, ProjectionError> {
-    serde_json::from_value(event.payload.clone()).map_err(|e| ProjectionError::Decode {
+    E::deserialize(&event.payload).map_err(|e| ProjectionError::Decode {
         at: format!(
             "{}/{}#{} ({} v{})",
             event.aggregate_type,
@@ -189,19 +189,21 @@ pub trait Projection: Send + Sync + 'static {
     /// The document an event may change; `None` when it changes none.
     fn doc_key(event: &SerializedEvent) -> Option<String>;
 
-    /// The document after `event`, or `None` when it does not change.
+    /// Folds `event` into the document in `slot` (`None`: it does not exist yet), in place;
+    /// returns whether the document changed (`false` leaves `slot` as it was). On an error the
+    /// slot's content is unspecified (the runner discards the batch).
     ///
     /// # Errors
     /// When the event cannot be decoded or contradicts the document.
     fn apply(
-        prior: Option<&Self::Doc>,
+        slot: &mut Option<Self::Doc>,
         event: &ProjectedEvent<'_>,
-    ) -> Result<Option<Self::Doc>, ProjectionError>;
+    ) -> Result<bool, ProjectionError>;
 
     /// Who may read the document.
     fn owner(doc: &Self::Doc) -> DocOwner;
 
-    /// The document's recorded projection time, in Unix milliseconds.
+    /// The document's recorded projection time (the time of the event that made it).
     fn projected_at(doc: &Self::Doc) -> Timestamp;
 }
 
@@ -238,10 +240,12 @@ pub fn fold<P: Projection>(
             recorded_at: recorded_at(stored),
             birth,
         };
-        let prior = docs.get(&key);
-        if let Some(doc) = P::apply(prior.map(|(d, _)| d), &projected)? {
-            let version = prior.map_or(1, |(_, v)| v + 1);
-            docs.insert(key, (doc, version));
+        let prior = docs.remove(&key);
+        let version = prior.as_ref().map_or(0, |(_, v)| *v);
+        let mut slot = prior.map(|(d, _)| d);
+        let changed = P::apply(&mut slot, &projected)?;
+        if let Some(doc) = slot {
+            docs.insert(key, (doc, if changed { version + 1 } else { version }));
         }
     }
     Ok(docs)

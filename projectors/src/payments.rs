@@ -179,15 +179,16 @@ impl Projection for Payments {
     }
 
     fn apply(
-        prior: Option<&PaymentDoc>,
+        slot: &mut Option<PaymentDoc>,
         event: &ProjectedEvent<'_>,
-    ) -> Result<Option<PaymentDoc>, ProjectionError> {
+    ) -> Result<bool, ProjectionError> {
         let payment_event: PaymentEvent = event.decode()?;
-        let mut doc = apply(prior.cloned(), &event.event.aggregate_id, &payment_event);
+        let mut doc = apply(slot.take(), &event.event.aggregate_id, &payment_event);
         doc.runtime_source = Some(event.source());
         doc.projection_version = Self::VERSION;
         doc.projected_at = event.recorded_at.to_rfc3339();
-        Ok(Some(doc))
+        *slot = Some(doc);
+        Ok(true)
     }
 
     fn owner(doc: &PaymentDoc) -> DocOwner {

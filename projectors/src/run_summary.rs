@@ -85,9 +85,10 @@ impl Projection for RunSummaries {
     }
 
     fn apply(
-        prior: Option<&RunSummaryDoc>,
+        slot: &mut Option<RunSummaryDoc>,
         event: &ProjectedEvent<'_>,
-    ) -> Result<Option<RunSummaryDoc>, ProjectionError> {
+    ) -> Result<bool, ProjectionError> {
+        let prior = slot.take();
         let at = |t: Timestamp| t.to_rfc3339();
         let missing = || ProjectionError::Inconsistent {
             at: format!(
@@ -110,7 +111,7 @@ impl Projection for RunSummaries {
             let Some(prior) = prior else {
                 return Err(missing());
             };
-            let mut doc = prior.clone();
+            let mut doc = prior;
             doc.receipt = Some(ReceiptRef {
                 schema: receipt
                     .get("schema")
@@ -127,7 +128,8 @@ impl Projection for RunSummaries {
             doc.runtime_source = event.source();
             doc.projection_version = Self::VERSION;
             doc.projected_at = at(event.recorded_at);
-            return Ok(Some(doc));
+            *slot = Some(doc);
+            return Ok(true);
         }
         let run_event: RunEvent = event.decode()?;
         let mut doc = match (&run_event, prior) {
@@ -171,7 +173,7 @@ impl Projection for RunSummaries {
                 }
             }
             (_, None) => return Err(missing()),
-            (_, Some(prior)) => prior.clone(),
+            (_, Some(prior)) => prior,
         };
         if !matches!(run_event, RunEvent::RunCreated { .. }) {
             // Run seq = journal sequence - 1 (run.created is the birth record, not a run event).
@@ -216,7 +218,8 @@ impl Projection for RunSummaries {
                 doc.last_event_type = "run.finished".to_owned();
             }
         }
-        Ok(Some(doc))
+        *slot = Some(doc);
+        Ok(true)
     }
 
     fn owner(doc: &RunSummaryDoc) -> DocOwner {

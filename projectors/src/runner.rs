@@ -847,11 +847,18 @@ impl<P: Projection> Runner<P> {
                 recorded_at: at,
                 birth: birth.as_deref(),
             };
-            let prior = working.get(key);
-            let Some(doc) = P::apply(prior.map(|(d, _, _)| d), &projected)? else {
+            let prior = working.remove(key);
+            let (prior_version, prior_row) = prior.as_ref().map_or((0, None), |(_, v, r)| (*v, *r));
+            let mut slot = prior.map(|(d, _, _)| d);
+            let changed = P::apply(&mut slot, &projected)?;
+            let Some(doc) = slot else {
                 continue;
             };
-            let version = prior.map_or(1, |(_, v, _)| v + 1);
+            if !changed {
+                working.insert(key.clone(), (doc, prior_version, prior_row));
+                continue;
+            }
+            let version = prior_version + 1;
             recorded_ms.push(at.unix_micros() / 1000);
             let last_row = if target == Target::Live {
                 let (payload, payload_hash) = serialize_doc::<P>(&doc)?;

@@ -56,9 +56,9 @@ impl Projection for WorkerEvents {
     }
 
     fn apply(
-        _prior: Option<&WorkerEventDoc>,
+        slot: &mut Option<WorkerEventDoc>,
         event: &ProjectedEvent<'_>,
-    ) -> Result<Option<WorkerEventDoc>, ProjectionError> {
+    ) -> Result<bool, ProjectionError> {
         let worker_event: WorkerEvent = event.decode()?;
         let birth = match (&worker_event, event.birth) {
             (WorkerEvent::WorkerRegistered { .. }, _) => worker_event.clone(),
@@ -80,7 +80,7 @@ impl Projection for WorkerEvents {
             });
         };
         let owner = DocOwner::of(Some(&owner), org_id.as_ref().map(|o| o.as_str()));
-        Ok(Some(WorkerEventDoc {
+        *slot = Some(WorkerEventDoc {
             worker_id: event.event.aggregate_id.clone(),
             seq: event.event.sequence as u64,
             event_type: worker_event.stream_event_type(),
@@ -92,7 +92,8 @@ impl Projection for WorkerEvents {
             runtime_source: RuntimeSource::of(event.event),
             projection_version: Self::VERSION,
             projected_at: event.recorded_at.to_rfc3339(),
-        }))
+        });
+        Ok(true)
     }
 
     fn owner(doc: &WorkerEventDoc) -> DocOwner {

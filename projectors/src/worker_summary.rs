@@ -91,9 +91,10 @@ impl Projection for WorkerSummaries {
     }
 
     fn apply(
-        prior: Option<&WorkerSummaryDoc>,
+        slot: &mut Option<WorkerSummaryDoc>,
         event: &ProjectedEvent<'_>,
-    ) -> Result<Option<WorkerSummaryDoc>, ProjectionError> {
+    ) -> Result<bool, ProjectionError> {
+        let prior = slot.take();
         let ts = |t: Timestamp| t.to_rfc3339();
         let worker_event: WorkerEvent = event.decode()?;
         let at = worker_event.at();
@@ -145,7 +146,7 @@ impl Projection for WorkerSummaries {
                     projected_at: String::new(),
                 }
             }
-            (_, Some(prior)) => prior.clone(),
+            (_, Some(prior)) => prior,
             (_, None) => {
                 return Err(ProjectionError::Inconsistent {
                     at: format!(
@@ -214,7 +215,8 @@ impl Projection for WorkerSummaries {
         doc.runtime_source = event.source();
         doc.projection_version = Self::VERSION;
         doc.projected_at = projected_at;
-        Ok(Some(doc))
+        *slot = Some(doc);
+        Ok(true)
     }
 
     fn owner(doc: &WorkerSummaryDoc) -> DocOwner {

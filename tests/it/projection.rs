@@ -608,13 +608,14 @@ impl Projection for RunSummariesV2 {
     }
 
     fn apply(
-        prior: Option<&RunSummaryDoc>,
+        slot: &mut Option<RunSummaryDoc>,
         event: &ProjectedEvent<'_>,
-    ) -> Result<Option<RunSummaryDoc>, ProjectionError> {
-        Ok(RunSummaries::apply(prior, event)?.map(|mut doc| {
+    ) -> Result<bool, ProjectionError> {
+        let changed = RunSummaries::apply(slot, event)?;
+        if let Some(doc) = slot.as_mut() {
             doc.projection_version = 2;
-            doc
-        }))
+        }
+        Ok(changed)
     }
 
     fn owner(doc: &RunSummaryDoc) -> DocOwner {
