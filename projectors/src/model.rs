@@ -181,9 +181,10 @@ pub trait Projection: Send + Sync + 'static {
     /// Whether `apply` needs [`ProjectedEvent::birth`].
     const NEEDS_BIRTH: bool = false;
 
-    /// Brings a stored event of one of [`Projection::AGGREGATE_TYPES`] to the current shape.
-    fn upcast(event: SerializedEvent) -> SerializedEvent {
-        event
+    /// Brings a stored event of one of [`Projection::AGGREGATE_TYPES`] to the current shape;
+    /// `None` when it already has it (the common case: no copy is made).
+    fn upcast(_event: &SerializedEvent) -> Option<SerializedEvent> {
+        None
     }
 
     /// The document an event may change; `None` when it changes none.
@@ -223,20 +224,21 @@ pub fn fold<P: Projection>(
         if !P::AGGREGATE_TYPES.contains(&stored.event.aggregate_type.as_str()) {
             continue;
         }
-        let event = P::upcast(stored.event.clone());
+        let upcast = P::upcast(&stored.event);
+        let event = upcast.as_ref().unwrap_or(&stored.event);
         if event.sequence == 1 {
             births.insert(
                 (event.aggregate_type.clone(), event.aggregate_id.clone()),
                 event.clone(),
             );
         }
-        let Some(key) = P::doc_key(&event) else {
+        let Some(key) = P::doc_key(event) else {
             continue;
         };
         let birth = births.get(&(event.aggregate_type.clone(), event.aggregate_id.clone()));
         let projected = ProjectedEvent {
             stored,
-            event: &event,
+            event,
             recorded_at: recorded_at(stored),
             birth,
         };

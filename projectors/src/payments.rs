@@ -5,8 +5,8 @@
 
 use aggregates::ids::Owner;
 use aggregates::payment::types::sha256_hex;
-use aggregates::payment::{Payment, PaymentEvent};
-use aggregates::{RuntimeAggregate, Timestamp};
+use aggregates::payment::PaymentEvent;
+use aggregates::Timestamp;
 use cqrs_es::persist::SerializedEvent;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -169,10 +169,6 @@ impl Projection for Payments {
     const TABLE: &'static str = "sync_payments";
     const VERSION: u32 = 1;
     const AGGREGATE_TYPES: &'static [&'static str] = &["lightning_payment"];
-
-    fn upcast(event: SerializedEvent) -> SerializedEvent {
-        <Payment as RuntimeAggregate>::upcast(event)
-    }
 
     fn doc_key(event: &SerializedEvent) -> Option<String> {
         Some(doc_key(&event.aggregate_id))

@@ -3,7 +3,7 @@
 //! own events and, once the run is terminal, its recorded receipt (`run_receipt` aggregate).
 
 use aggregates::receipt::ReceiptEvent;
-use aggregates::run::{Run, RunEvent, RunStatus};
+use aggregates::run::{Run, RunEvent, RunStatus, LEGACY_RUN_EVENT_VERSION};
 use aggregates::{RuntimeAggregate, Timestamp};
 use cqrs_es::persist::SerializedEvent;
 use serde::{Deserialize, Serialize};
@@ -72,12 +72,9 @@ impl Projection for RunSummaries {
     const VERSION: u32 = 1;
     const AGGREGATE_TYPES: &'static [&'static str] = &["run", "run_receipt"];
 
-    fn upcast(event: SerializedEvent) -> SerializedEvent {
-        if event.aggregate_type == "run" {
-            <Run as RuntimeAggregate>::upcast(event)
-        } else {
-            event
-        }
+    fn upcast(event: &SerializedEvent) -> Option<SerializedEvent> {
+        (event.aggregate_type == "run" && event.event_version == LEGACY_RUN_EVENT_VERSION)
+            .then(|| <Run as RuntimeAggregate>::upcast(event.clone()))
     }
 
     fn doc_key(event: &SerializedEvent) -> Option<String> {

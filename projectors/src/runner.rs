@@ -180,8 +180,23 @@ pub struct Runner<P: Projection> {
     ctx: Arc<ProjectorContext>,
     spec: ProjectorSpec,
     births: LruCache<(String, String), Arc<SerializedEvent>>,
+    /// During a full rebuild: the shadow documents as this runner last committed them, so a
+    /// batch does not read back what the previous one wrote. Valid only while the stored
+    /// rebuild cursor is `shadow_cursor` (only the lease holder writes the shadow table).
+    shadow: HashMap<String, (P::Doc, u64, Option<usize>)>,
+    shadow_cursor: Option<GlobalCursor>,
+    /// Events in the last rebuild batch (for [`Runner::catch_up`]'s count).
+    last_rebuild_batch: u64,
+    /// During a rebuild: the read of the next batch, started while this one is folded and
+    /// committed (the journal is immutable below the horizon, so reading ahead is safe).
+    prefetch: Option<(GlobalCursor, Prefetch)>,
     _projection: PhantomData<P>,
 }
+
+type Prefetch = tokio::task::JoinHandle<Result<Vec<StoredEvent>, JournalError>>;
+
+/// The shadow cache is dropped beyond this many documents (the batches then read them back).
+const SHADOW_CACHE_LIMIT: usize = 200_000;
 
 /// A batch folded into what to commit.
 struct Folded {
@@ -211,6 +226,10 @@ impl<P: Projection> Runner<P> {
             ctx,
             spec: spec_of::<P>(),
             births: LruCache::new(NonZeroUsize::new(10_000).expect("non-zero")),
+            shadow: HashMap::new(),
+            shadow_cursor: None,
+            last_rebuild_batch: 0,
+            prefetch: None,
             _projection: PhantomData,
         }
     }
@@ -344,14 +363,17 @@ impl<P: Projection> Runner<P> {
                 .ok_or_else(|| StoreError::UnknownProjector(self.spec.name.to_owned()))?;
         }
         if let Some(rebuild) = &checkpoint.rebuild {
+            let never = CancellationToken::new();
             let mut from = rebuild.cursor;
             loop {
-                let (_, to, finished) = self.step_rebuild(from).await?;
+                let (to, finished) = self.rebuild_run(from, &never).await?;
+                read += self.last_rebuild_batch;
                 from = to;
                 if finished {
                     break;
                 }
             }
+            self.shadow.clear();
             self.ctx
                 .store
                 .finish_rebuild(&self.spec, &self.ctx.instance, now_ms())
@@ -468,8 +490,8 @@ impl<P: Projection> Runner<P> {
             }
             let step = if let Some(rebuild) = checkpoint.rebuild.clone() {
                 metrics::gauge!("runtime_projector_rebuilding", "projector" => name).set(1.0);
-                match self.step_rebuild(rebuild.cursor).await {
-                    Ok((next, to, finished)) => {
+                match self.rebuild_run(rebuild.cursor, shutdown).await {
+                    Ok((to, finished)) => {
                         if let Some(state) = checkpoint.rebuild.as_mut() {
                             state.cursor = to;
                         }
@@ -481,6 +503,8 @@ impl<P: Projection> Runner<P> {
                                 .await
                             {
                                 Ok(swapped) => {
+                                    self.shadow.clear();
+                                    self.shadow_cursor = None;
                                     metrics::gauge!("runtime_projector_rebuilding", "projector" => name).set(0.0);
                                     tracing::info!(
                                         projector = name,
@@ -509,7 +533,7 @@ impl<P: Projection> Runner<P> {
                                 Err(e) => Err(RunnerError::Store(e)),
                             }
                         } else {
-                            Ok(next)
+                            Ok(Next::Busy)
                         }
                     }
                     Err(e) => Err(e),
@@ -743,37 +767,168 @@ impl<P: Projection> Runner<P> {
         })
     }
 
-    /// Projects one rebuild batch into the shadow table; `finished` when the journal is
-    /// exhausted (up to its read horizon).
-    async fn step_rebuild(
+    /// Reads the rebuild batch after `from` (taking a matching read-ahead if one is running) and
+    /// starts reading the one after it.
+    async fn read_rebuild_batch(
         &mut self,
         from: GlobalCursor,
-    ) -> Result<(Next, GlobalCursor, bool), RunnerError> {
+    ) -> Result<Vec<StoredEvent>, RunnerError> {
         let batch = self.ctx.config.batch_size;
-        let events = self.ctx.journal.read_all(from, batch).await?;
-        let Some(last) = events.last() else {
-            return Ok((Next::Busy, from, true));
+        let events = match self.prefetch.take() {
+            Some((at, read)) if at == from => match read.await {
+                Ok(events) => events?,
+                Err(_) => self.ctx.journal.read_all(from, batch).await?,
+            },
+            stale => {
+                if let Some((_, read)) = stale {
+                    read.abort();
+                }
+                self.ctx.journal.read_all(from, batch).await?
+            }
         };
-        let to = last.cursor;
-        let folded = self.fold_batch(Target::Rebuild, &events).await?;
-        self.ctx
-            .store
-            .commit(BatchCommit {
-                spec: &self.spec,
-                target: Target::Rebuild,
-                owner: &self.ctx.instance,
-                from,
+        if let Some(last) = events.last().filter(|_| events.len() >= batch) {
+            let journal = self.ctx.journal.clone();
+            let to = last.cursor;
+            self.prefetch = Some((
                 to,
-                events: events.len() as u64,
-                rows: Vec::new(),
-                docs: folded.docs,
-                now_ms: now_ms(),
-                lease_ttl_ms: self.ttl_ms(),
-            })
-            .await?;
-        metrics::counter!("runtime_projector_rebuild_events_total", "projector" => self.spec.name)
-            .increment(events.len() as u64);
-        Ok((Next::Busy, to, events.len() < batch))
+                tokio::spawn(async move { journal.read_all(to, batch).await }),
+            ));
+        }
+        Ok(events)
+    }
+
+    /// Projects the journal after `from` into the shadow table until it is exhausted (up to
+    /// its read horizon; `finished`) or `shutdown`, as a pipeline: batch N+1 is read ahead and
+    /// folded while batch N commits, and commits stay strictly in order (each checks that the
+    /// stored rebuild cursor is where the previous one left it). Returns the rebuild cursor
+    /// committed last.
+    async fn rebuild_run(
+        &mut self,
+        mut from: GlobalCursor,
+        shutdown: &CancellationToken,
+    ) -> Result<(GlobalCursor, bool), RunnerError> {
+        let batch = self.ctx.config.batch_size;
+        self.last_rebuild_batch = 0;
+        if self.shadow_cursor != Some(from) {
+            // Another process (or an earlier term of this one) wrote the shadow since.
+            self.shadow.clear();
+        }
+        type InFlight = (
+            GlobalCursor,
+            tokio::task::JoinHandle<Result<(), StoreError>>,
+        );
+        let mut in_flight: Option<InFlight> = None;
+        let mut committed = from;
+        let result = loop {
+            let started = Instant::now();
+            let events = match self.read_rebuild_batch(from).await {
+                Ok(events) => events,
+                Err(error) => break Err(error),
+            };
+            let read = started.elapsed();
+            let finished = events.len() < batch;
+            let folded = if events.is_empty() {
+                None
+            } else {
+                match self.fold_batch(Target::Rebuild, &events).await {
+                    Ok(folded) => Some(folded),
+                    Err(error) => break Err(error),
+                }
+            };
+            let folded_at = started.elapsed();
+            // The previous batch must have committed before this one may.
+            if let Some((to, commit)) = in_flight.take() {
+                match commit.await {
+                    Ok(Ok(())) => committed = to,
+                    Ok(Err(error)) => break Err(error.into()),
+                    Err(join) => {
+                        break Err(RunnerError::Store(StoreError::Corrupt(format!(
+                            "rebuild commit task failed: {join}"
+                        ))))
+                    }
+                }
+            }
+            let Some(folded) = folded else {
+                break Ok(true);
+            };
+            let to = events.last().map_or(from, |e| e.cursor);
+            let commit = {
+                let store = self.ctx.store.clone();
+                let spec = self.spec.clone();
+                let owner = self.ctx.instance.clone();
+                let ttl = self.ttl_ms();
+                let count = events.len() as u64;
+                let docs = folded.docs;
+                tokio::spawn(async move {
+                    store
+                        .commit(BatchCommit {
+                            spec: &spec,
+                            target: Target::Rebuild,
+                            owner: &owner,
+                            from,
+                            to,
+                            events: count,
+                            rows: Vec::new(),
+                            docs,
+                            now_ms: now_ms(),
+                            lease_ttl_ms: ttl,
+                        })
+                        .await
+                        .map(|_| ())
+                })
+            };
+            in_flight = Some((to, commit));
+            self.last_rebuild_batch += events.len() as u64;
+            metrics::counter!("runtime_projector_rebuild_events_total", "projector" => self.spec.name)
+                .increment(events.len() as u64);
+            tracing::debug!(
+                projector = self.spec.name,
+                events = events.len(),
+                read_ms = read.as_millis() as u64,
+                fold_ms = (folded_at - read).as_millis() as u64,
+                "rebuild batch"
+            );
+            from = to;
+            if finished || shutdown.is_cancelled() {
+                break Ok(finished);
+            }
+        };
+        // Whatever happened, the last commit's outcome decides where the rebuild stands.
+        let mut result = result;
+        if let Some((to, commit)) = in_flight.take() {
+            match commit.await {
+                Ok(Ok(())) => committed = to,
+                Ok(Err(error)) => {
+                    if result.is_ok() {
+                        result = Err(error.into());
+                    }
+                }
+                Err(join) => {
+                    if result.is_ok() {
+                        result = Err(RunnerError::Store(StoreError::Corrupt(format!(
+                            "rebuild commit task failed: {join}"
+                        ))));
+                    }
+                }
+            }
+        }
+        match result {
+            Ok(finished) => {
+                self.shadow_cursor = Some(committed);
+                if self.shadow.len() > SHADOW_CACHE_LIMIT {
+                    self.shadow.clear();
+                }
+                Ok((committed, finished))
+            }
+            Err(error) => {
+                self.shadow.clear();
+                self.shadow_cursor = None;
+                if let Some((_, read)) = self.prefetch.take() {
+                    read.abort();
+                }
+                Err(error)
+            }
+        }
     }
 
     async fn birth(
@@ -792,7 +947,7 @@ impl<P: Projection> Runner<P> {
         let Some(first) = loaded.into_iter().next() else {
             return Ok(None);
         };
-        let first = Arc::new(P::upcast(first.event));
+        let first = Arc::new(P::upcast(&first.event).unwrap_or(first.event));
         self.births.put(key, first.clone());
         Ok(Some(first))
     }
@@ -808,20 +963,33 @@ impl<P: Projection> Runner<P> {
             if !P::AGGREGATE_TYPES.contains(&stored.event.aggregate_type.as_str()) {
                 continue;
             }
-            let event = P::upcast(stored.event.clone());
+            let event = match P::upcast(&stored.event) {
+                Some(upcast) => std::borrow::Cow::Owned(upcast),
+                None => std::borrow::Cow::Borrowed(&stored.event),
+            };
             if event.sequence == 1 && P::NEEDS_BIRTH {
                 self.births.put(
                     (event.aggregate_type.clone(), event.aggregate_id.clone()),
-                    Arc::new(event.clone()),
+                    Arc::new(event.clone().into_owned()),
                 );
             }
             if let Some(key) = P::doc_key(&event) {
                 relevant.push((stored, event, key));
             }
         }
-        let mut working: HashMap<String, (P::Doc, u64, Option<usize>)> = HashMap::new();
+        // A rebuild folds into its cache of the shadow (taken out here, put back only when the
+        // whole batch folded); a live batch starts from the stored documents.
+        let mut working: HashMap<String, (P::Doc, u64, Option<usize>)> = match target {
+            Target::Rebuild => std::mem::take(&mut self.shadow),
+            Target::Live => HashMap::new(),
+        };
         if !P::DOCS_ARE_EVENTS && !relevant.is_empty() {
-            let mut keys: Vec<String> = relevant.iter().map(|(_, _, k)| k.clone()).collect();
+            let mut keys: Vec<String> = relevant
+                .iter()
+                .map(|(_, _, k)| k)
+                .filter(|k| !working.contains_key(*k))
+                .cloned()
+                .collect();
             keys.sort_unstable();
             keys.dedup();
             for row in self.ctx.store.load_docs(&self.spec, target, &keys).await? {
@@ -881,22 +1049,25 @@ impl<P: Projection> Runner<P> {
         }
         let mut docs = Vec::with_capacity(order.len());
         for key in order {
-            let Some((doc, version, last_row)) = working.remove(&key) else {
+            let Some((doc, version, last_row)) = working.get(&key) else {
                 continue;
             };
             let (payload, payload_hash) = match last_row {
-                Some(i) => (rows[i].payload.clone(), rows[i].payload_hash.clone()),
-                None => serialize_doc::<P>(&doc)?,
+                Some(i) => (rows[*i].payload.clone(), rows[*i].payload_hash.clone()),
+                None => serialize_doc::<P>(doc)?,
             };
             docs.push(DocWrite {
                 doc_key: key,
-                doc_version: version,
+                doc_version: *version,
                 payload,
                 payload_hash,
-                owner: P::owner(&doc),
-                projected_at_ms: P::projected_at(&doc).unix_micros() / 1000,
-                last_row,
+                owner: P::owner(doc),
+                projected_at_ms: P::projected_at(doc).unix_micros() / 1000,
+                last_row: *last_row,
             });
+        }
+        if target == Target::Rebuild && !P::DOCS_ARE_EVENTS {
+            self.shadow = working;
         }
         Ok(Folded {
             rows,

@@ -3,8 +3,8 @@
 //! event as the worker stream (SSE) shows it. Owned by the worker's owner, read from the
 //! worker's birth record. Documents are a history: they are pruned with the stream.
 
-use aggregates::worker::{Worker, WorkerEvent};
-use aggregates::{RuntimeAggregate, Timestamp};
+use aggregates::worker::WorkerEvent;
+use aggregates::Timestamp;
 use cqrs_es::persist::SerializedEvent;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -46,10 +46,6 @@ impl Projection for WorkerEvents {
     const AGGREGATE_TYPES: &'static [&'static str] = &["codex_worker"];
     const DOCS_ARE_EVENTS: bool = true;
     const NEEDS_BIRTH: bool = true;
-
-    fn upcast(event: SerializedEvent) -> SerializedEvent {
-        <Worker as RuntimeAggregate>::upcast(event)
-    }
 
     fn doc_key(event: &SerializedEvent) -> Option<String> {
         Some(doc_key(&event.aggregate_id, event.sequence as u64))

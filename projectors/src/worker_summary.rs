@@ -3,8 +3,8 @@
 //! shape follows the original's `worker_summary` (`shared/compat/codex-worker-events-v1.json`)
 //! with additive fields. Every worker event moves `latest_seq`, so every one is a change.
 
-use aggregates::worker::{Worker, WorkerEvent, WorkerStatus};
-use aggregates::{RuntimeAggregate, Timestamp};
+use aggregates::worker::{WorkerEvent, WorkerStatus};
+use aggregates::Timestamp;
 use cqrs_es::persist::SerializedEvent;
 use cqrs_es::DomainEvent;
 use serde::{Deserialize, Serialize};
@@ -81,10 +81,6 @@ impl Projection for WorkerSummaries {
     const TABLE: &'static str = "sync_codex_worker_summaries";
     const VERSION: u32 = 1;
     const AGGREGATE_TYPES: &'static [&'static str] = &["codex_worker"];
-
-    fn upcast(event: SerializedEvent) -> SerializedEvent {
-        <Worker as RuntimeAggregate>::upcast(event)
-    }
 
     fn doc_key(event: &SerializedEvent) -> Option<String> {
         Some(doc_key(&event.aggregate_id))

@@ -40,6 +40,7 @@ use crate::support::{on_both_backends, read_all_settled};
 on_both_backends!(
     concurrent_writers_and_restarting_projectors_keep_every_invariant,
     a_full_rebuild_gives_the_same_read_models_in_a_new_epoch,
+    a_rebuild_cut_by_a_crash_is_finished_by_another_process,
     the_lease_admits_one_projector_and_fences_a_stale_holder,
     a_new_projection_version_rebuilds_that_projector_while_the_others_keep_projecting,
     retention_prunes_rows_raises_the_floor_and_older_cursors_are_stale,
@@ -492,6 +493,85 @@ async fn stream_table_rows(db: &TestDb, topic: &str) -> Vec<(i64, String, Option
     }
 }
 
+async fn a_rebuild_cut_by_a_crash_is_finished_by_another_process(db: &TestDb) {
+    let engine = engine_for(db);
+    let mut rng = StdRng::seed_from_u64(23);
+    for i in 0..600 {
+        random_command(&engine, &mut rng, "k", i).await;
+    }
+    settle(db, &engine).await;
+    let store = store_for(db);
+    let snapshot = |store: SyncStore| async move {
+        let mut all = Vec::new();
+        for spec in all_specs() {
+            for doc in store.all_docs(&spec).await.unwrap() {
+                all.push((doc.doc_key, doc.doc_version, doc.payload_hash, doc.owner));
+            }
+        }
+        all
+    };
+    let before = snapshot(store.clone()).await;
+    for spec in all_specs() {
+        store.request_rebuild(spec.name, now_ms()).await.unwrap();
+    }
+    // A process rebuilding in tiny batches is crashed halfway through.
+    let doomed = Fleet::start(db, &engine, 3).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let checkpoint = store.checkpoint(RunSummaries::NAME).await.unwrap().unwrap();
+        if checkpoint.rebuild.as_ref().is_some_and(|r| r.events > 60) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the rebuild did not progress: {checkpoint:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    doomed.crash().await;
+    let halfway = store.checkpoint(RunSummaries::NAME).await.unwrap().unwrap();
+    assert!(halfway.rebuild.is_some(), "crashed mid-rebuild");
+    // Meanwhile more commands arrive; another process takes the leases over and finishes.
+    for i in 0..50 {
+        random_command(&engine, &mut rng, "k2", i).await;
+    }
+    let survivor = Fleet::start(db, &engine, 17).await;
+    loop {
+        let checkpoints = store.checkpoints().await.unwrap();
+        if checkpoints
+            .iter()
+            .all(|c| c.rebuild.is_none() && !c.rebuild_requested)
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline + Duration::from_secs(30),
+            "the survivor did not finish the rebuild"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    survivor.stop().await;
+    settle(db, &engine).await;
+    let after = snapshot(store.clone()).await;
+    assert!(after.len() >= before.len());
+    let events = read_all_settled(&db.database.journal()).await;
+    for projector in all_projectors() {
+        assert_eq!(
+            projector.compare(&store, &events).await.unwrap(),
+            vec![],
+            "{}",
+            projector.spec().name
+        );
+        let state = store
+            .topic_states(&[projector.spec().topic])
+            .await
+            .unwrap()
+            .pop()
+            .unwrap();
+        assert_eq!(state.epoch, 2, "one rebuild, one new epoch");
+    }
+}
+
 async fn the_lease_admits_one_projector_and_fences_a_stale_holder(db: &TestDb) {
     let store = store_for(db);
     let spec = spec_of::<RunSummaries>();
@@ -599,7 +679,9 @@ impl Projection for RunSummariesV2 {
     const VERSION: u32 = 2;
     const AGGREGATE_TYPES: &'static [&'static str] = RunSummaries::AGGREGATE_TYPES;
 
-    fn upcast(event: cqrs_es::persist::SerializedEvent) -> cqrs_es::persist::SerializedEvent {
+    fn upcast(
+        event: &cqrs_es::persist::SerializedEvent,
+    ) -> Option<cqrs_es::persist::SerializedEvent> {
         RunSummaries::upcast(event)
     }
 
