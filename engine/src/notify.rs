@@ -193,37 +193,51 @@ impl JournalNotifier {
     }
 }
 
-/// Relays journal notices between processes through PostgreSQL `LISTEN`/`NOTIFY` until
-/// `shutdown` is cancelled. Reconnects with backoff; after any reconnect it announces `All`,
-/// because notices sent while it was away are lost.
+/// One process's side of a `LISTEN`/`NOTIFY` relay: what it announces after its own commits and
+/// what it does with its peers' notices. [`JournalNotifier`] and the projectors' stream-head
+/// notifier are the two.
+pub trait RelayEndpoint: Send + Sync + 'static {
+    /// The PostgreSQL channel.
+    fn channel(&self) -> &'static str;
+    /// Notified when [`RelayEndpoint::take_outbox`] has something.
+    fn outbox_ready(&self) -> &Notify;
+    /// The next payload to `NOTIFY` (sent after the commits it announces), if any.
+    fn take_outbox(&self) -> Option<String>;
+    /// A peer's payload; `None` after a (re)connect, when notices may have been lost.
+    fn receive(&self, payload: Option<&str>);
+}
+
+/// Relays `endpoint`'s notices between processes through PostgreSQL `LISTEN`/`NOTIFY` until
+/// `shutdown` is cancelled. Reconnects with backoff; after every (re)connect the endpoint hears
+/// `receive(None)`, because notices sent while it was away are lost.
 ///
 /// # Cancel safety
 /// Returns promptly once `shutdown` is cancelled; pending local notices are dropped (peers fall
 /// back to polling).
-pub async fn run_pg_relay(
+pub async fn run_listen_notify<E: RelayEndpoint>(
     pool: PgPool,
-    notifier: std::sync::Arc<JournalNotifier>,
+    endpoint: std::sync::Arc<E>,
     shutdown: CancellationToken,
 ) {
+    let channel = endpoint.channel();
     let sender = {
         let pool = pool.clone();
-        let notifier = notifier.clone();
+        let endpoint = endpoint.clone();
         let shutdown = shutdown.clone();
         async move {
             loop {
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
-                    _ = notifier.outbox_ready.notified() => {}
+                    _ = endpoint.outbox_ready().notified() => {}
                 }
-                while let Some(notice) = notifier.take_outbox() {
-                    let payload = serde_json::to_string(&notice).expect("notice serialises");
+                while let Some(payload) = endpoint.take_outbox() {
                     if let Err(error) = sqlx::query("SELECT pg_notify($1, $2)")
-                        .bind(PG_CHANNEL)
+                        .bind(channel)
                         .bind(&payload)
                         .execute(&pool)
                         .await
                     {
-                        tracing::warn!(error.message = %error, "journal NOTIFY failed; peers fall back to polling");
+                        tracing::warn!(channel, error.message = %error, "NOTIFY failed; peers fall back to polling");
                         tokio::select! {
                             _ = shutdown.cancelled() => return,
                             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
@@ -236,37 +250,42 @@ pub async fn run_pg_relay(
     let listener = async move {
         let mut backoff = Duration::from_millis(100);
         loop {
-            let mut listener = match PgListener::connect_with(&pool).await {
-                Ok(l) => l,
-                Err(error) => {
-                    tracing::warn!(error.message = %error, "journal LISTEN connection failed");
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return,
-                        _ = tokio::time::sleep(backoff) => {}
+            let connected = match PgListener::connect_with(&pool).await {
+                Ok(mut listener) => match listener.listen(channel).await {
+                    Ok(()) => Some(listener),
+                    Err(error) => {
+                        tracing::warn!(channel, error.message = %error, "LISTEN failed");
+                        None
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                    continue;
+                },
+                Err(error) => {
+                    tracing::warn!(channel, error.message = %error, "LISTEN connection failed");
+                    None
                 }
             };
-            if let Err(error) = listener.listen(PG_CHANNEL).await {
-                tracing::warn!(error.message = %error, "journal LISTEN failed");
+            let Some(mut listener) = connected else {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
                 continue;
-            }
+            };
             backoff = Duration::from_millis(100);
             // Anything may have happened while we were not listening.
-            notifier.deliver_locally(AggregateChanged::All);
+            endpoint.receive(None);
             loop {
                 let next = tokio::select! {
                     _ = shutdown.cancelled() => return,
                     next = listener.try_recv() => next,
                 };
                 match next {
-                    Ok(Some(notification)) => notifier.receive_remote(notification.payload()),
+                    Ok(Some(notification)) => endpoint.receive(Some(notification.payload())),
                     // The connection dropped; sqlx reconnects on the next call, notices in between
                     // are lost.
-                    Ok(None) => notifier.deliver_locally(AggregateChanged::All),
+                    Ok(None) => endpoint.receive(None),
                     Err(error) => {
-                        tracing::warn!(error.message = %error, "journal LISTEN connection lost");
+                        tracing::warn!(channel, error.message = %error, "LISTEN connection lost");
                         break;
                     }
                 }
@@ -274,6 +293,38 @@ pub async fn run_pg_relay(
         }
     };
     tokio::join!(sender, listener);
+}
+
+impl RelayEndpoint for JournalNotifier {
+    fn channel(&self) -> &'static str {
+        PG_CHANNEL
+    }
+
+    fn outbox_ready(&self) -> &Notify {
+        &self.outbox_ready
+    }
+
+    fn take_outbox(&self) -> Option<String> {
+        JournalNotifier::take_outbox(self)
+            .map(|notice| serde_json::to_string(&notice).expect("notice serialises"))
+    }
+
+    fn receive(&self, payload: Option<&str>) {
+        match payload {
+            Some(payload) => self.receive_remote(payload),
+            None => self.deliver_locally(AggregateChanged::All),
+        }
+    }
+}
+
+/// Relays journal notices between processes ([`run_listen_notify`] on channel
+/// `openagents_journal`).
+pub async fn run_pg_relay(
+    pool: PgPool,
+    notifier: std::sync::Arc<JournalNotifier>,
+    shutdown: CancellationToken,
+) {
+    run_listen_notify(pool, notifier, shutdown).await;
 }
 
 #[cfg(test)]

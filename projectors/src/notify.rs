@@ -9,10 +9,9 @@
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
+use engine::notify::{run_listen_notify, RelayEndpoint};
 use serde::{Deserialize, Serialize};
-use sqlx::postgres::PgListener;
 use sqlx::PgPool;
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
@@ -96,80 +95,32 @@ impl SyncNotifier {
     }
 }
 
-/// Relays stream-head notices between processes through PostgreSQL `LISTEN`/`NOTIFY` until
-/// `shutdown` is cancelled; reconnects with backoff and announces a wake-up after every
-/// (re)connect, because notices sent while away are lost.
+impl RelayEndpoint for SyncNotifier {
+    fn channel(&self) -> &'static str {
+        PG_CHANNEL
+    }
+
+    fn outbox_ready(&self) -> &Notify {
+        &self.outbox_ready
+    }
+
+    fn take_outbox(&self) -> Option<String> {
+        SyncNotifier::take_outbox(self)
+            .map(|notice| serde_json::to_string(&notice).expect("notice serialises"))
+    }
+
+    fn receive(&self, payload: Option<&str>) {
+        match payload {
+            Some(payload) => self.receive_remote(payload),
+            None => self.bump(),
+        }
+    }
+}
+
+/// Relays stream-head notices between processes through PostgreSQL `LISTEN`/`NOTIFY` on
+/// channel `openagents_sync` until `shutdown` is cancelled (`engine::notify::run_listen_notify`).
 pub async fn run_pg_relay(pool: PgPool, notifier: Arc<SyncNotifier>, shutdown: CancellationToken) {
-    let sender = {
-        let pool = pool.clone();
-        let notifier = notifier.clone();
-        let shutdown = shutdown.clone();
-        async move {
-            loop {
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = notifier.outbox_ready.notified() => {}
-                }
-                while let Some(notice) = notifier.take_outbox() {
-                    let payload = serde_json::to_string(&notice).expect("notice serialises");
-                    if let Err(error) = sqlx::query("SELECT pg_notify($1, $2)")
-                        .bind(PG_CHANNEL)
-                        .bind(&payload)
-                        .execute(&pool)
-                        .await
-                    {
-                        tracing::warn!(error.message = %error, "sync NOTIFY failed; peers fall back to polling");
-                        tokio::select! {
-                            _ = shutdown.cancelled() => return,
-                            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-                        }
-                    }
-                }
-            }
-        }
-    };
-    let listener = async move {
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            let mut listener = match PgListener::connect_with(&pool).await {
-                Ok(l) => l,
-                Err(error) => {
-                    tracing::warn!(error.message = %error, "sync LISTEN connection failed");
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return,
-                        _ = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                    continue;
-                }
-            };
-            if let Err(error) = listener.listen(PG_CHANNEL).await {
-                tracing::warn!(error.message = %error, "sync LISTEN failed");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(backoff) => {}
-                }
-                continue;
-            }
-            backoff = Duration::from_millis(100);
-            notifier.bump();
-            loop {
-                let next = tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    next = listener.try_recv() => next,
-                };
-                match next {
-                    Ok(Some(notification)) => notifier.receive_remote(notification.payload()),
-                    Ok(None) => notifier.bump(),
-                    Err(error) => {
-                        tracing::warn!(error.message = %error, "sync LISTEN connection lost");
-                        break;
-                    }
-                }
-            }
-        }
-    };
-    tokio::join!(sender, listener);
+    run_listen_notify(pool, notifier, shutdown).await;
 }
 
 #[cfg(test)]

@@ -8,14 +8,13 @@ use std::time::{Duration, Instant};
 
 use aggregates::ids::{FrameId, Owner, RunId, ThreadId, UserId};
 use aggregates::run::{Run, RunCommand, RunEvent};
-use anyhow::Context;
 use clap::Args;
 use engine::clock::Stamps;
 use engine::notify::JournalNotifier;
 use engine::{CommandContext, Database, DatabaseConfig, Engine, EngineConfig};
 use hdrhistogram::Histogram;
 use serde_json::{json, Map, Value};
-use sqlx::{Connection, Executor, PgConnection};
+use sqlx::Executor;
 
 #[derive(Debug, Args)]
 pub struct AppendArgs {
@@ -53,19 +52,6 @@ pub struct PhaseResult {
     pub p99_ms: f64,
 }
 
-fn with_database(url: &str, database: &str) -> String {
-    let (scheme, rest) = url.split_once("://").unwrap_or(("postgres", url));
-    let (rest, query) = match rest.split_once('?') {
-        Some((r, q)) => (r, Some(q)),
-        None => (rest, None),
-    };
-    let authority = rest.split('/').next().unwrap_or(rest);
-    match query {
-        Some(q) => format!("{scheme}://{authority}/{database}?{q}"),
-        None => format!("{scheme}://{authority}/{database}"),
-    }
-}
-
 /// Runs the benchmark and prints a table.
 ///
 /// # Errors
@@ -75,35 +61,18 @@ pub async fn run(args: AppendArgs) -> anyhow::Result<()> {
         !args.clients.is_empty() && args.clients.iter().all(|c| *c > 0),
         "--clients needs positive counts"
     );
-    let name = format!(
-        "oa_bench_{}_{}",
-        chrono::Utc::now().timestamp(),
-        &uuid::Uuid::new_v4().simple().to_string()[..8]
-    );
-    let mut admin = PgConnection::connect(&args.database_url)
-        .await
-        .context("connect to PostgreSQL (--database-url)")?;
-    admin
-        .execute(format!("CREATE DATABASE \"{name}\"").as_str())
-        .await
-        .context("create the scratch database")?;
-    let result = measure(&args, &name).await;
-    if args.keep_database {
-        println!("kept scratch database {name}");
-    } else {
-        admin
-            .execute(format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)").as_str())
-            .await
-            .context("drop the scratch database")?;
-    }
-    result
+    let args = &args;
+    super::with_scratch_database(&args.database_url, args.keep_database, |name| async move {
+        measure(args, &name).await
+    })
+    .await
 }
 
 async fn measure(args: &AppendArgs, name: &str) -> anyhow::Result<()> {
     let max_clients = *args.clients.iter().max().expect("checked non-empty");
     let pool_size = u32::try_from(max_clients).unwrap_or(u32::MAX).max(2);
     let database = Database::connect(&DatabaseConfig::Postgres {
-        url: with_database(&args.database_url, name),
+        url: super::with_database(&args.database_url, name),
         max_connections: pool_size,
     })
     .await?;

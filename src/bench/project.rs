@@ -8,9 +8,10 @@
 //!    order in batches, folded in Rust, the final documents of each batch upserted into the
 //!    shadow table with the checkpoint in one transaction, and the shadow swapped in. The
 //!    baseline, over the same batches: one `INSERT … SELECT … ON CONFLICT DO UPDATE` per batch
-//!    that upserts the same number of documents (one per run touched by the batch, with the
-//!    run's last event of the batch as payload) straight from the journal, no Rust in between,
-//!    in its own transaction.
+//!    that upserts the same rows — one run-summary-shaped document per run the batch touches
+//!    (the same keys and fields, built with `json_build_object` from the batch's events, about
+//!    the same size, hashed with `sha256`) — straight from the journal, no Rust in between, in
+//!    its own transaction.
 //! 2. **Latency.** `--rate` commands per second (text frames on `--latency-runs` started runs)
 //!    through the real engine for `--duration-secs`, with the four projector runners running in
 //!    process (woken by the engine's commit notices, as in `serve`). For each command: commit
@@ -38,7 +39,7 @@ use projectors::runner::{
 };
 use projectors::{OwnerFilter, SyncNotifier, SyncStore};
 use serde_json::{json, Map, Value};
-use sqlx::{Connection, Executor, PgConnection, PgPool};
+use sqlx::PgPool;
 use tokio::sync::{watch, Mutex};
 use tokio_util::sync::CancellationToken;
 
@@ -85,19 +86,6 @@ pub struct ProjectArgs {
     pub keep_database: bool,
 }
 
-fn with_database(url: &str, database: &str) -> String {
-    let (scheme, rest) = url.split_once("://").unwrap_or(("postgres", url));
-    let (rest, query) = match rest.split_once('?') {
-        Some((r, q)) => (r, Some(q)),
-        None => (rest, None),
-    };
-    let authority = rest.split('/').next().unwrap_or(rest);
-    match query {
-        Some(q) => format!("{scheme}://{authority}/{database}?{q}"),
-        None => format!("{scheme}://{authority}/{database}"),
-    }
-}
-
 /// Runs the benchmark and prints its figures.
 ///
 /// # Errors
@@ -111,33 +99,16 @@ pub async fn run(args: ProjectArgs) -> anyhow::Result<()> {
         args.rate > 0 && args.latency_runs > 0,
         "--rate and --latency-runs must be positive"
     );
-    let name = format!(
-        "oa_bench_{}_{}",
-        chrono::Utc::now().timestamp(),
-        &uuid::Uuid::new_v4().simple().to_string()[..8]
-    );
-    let mut admin = PgConnection::connect(&args.database_url)
-        .await
-        .context("connect to PostgreSQL (--database-url)")?;
-    admin
-        .execute(format!("CREATE DATABASE \"{name}\"").as_str())
-        .await
-        .context("create the scratch database")?;
-    let result = measure(&args, &name).await;
-    if args.keep_database {
-        println!("kept scratch database {name}");
-    } else {
-        admin
-            .execute(format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)").as_str())
-            .await
-            .context("drop the scratch database")?;
-    }
-    result
+    let args = &args;
+    super::with_scratch_database(&args.database_url, args.keep_database, |name| async move {
+        measure(args, &name).await
+    })
+    .await
 }
 
 async fn measure(args: &ProjectArgs, name: &str) -> anyhow::Result<()> {
     let database = Database::connect(&DatabaseConfig::Postgres {
-        url: with_database(&args.database_url, name),
+        url: super::with_database(&args.database_url, name),
         max_connections: 16,
     })
     .await?;
@@ -244,15 +215,37 @@ async fn raw_upserts(pool: &PgPool, ranges: &[Range]) -> anyhow::Result<(Duratio
             r#"INSERT INTO bench_docs (doc_key, doc_version, payload, payload_hash, watermark,
                                        owner_user_id, owner_guest_scope, owner_org_id,
                                        projected_at_ms, updated_at_ms)
-               SELECT 'runtime/run_summary:' || aggregate_id, count(*),
-                      (array_agg(payload ORDER BY sequence DESC))[1],
-                      'sha256:' || md5((array_agg(payload::text ORDER BY sequence DESC))[1]), 0,
-                      (array_agg(payload->'RunCreated'->'owner'->>'id'))[1], NULL, NULL,
-                      0, $5
-                 FROM events
-                WHERE (transaction_id, position) > ($1, $2)
-                  AND (transaction_id, position) <= ($3, $4)
-                GROUP BY aggregate_id
+               SELECT 'runtime/run_summary:' || aggregate_id, n, doc,
+                      'sha256:' || encode(sha256(convert_to(doc::text, 'UTF8')), 'hex'), 0,
+                      owner, NULL, NULL, 0, $5
+                 FROM (
+                   SELECT aggregate_id, count(*) AS n,
+                          (array_agg(payload->'RunCreated'->'owner'->>'id'))[1] AS owner,
+                          json_build_object(
+                            'run_id', aggregate_id,
+                            'thread_id', 'thread_' || substr(aggregate_id, 5),
+                            'status', 'running',
+                            'latest_seq', max(sequence) - 1,
+                            'owner_user_id', (array_agg(payload->'RunCreated'->'owner'->>'id'))[1],
+                            'owner_guest_scope', NULL, 'org_id', NULL, 'metadata', '{}'::json,
+                            'frame_count', count(*), 'tool_calls', 0,
+                            'last_event_type', (array_agg(event_type ORDER BY sequence DESC))[1],
+                            'cancel_requested', false, 'cancel_reason', NULL,
+                            'reason_class', NULL, 'reason', NULL, 'error_code', NULL,
+                            'created_at', min(metadata->>'recorded_at'),
+                            'started_at', NULL, 'finished_at', NULL,
+                            'updated_at', max(metadata->>'recorded_at'),
+                            'receipt', NULL,
+                            'runtime_source', json_build_object(
+                                'source', 'runtime', 'aggregate_type', 'run',
+                                'aggregate_id', aggregate_id,
+                                'seq', max(sequence), 'seq_end', max(sequence)),
+                            'projection_version', 1,
+                            'projected_at', max(metadata->>'recorded_at')) AS doc
+                     FROM events
+                    WHERE (transaction_id, position) > ($1, $2)
+                      AND (transaction_id, position) <= ($3, $4)
+                    GROUP BY aggregate_id) batch
                ON CONFLICT (doc_key) DO UPDATE SET
                    doc_version = bench_docs.doc_version + EXCLUDED.doc_version,
                    payload = EXCLUDED.payload, payload_hash = EXCLUDED.payload_hash,
@@ -319,6 +312,12 @@ async fn rebuild(args: &ProjectArgs, database: &Database, pool: &PgPool) -> anyh
         "document versions sum to {versions}"
     );
 
+    let sizes: (f64, f64) = sqlx::query_as(
+        "SELECT (SELECT avg(length(payload::text))::float8 FROM bench_docs),
+                (SELECT avg(length(payload::text))::float8 FROM runtime.sync_run_summaries)",
+    )
+    .fetch_one(pool)
+    .await?;
     let rate = |d: Duration| args.events as f64 / d.as_secs_f64();
     println!();
     println!(
@@ -338,6 +337,10 @@ async fn rebuild(args: &ProjectArgs, database: &Database, pool: &PgPool) -> anyh
         rate(raw)
     );
     println!("| runtime rebuild (read, fold, upsert, swap) | {:.2} | {:.0} | {docs} final ({read} events read) |", ours.as_secs_f64(), rate(ours));
+    println!(
+        "documents: {:.0} bytes of JSON on average (baseline), {:.0} (runtime)",
+        sizes.0, sizes.1
+    );
     println!(
         "rebuild / raw throughput: **{:.2}** (target ≥ 0.5)",
         rate(ours) / rate(raw)
