@@ -348,6 +348,51 @@ async fn rebuild(args: &ProjectArgs, database: &Database, pool: &PgPool) -> anyh
     Ok(())
 }
 
+/// Pairs each command's acknowledgement with the moment a reader saw its result, whichever
+/// comes first (a reader may see a row before the writer's task recorded its acknowledgement;
+/// that sample counts as zero latency instead of being lost).
+struct Matcher<K> {
+    pending: HashMap<K, (Option<Instant>, Option<Instant>)>,
+    histogram: Histogram<u64>,
+}
+
+impl<K: std::hash::Hash + Eq> Matcher<K> {
+    fn new() -> Self {
+        Self {
+            pending: HashMap::new(),
+            histogram: histogram(),
+        }
+    }
+
+    fn acked(&mut self, key: K, at: Instant) {
+        match self.pending.remove(&key) {
+            Some((_, Some(seen))) => self.record(at, seen),
+            _ => {
+                self.pending.insert(key, (Some(at), None));
+            }
+        }
+    }
+
+    fn seen(&mut self, key: K, at: Instant) {
+        match self.pending.remove(&key) {
+            Some((Some(acked), _)) => self.record(acked, at),
+            _ => {
+                self.pending.insert(key, (None, Some(at)));
+            }
+        }
+    }
+
+    fn record(&mut self, acked: Instant, seen: Instant) {
+        let micros = seen.saturating_duration_since(acked).as_micros() as u64;
+        let _ = self.histogram.record(micros.max(1));
+    }
+
+    /// Acknowledged but never seen.
+    fn unseen(&self) -> usize {
+        self.pending.values().filter(|(a, s)| a.is_some() && s.is_none()).count()
+    }
+}
+
 fn percentile_ms(h: &Histogram<u64>, q: f64) -> f64 {
     h.value_at_quantile(q) as f64 / 1000.0
 }
@@ -388,14 +433,12 @@ async fn latency(args: &ProjectArgs, database: &Database, pool: &PgPool) -> anyh
     )
     .execute(pool)
     .await?;
-    let committed: Arc<Mutex<HashMap<i64, Instant>>> = Arc::default();
-    let raw_hist = Arc::new(Mutex::new(histogram()));
+    let matcher: Arc<Mutex<Matcher<i64>>> = Arc::new(Mutex::new(Matcher::new()));
     let (wake, mut woken) = watch::channel(0u64);
     let stop = CancellationToken::new();
     let reader = {
         let pool = pool.clone();
-        let committed = committed.clone();
-        let hist = raw_hist.clone();
+        let matcher = matcher.clone();
         let stop = stop.clone();
         tokio::spawn(async move {
             let mut last: i64 = 0;
@@ -415,13 +458,10 @@ async fn latency(args: &ProjectArgs, database: &Database, pool: &PgPool) -> anyh
                     Err(_) => continue,
                 };
                 let now = Instant::now();
-                let mut c = committed.lock().await;
-                let mut h = hist.lock().await;
+                let mut m = matcher.lock().await;
                 for (id, k) in rows {
                     last = last.max(id);
-                    if let Some(at) = c.remove(&k) {
-                        let _ = h.record(now.duration_since(at).as_micros() as u64);
-                    }
+                    m.seen(k, now);
                 }
             }
         })
@@ -429,11 +469,11 @@ async fn latency(args: &ProjectArgs, database: &Database, pool: &PgPool) -> anyh
     let payload = json!({"delta": "x".repeat(64), "pad": "y".repeat(400)}).to_string();
     let sent = {
         let pool = pool.clone();
-        let committed = committed.clone();
+        let matcher = matcher.clone();
         let wake = Arc::new(wake);
         paced(args.rate, duration, move |i| {
             let pool = pool.clone();
-            let committed = committed.clone();
+            let matcher = matcher.clone();
             let wake = wake.clone();
             let payload = payload.clone();
             async move {
@@ -445,7 +485,7 @@ async fn latency(args: &ProjectArgs, database: &Database, pool: &PgPool) -> anyh
                         .execute(&pool)
                         .await;
                 if result.is_ok() {
-                    committed.lock().await.insert(k, Instant::now());
+                    matcher.lock().await.acked(k, Instant::now());
                     wake.send_modify(|n| *n += 1);
                 }
             }
@@ -455,7 +495,7 @@ async fn latency(args: &ProjectArgs, database: &Database, pool: &PgPool) -> anyh
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.cancel();
     let _ = reader.await;
-    let raw = raw_hist.lock().await.clone();
+    let raw = matcher.lock().await.histogram.clone();
 
     // The runtime: engine commands, projectors in process, a reader woken by stream heads.
     let notifier = Arc::new(JournalNotifier::new());
@@ -507,13 +547,11 @@ async fn latency(args: &ProjectArgs, database: &Database, pool: &PgPool) -> anyh
         .into_iter()
         .map(|p| tokio::spawn(p.run(context.clone(), stop.child_token())))
         .collect();
-    let committed: Arc<Mutex<HashMap<(String, u64), Instant>>> = Arc::default();
-    let ours_hist = Arc::new(Mutex::new(histogram()));
+    let matcher: Arc<Mutex<Matcher<(String, u64)>>> = Arc::new(Mutex::new(Matcher::new()));
     let head = store.topic_states(&[RunSummaries::TOPIC]).await?[0].head_watermark;
     let reader = {
         let store = store.clone();
-        let committed = committed.clone();
-        let hist = ours_hist.clone();
+        let matcher = matcher.clone();
         let stop = stop.clone();
         let mut heads = sync.subscribe();
         tokio::spawn(async move {
@@ -531,8 +569,7 @@ async fn latency(args: &ProjectArgs, database: &Database, pool: &PgPool) -> anyh
                     Err(_) => continue,
                 };
                 let now = Instant::now();
-                let mut c = committed.lock().await;
-                let mut h = hist.lock().await;
+                let mut m = matcher.lock().await;
                 for row in rows {
                     last = last.max(row.watermark);
                     let Ok(payload) = serde_json::from_str::<Value>(&row.payload) else {
@@ -546,9 +583,7 @@ async fn latency(args: &ProjectArgs, database: &Database, pool: &PgPool) -> anyh
                             .to_owned(),
                         source["seq"].as_u64().unwrap_or_default(),
                     );
-                    if let Some(at) = c.remove(&key) {
-                        let _ = h.record(now.duration_since(at).as_micros() as u64);
-                    }
+                    m.seen(key, now);
                 }
             }
         })
@@ -556,10 +591,10 @@ async fn latency(args: &ProjectArgs, database: &Database, pool: &PgPool) -> anyh
     let runs = args.latency_runs as u64;
     let issued = {
         let engine = engine.clone();
-        let committed = committed.clone();
+        let matcher = matcher.clone();
         paced(args.rate, duration, move |i| {
             let engine = engine.clone();
-            let committed = committed.clone();
+            let matcher = matcher.clone();
             async move {
                 let id = format!("lat_{}", i % runs);
                 let command = RunCommand::AppendFrame {
@@ -576,26 +611,27 @@ async fn latency(args: &ProjectArgs, database: &Database, pool: &PgPool) -> anyh
                     .execute::<Run>(&id, command, &CommandContext::system("bench"))
                     .await
                 {
-                    committed
+                    // The stream row's runtime_source.seq is the event's journal sequence.
+                    matcher
                         .lock()
                         .await
-                        .insert((id, outcome.version), Instant::now());
+                        .acked((id, outcome.version), Instant::now());
                 }
             }
         })
         .await
     };
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !committed.lock().await.is_empty() && Instant::now() < deadline {
+    while matcher.lock().await.unseen() > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let missing = committed.lock().await.len();
+    let missing = matcher.lock().await.unseen();
     stop.cancel();
     let _ = reader.await;
     for r in runners {
         let _ = r.await;
     }
-    let ours = ours_hist.lock().await.clone();
+    let ours = matcher.lock().await.histogram.clone();
 
     println!();
     println!(
