@@ -1532,7 +1532,7 @@ mod watch_client {
     }
 }
 
-mod phoenix_js {
+pub(crate) mod phoenix_js {
     use super::*;
     use std::path::PathBuf;
     use std::process::Stdio;
@@ -1545,7 +1545,7 @@ mod phoenix_js {
 
     /// `tests/js` with its dependencies installed (`npm ci` when `node_modules` is missing), or
     /// `None` when Node is not installed (a failure under CI).
-    async fn js_dir() -> Option<PathBuf> {
+    pub(crate) async fn js_dir() -> Option<PathBuf> {
         let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/js");
         let node = Command::new("node").arg("--version").output().await;
         if !node.is_ok_and(|o| o.status.success()) {
