@@ -15,6 +15,7 @@ mod crash;
 mod journal;
 mod khala;
 mod khala_e2e;
+mod khala_nodes;
 mod lightning;
 mod replay;
 mod sweeper;
