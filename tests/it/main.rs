@@ -14,6 +14,7 @@ mod concurrency;
 mod crash;
 mod journal;
 mod khala;
+mod khala_bench;
 mod khala_e2e;
 mod khala_nodes;
 mod lightning;
