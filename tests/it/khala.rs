@@ -1,7 +1,11 @@
-//! Khala end to end: real WebSockets and real HTTP against a gateway served on 127.0.0.1:0.
+//! Khala's gateway: real WebSockets and real HTTP against a gateway served on 127.0.0.1:0 over
+//! the in-memory source (which follows the store's epoch and retention rules), so protocol edge
+//! cases are driven row by row. The same behaviour over the real pipeline (commands → journal
+//! → projectors → store → gateway, on both backends) is in `khala_e2e.rs`, and across two
+//! `serve` processes in `khala_nodes.rs`.
 //!
-//! The source is chosen in one place, [`app`] (in-memory today); every test writes the stream
-//! through `TestStream`, so a database-backed source swaps in there.
+//! The source is chosen in one place, [`app`]; every test writes the stream through
+//! `TestStream`.
 
 use std::time::Duration;
 

@@ -242,7 +242,11 @@ async fn run_pipeline(args: FanoutArgs) -> anyhow::Result<()> {
             * runs as u64;
         let runtime = pipeline::Runtime::spawn(&args).await?;
         let driver = std::sync::Arc::new(pipeline::Driver::new(&runtime.base)?);
+        let before = driver.head().await?;
         driver.setup_runs('r', runs).await?;
+        // The runs' created/started rows must be projected before the clients subscribe from
+        // the head, or they would arrive as unexpected updates.
+        driver.wait_for_head(before + 2 * runs as u64).await?;
         let clock = std::time::Instant::now();
         let rss_before = runtime.rss()?;
         let clients = pipeline::connect_all(

@@ -243,6 +243,23 @@ impl Driver {
     }
 }
 
+impl Driver {
+    /// Waits (up to 10 minutes) until the topic's head reaches `watermark`; returns the head.
+    pub(crate) async fn wait_for_head(&self, watermark: u64) -> anyhow::Result<u64> {
+        let deadline = Instant::now() + Duration::from_secs(600);
+        loop {
+            let head = self.head().await?;
+            if head >= watermark {
+                return Ok(head);
+            }
+            if Instant::now() > deadline {
+                bail!("projection did not reach watermark {watermark} (at {head})");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
 /// What the commits did.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct CommitStats {
@@ -618,18 +635,9 @@ pub(crate) async fn seed(
     }
     let seconds = started.elapsed().as_secs_f64();
     let acked = Instant::now();
-    let want = from + 2 * concurrency as u64 + rows;
-    let deadline = Instant::now() + Duration::from_secs(600);
-    let head = loop {
-        let head = driver.head().await?;
-        if head >= want {
-            break head;
-        }
-        if Instant::now() > deadline {
-            bail!("projection did not reach watermark {want} (at {head})");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let head = driver
+        .wait_for_head(from + 2 * concurrency as u64 + rows)
+        .await?;
     Ok(Seeded {
         from,
         head,
