@@ -46,7 +46,7 @@ fn update_frame(topic: &str, watermark: u64, doc_key: &str, payload: serde_json:
         doc_key: doc_key.to_owned(),
         doc_version: 1,
         payload_hash: aggregates::canonical::hash_canonical(&payload),
-        payload,
+        payload: payload.to_string(),
         owner: DocOwner::user(BENCH_USER),
     };
     let prepared = PreparedRow::prepare(&row, 256 * 1024);
@@ -329,7 +329,7 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
                             doc_key: key.clone(),
                             doc_version: 1,
                             payload_hash: aggregates::canonical::hash_canonical(payload),
-                            payload: payload.clone(),
+                            payload: payload.to_string(),
                             owner: owner.clone(),
                         };
                         pending.push(PreparedRow::prepare(&row, 256 * 1024));

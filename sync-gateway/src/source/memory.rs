@@ -66,7 +66,7 @@ impl Topic {
             watermark: self.head,
             doc_key: doc_key.to_owned(),
             doc_version,
-            payload: payload.clone(),
+            payload: payload.to_string(),
             payload_hash: payload_hash.clone(),
             owner: owner.clone(),
         };
@@ -186,7 +186,7 @@ impl MemorySource {
                 doc_key: epoch_marker_key(topic),
                 doc_version: t.epoch,
                 payload_hash: aggregates::canonical::hash_canonical(&payload),
-                payload,
+                payload: payload.to_string(),
                 owner: DocOwner::default(),
             });
             for doc in t.docs.values_mut() {
