@@ -595,8 +595,13 @@ fn first_update(text: &str) -> Option<Value> {
     frame.get(4)?.get("updates")?.get(0).cloned()
 }
 
-/// The replay measurement's seeding: `rows` frames over `concurrency` runs, as fast as the
-/// pipeline takes them.
+/// Frames per seed run: a command loads its run's aggregate from the journal, so one long run
+/// would make seeding quadratic; many short runs keep each load small.
+const SEED_FRAMES_PER_RUN: u64 = 500;
+
+/// The replay measurement's seeding: about `rows` stream rows through the pipeline as fast as it
+/// takes them, over `concurrency` command streams, each creating, starting and filling its own
+/// runs of [`SEED_FRAMES_PER_RUN`] frames.
 pub(crate) struct Seeded {
     /// The head before the seed runs were created (replay starts here).
     pub from: u64,
@@ -616,32 +621,54 @@ pub(crate) async fn seed(
 ) -> anyhow::Result<Seeded> {
     let from = driver.head().await?;
     let concurrency = concurrency.max(1);
-    driver.setup_runs('s', concurrency).await?;
+    let runs = usize::try_from(rows.div_ceil(SEED_FRAMES_PER_RUN + 2))
+        .unwrap_or(usize::MAX)
+        .max(concurrency);
+    // Each run is created and started (two rows), then gets its share of frames.
+    let frames = rows.saturating_sub(2 * runs as u64);
     let started = Instant::now();
     let mut tasks = JoinSet::new();
-    for k in 0..concurrency {
+    for stream in 0..concurrency {
         let driver = driver.clone();
         tasks.spawn(async move {
-            let mut i = k as u64;
-            while i < rows {
-                driver.frame('s', k, i).await?;
-                i += concurrency as u64;
+            let mut commands = 0u64;
+            for k in (stream..runs).step_by(concurrency) {
+                let run = driver.run_id('s', k);
+                driver
+                    .post(
+                        "/internal/v1/runs",
+                        json!({"run_id": run, "thread_id": "bench_thread"}),
+                    )
+                    .await?;
+                driver
+                    .post(
+                        &format!("/internal/v1/runs/{run}/start"),
+                        json!({"thread_id": "bench_thread"}),
+                    )
+                    .await?;
+                commands += 2;
+                // Frames i with i % runs == k.
+                let mut i = k as u64;
+                while i < frames {
+                    driver.frame('s', k, i).await?;
+                    commands += 1;
+                    i += runs as u64;
+                }
             }
-            anyhow::Ok(())
+            anyhow::Ok(commands)
         });
     }
+    let mut commands = 0;
     while let Some(result) = tasks.join_next().await {
-        result.context("seed task")??;
+        commands += result.context("seed task")??;
     }
     let seconds = started.elapsed().as_secs_f64();
     let acked = Instant::now();
-    let head = driver
-        .wait_for_head(from + 2 * concurrency as u64 + rows)
-        .await?;
+    let head = driver.wait_for_head(from + commands).await?;
     Ok(Seeded {
         from,
         head,
-        commands: rows + 2 * concurrency as u64,
+        commands,
         seconds,
         projection_lag_seconds: acked.elapsed().as_secs_f64(),
     })
