@@ -51,7 +51,10 @@ fn payload() -> serde_json::Value {
 }
 
 fn rate(rows: usize, elapsed: Duration) -> String {
-    format!("{rows} rows in {elapsed:.2?} ({:.0}/s)", rows as f64 / elapsed.as_secs_f64())
+    format!(
+        "{rows} rows in {elapsed:.2?} ({:.0}/s)",
+        rows as f64 / elapsed.as_secs_f64()
+    )
 }
 
 #[tokio::main]
@@ -71,7 +74,10 @@ async fn main() -> anyhow::Result<()> {
     store.register(&spec, 0).await?;
     let lease = i64::MAX / 4;
     anyhow::ensure!(
-        store.try_acquire(spec.name, "store-replay", 0, lease).await?.is_some(),
+        store
+            .try_acquire(spec.name, "store-replay", 0, lease)
+            .await?
+            .is_some(),
         "the run_summaries lease is held: use an empty database"
     );
     let payload = payload();
@@ -177,7 +183,8 @@ async fn gateway_replay(store: &SyncStore, page: usize) -> anyhow::Result<(usize
     use tokio_tungstenite::tungstenite::Message;
     let head = store.topic_states(&[TOPIC]).await?.remove(0).head_watermark;
     let auth = sync_gateway::auth::AuthConfig::new(
-        sync_gateway::auth::KeySet::new().with_active_hs256("replay", "store-replay-secret-0123")?,
+        sync_gateway::auth::KeySet::new()
+            .with_active_hs256("replay", "store-replay-secret-0123")?,
     );
     let token = sync_gateway::auth::mint::mint(
         &auth,
@@ -201,7 +208,10 @@ async fn gateway_replay(store: &SyncStore, page: usize) -> anyhow::Result<(usize
             max_replay_batch_size: page.max(1),
             ..sync_gateway::GatewayConfig::default()
         },
-        Arc::new(StoreSource::new(store.clone(), Arc::new(SyncNotifier::new()))),
+        Arc::new(StoreSource::new(
+            store.clone(),
+            Arc::new(SyncNotifier::new()),
+        )),
         sync_gateway::auth::Verifier::new(auth, sync_gateway::auth::Revocations::in_memory()),
         shutdown.clone(),
     );
