@@ -1152,7 +1152,8 @@ async fn bad_and_expired_tokens_forbidden_topics_and_revoked_sessions_are_refuse
     assert!(updates.iter().all(|u| u.doc_key == run_key("auth_a")));
 
     // A token that expires while connected ends access: sync:error, phx_close, Close 1008.
-    let short = sign_claims(&claims(now, now + 2));
+    let issued = now_secs();
+    let short = sign_claims(&claims(issued, issued + 3));
     let mut expiring = joined(&app.base, &short).await;
     expiring
         .subscribe_from(&[(RUNS, None)])

@@ -1,8 +1,8 @@
 //! Many Khala nodes: two real `openagents-runtime serve` processes on one PostgreSQL database.
 //! Commands go to either node; clients on both receive every delta although only one node (the
-//! projector-lease holder) projects: the other is woken by the cross-process `NOTIFY` relay (its
-//! tailers' fallback poll is set to an hour, so nothing else could wake them within the test) and
-//! reads the shared store. Then the lease holder is SIGKILLed: the survivor takes the leases over
+//! projector-lease holder, sampled every 25 ms) projects: the other is woken by the
+//! cross-process `NOTIFY` relay (its tailers' fallback poll is set to an hour, so nothing else
+//! could wake them within the test) and reads the shared store. Then the lease holder is SIGKILLed: the survivor takes the leases over
 //! within seconds and its clients keep receiving, with no gap and no duplicate; the dead node's
 //! client reconnects to the survivor and resumes from its last watermark.
 
@@ -197,6 +197,24 @@ async fn two_serve_processes_on_one_database_both_deliver_and_survive_the_leader
     let a = Node::start(&url, dirs.0.path());
     wait_for_leases(&store, a.pid).await;
     let b = Node::start(&url, dirs.1.path());
+    // Until the kill, sample who holds the leases: node B must never project.
+    let sampling = tokio_util::sync::CancellationToken::new();
+    let sampler = {
+        let (store, stop, b_pid) = (store.clone(), sampling.clone(), b.pid);
+        tokio::spawn(async move {
+            let mut samples = 0u64;
+            while !stop.is_cancelled() {
+                let pids = lease_pids(&store).await;
+                assert!(
+                    pids.iter().all(|p| *p != Some(b_pid)),
+                    "node B took a lease while node A was alive: {pids:?}"
+                );
+                samples += 1;
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            samples
+        })
+    };
 
     // Alice watches from both nodes, each hydrated from its own node.
     let token = sync_token(&alice);
@@ -266,9 +284,13 @@ async fn two_serve_processes_on_one_database_both_deliver_and_survive_the_leader
     );
     assert_delivered_exactly(&first_a, &truth);
     assert_delivered_exactly(&first_b, &truth);
-    // Node B delivered everything without ever projecting: node A held every lease throughout.
+    // Node B delivered everything without projecting (its tailers were woken by NOTIFY only).
     wait_for_leases(&store, a.pid).await;
-    assert!(owned_rows(&store, RUNS, 0, &bob).await.len() >= 13);
+    eventually(
+        "bob's run projected (created, started, 10 frames, finish)",
+        || async { (owned_rows(&store, RUNS, 0, &bob).await.len() >= 13).then_some(()) },
+    )
+    .await;
 
     // Commands keep going to node B while node A (the projector) is SIGKILLed.
     ok(
@@ -303,6 +325,11 @@ async fn two_serve_processes_on_one_database_both_deliver_and_survive_the_leader
     while acked.load(Ordering::SeqCst) < FRAMES / 4 {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    sampling.cancel();
+    let samples = sampler
+        .await
+        .expect("node B never held a lease while node A lived");
+    assert!(samples > 10, "{samples} lease samples");
     kill(Pid::from_raw(a.pid as i32), Signal::SIGKILL).expect("SIGKILL node A");
     let killed_at = Instant::now();
     let dead_pid = a.pid;
