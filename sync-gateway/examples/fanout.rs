@@ -1,6 +1,8 @@
 //! Runs the fan-out bench without the root binary:
-//! `cargo run --release -p sync-gateway --example fanout -- --connections 1000,5000`.
-//! (`openagents-runtime bench fanout` takes the same flags.)
+//! `cargo run --release -p sync-gateway --example fanout -- --source memory --connections 1000,5000`
+//! (the gateway alone). The real pipeline needs the runtime binary for its `serve` child:
+//! `… --example fanout -- --runtime-bin target/release/openagents-runtime`, or run
+//! `openagents-runtime bench fanout`, which takes the same flags.
 
 use clap::Parser;
 

@@ -314,6 +314,10 @@ pub struct GatewayArgs {
         default_value_t = 32
     )]
     pub queue_limit: usize,
+    /// Fallback poll of each topic's tailer when no stream-head notice arrives (in-process, or
+    /// from a peer through the PostgreSQL relay), e.g. 1s.
+    #[arg(long = "sync-tailer-poll", env = "OA_SYNC_TAILER_POLL", default_value = "1s", value_parser = parse_duration)]
+    pub tailer_poll: Duration,
     /// Refuse clients without protocol_version=khala.ws.v1 / a supported schema_version.
     #[arg(
         long = "sync-require-client-compat",
@@ -344,6 +348,7 @@ impl GatewayArgs {
         config.max_update_bytes = self.max_update_bytes;
         config.max_batch_bytes = self.max_batch_bytes;
         config.queue_limit = self.queue_limit;
+        config.tailer_poll_interval = self.tailer_poll.max(Duration::from_millis(10));
         config.require_client_compat = self.require_client_compat;
         config
     }

@@ -7,7 +7,9 @@
 //! - [`protocol`]: the wire format (Phoenix v2 frames, `sync:v1` payloads, error codes, the
 //!   `sync:frame` envelope). Pure data, shared with the client.
 //! - [`source`]: the [`SyncSource`](source::SyncSource) trait the gateway reads through
-//!   (mirrors `projectors::sync`), and an in-memory implementation.
+//!   (the semantics of `projectors::store`), [`StoreSource`](source::StoreSource) over the
+//!   projectors' store (what `serve` runs), and an in-memory implementation with the same epoch
+//!   and retention rules (tests).
 //! - [`auth`]: sync-token verification, minting and the durable revocation list.
 //! - [`hub`]: fan-out (per-topic tailers, prepared rows, per-principal feeds).
 //! - [`connection`]: one socket's writer and inbound errors.
@@ -18,7 +20,8 @@
 //! - [`config`]: configuration and its `clap` flags.
 //! - [`client`]: a Phoenix/Khala client (the watch command, tests, the bench).
 //! - [`cli`]: `watch` and `token mint` commands (`Args` + `run`).
-//! - [`bench`]: the `bench fanout` harness.
+//! - [`bench`]: the `bench fanout` harness (the real pipeline through a `serve` child, or the
+//!   gateway alone over the in-memory source).
 #![forbid(unsafe_code)]
 
 pub mod auth;

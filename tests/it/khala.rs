@@ -1,7 +1,11 @@
-//! Khala end to end: real WebSockets and real HTTP against a gateway served on 127.0.0.1:0.
+//! Khala's gateway: real WebSockets and real HTTP against a gateway served on 127.0.0.1:0 over
+//! the in-memory source (which follows the store's epoch and retention rules), so protocol edge
+//! cases are driven row by row. The same behaviour over the real pipeline (commands → journal
+//! → projectors → store → gateway, on both backends) is in `khala_e2e.rs`, and across two
+//! `serve` processes in `khala_nodes.rs`.
 //!
-//! The source is chosen in one place, [`app`] (in-memory today); every test writes the stream
-//! through `TestStream`, so a database-backed source swaps in there.
+//! The source is chosen in one place, [`app`]; every test writes the stream through
+//! `TestStream`.
 
 use std::time::Duration;
 
@@ -273,23 +277,45 @@ async fn stale_cursors_are_refused_with_the_full_payload() {
         .unwrap_err();
     assert_eq!(ahead.extra["stale_topics"][0]["reason"], "cursor_ahead");
 
-    // A rebuild starts a new epoch: cursors before it are stale with epoch_changed.
+    // A rebuild starts a new epoch at its marker row (old head + 1 = 11): every cursor before
+    // it, the old head included, is stale with epoch_changed.
     app.stream.rebuild(RUNS).await;
-    let rebuilt = client
-        .subscribe_from(&[(RUNS, Some(8))])
+    for cursor in [8, 10] {
+        let rebuilt = client
+            .subscribe_from(&[(RUNS, Some(cursor))])
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(rebuilt.code, ErrorCode::StaleCursor);
+        assert_eq!(rebuilt.extra["stale_topics"][0]["reason"], "epoch_changed");
+        assert_eq!(rebuilt.extra["stale_topics"][0]["retention_floor"], 11);
+        assert_eq!(rebuilt.extra["stale_topics"][0]["head_watermark"], 11);
+    }
+    // Re-hydration is consistent with the marker; subscribing from it works, and what commits
+    // next follows the marker.
+    let hydration: Value = reqwest::Client::new()
+        .get(format!("{}/sync/v1/topics/{RUNS}/docs", app.base_url))
+        .bearer_auth(app.token("user:alice", &[RUNS]))
+        .send()
         .await
         .unwrap()
-        .unwrap_err();
-    assert_eq!(rebuilt.extra["stale_topics"][0]["reason"], "epoch_changed");
-    assert_eq!(rebuilt.extra["stale_topics"][0]["retention_floor"], 10);
-    // At the floor is fine, and the rebuilt docs follow.
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(hydration["watermark"], 11);
+    assert_eq!(hydration["docs"].as_array().unwrap().len(), 4);
     client
-        .subscribe_from(&[(RUNS, Some(10))])
+        .subscribe_from(&[(RUNS, Some(11))])
         .await
         .unwrap()
         .unwrap();
-    let docs = collect(&mut client, 4).await;
-    assert_eq!(watermarks(&docs), [11, 12, 13, 14]);
+    assert!(client.next_batch().await.unwrap().updates.is_empty());
+    app.stream
+        .append(RUNS, "d0", json!({"i": 10}), user("alice"))
+        .await;
+    let next = collect(&mut client, 1).await;
+    assert_eq!(watermarks(&next), [12]);
+    assert_eq!(next[0].doc_version, 4);
     app.stop().await;
 }
 
@@ -313,18 +339,20 @@ async fn a_live_session_that_falls_behind_a_rebuild_gets_stale_cursor_mid_stream
     source_writes
         .append(RUNS, "b", json!({}), user("alice"))
         .await;
-    // Either the rows arrive (the node read them before the rebuild dropped them) or the
-    // cursor is reported stale; what never happens is a silent gap.
+    // The client's cursor is at most 1 and the new epoch starts at the marker (2): it must
+    // be told, with a push, not left waiting and not sent "b" as if nothing happened.
     loop {
         match client.next_push().await.unwrap() {
             Push::Batch { batch, .. } => {
-                if batch.updates.iter().any(|u| u.doc_key == "b") {
-                    break;
-                }
+                assert!(
+                    batch.updates.iter().all(|u| u.doc_key != "b"),
+                    "a row of the new epoch reached a cursor of the old one"
+                );
             }
             Push::Error(e) => {
                 assert_eq!(e.code, ErrorCode::StaleCursor);
                 assert_eq!(e.extra["stale_topics"][0]["reason"], "epoch_changed");
+                assert_eq!(e.extra["stale_topics"][0]["retention_floor"], 2);
                 break;
             }
             Push::Heartbeat(_) => {}
@@ -1508,7 +1536,7 @@ mod watch_client {
     }
 }
 
-mod phoenix_js {
+pub(crate) mod phoenix_js {
     use super::*;
     use std::path::PathBuf;
     use std::process::Stdio;
@@ -1521,7 +1549,7 @@ mod phoenix_js {
 
     /// `tests/js` with its dependencies installed (`npm ci` when `node_modules` is missing), or
     /// `None` when Node is not installed (a failure under CI).
-    async fn js_dir() -> Option<PathBuf> {
+    pub(crate) async fn js_dir() -> Option<PathBuf> {
         let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/js");
         let node = Command::new("node").arg("--version").output().await;
         if !node.is_ok_and(|o| o.status.success()) {

@@ -60,7 +60,7 @@ pub(crate) struct Clients {
     count: usize,
 }
 
-fn token() -> String {
+pub(crate) fn token() -> String {
     let config = bench_auth();
     let topics = vec![FANOUT_TOPIC.to_owned(), REPLAY_TOPIC.to_owned()];
     mint(
@@ -78,7 +78,7 @@ fn token() -> String {
     .token
 }
 
-fn client_config() -> WebSocketConfig {
+pub(crate) fn client_config() -> WebSocketConfig {
     WebSocketConfig::default()
         .read_buffer_size(8 * 1024)
         .write_buffer_size(0)
@@ -100,7 +100,7 @@ fn scan(text: &str, now: u64, latencies: &mut Vec<u64>) -> u64 {
     count
 }
 
-type Ws =
+pub(crate) type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 async fn open(target: Target, port: u16, token: &str) -> anyhow::Result<Ws> {
@@ -284,13 +284,16 @@ pub(crate) async fn measure(
     })
 }
 
-/// One client catches up on `rows` rows; returns the rate.
+/// One client catches up on `rows` rows of `topic` after watermark `from`; returns the rate and
+/// the first update it received (Khala only: the baseline's template).
 pub(crate) async fn replay(
     target: Target,
     port: u16,
+    topic: &str,
+    from: u64,
     rows: u64,
     batch: u64,
-) -> anyhow::Result<ReplayReport> {
+) -> anyhow::Result<(ReplayReport, Option<serde_json::Value>)> {
     let token = token();
     let url = match target {
         Target::Khala => socket_url(&format!("ws://127.0.0.1:{port}"), &token, &[]),
@@ -303,12 +306,13 @@ pub(crate) async fn replay(
         Target::Khala => {
             ws.send(Message::text(r#"["1","1","sync:v1","phx_join",{}]"#))
                 .await?;
-            let subscribe = json!(["1", "2", "sync:v1", "sync:subscribe", {"topics": [REPLAY_TOPIC], "resume_after": {REPLAY_TOPIC: 0}, "replay_batch_size": batch}]);
+            let subscribe = json!(["1", "2", "sync:v1", "sync:subscribe", {"topics": [topic], "resume_after": {topic: from}, "replay_batch_size": batch}]);
             ws.send(Message::text(subscribe.to_string())).await?;
         }
         Target::Baseline => ws.send(Message::text("replay")).await?,
     }
     let mut received = 0u64;
+    let mut sample = None;
     while received < rows {
         match tokio::time::timeout(Duration::from_secs(60), ws.next())
             .await
@@ -318,7 +322,13 @@ pub(crate) async fn replay(
                 if text.contains("\"status\":\"error\"") {
                     bail!("replay subscribe failed: {text}");
                 }
-                received += text.matches("\"doc_key\":").count() as u64;
+                let updates = text.matches("\"doc_key\":").count() as u64;
+                if updates > 0 && sample.is_none() && target == Target::Khala {
+                    sample = serde_json::from_str::<serde_json::Value>(text.as_str())
+                        .ok()
+                        .and_then(|f| f.get(4)?.get("updates")?.get(0).cloned());
+                }
+                received += updates;
             }
             Some(Ok(_)) => {}
             Some(Err(e)) => return Err(e.into()),
@@ -327,8 +337,11 @@ pub(crate) async fn replay(
     }
     let seconds = started.elapsed().as_secs_f64();
     let _ = ws.close(None).await;
-    Ok(ReplayReport {
-        rate: rows as f64 / seconds,
-        seconds,
-    })
+    Ok((
+        ReplayReport {
+            rate: rows as f64 / seconds,
+            seconds,
+        },
+        sample,
+    ))
 }

@@ -1,17 +1,26 @@
-//! `openagents-runtime bench fanout`: N WebSocket clients subscribed to one topic while rows
+//! `openagents-runtime bench fanout`: N WebSocket clients subscribed to one topic while commands
 //! commit at a steady rate; reports deliveries/s, commit → client latency p50/p99 and server
 //! memory per idle connection, beside a raw baseline measured in the same run (a bare
 //! tokio-tungstenite broadcast of the same frames), plus the replay catch-up rate to one client.
 //!
-//! The server side (gateway over the in-memory source, and the baseline server) runs in a child
-//! process (this same binary re-executed with `OA_BENCH_FANOUT_ROLE=server`), so its RSS is
-//! measured alone; the clients run in this process. Both share the machine's cores, as a real
-//! load generator on the same host would.
+//! Two sources (`--source`):
+//! - `pipeline` (default): the real runtime. A `serve` child (this binary, or `--runtime-bin`;
+//!   embedded SQLite, or PostgreSQL with `--database-url`) runs engine → journal → projectors →
+//!   store → Khala; this process commits `text_delta` frames over HTTP and measures from each
+//!   command's 2xx. The baseline broadcasts the very updates Khala sent (captured in the run).
+//! - `memory`: the gateway alone over the in-memory source in a child process, rows appended
+//!   in-process (the gateway's own ceiling, no journal or projector).
 //!
-//! - [`server`]: the child: gateway, baseline broadcaster, commit driver, RSS probe.
-//! - [`load`]: the client connections and their measurements.
+//! Clients run in this process and share the machine's cores with the servers, as a real load
+//! generator on the same host would. Every run gets fresh server processes, so RSS growth per
+//! idle connection is the connections' alone.
+//!
+//! - [`pipeline`]: the `serve` child, the HTTP commit driver, its clients and measurements.
+//! - [`server`]: the helper child: baseline broadcaster, in-memory gateway, RSS probe.
+//! - [`load`]: the baseline's and the in-memory mode's clients, and the replay client.
 
 mod load;
+mod pipeline;
 mod server;
 
 use std::process::Stdio;
@@ -28,20 +37,33 @@ pub use load::LoadReport;
 /// Set in the child's environment.
 pub const ROLE_ENV: &str = "OA_BENCH_FANOUT_ROLE";
 
+/// Where the fan-out's rows come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Source {
+    /// The real runtime: commands over HTTP into a `serve` child.
+    Pipeline,
+    /// The gateway alone over the in-memory source.
+    Memory,
+}
+
 /// Fan-out benchmark.
 #[derive(Clone, Debug, clap::Args)]
 pub struct FanoutArgs {
+    /// `pipeline`: commands through the real runtime (a `serve` child); `memory`: the gateway
+    /// alone over the in-memory source.
+    #[arg(long, value_enum, default_value = "pipeline")]
+    pub source: Source,
     /// Connection counts to measure, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "1000,5000")]
     pub connections: Vec<usize>,
     /// Commits per second during each run (one row each), per connection count; a single value
     /// applies to all.
-    #[arg(long, value_delimiter = ',', default_value = "200,40")]
+    #[arg(long, value_delimiter = ',', default_value = "100,40")]
     pub rate: Vec<u64>,
     /// How long rows commit in each run.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub duration: Duration,
-    /// Size of each row's padding in bytes.
+    /// (memory) Size of each row's padding in bytes.
     #[arg(long, default_value_t = 200)]
     pub payload_bytes: usize,
     /// Rows replayed to one client for the catch-up measurement (0 to skip).
@@ -53,6 +75,19 @@ pub struct FanoutArgs {
     /// Skip the raw baseline.
     #[arg(long)]
     pub no_baseline: bool,
+    /// (pipeline) Run the `serve` child on this PostgreSQL database instead of an embedded
+    /// SQLite journal in a temporary directory.
+    #[arg(long)]
+    pub database_url: Option<String>,
+    /// (pipeline) The `openagents-runtime` binary to run `serve` with (default: this binary).
+    #[arg(long)]
+    pub runtime_bin: Option<std::path::PathBuf>,
+    /// (pipeline) Runs the steady commits are spread over (each run's commits in order).
+    #[arg(long, default_value_t = 10)]
+    pub runs: usize,
+    /// (pipeline) Concurrent command streams seeding the replay measurement.
+    #[arg(long, default_value_t = 16)]
+    pub seed_concurrency: usize,
 }
 
 /// The server child and its line protocol (one command line in, one reply line out).
@@ -167,10 +202,196 @@ pub async fn run_fanout(args: FanoutArgs) -> anyhow::Result<()> {
         return server::run(args).await;
     }
     raise_fd_limit();
+    match args.source {
+        Source::Pipeline => run_pipeline(args).await,
+        Source::Memory => run_memory(args).await,
+    }
+}
+
+fn machine() -> String {
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let load: Vec<&str> = load.split_whitespace().take(3).collect();
+    format!(
+        "{} cores, load average {}",
+        std::thread::available_parallelism().map_or(0, usize::from),
+        load.join(" ")
+    )
+}
+
+/// The real pipeline (see the module docs).
+async fn run_pipeline(args: FanoutArgs) -> anyhow::Result<()> {
+    let runs = args.runs.max(1);
     println!(
-        "fanout bench: payload {} B, {} of commits per run, a fresh server process per run",
+        "fanout bench, source: REAL PIPELINE (serve child on {}; commits = HTTP text_delta \
+         frames over {runs} runs, latency from each command's 2xx); {} of commits per run; \
+         a fresh serve process per run; {}",
+        if args.database_url.is_some() {
+            "PostgreSQL"
+        } else {
+            "embedded SQLite"
+        },
+        humantime(args.duration),
+        machine()
+    );
+    let mut template: Option<serde_json::Value> = None;
+    for (i, &connections) in args.connections.iter().enumerate() {
+        let rate = *args.rate.get(i).or(args.rate.last()).unwrap_or(&100);
+        // Whole rounds over the runs, so every run gets the same number of frames.
+        let count = ((rate as f64 * args.duration.as_secs_f64()).round() as u64)
+            .div_ceil(runs as u64)
+            * runs as u64;
+        let runtime = pipeline::Runtime::spawn(&args).await?;
+        let driver = std::sync::Arc::new(pipeline::Driver::new(&runtime.base)?);
+        let before = driver.head().await?;
+        driver.setup_runs('r', runs).await?;
+        // The runs' created/started rows must be projected before the clients subscribe from
+        // the head, or they would arrive as unexpected updates.
+        driver.wait_for_head(before + 2 * runs as u64).await?;
+        let clock = std::time::Instant::now();
+        let rss_before = runtime.rss()?;
+        let clients = pipeline::connect_all(
+            runtime.port,
+            connections,
+            &driver.prefix,
+            runs,
+            count,
+            clock,
+        )
+        .await?;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let rss_after = runtime.rss()?;
+        let idle = (rss_after.saturating_sub(rss_before)) as f64 / connections as f64;
+        let report = pipeline::measure(driver, clients, rate, clock).await?;
+        runtime.stop().await;
+        if report.sample_update.is_some() {
+            template.clone_from(&report.sample_update);
+        }
+        let baseline = match (&template, args.no_baseline) {
+            (Some(update), false) => {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let mut server = ServerProcess::spawn().await?;
+                let reply = server.call(&format!("template {update}")).await?;
+                if reply.first().map(String::as_str) != Some("template") {
+                    bail!("baseline template failed: {reply:?}");
+                }
+                let clients =
+                    load::connect_all(load::Target::Baseline, server.baseline_port, connections)
+                        .await?;
+                let report = load::measure(&mut server, clients, "baseline", rate, count).await?;
+                server.quit().await;
+                Some(report)
+            }
+            _ => None,
+        };
+        let result = RunResult {
+            connections,
+            rate,
+            khala: report.load.clone(),
+            baseline,
+            idle_bytes_per_connection: idle,
+        };
+        print_result(&result);
+        println!(
+            "          pipeline | {} commits in {:.1} s ({:.0}/s offered {rate}/s), command 2xx p50 {:.1} ms p99 {:.1} ms; \
+             duplicates {}, foreign {}, read before the 2xx returned {}; payload {} B",
+            report.commits.committed,
+            report.commits.seconds,
+            report.commits.committed as f64 / report.commits.seconds.max(1e-9),
+            report.commits.http_p50_ms,
+            report.commits.http_p99_ms,
+            report.duplicates,
+            report.foreign,
+            report.before_ack,
+            report
+                .sample_update
+                .as_ref()
+                .map_or(0, |u| u["payload"].to_string().len()),
+        );
+    }
+    if args.replay_rows > 0 {
+        let runtime = pipeline::Runtime::spawn(&args).await?;
+        let driver = std::sync::Arc::new(pipeline::Driver::new(&runtime.base)?);
+        let seeded = pipeline::seed(driver, args.replay_rows, args.seed_concurrency).await?;
+        println!(
+            "replay seed through the pipeline: {} commands in {:.1} s ({:.0}/s over HTTP, {} streams), \
+             projected {:.2} s after the last 2xx",
+            seeded.commands,
+            seeded.seconds,
+            seeded.commands as f64 / seeded.seconds.max(1e-9),
+            args.seed_concurrency,
+            seeded.projection_lag_seconds
+        );
+        let rows = seeded.head - seeded.from;
+        let (khala, sample) = load::replay(
+            load::Target::Khala,
+            runtime.port,
+            FANOUT_TOPIC,
+            seeded.from,
+            rows,
+            args.replay_batch_size,
+        )
+        .await?;
+        runtime.stop().await;
+        let template = template.or(sample);
+        let baseline = match (&template, args.no_baseline) {
+            (Some(update), false) => {
+                let mut server = ServerProcess::spawn().await?;
+                let reply = server.call(&format!("template {update}")).await?;
+                if reply.first().map(String::as_str) != Some("template") {
+                    bail!("baseline template failed: {reply:?}");
+                }
+                let reply = server.call(&format!("seed-baseline {rows}")).await?;
+                if reply.first().map(String::as_str) != Some("seeded") {
+                    bail!("baseline seed failed: {reply:?}");
+                }
+                let (report, _) = load::replay(
+                    load::Target::Baseline,
+                    server.baseline_port,
+                    FANOUT_TOPIC,
+                    0,
+                    rows,
+                    args.replay_batch_size,
+                )
+                .await?;
+                server.quit().await;
+                Some(report)
+            }
+            _ => None,
+        };
+        print_replay(rows, args.replay_batch_size, &khala, baseline.as_ref());
+    }
+    Ok(())
+}
+
+fn print_replay(
+    rows: u64,
+    batch: u64,
+    khala: &load::ReplayReport,
+    baseline: Option<&load::ReplayReport>,
+) {
+    println!(
+        "replay catch-up, one client, {rows} rows, batch {batch}: khala {}/s ({:.2} s){}",
+        fmt_rate(khala.rate),
+        khala.seconds,
+        baseline
+            .map(|b| format!(
+                "; raw baseline {}/s ({:.2} s); ratio {:.2}",
+                fmt_rate(b.rate),
+                b.seconds,
+                khala.rate / b.rate
+            ))
+            .unwrap_or_default()
+    );
+}
+
+/// The gateway alone over the in-memory source (see the module docs).
+async fn run_memory(args: FanoutArgs) -> anyhow::Result<()> {
+    println!(
+        "fanout bench, source: IN-MEMORY (gateway only, rows appended in-process; no journal or \
+         projector); payload {} B, {} of commits per run, a fresh server process per run; {}",
         args.payload_bytes,
-        humantime(args.duration)
+        humantime(args.duration),
+        machine()
     );
     let mut results = Vec::new();
     for (i, &connections) in args.connections.iter().enumerate() {
@@ -214,9 +435,11 @@ pub async fn run_fanout(args: FanoutArgs) -> anyhow::Result<()> {
         if reply.first().map(String::as_str) != Some("seeded") {
             bail!("seed failed: {reply:?}");
         }
-        let khala = load::replay(
+        let (khala, _) = load::replay(
             load::Target::Khala,
             server.khala_port,
+            REPLAY_TOPIC,
+            0,
             args.replay_rows,
             args.replay_batch_size,
         )
@@ -228,26 +451,20 @@ pub async fn run_fanout(args: FanoutArgs) -> anyhow::Result<()> {
                 load::replay(
                     load::Target::Baseline,
                     server.baseline_port,
+                    REPLAY_TOPIC,
+                    0,
                     args.replay_rows,
                     args.replay_batch_size,
                 )
-                .await?,
+                .await?
+                .0,
             )
         };
-        println!(
-            "replay catch-up, one client, {} rows, batch {}: khala {}/s ({:.2} s){}",
+        print_replay(
             args.replay_rows,
             args.replay_batch_size,
-            fmt_rate(khala.rate),
-            khala.seconds,
-            baseline
-                .map(|b| format!(
-                    "; raw baseline {}/s ({:.2} s); ratio {:.2}",
-                    fmt_rate(b.rate),
-                    b.seconds,
-                    khala.rate / b.rate
-                ))
-                .unwrap_or_default()
+            &khala,
+            baseline.as_ref(),
         );
         server.quit().await;
     }
@@ -305,11 +522,16 @@ pub(crate) const REPLAY_TOPIC: &str = "runtime.codex_worker_events";
 /// The principal every bench client speaks for (every row is theirs).
 pub(crate) const BENCH_USER: &str = "bench";
 
-/// The bench's token key (both processes derive the same one).
+/// The bench's sync-token key as `kid=secret` (every process derives the same one; the `serve`
+/// child gets it as `OA_SYNC_JWT_KEY`).
+pub(crate) const BENCH_SYNC_KEY: &str = "bench=fanout-bench-secret-0123456789";
+
+/// The bench's token key.
 pub(crate) fn bench_auth() -> crate::auth::AuthConfig {
+    let (kid, secret) = BENCH_SYNC_KEY.split_once('=').expect("kid=secret");
     crate::auth::AuthConfig::new(
         crate::auth::KeySet::new()
-            .with_active_hs256("bench", "fanout-bench-secret-0123456789")
+            .with_active_hs256(kid, secret)
             .expect("bench key is valid"),
     )
 }

@@ -1,6 +1,7 @@
-//! The bench's server process: the gateway over an in-memory source, a bare tokio-tungstenite
-//! broadcaster (the baseline), a steady-rate commit driver, and an RSS probe, driven by one
-//! command per stdin line.
+//! The bench's helper process: a bare tokio-tungstenite broadcaster (the raw baseline, sending
+//! synthetic updates or real Khala updates captured from the pipeline run), the gateway over an
+//! in-memory source (the `--source memory` mode), a steady-rate commit driver, and an RSS
+//! probe, driven by one command per stdin line.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -45,7 +46,7 @@ fn update_frame(topic: &str, watermark: u64, doc_key: &str, payload: serde_json:
         doc_key: doc_key.to_owned(),
         doc_version: 1,
         payload_hash: aggregates::canonical::hash_canonical(&payload),
-        payload,
+        payload: payload.to_string(),
         owner: DocOwner::user(BENCH_USER),
     };
     let prepared = PreparedRow::prepare(&row, 256 * 1024);
@@ -64,6 +65,46 @@ fn batch_frame(topic: &str, rows: &[Arc<PreparedRow>], head: u64) -> String {
         "],\"replay_complete\":true,\"head_watermarks\":[{{\"topic\":\"{topic}\",\"watermark\":{head}}}]}}]"
     ));
     text
+}
+
+/// A captured Khala update (its JSON text) the baseline re-sends, stamped with its send time.
+struct Template {
+    /// The update's text up to and including `"payload":{`.
+    head: String,
+    /// The rest of the update's text.
+    tail: String,
+    topic: String,
+}
+
+impl Template {
+    fn parse(update_json: &str) -> anyhow::Result<Self> {
+        let update: serde_json::Value =
+            serde_json::from_str(update_json).context("template update JSON")?;
+        let text = update.to_string();
+        let at = text
+            .find("\"payload\":{")
+            .context("the template update has a payload object")?
+            + "\"payload\":{".len();
+        Ok(Self {
+            head: text[..at].to_owned(),
+            tail: text[at..].to_owned(),
+            topic: update["topic"].as_str().unwrap_or(FANOUT_TOPIC).to_owned(),
+        })
+    }
+
+    /// The update, with `"t":<now ns>` as the payload's first field.
+    fn stamped(&self) -> String {
+        format!("{}\"t\":{},{}", self.head, now_ns(), self.tail)
+    }
+
+    /// A `sync:update_batch` frame of `updates` (texts) at head `head`.
+    fn frame(&self, updates: &[String], head: u64) -> String {
+        format!(
+            "[null,null,\"sync:v1\",\"sync:update_batch\",{{\"updates\":[{}],\"replay_complete\":true,\"head_watermarks\":[{{\"topic\":\"{}\",\"watermark\":{head}}}]}}]",
+            updates.join(","),
+            self.topic
+        )
+    }
 }
 
 /// The raw baseline: every accepted socket gets every broadcast frame through an unbounded
@@ -199,6 +240,8 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
     println!("ready {khala_port} {baseline_port}");
 
     let pad = "x".repeat(args.payload_bytes);
+    // Set by `template`: the baseline then sends real Khala updates instead of synthetic ones.
+    let mut template: Option<Template> = None;
     let owner = DocOwner::user(BENCH_USER);
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     while let Some(line) = lines.next_line().await? {
@@ -221,16 +264,45 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
             ["commit", "baseline", rate, count] => {
                 let (rate, count) = (rate.parse()?, count.parse()?);
                 steady(rate, count, |i| {
-                    let frame = update_frame(
-                        FANOUT_TOPIC,
-                        i + 1,
-                        &format!("runtime/run_summary:bench{}", i % 100),
-                        payload(&pad),
-                    );
+                    let frame = match &template {
+                        Some(t) => t.frame(&[t.stamped()], i + 1),
+                        None => update_frame(
+                            FANOUT_TOPIC,
+                            i + 1,
+                            &format!("runtime/run_summary:bench{}", i % 100),
+                            payload(&pad),
+                        ),
+                    };
                     baseline.broadcast(&Message::text(frame));
                 })
                 .await;
                 println!("done");
+            }
+            ["template", json @ ..] => match Template::parse(&json.join(" ")) {
+                Ok(t) => {
+                    template = Some(t);
+                    println!("template");
+                }
+                Err(e) => println!("error {e:#}"),
+            },
+            ["seed-baseline", rows] => {
+                let Some(t) = &template else {
+                    println!("error no template");
+                    continue;
+                };
+                let rows: u64 = rows.parse()?;
+                let batch = usize::try_from(args.replay_batch_size.max(1)).unwrap_or(1000);
+                let mut frames = Vec::new();
+                let mut pending = Vec::with_capacity(batch);
+                for i in 0..rows {
+                    pending.push(t.stamped());
+                    if pending.len() == batch || i + 1 == rows {
+                        frames.push(Message::text(t.frame(&pending, i + 1)));
+                        pending.clear();
+                    }
+                }
+                *baseline.replay.lock().expect("baseline lock") = frames;
+                println!("seeded {rows}");
             }
             ["seed", rows, _bytes] => {
                 let rows: u64 = rows.parse()?;
@@ -257,7 +329,7 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
                             doc_key: key.clone(),
                             doc_version: 1,
                             payload_hash: aggregates::canonical::hash_canonical(payload),
-                            payload: payload.clone(),
+                            payload: payload.to_string(),
                             owner: owner.clone(),
                         };
                         pending.push(PreparedRow::prepare(&row, 256 * 1024));

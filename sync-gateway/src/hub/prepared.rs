@@ -24,9 +24,8 @@ impl PreparedRow {
     /// Serializes `row`; payloads larger than `max_update_bytes` become `null` with
     /// `hydration_required: true`.
     pub fn prepare(row: &StreamRow, max_update_bytes: usize) -> Arc<PreparedRow> {
-        let payload = serde_json::to_string(&row.payload).expect("JSON values serialize");
-        let pointer = payload.len() > max_update_bytes;
-        let payload: &str = if pointer { "null" } else { &payload };
+        let pointer = row.payload.len() > max_update_bytes;
+        let payload: &str = if pointer { "null" } else { &row.payload };
         let mut json =
             String::with_capacity(payload.len() + row.doc_key.len() + row.topic.len() + 160);
         json.push_str("{\"topic\":");
@@ -66,7 +65,7 @@ mod tests {
             doc_key: "runtime/run_summary:run_1".into(),
             doc_version: 3,
             payload_hash: aggregates::canonical::hash_canonical(&payload),
-            payload,
+            payload: payload.to_string(),
             owner: DocOwner::user("u1"),
         }
     }

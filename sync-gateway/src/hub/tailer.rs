@@ -113,6 +113,15 @@ pub struct Tailer {
     state: RwLock<TailState>,
 }
 
+/// Every waiting session's wake-up (lock order: the caller holds the tailer state).
+fn all_waiters(state: &TailState) -> Vec<Arc<Notify>> {
+    let mut wake = Vec::new();
+    for feed in state.feeds.values() {
+        wake.extend(feed.lock().waiters.iter().map(|(_, n)| n.clone()));
+    }
+    wake
+}
+
 fn index_add(index: &mut HashMap<String, Vec<Principal>>, key: &Option<String>, p: &Principal) {
     if let Some(key) = key {
         index.entry(key.clone()).or_default().push(p.clone());
@@ -304,6 +313,9 @@ impl Tailer {
             .await?
             .pop()
             .unwrap_or_default();
+        // Sessions to wake because memory stopped vouching for their cursors (a new epoch):
+        // they must re-read the source now and report `stale_cursor`, not at their next timer.
+        let mut wake_all = Vec::new();
         {
             let mut st = self.write();
             if !self.is_ready() {
@@ -333,7 +345,11 @@ impl Tailer {
                 if self.tail() < through {
                     self.tail.store(through, Ordering::Release);
                 }
+                wake_all = all_waiters(&st);
             }
+        }
+        for notify in wake_all {
+            notify.notify_one();
         }
         loop {
             let after = self.tail();
@@ -345,7 +361,9 @@ impl Tailer {
                 Err(SourceError::Stale { state }) if state.retention_floor > after => {
                     // Pruned past this node's tail before it read them: memory can vouch for
                     // nothing up to the floor; carry on from there.
-                    self.skip_to(state.retention_floor);
+                    for notify in self.skip_to(state.retention_floor) {
+                        notify.notify_one();
+                    }
                     continue;
                 }
                 Err(e) => return Err(e),
@@ -368,12 +386,13 @@ impl Tailer {
         }
     }
 
-    /// Forgets everything up to `through` (a gap this node cannot fill) and continues after it.
-    fn skip_to(&self, through: u64) {
+    /// Forgets everything up to `through` (a gap this node cannot fill) and continues after it;
+    /// returns every session's wake-up (their cursors may now be stale).
+    fn skip_to(&self, through: u64) -> Vec<Arc<Notify>> {
         let mut guard = self.write();
         let st = &mut *guard;
         if through <= self.tail() {
-            return;
+            return Vec::new();
         }
         st.window.clear();
         st.trimmed_through = through;
@@ -383,6 +402,7 @@ impl Tailer {
             inner.trimmed_through = through;
         }
         self.tail.store(through, Ordering::Release);
+        all_waiters(st)
     }
 
     /// Appends prepared rows (ascending) and returns the wake-ups to fire.
@@ -390,6 +410,7 @@ impl Tailer {
         let mut st = self.write();
         let mut tail = self.tail();
         let mut dirty: Vec<Arc<Feed>> = Vec::new();
+        let mut gap = false;
         for row in rows {
             if row.watermark <= tail {
                 continue;
@@ -405,6 +426,7 @@ impl Tailer {
                     inner.rows.clear();
                     inner.trimmed_through = through;
                 }
+                gap = true;
             }
             tail = row.watermark;
             let mut candidates: Vec<&Principal> = Vec::new();
@@ -452,6 +474,9 @@ impl Tailer {
             }
         }
         self.tail.store(tail, Ordering::Release);
+        if gap {
+            return all_waiters(&st);
+        }
         drop(st);
         let mut wake = Vec::new();
         for feed in dirty {
@@ -595,21 +620,63 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_rebuild_forces_older_cursors_back_to_the_source() {
+    async fn a_rebuild_forces_older_cursors_back_to_the_source_and_wakes_every_session() {
         let source = MemorySource::new();
         let tailer = Tailer::new("t", &GatewayConfig::default());
         tailer.catch_up(&source).await.unwrap();
-        let alice = tailer.attach(&user("alice"), 1, Arc::new(Notify::new()));
+        let alice_wake = Arc::new(Notify::new());
+        let bob_wake = Arc::new(Notify::new());
+        let alice = tailer.attach(&user("alice"), 1, alice_wake.clone());
+        let _bob = tailer.attach(&user("bob"), 2, bob_wake.clone());
         source.append("t", "a", json!({}), DocOwner::user("alice"));
         source.append("t", "b", json!({}), DocOwner::user("alice"));
         tailer.catch_up(&source).await.unwrap();
         assert_eq!(rows(&tailer.pull(alice.feed(), 0, 10)), (vec![1, 2], 2));
+        tokio::time::timeout(Duration::from_secs(1), alice_wake.notified())
+            .await
+            .unwrap();
+        // The rebuild's marker takes watermark 3: the old head (2) is a cursor of the old epoch.
         source.rebuild("t");
         tailer.catch_up(&source).await.unwrap();
-        assert!(matches!(
-            tailer.pull(alice.feed(), 1, 10),
-            Pulled::NeedStore
-        ));
-        assert_eq!(rows(&tailer.pull(alice.feed(), 2, 10)), (vec![3, 4], 4));
+        assert_eq!(tailer.tail(), 3);
+        for cursor in [1, 2] {
+            assert!(matches!(
+                tailer.pull(alice.feed(), cursor, 10),
+                Pulled::NeedStore
+            ));
+        }
+        // Both sessions are woken, bob's too though nothing of his arrived: their cursors may
+        // be stale now and they must find out without waiting for a timer.
+        for wake in [&alice_wake, &bob_wake] {
+            tokio::time::timeout(Duration::from_secs(1), wake.notified())
+                .await
+                .unwrap();
+        }
+        assert_eq!(rows(&tailer.pull(alice.feed(), 3, 10)), (vec![], 3));
+        source.append("t", "c", json!({}), DocOwner::user("alice"));
+        tailer.catch_up(&source).await.unwrap();
+        assert_eq!(rows(&tailer.pull(alice.feed(), 3, 10)), (vec![4], 4));
+    }
+
+    #[tokio::test]
+    async fn rows_pruned_before_this_node_read_them_wake_every_session() {
+        let source = MemorySource::new();
+        let tailer = Tailer::new("t", &GatewayConfig::default());
+        tailer.catch_up(&source).await.unwrap();
+        let bob_wake = Arc::new(Notify::new());
+        let bob = tailer.attach(&user("bob"), 2, bob_wake.clone());
+        source.append("t", "a", json!({}), DocOwner::user("alice"));
+        tailer.catch_up(&source).await.unwrap();
+        for i in 0..3 {
+            source.append("t", &format!("b{i}"), json!({}), DocOwner::user("alice"));
+        }
+        source.prune_through("t", 3);
+        tailer.catch_up(&source).await.unwrap();
+        assert_eq!(tailer.tail(), 4);
+        // Nothing of bob's arrived, but a cursor of his below the floor is stale now.
+        tokio::time::timeout(Duration::from_secs(1), bob_wake.notified())
+            .await
+            .unwrap();
+        assert!(matches!(tailer.pull(bob.feed(), 1, 10), Pulled::NeedStore));
     }
 }

@@ -10,6 +10,8 @@ use async_trait::async_trait;
 use serde_json::Value;
 use tokio::sync::watch;
 
+use projectors::store::epoch_marker_key;
+
 use super::{
     Doc, DocOwner, Hydration, OwnerFilter, SourceError, StreamRow, SyncSource, TopicState,
 };
@@ -64,7 +66,7 @@ impl Topic {
             watermark: self.head,
             doc_key: doc_key.to_owned(),
             doc_version,
-            payload: payload.clone(),
+            payload: payload.to_string(),
             payload_hash: payload_hash.clone(),
             owner: owner.clone(),
         };
@@ -161,20 +163,37 @@ impl MemorySource {
         self.bump();
     }
 
-    /// A full rebuild: a new epoch starting at the current head, the old rows dropped, the
-    /// current docs appended again as new rows.
+    /// A full rebuild, with the store's epoch semantics (`projectors::store`
+    /// `finish_rebuild`): the topic's old rows are dropped and ONE epoch marker row (doc key
+    /// [`epoch_marker_key`], no owner, so delivered to nobody; `doc_version` = the new epoch)
+    /// takes the next watermark W = old head + 1; `epoch += 1` and `epoch_start =
+    /// retention_floor = W`. Every cursor from before the rebuild (including the old head) is
+    /// therefore stale with `epoch_changed`. The current documents stay (a rebuild of an
+    /// unchanged journal folds to the same ones) and are consistent with W; they are not
+    /// re-appended to the stream, so clients re-hydrate.
     pub fn rebuild(&self, topic: &str) {
         {
             let mut topics = self.lock();
             let t = topics.entry(topic.to_owned()).or_default();
             t.epoch += 1;
-            t.epoch_start = t.head;
-            t.retention_floor = t.retention_floor.max(t.epoch_start);
+            t.head += 1;
+            let marker = t.head;
+            let payload = serde_json::json!({"epoch": t.epoch, "reason": "rebuild"});
             t.rows.clear();
-            let docs: Vec<Doc> = t.docs.values().cloned().collect();
-            for doc in docs {
-                t.push(topic, &doc.doc_key, doc.doc_version, doc.payload, doc.owner);
+            t.rows.push_back(StreamRow {
+                topic: topic.to_owned(),
+                watermark: marker,
+                doc_key: epoch_marker_key(topic),
+                doc_version: t.epoch,
+                payload_hash: aggregates::canonical::hash_canonical(&payload),
+                payload: payload.to_string(),
+                owner: DocOwner::default(),
+            });
+            for doc in t.docs.values_mut() {
+                doc.watermark = marker;
             }
+            t.epoch_start = marker;
+            t.retention_floor = marker;
         }
         self.bump();
     }
@@ -346,11 +365,39 @@ mod tests {
                 state.epoch_start,
                 state.retention_floor
             ),
-            (7, 2, 5, 5)
+            (6, 2, 6, 6),
+            "the marker row takes old head + 1, which starts the epoch and is the floor"
         );
+        // The old head is a cursor of the old epoch.
+        assert!(matches!(
+            source.read_stream("t", 5, 10, &OwnerFilter::Any).await,
+            Err(SourceError::Stale { .. })
+        ));
+        let all = source
+            .read_stream("t", 6, 10, &OwnerFilter::Any)
+            .await
+            .unwrap();
+        assert!(all.is_empty(), "nothing after the marker yet");
+        // The only row left is the marker, and it is nobody's (it sits at the floor, so no
+        // read ever returns it; it only separates the epochs).
+        {
+            let topics = source.lock();
+            let t = topics.get("t").unwrap();
+            let marker: Vec<_> = t.rows.iter().collect();
+            assert_eq!(marker.len(), 1);
+            assert_eq!(marker[0].watermark, 6);
+            assert_eq!(marker[0].doc_key, "runtime/sync_epoch:t");
+            assert_eq!(marker[0].owner, DocOwner::default());
+        }
         let hydration = source.hydrate("t", None, &alice()).await.unwrap();
-        assert_eq!(hydration.watermark, 7);
+        assert_eq!(hydration.watermark, 6);
         assert_eq!(hydration.docs.len(), 2);
+        assert!(hydration.docs.iter().all(|d| d.watermark == 6));
+        // The marker is delivered to nobody; later rows continue after it.
+        let row = source.append("t", "d0", json!({"i": 9}), DocOwner::user("alice"));
+        assert_eq!((row.watermark, row.doc_version), (7, 4));
+        let mine = source.read_stream("t", 6, 10, &alice()).await.unwrap();
+        assert_eq!(mine.iter().map(|r| r.watermark).collect::<Vec<_>>(), [7]);
     }
 
     #[test]

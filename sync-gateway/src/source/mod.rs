@@ -25,8 +25,10 @@ pub struct StreamRow {
     pub watermark: u64,
     pub doc_key: String,
     pub doc_version: u64,
-    /// A JSON object.
-    pub payload: Value,
+    /// The payload, a JSON object, as the compact JSON text the projector wrote. Sessions splice
+    /// it into frames as is: a replayed or live row is never parsed and re-serialized on its
+    /// way to the client.
+    pub payload: String,
     /// `sha256:` + hex SHA-256 of the canonical JSON of `payload`.
     pub payload_hash: String,
     pub owner: DocOwner,

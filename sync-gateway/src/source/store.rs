@@ -43,6 +43,20 @@ fn payload(text: &str, what: &str) -> Result<Value, SourceError> {
         .map_err(|e| SourceError::Unavailable(anyhow::anyhow!("stored payload of {what}: {e}")))
 }
 
+/// A stream row's payload text, passed through unparsed (the store holds the projector's own
+/// compact serialization: a `json` column on PostgreSQL, text on SQLite). Only its shape is
+/// checked, so a damaged row fails the read instead of breaking a frame.
+fn payload_text(text: String, what: &str) -> Result<String, SourceError> {
+    let trimmed = text.trim_ascii();
+    if trimmed.starts_with('{') && trimmed.ends_with('}') {
+        Ok(text)
+    } else {
+        Err(SourceError::Unavailable(anyhow::anyhow!(
+            "stored payload of {what} is not a JSON object"
+        )))
+    }
+}
+
 #[async_trait]
 impl SyncSource for StoreSource {
     async fn topic_states(&self, topics: &[&str]) -> Result<Vec<TopicState>, SourceError> {
@@ -68,7 +82,7 @@ impl SyncSource for StoreSource {
         rows.into_iter()
             .map(|r| {
                 Ok(StreamRow {
-                    payload: payload(&r.payload, &r.doc_key)?,
+                    payload: payload_text(r.payload, &r.doc_key)?,
                     topic: r.topic,
                     watermark: r.watermark,
                     doc_key: r.doc_key,
@@ -133,5 +147,22 @@ impl SyncSource for StoreSource {
 
     fn subscribe_heads(&self) -> watch::Receiver<u64> {
         self.notifier.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stored_payload_text_passes_through_unchanged_unless_it_is_not_an_object() {
+        let text = r#"{"status":"running","n":1.5,"s":"a\"b"}"#.to_owned();
+        assert_eq!(payload_text(text.clone(), "k").unwrap(), text);
+        for damaged in ["", "[1]", "{\"a\":1", "null"] {
+            assert!(matches!(
+                payload_text(damaged.to_owned(), "k"),
+                Err(SourceError::Unavailable(_))
+            ));
+        }
     }
 }

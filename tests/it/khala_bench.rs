@@ -1,0 +1,48 @@
+//! `openagents-runtime bench fanout` over the real pipeline, at a tiny size: the real binary
+//! starts its `serve` child, commits frames over HTTP, and every client receives every commit
+//! exactly once, beside the raw baseline; then a replay seeded through the pipeline. Speed is
+//! not asserted here (benchmarks measure it, see docs/BENCHMARKS.md); this keeps the bench
+//! working.
+
+use std::process::Command;
+
+#[test]
+fn bench_fanout_delivers_every_commit_through_the_real_pipeline() {
+    let output = Command::new(env!("CARGO_BIN_EXE_openagents-runtime"))
+        .args(["bench", "fanout"])
+        .args(["--connections", "20"])
+        .args(["--rate", "20"])
+        .args(["--duration", "1s"])
+        .args(["--runs", "4"])
+        .args(["--replay-rows", "300"])
+        .args(["--seed-concurrency", "4"])
+        .env_remove("DATABASE_URL")
+        .output()
+        .expect("run the bench");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "bench failed: {}\n{stdout}\n{stderr}",
+        output.status
+    );
+    assert!(stdout.contains("source: REAL PIPELINE"), "{stdout}");
+    // 20 commits (rounded up to whole rounds over 4 runs) to 20 clients, through Khala and the
+    // raw baseline alike.
+    assert!(
+        stdout.contains("khala: 400/400 delivered"),
+        "Khala must deliver every commit to every client: {stdout}"
+    );
+    assert!(stdout.contains("raw:   400/400 delivered"), "{stdout}");
+    assert!(
+        stdout.contains("duplicates 0, foreign 0"),
+        "no update twice and none unexpected: {stdout}"
+    );
+    let replay = stdout
+        .lines()
+        .find(|l| l.starts_with("replay catch-up"))
+        .unwrap_or_else(|| panic!("no replay line: {stdout}"));
+    // 300 rows: four seed runs created and started, and 292 frames.
+    assert!(replay.contains("300 rows"), "{replay}");
+    assert!(replay.contains("raw baseline"), "{replay}");
+}
