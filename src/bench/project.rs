@@ -389,7 +389,10 @@ impl<K: std::hash::Hash + Eq> Matcher<K> {
 
     /// Acknowledged but never seen.
     fn unseen(&self) -> usize {
-        self.pending.values().filter(|(a, s)| a.is_some() && s.is_none()).count()
+        self.pending
+            .values()
+            .filter(|(a, s)| a.is_some() && s.is_none())
+            .count()
     }
 }
 

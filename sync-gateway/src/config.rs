@@ -26,7 +26,7 @@ impl TopicPolicy {
         }
     }
 
-    /// The original's defaults.
+    /// The original's defaults, plus `runtime.payments`.
     pub fn defaults() -> Vec<TopicPolicy> {
         const H: u64 = 3600;
         vec![
@@ -46,6 +46,9 @@ impl TopicPolicy {
                 3_000,
             ),
             TopicPolicy::new("runtime.notifications", Duration::from_secs(12 * H), 500),
+            // Not in the original (it had no payments topic): a payment's whole life is short,
+            // its document small.
+            TopicPolicy::new("runtime.payments", Duration::from_secs(7 * 24 * H), 10_000),
         ]
     }
 
@@ -385,6 +388,7 @@ mod tests {
                 ("runtime.codex_worker_summaries".to_owned(), 10_000),
                 ("runtime.codex_worker_events".to_owned(), 3_000),
                 ("runtime.notifications".to_owned(), 500),
+                ("runtime.payments".to_owned(), 10_000),
             ]
         );
         assert_eq!(config.heartbeat_interval, Duration::from_secs(15));

@@ -3,3 +3,4 @@
 
 mod executor;
 mod l402;
+mod read_model;
