@@ -198,6 +198,43 @@ type Prefetch = tokio::task::JoinHandle<Result<Vec<StoredEvent>, JournalError>>;
 /// The shadow cache is dropped beyond this many documents (the batches then read them back).
 const SHADOW_CACHE_LIMIT: usize = 200_000;
 
+/// Delays between reads that found nothing visible after a wake-up. On PostgreSQL an event
+/// becomes readable only once every transaction older than it has ended (ADR 0038); under a
+/// steady command load one usually has, a few milliseconds later. A doubling delay from 1 ms
+/// overshoots that by up to 2× (1, 3, 7, 15, 31 ms), so the first retries come at a fixed short
+/// interval and only a horizon held longer (a long transaction) backs off toward the poll.
+#[derive(Debug)]
+struct HorizonRetry {
+    tries: u32,
+    delay: Duration,
+}
+
+impl HorizonRetry {
+    const FIXED: Duration = Duration::from_millis(2);
+    const FIXED_TRIES: u32 = 16;
+
+    fn next(&mut self, ceiling: Duration) -> Duration {
+        self.tries += 1;
+        if self.tries > Self::FIXED_TRIES {
+            self.delay = (self.delay * 2).min(ceiling);
+        }
+        self.delay.min(ceiling)
+    }
+
+    fn reset(&mut self) {
+        *self = Self::default();
+    }
+}
+
+impl Default for HorizonRetry {
+    fn default() -> Self {
+        Self {
+            tries: 0,
+            delay: Self::FIXED,
+        }
+    }
+}
+
 /// A batch folded into what to commit.
 struct Folded {
     rows: Vec<NewRow>,
@@ -444,7 +481,7 @@ impl<P: Projection> Runner<P> {
         let mut next_metrics = Instant::now();
         let mut caught_up_at = Instant::now();
         let mut error_backoff = Duration::from_millis(100);
-        let mut quick_retry = Duration::from_millis(1);
+        let mut horizon = HorizonRetry::default();
         loop {
             if shutdown.is_cancelled() {
                 if persisted != cursor {
@@ -597,7 +634,7 @@ impl<P: Projection> Runner<P> {
             let wait = match step {
                 Ok(Next::Busy) => {
                     error_backoff = Duration::from_millis(100);
-                    quick_retry = Duration::from_millis(1);
+                    horizon.reset();
                     tokio::task::yield_now().await;
                     continue;
                 }
@@ -606,10 +643,9 @@ impl<P: Projection> Runner<P> {
                     if empty {
                         // Woken but nothing visible yet (an older transaction still holds the
                         // journal's read horizon): look again soon, backing off to the poll.
-                        quick_retry = (quick_retry * 2).min(self.ctx.config.poll_interval);
-                        quick_retry
+                        horizon.next(self.ctx.config.poll_interval)
                     } else {
-                        quick_retry = Duration::from_millis(1);
+                        horizon.reset();
                         self.ctx.config.poll_interval
                     }
                 }
@@ -642,7 +678,7 @@ impl<P: Projection> Runner<P> {
                     if changed.is_err() {
                         tokio::time::sleep(deadline).await;
                     } else {
-                        quick_retry = Duration::from_millis(1);
+                        horizon.reset();
                     }
                 }
                 _ = tokio::time::sleep(deadline) => {}
@@ -1371,4 +1407,26 @@ pub async fn catch_up_all(ctx: &Arc<ProjectorContext>) -> Result<u64, RunnerErro
 /// The specs of [`all_projectors`].
 pub fn all_specs() -> Vec<ProjectorSpec> {
     all_projectors().iter().map(|p| p.spec()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn horizon_retries_stay_short_then_back_off_to_the_poll() {
+        let poll = Duration::from_millis(50);
+        let mut retry = HorizonRetry::default();
+        let delays: Vec<u128> = (0..22).map(|_| retry.next(poll).as_millis()).collect();
+        let mut expected = vec![2; 16];
+        expected.extend([4, 8, 16, 32, 50, 50]);
+        assert_eq!(delays, expected);
+        retry.reset();
+        assert_eq!(retry.next(poll), Duration::from_millis(2));
+        assert_eq!(
+            HorizonRetry::default().next(Duration::from_millis(1)),
+            Duration::from_millis(1),
+            "never longer than the poll"
+        );
+    }
 }

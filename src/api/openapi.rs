@@ -6,6 +6,7 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::api::{error, health, runs, workers};
+use crate::audit::http as artifacts;
 
 struct Security;
 
@@ -37,6 +38,7 @@ impl Modify for Security {
         runs::start, runs::finish, runs::stream,
         workers::create, workers::list, workers::snapshot, workers::request, workers::stop,
         workers::heartbeat, workers::report_event, workers::stream,
+        artifacts::receipt, artifacts::replay, artifacts::audit_bundle,
     ),
     components(schemas(error::ErrorEnvelope, error::ErrorBody, error::ErrorCode)),
     modifiers(&Security),
@@ -45,6 +47,7 @@ impl Modify for Security {
         (name = "health", description = "Probes"),
         (name = "runs", description = "Runs: frames, cancellation, lifecycle, streams"),
         (name = "workers", description = "Codex workers: registration, requests, leases, streams"),
+        (name = "artifacts", description = "A run's receipt, REPLAY.jsonl and audit bundle (owner only)"),
     )
 )]
 pub struct ApiDoc;

@@ -28,7 +28,7 @@ use tokio_util::io::ReaderStream;
 use super::bundle::Scope;
 use super::export::{export, ExportOptions};
 use crate::api::auth::Caller;
-use crate::api::error::{ApiError, ErrorCode};
+use crate::api::error::{ApiError, ErrorCode, ErrorEnvelope};
 use crate::api::extract::ApiQuery;
 use crate::app::App;
 use crate::server::Server;
@@ -83,7 +83,8 @@ pub fn with_artifacts(server: Server, app: &App, signer: Option<ReceiptSigner>) 
 }
 
 /// `?thread_id=`: optional; when given it must be the run's thread.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ArtifactQuery {
     pub thread_id: Option<String>,
 }
@@ -151,8 +152,15 @@ fn run_not_found() -> ApiError {
     ApiError::not_found("run not found").with_details(json!({ "reason": "run_not_found" }))
 }
 
+/// The run's `openagents.receipt.v1` (signed when the runtime has a receipt key).
+#[utoipa::path(get, path = "/internal/v1/runs/{run_id}/receipt", tag = "artifacts",
+    params(("run_id" = String, Path), ArtifactQuery),
+    responses(
+        (status = 200, description = "The receipt (docs/receipts-and-replay.md)", content_type = "application/json", body = Object),
+        (status = 400, body = ErrorEnvelope), (status = 403, body = ErrorEnvelope),
+        (status = 404, body = ErrorEnvelope), (status = 503, body = ErrorEnvelope)))]
 #[tracing::instrument(skip_all, fields(run_id = %run_id))]
-async fn receipt(
+pub(crate) async fn receipt(
     State(state): State<ArtifactState>,
     caller: Caller,
     Path(run_id): Path<String>,
@@ -162,8 +170,15 @@ async fn receipt(
     Ok(Json(receipt_for(&record, state.signer.as_ref(), &[])).into_response())
 }
 
+/// The run's REPLAY.jsonl v1, one JSON object per line.
+#[utoipa::path(get, path = "/internal/v1/runs/{run_id}/replay", tag = "artifacts",
+    params(("run_id" = String, Path), ArtifactQuery),
+    responses(
+        (status = 200, description = "REPLAY.jsonl v1 (docs/receipts-and-replay.md)", content_type = "application/x-ndjson", body = String),
+        (status = 400, body = ErrorEnvelope), (status = 403, body = ErrorEnvelope),
+        (status = 404, body = ErrorEnvelope), (status = 503, body = ErrorEnvelope)))]
 #[tracing::instrument(skip_all, fields(run_id = %run_id))]
-async fn replay(
+pub(crate) async fn replay(
     State(state): State<ArtifactState>,
     caller: Caller,
     Path(run_id): Path<String>,
@@ -180,8 +195,16 @@ async fn replay(
         .into_response())
 }
 
+/// The run's audit bundle (JSON lines, streamed as it is written; verify it with
+/// `openagents-runtime audit verify`).
+#[utoipa::path(get, path = "/internal/v1/runs/{run_id}/audit-bundle", tag = "artifacts",
+    params(("run_id" = String, Path), ArtifactQuery),
+    responses(
+        (status = 200, description = "The audit bundle (docs/receipts-and-replay.md)", content_type = "application/x-ndjson", body = String),
+        (status = 400, body = ErrorEnvelope), (status = 403, body = ErrorEnvelope),
+        (status = 404, body = ErrorEnvelope), (status = 503, body = ErrorEnvelope)))]
 #[tracing::instrument(skip_all, fields(run_id = %run_id))]
-async fn audit_bundle(
+pub(crate) async fn audit_bundle(
     State(state): State<ArtifactState>,
     caller: Caller,
     Path(run_id): Path<String>,

@@ -1025,6 +1025,9 @@ async fn the_openapi_document_describes_every_route(db: &TestDb) {
         "/internal/v1/codex/workers/{worker_id}/stop",
         "/internal/v1/codex/workers/{worker_id}/heartbeat",
         "/internal/v1/codex/workers/{worker_id}/events",
+        "/internal/v1/runs/{run_id}/receipt",
+        "/internal/v1/runs/{run_id}/replay",
+        "/internal/v1/runs/{run_id}/audit-bundle",
     ] {
         assert!(
             paths.contains_key(path),

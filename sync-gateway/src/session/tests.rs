@@ -17,7 +17,8 @@ use crate::config::GatewayConfig;
 use crate::connection::InboundError;
 use crate::gateway::Gateway;
 use crate::protocol::Frame;
-use crate::source::{DocOwner, MemorySource};
+use crate::source::{DocOwner, Hydration, MemorySource, OwnerFilter, SourceError, StreamRow};
+use crate::source::{SyncSource, TopicState};
 use crate::test_utils::auth_config;
 
 const TOPIC: &str = "runtime.run_summaries";
@@ -35,9 +36,20 @@ impl Harness {
     /// A session whose outbound channel holds `sink_capacity` frames.
     fn start(config: GatewayConfig, sink_capacity: usize, ttl: u64) -> Harness {
         let source = Arc::new(MemorySource::new());
+        Self::start_over(config, sink_capacity, ttl, source.clone(), source)
+    }
+
+    /// The same over `gateway_source`, which reads `source`.
+    fn start_over(
+        config: GatewayConfig,
+        sink_capacity: usize,
+        ttl: u64,
+        source: Arc<MemorySource>,
+        gateway_source: Arc<dyn SyncSource>,
+    ) -> Harness {
         let shutdown = CancellationToken::new();
         let verifier = Verifier::new(auth_config(), Revocations::in_memory());
-        let gateway = Gateway::start(config, source.clone(), verifier.clone(), shutdown.clone());
+        let gateway = Gateway::start(config, gateway_source, verifier.clone(), shutdown.clone());
         let token = mint(
             verifier.config(),
             gateway.known_topics(),
@@ -295,4 +307,103 @@ async fn a_client_that_stops_reading_is_throttled_then_disconnected() {
     }
     assert_eq!(notices, ["throttle", "throttle", "disconnect"]);
     assert_eq!(close_code, 1013);
+}
+
+/// A source whose read of the page after `late_after` sees the store as of the call, then, while
+/// still in flight, lets more of alice's rows commit: a read's snapshot predates what commits
+/// while it runs.
+struct LateCommits {
+    inner: Arc<MemorySource>,
+    late_after: u64,
+    fired: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl SyncSource for LateCommits {
+    async fn topic_states(&self, topics: &[&str]) -> Result<Vec<TopicState>, SourceError> {
+        self.inner.topic_states(topics).await
+    }
+
+    async fn read_stream(
+        &self,
+        topic: &str,
+        after: u64,
+        limit: usize,
+        owner: &OwnerFilter,
+    ) -> Result<Vec<StreamRow>, SourceError> {
+        let rows = self.inner.read_stream(topic, after, limit, owner).await;
+        if after == self.late_after && !self.fired.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            for i in 0..5 {
+                self.inner.append(
+                    TOPIC,
+                    &format!("late{i}"),
+                    json!({"late": i}),
+                    DocOwner::user("alice"),
+                );
+            }
+            // The tailer reads the late rows before this read returns.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        rows
+    }
+
+    async fn hydrate(
+        &self,
+        topic: &str,
+        doc_key: Option<&str>,
+        owner: &OwnerFilter,
+    ) -> Result<Hydration, SourceError> {
+        self.inner.hydrate(topic, doc_key, owner).await
+    }
+
+    fn subscribe_heads(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.subscribe_heads()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_short_replay_page_moves_the_cursor_only_as_far_as_its_own_snapshot() {
+    // Rows 1..=13 alice's, 14..=20 bob's. Pages of 10: the first page (1..=10) is full; the
+    // page after 10 is short for alice (11..=13) and, while its read is in flight, alice's rows
+    // 21..=25 commit. A short page may move the cursor to what was visible *before* the read
+    // (20); jumping to the head seen after it (25) would skip the late rows.
+    let memory = Arc::new(MemorySource::new());
+    for i in 0..20 {
+        let owner = if i < 13 { "alice" } else { "bob" };
+        memory.append(
+            TOPIC,
+            &format!("d{i}"),
+            json!({"i": i}),
+            DocOwner::user(owner),
+        );
+    }
+    let source = Arc::new(LateCommits {
+        inner: memory.clone(),
+        late_after: 10,
+        fired: std::sync::atomic::AtomicBool::new(false),
+    });
+    let config = GatewayConfig {
+        window_rows: 1,
+        ..GatewayConfig::default()
+    };
+    let mut h = Harness::start_over(config, 16, 900, memory, source.clone());
+    h.send(r#"["1","1","sync:v1","phx_join",{}]"#).await;
+    assert_eq!(h.recv_frame().await.payload["status"], "ok");
+    h.send(&format!(
+        r#"["1","2","sync:v1","sync:subscribe",{{"topics":["{TOPIC}"],"resume_after":{{"{TOPIC}":0}},"replay_batch_size":10}}]"#
+    ))
+    .await;
+    assert_eq!(h.recv_frame().await.payload["status"], "ok");
+    let mut seen = Vec::new();
+    while seen.last() != Some(&25) {
+        let frame = h.recv_frame().await;
+        assert_eq!(frame.event, "sync:update_batch", "{frame:?}");
+        for update in frame.payload["updates"].as_array().unwrap() {
+            seen.push(update["watermark"].as_u64().unwrap());
+        }
+    }
+    assert!(source.fired.load(std::sync::atomic::Ordering::SeqCst));
+    let expected: Vec<u64> = (1..=13).chain(21..=25).collect();
+    assert_eq!(seen, expected);
+    h.shutdown.cancel();
 }

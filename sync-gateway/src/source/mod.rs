@@ -91,7 +91,8 @@ pub trait SyncSource: Send + Sync + 'static {
     async fn topic_states(&self, topics: &[&str]) -> Result<Vec<TopicState>, SourceError>;
 
     /// Rows of `topic` with `watermark > after`, ascending, at most `limit`, filtered by owner.
-    /// [`SourceError::Stale`] when `after` is below the retention floor.
+    /// [`SourceError::Stale`] when `after` is below the retention floor, checked in the same
+    /// snapshot as the read.
     async fn read_stream(
         &self,
         topic: &str,
