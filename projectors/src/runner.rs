@@ -203,10 +203,9 @@ const SHADOW_CACHE_LIMIT: usize = 200_000;
 /// steady command load one usually has, a few milliseconds later. A doubling delay from 1 ms
 /// overshoots that by up to 2× (1, 3, 7, 15, 31 ms), so the first retries come at a fixed short
 /// interval and only a horizon held longer (a long transaction) backs off toward the poll.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct HorizonRetry {
     tries: u32,
-    delay: Duration,
 }
 
 impl HorizonRetry {
@@ -214,24 +213,13 @@ impl HorizonRetry {
     const FIXED_TRIES: u32 = 16;
 
     fn next(&mut self, ceiling: Duration) -> Duration {
-        self.tries += 1;
-        if self.tries > Self::FIXED_TRIES {
-            self.delay = (self.delay * 2).min(ceiling);
-        }
-        self.delay.min(ceiling)
+        self.tries = self.tries.saturating_add(1);
+        let doublings = self.tries.saturating_sub(Self::FIXED_TRIES).min(16);
+        (Self::FIXED * 2u32.pow(doublings)).min(ceiling)
     }
 
     fn reset(&mut self) {
-        *self = Self::default();
-    }
-}
-
-impl Default for HorizonRetry {
-    fn default() -> Self {
-        Self {
-            tries: 0,
-            delay: Self::FIXED,
-        }
+        self.tries = 0;
     }
 }
 
