@@ -1,5 +1,6 @@
 //! The session driven through channels under paused time: exact frames, timers, slow consumers.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -315,7 +316,7 @@ async fn a_client_that_stops_reading_is_throttled_then_disconnected() {
 struct LateCommits {
     inner: Arc<MemorySource>,
     late_after: u64,
-    fired: std::sync::atomic::AtomicBool,
+    fired: AtomicBool,
 }
 
 #[async_trait::async_trait]
@@ -332,7 +333,7 @@ impl SyncSource for LateCommits {
         owner: &OwnerFilter,
     ) -> Result<Vec<StreamRow>, SourceError> {
         let rows = self.inner.read_stream(topic, after, limit, owner).await;
-        if after == self.late_after && !self.fired.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        if after == self.late_after && !self.fired.swap(true, Ordering::SeqCst) {
             for i in 0..5 {
                 self.inner.append(
                     TOPIC,
@@ -380,7 +381,7 @@ async fn a_short_replay_page_moves_the_cursor_only_as_far_as_its_own_snapshot() 
     let source = Arc::new(LateCommits {
         inner: memory.clone(),
         late_after: 10,
-        fired: std::sync::atomic::AtomicBool::new(false),
+        fired: AtomicBool::new(false),
     });
     let config = GatewayConfig {
         window_rows: 1,
@@ -402,7 +403,7 @@ async fn a_short_replay_page_moves_the_cursor_only_as_far_as_its_own_snapshot() 
             seen.push(update["watermark"].as_u64().unwrap());
         }
     }
-    assert!(source.fired.load(std::sync::atomic::Ordering::SeqCst));
+    assert!(source.fired.load(Ordering::SeqCst));
     let expected: Vec<u64> = (1..=13).chain(21..=25).collect();
     assert_eq!(seen, expected);
     h.shutdown.cancel();
