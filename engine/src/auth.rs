@@ -22,6 +22,8 @@ use crate::db::Database;
 
 /// The HTTP header carrying the token.
 pub const SIGNATURE_HEADER: &str = "x-oa-runtime-signature";
+/// The one value of the `oa_role` claim (internal and sync tokens alike): the operator principal.
+pub const OPERATOR_ROLE: &str = "operator";
 /// Token format version prefix.
 pub const TOKEN_VERSION: &str = "v1";
 /// Clock skew tolerated on `iat` and `exp`, in seconds.
@@ -117,6 +119,10 @@ pub struct InternalClaims {
     pub oa_org_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub oa_sync_scopes: Option<Vec<String>>,
+    /// `"operator"` marks a token of the operator principal (docs/security.md): it may act on
+    /// resources of every principal and mint or revoke for others. Any other value is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oa_role: Option<String>,
 }
 
 fn string_or_number<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
@@ -129,6 +135,11 @@ fn string_or_number<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D
 }
 
 impl InternalClaims {
+    /// Whether the token speaks for the operator principal (`oa_role = "operator"`).
+    pub fn is_operator(&self) -> bool {
+        self.oa_role.as_deref() == Some(OPERATOR_ROLE)
+    }
+
     /// Claims valid from `now` for `ttl_secs`, with a fresh random nonce.
     pub fn new(now_unix: i64, ttl_secs: i64) -> Self {
         Self {
@@ -237,6 +248,9 @@ pub fn verify(
         serde_json::from_slice(&json).map_err(|_| AuthError::Malformed("claims are not valid"))?;
     if claims.nonce.is_empty() || claims.nonce.len() > MAX_NONCE_BYTES {
         return Err(AuthError::Malformed("nonce must be 1 to 256 bytes"));
+    }
+    if claims.oa_role.as_deref().is_some_and(|role| role != OPERATOR_ROLE) {
+        return Err(AuthError::Malformed("unknown oa_role"));
     }
     if claims.exp < claims.iat {
         return Err(AuthError::Malformed("exp is before iat"));

@@ -182,6 +182,10 @@ pub struct SyncClaims {
     pub oa_sync_topics: Option<Scopes>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub oa_claims_version: Option<Value>,
+    /// `"operator"` (engine::auth::OPERATOR_ROLE): the operator principal, which reads every
+    /// principal's documents. Any other value is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oa_role: Option<String>,
 }
 
 /// Who a token speaks for, as the ownership filter sees it.
@@ -190,10 +194,15 @@ pub struct Principal {
     pub user_id: Option<String>,
     pub guest_scope: Option<String>,
     pub org_id: Option<String>,
+    /// The operator principal (`oa_role = "operator"`): reads every principal's documents.
+    pub operator: bool,
 }
 
 impl Principal {
     pub fn owner_filter(&self) -> OwnerFilter {
+        if self.operator {
+            return OwnerFilter::Any;
+        }
         OwnerFilter::Principal {
             user_id: self.user_id.clone(),
             guest_scope: self.guest_scope.clone(),
@@ -401,11 +410,17 @@ fn context_from(claims: SyncClaims) -> Result<AuthContext, AuthError> {
     let guest_scope = claims
         .oa_guest_scope
         .or_else(|| subject.strip_prefix("guest:").map(str::to_owned));
+    let operator = match claims.oa_role.as_deref() {
+        None => false,
+        Some(engine::auth::OPERATOR_ROLE) => true,
+        Some(_) => return Err(AuthError::Malformed("unknown oa_role".into())),
+    };
     Ok(AuthContext {
         principal: Principal {
             user_id,
             guest_scope,
             org_id: claims.oa_org_id,
+            operator,
         },
         subject,
         device_id: claims.oa_device_id,
