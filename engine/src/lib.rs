@@ -12,6 +12,8 @@
 //! - [`artifacts`]: receipts, REPLAY.jsonl, trajectory hashes and receipt signatures, computed
 //!   from a run's events; recording a finished run's receipt.
 //! - [`notify`]: commit notifications, in-process and across processes (PostgreSQL NOTIFY).
+//! - [`principal`]: who a request speaks for and what it may reach (claims bind, tenancy fails
+//!   closed, the operator role).
 //! - [`db`]: connecting, migrating and checking the database.
 //! - [`clock`]: injectable clock and id source.
 //! - `testing` (feature `testing`): throwaway databases for tests.
@@ -26,6 +28,7 @@ pub mod db;
 pub mod journal;
 pub mod listing;
 pub mod notify;
+pub mod principal;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 

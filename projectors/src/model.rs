@@ -47,8 +47,8 @@ impl DocOwner {
 pub enum OwnerFilter {
     /// Every document (operators, the gateway's shared tailers).
     Any,
-    /// Documents the principal owns: (same user, or same guest scope) and (no tenant on either
-    /// side, or the same tenant).
+    /// Documents the principal owns: (same user, or same guest scope) and the same tenant (both
+    /// org-less, or the same org).
     Principal {
         user_id: Option<String>,
         guest_scope: Option<String>,
@@ -68,10 +68,9 @@ impl OwnerFilter {
             } => {
                 let user = user_id.is_some() && *user_id == owner.user_id;
                 let guest = guest_scope.is_some() && *guest_scope == owner.guest_scope;
-                let org = match (org_id, &owner.org_id) {
-                    (Some(mine), Some(theirs)) => mine == theirs,
-                    _ => true,
-                };
+                // Tenancy fails closed: an org's documents need that org's claim, and an org
+                // claim reaches only that org's documents (docs/security.md).
+                let org = *org_id == owner.org_id;
                 (user || guest) && org
             }
         }
@@ -276,8 +275,14 @@ mod tests {
             org_id: org.map(Into::into),
         };
         assert!(OwnerFilter::Any.matches(&owner));
-        assert!(user("1", None).matches(&owner));
+        assert!(!user("1", None).matches(&owner), "an org's doc needs the org's claim");
         assert!(user("1", Some("org_a")).matches(&owner));
+        let personal = DocOwner {
+            org_id: None,
+            ..owner.clone()
+        };
+        assert!(user("1", None).matches(&personal));
+        assert!(!user("1", Some("org_a")).matches(&personal), "an org claim reaches only its org");
         assert!(!user("1", Some("org_b")).matches(&owner));
         assert!(!user("2", None).matches(&owner));
         let guest = OwnerFilter::Principal {

@@ -1,22 +1,24 @@
 //! Internal signature auth for `/internal/v1/*` and the caller's principal.
 //!
 //! [`require_signature`] (a route layer) verifies `X-OA-RUNTIME-SIGNATURE`, consumes its nonce
-//! and checks the claims against what the request names (path `run_id`, query `thread_id`,
-//! principal headers): missing/bad/expired/replayed tokens are `401`, contradictions `403`.
-//! Handlers then take a [`Caller`]: the principal from `x-oa-user-id` / `x-oa-guest-scope`
-//! (falling back to the token's claims), the tenant from `oa_org_id`, and the claims themselves
-//! for checks that need the body (`thread_id` in a JSON body).
+//! and checks the claims against what the request names (path `run_id`, query `thread_id`; a
+//! run- or thread-bound token only on run routes): missing/bad/expired/replayed tokens are `401`,
+//! contradictions `403`. Handlers then take a [`Caller`]: the principal the token binds
+//! (`engine::principal::resolve`: headers may only repeat it; without a claim exactly one
+//! principal header), the tenant from `oa_org_id` (fails closed), and the claims themselves for
+//! checks that need the body (`thread_id` in a JSON body).
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use aggregates::ids::{GuestScope, OrgId, Owner, ThreadId, UserId};
-use axum::extract::{FromRequestParts, RawPathParams, Request, State};
+use axum::extract::{FromRequestParts, MatchedPath, RawPathParams, Request, State};
 use axum::http::request::Parts;
 use axum::http::HeaderMap;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use engine::auth::{AuthError, InternalClaims, SIGNATURE_HEADER};
+use engine::principal::{self, PrincipalError};
 use engine::{CommandContext, IdempotencyRequest};
 use serde_json::json;
 
@@ -24,10 +26,7 @@ use crate::api::error::ApiError;
 use crate::api::extract::RequestMeta;
 use crate::app::App;
 
-/// Header naming the acting user.
-pub const USER_HEADER: &str = "x-oa-user-id";
-/// Header naming the acting guest scope.
-pub const GUEST_HEADER: &str = "x-oa-guest-scope";
+pub use engine::principal::{GUEST_HEADER, USER_HEADER};
 
 /// The verified claims of the request's token, put in the request extensions by
 /// [`require_signature`].
@@ -96,7 +95,18 @@ fn contradicts(claim: &Option<String>, requested: Option<&str>) -> bool {
     matches!((claim, requested), (Some(claim), Some(requested)) if claim != requested)
 }
 
-/// Route layer guarding `/internal/v1/*`.
+/// Routes a token bound to a run or thread (`run_id` / `thread_id` claim) may use: the run routes
+/// (where the claims are checked against the path, query and body) and the principal-free health
+/// and OpenAPI routes. Any other route fails closed with `403 claim_mismatch`: a run-bound token
+/// cannot register workers, mint sync tokens or revoke sessions.
+fn run_scoped_token_allowed(route: &str) -> bool {
+    route == "/internal/v1/runs"
+        || route.starts_with("/internal/v1/runs/")
+        || route == "/internal/v1/health"
+        || route == "/internal/v1/openapi.json"
+}
+
+/// Route layer guarding `/internal/v1/*` (and the other routes the root puts behind it).
 pub async fn require_signature(
     State(app): State<App>,
     params: RawPathParams,
@@ -116,25 +126,32 @@ pub async fn require_signature(
         .find(|(name, _)| *name == "run_id")
         .map(|(_, value)| value.to_owned());
     let query_thread_id = query_param(request.uri().query(), "thread_id");
-    let headers = request.headers();
     let checks = [
         ("run_id", &claims.run_id, path_run_id.as_deref()),
         ("thread_id", &claims.thread_id, query_thread_id.as_deref()),
-        ("user_id", &claims.user_id, header(headers, USER_HEADER)),
-        (
-            "guest_scope",
-            &claims.guest_scope,
-            header(headers, GUEST_HEADER),
-        ),
     ];
     for (claim, value, requested) in checks {
         if contradicts(value, requested) {
             return reject(AuthError::Forbidden { claim });
         }
     }
-    request
-        .extensions_mut()
-        .insert(Authenticated(Arc::new(claims)));
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_default();
+    if !run_scoped_token_allowed(&route) {
+        if claims.run_id.is_some() {
+            return reject(AuthError::Forbidden { claim: "run_id" });
+        }
+        if claims.thread_id.is_some() {
+            return reject(AuthError::Forbidden { claim: "thread_id" });
+        }
+    }
+    let claims = Arc::new(claims);
+    // Components outside this crate (the sync lane's mint and revoke) read the claims as is.
+    request.extensions_mut().insert(claims.clone());
+    request.extensions_mut().insert(Authenticated(claims));
     next.run(request).await
 }
 
@@ -144,34 +161,53 @@ fn reject(error: AuthError) -> Response {
     ApiError::from(error).into_response()
 }
 
-/// Who is acting: a user, a guest scope, or (rarely) both.
+/// Who is acting: exactly one user or guest scope (docs/security.md), and whether the token is
+/// the operator's (which reaches every principal's resources).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Principal {
-    pub user: Option<UserId>,
-    pub guest: Option<GuestScope>,
+    owner: Owner,
+    operator: bool,
 }
 
 impl Principal {
-    /// The owner recorded for aggregates this principal creates (the user when there is one).
-    pub fn owner(&self) -> Owner {
-        match (&self.user, &self.guest) {
-            (Some(user), _) => Owner::User(user.clone()),
-            (None, Some(guest)) => Owner::Guest(guest.clone()),
-            (None, None) => unreachable!("a principal has a user or a guest scope"),
+    /// A non-operator principal acting for `owner`.
+    pub fn new(owner: Owner) -> Self {
+        Self {
+            owner,
+            operator: false,
         }
     }
 
-    /// Whether this principal may act on something owned by `owner`.
+    /// The owner recorded for aggregates this principal creates.
+    pub fn owner(&self) -> Owner {
+        self.owner.clone()
+    }
+
+    /// The user, when the principal is one.
+    pub fn user(&self) -> Option<&UserId> {
+        self.owner.user_id()
+    }
+
+    /// The guest scope, when the principal is one.
+    pub fn guest(&self) -> Option<&GuestScope> {
+        self.owner.guest_scope()
+    }
+
+    /// Whether the token is the operator's.
+    pub fn is_operator(&self) -> bool {
+        self.operator
+    }
+
+    /// Whether this principal may act on something owned by `owner`: the same user or the same
+    /// guest scope (a user id and a guest scope with the same text are different principals), or
+    /// any owner for the operator.
     pub fn owns(&self, owner: &Owner) -> bool {
-        match owner {
-            Owner::User(id) => self.user.as_ref() == Some(id),
-            Owner::Guest(scope) => self.guest.as_ref() == Some(scope),
-        }
+        self.operator || self.owner == *owner
     }
 
     /// `user:<id>` or `guest:<scope>`: the actor in event metadata and the idempotency scope.
     pub fn reference(&self) -> String {
-        self.owner().reference()
+        self.owner.reference()
     }
 }
 
@@ -193,15 +229,22 @@ impl Caller {
         Ok(())
     }
 
-    /// `403` if the caller's tenant and the recorded one are both known and differ.
+    /// `403 org_mismatch` unless the caller's tenant is the recorded one. Tenancy fails closed: a
+    /// resource recorded under an org needs that org's claim, and an org claim reaches only that
+    /// org's resources (not org-less ones). The operator reaches every org.
     pub fn check_org(&self, recorded: Option<&OrgId>) -> Result<(), ApiError> {
-        match (&self.org, recorded) {
-            (Some(mine), Some(theirs)) if mine != theirs => Err(ApiError::forbidden(
-                "resource belongs to another organisation",
-            )
-            .with_details(json!({ "reason": "org_mismatch" }))),
-            _ => Ok(()),
+        if self.principal.operator || self.org.as_ref() == recorded {
+            return Ok(());
         }
+        Err(
+            ApiError::forbidden("resource belongs to another organisation")
+                .with_details(json!({ "reason": "org_mismatch" })),
+        )
+    }
+
+    /// Whether the caller may see a resource of `owner` in `org` (lists filter with it).
+    pub fn may_see(&self, owner: Option<&Owner>, org: Option<&OrgId>) -> bool {
+        owner.is_some_and(|o| self.principal.owns(o)) && self.check_org(org).is_ok()
     }
 
     /// The engine context for a command from this caller.
@@ -215,9 +258,19 @@ impl Caller {
     }
 }
 
-fn invalid_principal() -> ApiError {
-    ApiError::unauthorized("missing or invalid principal headers")
-        .with_details(json!({ "reason": "invalid_principal" }))
+fn principal_error(error: PrincipalError) -> ApiError {
+    let details = match &error {
+        PrincipalError::Mismatch { claim } => json!({ "reason": error.reason(), "claim": claim }),
+        _ => json!({ "reason": error.reason() }),
+    };
+    match error {
+        PrincipalError::Ambiguous => ApiError::invalid(error.to_string()),
+        PrincipalError::Mismatch { .. } => ApiError::forbidden(error.to_string()),
+        PrincipalError::Missing | PrincipalError::MalformedToken(_) => {
+            ApiError::unauthorized(error.to_string())
+        }
+    }
+    .with_details(details)
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for Caller {
@@ -228,35 +281,22 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
             // A route that takes a Caller but is not behind `require_signature`: a wiring bug.
             return Err(ApiError::unauthorized("request is not authenticated"));
         };
-        let user = header(&parts.headers, USER_HEADER)
-            .map(str::to_owned)
-            .or_else(|| claims.user_id.clone());
-        let guest = header(&parts.headers, GUEST_HEADER)
-            .map(str::to_owned)
-            .or_else(|| claims.guest_scope.clone());
-        let user = user
-            .map(UserId::parse)
-            .transpose()
-            .map_err(|_| invalid_principal())?;
-        let guest = guest
-            .map(GuestScope::parse)
-            .transpose()
-            .map_err(|_| invalid_principal())?;
-        if user.is_none() && guest.is_none() {
-            return Err(invalid_principal());
-        }
-        let org = claims
-            .oa_org_id
-            .clone()
-            .map(OrgId::parse)
-            .transpose()
-            .map_err(|_| {
-                ApiError::unauthorized("malformed signature token: invalid oa_org_id")
-                    .with_details(json!({ "reason": "malformed_token" }))
-            })?;
+        let resolved = principal::resolve(
+            &claims,
+            header(&parts.headers, USER_HEADER),
+            header(&parts.headers, GUEST_HEADER),
+        )
+        .map_err(principal_error)?;
+        // An operator token must still name whom a run or worker route acts for.
+        let owner = resolved
+            .owner
+            .ok_or_else(|| principal_error(PrincipalError::Missing))?;
         Ok(Self {
-            principal: Principal { user, guest },
-            org,
+            principal: Principal {
+                owner,
+                operator: resolved.operator,
+            },
+            org: resolved.org,
             claims,
             meta: RequestMeta::from_headers(&parts.headers),
         })
@@ -294,14 +334,16 @@ mod tests {
     }
 
     #[test]
-    fn a_principal_owns_what_its_user_or_guest_scope_owns() {
-        let both = Principal {
-            user: Some(UserId::parse("1").unwrap()),
-            guest: Some(GuestScope::parse("g").unwrap()),
+    fn a_principal_owns_only_its_own_user_or_guest_scope() {
+        let user = Principal::new(Owner::User(UserId::parse("1").unwrap()));
+        assert!(user.owns(&Owner::User(UserId::parse("1").unwrap())));
+        assert!(!user.owns(&Owner::Guest(GuestScope::parse("1").unwrap())));
+        assert!(!user.owns(&Owner::User(UserId::parse("2").unwrap())));
+        assert_eq!(user.reference(), "user:1");
+        let operator = Principal {
+            operator: true,
+            ..user
         };
-        assert!(both.owns(&Owner::User(UserId::parse("1").unwrap())));
-        assert!(both.owns(&Owner::Guest(GuestScope::parse("g").unwrap())));
-        assert!(!both.owns(&Owner::User(UserId::parse("2").unwrap())));
-        assert_eq!(both.reference(), "user:1");
+        assert!(operator.owns(&Owner::User(UserId::parse("2").unwrap())));
     }
 }

@@ -23,7 +23,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::api::auth::Caller;
 use crate::api::error::{ApiError, ErrorEnvelope};
-use crate::api::extract::{ApiJson, ApiQuery, IdempotencyKey, PathId};
+use crate::api::extract::{check_metadata, ApiJson, ApiQuery, IdempotencyKey, PathId};
 use crate::api::stream::{resolve_start, sse, Batch};
 use crate::app::App;
 
@@ -377,6 +377,7 @@ pub(crate) async fn create_run(
     ApiJson { value: body, raw }: ApiJson<CreateRunRequest>,
 ) -> Result<Response, ApiError> {
     caller.check_thread(&body.thread_id)?;
+    check_metadata(&body.metadata, app.config().http.metadata_limit_bytes)?;
     let idem = idempotency(&caller, key, "POST", "/internal/v1/runs", &raw);
     // The body's id, else the id the token is bound to, else a fresh one.
     let run_id = match (body.run_id, &caller.claims.run_id) {
@@ -436,11 +437,12 @@ pub(crate) async fn list_runs(
     let mut data = Vec::new();
     for id in ids {
         let (summary, _) = app.engine().load::<Run>(&id).await?;
-        let visible = summary
-            .owner
-            .as_ref()
-            .is_some_and(|o| caller.principal.owns(o))
-            && caller.check_org(summary.org_id.as_ref()).is_ok();
+        let visible = caller.may_see(summary.owner.as_ref(), summary.org_id.as_ref())
+            && caller
+                .claims
+                .run_id
+                .as_deref()
+                .is_none_or(|claimed| claimed == id);
         if visible {
             data.push(RunView::of(&summary));
             if data.len() == limit {

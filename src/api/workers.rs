@@ -17,7 +17,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::api::auth::Caller;
 use crate::api::error::{ApiError, ErrorEnvelope};
-use crate::api::extract::{ApiJson, ApiQuery, IdempotencyKey, PathId};
+use crate::api::extract::{check_metadata, ApiJson, ApiQuery, IdempotencyKey, PathId};
 use crate::api::runs::{idempotency, respond};
 use crate::api::stream::{resolve_start, sse, Batch};
 use crate::app::App;
@@ -296,6 +296,7 @@ pub(crate) async fn create(
     key: IdempotencyKey,
     ApiJson { value: body, raw }: ApiJson<CreateWorkerRequest>,
 ) -> Result<Response, ApiError> {
+    check_metadata(&body.metadata, app.config().http.metadata_limit_bytes)?;
     let idem = idempotency(&caller, key, "POST", "/internal/v1/codex/workers", &raw);
     let worker_id = match body.worker_id {
         Some(id) => {
@@ -366,13 +367,13 @@ pub(crate) async fn list(
         })?),
     };
     let mut ids = Vec::new();
-    if let Some(user) = &caller.principal.user {
+    if let Some(user) = caller.principal.user() {
         ids.extend(
             engine::listing::workers_of_owner(app.database(), "user", user.as_str(), 4 * MAX_LIST)
                 .await?,
         );
     }
-    if let Some(guest) = &caller.principal.guest {
+    if let Some(guest) = caller.principal.guest() {
         ids.extend(
             engine::listing::workers_of_owner(
                 app.database(),

@@ -29,6 +29,11 @@ pub struct ServeArgs {
     #[arg(long, env = "OA_BODY_LIMIT_BYTES", default_value_t = 1024 * 1024)]
     pub body_limit_bytes: usize,
 
+    /// Largest `metadata` object a run or worker may carry, in bytes of its JSON (400
+    /// `metadata_too_large` beyond it). Summaries carry it, so it bounds every summary document.
+    #[arg(long, env = "OA_METADATA_LIMIT_BYTES", default_value_t = 16 * 1024)]
+    pub metadata_limit_bytes: usize,
+
     /// How long SSE streams wait for new events when the request has no tail_ms.
     #[arg(long, env = "OA_STREAM_TAIL_MS", default_value_t = 30_000)]
     pub stream_tail_ms: u64,
@@ -90,6 +95,7 @@ impl ServeArgs {
         config.listen = self.listen;
         config.http = HttpConfig {
             body_limit_bytes: self.body_limit_bytes,
+            metadata_limit_bytes: self.metadata_limit_bytes,
             stream_tail_default: Duration::from_millis(self.stream_tail_ms.max(1)),
             stream_tail_max: Duration::from_millis(self.stream_tail_max_ms.max(1)),
             stream_replay_window: self.stream_replay_window,

@@ -3,12 +3,17 @@
 //! (`POST /internal/v1/sync/sessions/revoke`). Errors are `{"error": {"code", "message"}}`.
 
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use std::sync::Arc;
+
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+
+use engine::auth::InternalClaims;
+use engine::principal::{self, PrincipalError, RequestPrincipal, GUEST_HEADER, USER_HEADER};
 
 use crate::auth::mint::{mint, MintError, MintRequest};
 use crate::auth::revocation::Revocation;
@@ -42,7 +47,7 @@ impl ApiError {
         }))
     }
 
-    fn with(mut self, key: &str, value: Value) -> Self {
+    pub fn with(mut self, key: &str, value: Value) -> Self {
         self.0.extra.insert(key.to_owned(), value);
         self
     }
@@ -199,37 +204,174 @@ pub async fn hydrate(
     }))
 }
 
+/// The internal token's principal for the mint and revoke routes, which the root mounts behind
+/// its signature auth (that layer puts the verified claims in the request extensions). Without
+/// claims the route was mounted unguarded: refuse rather than act for nobody.
+fn internal_principal(
+    claims: Option<&InternalClaims>,
+    headers: &HeaderMap,
+) -> Result<RequestPrincipal, ApiError> {
+    let claims = claims.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "this route needs an X-OA-RUNTIME-SIGNATURE token",
+        )
+    })?;
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+    };
+    principal::resolve(claims, header(USER_HEADER), header(GUEST_HEADER)).map_err(|e| {
+        let status = match e {
+            PrincipalError::Ambiguous => StatusCode::BAD_REQUEST,
+            PrincipalError::Mismatch { .. } => StatusCode::FORBIDDEN,
+            PrincipalError::Missing | PrincipalError::MalformedToken(_) => StatusCode::UNAUTHORIZED,
+        };
+        let code = match status {
+            StatusCode::BAD_REQUEST => "invalid_request",
+            StatusCode::FORBIDDEN => "forbidden",
+            _ => "unauthorized",
+        };
+        ApiError::new(status, code, e.to_string()).with("reason", json!(e.reason()))
+    })
+}
+
+fn forbidden(reason: &str, message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::FORBIDDEN, "forbidden", message).with("reason", json!(reason))
+}
+
+fn store_unavailable(e: impl std::error::Error) -> ApiError {
+    tracing::error!(error.message = %e, "credential owner store failed");
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "internal",
+        "credential store unavailable; retry",
+    )
+}
+
+/// `POST /api/sync/token`: mints only for the internal token's own principal and org, with scopes
+/// inside its `oa_sync_scopes` when present; the operator mints for anyone, and each such mint
+/// is recorded in `sync_operator_actions`. Session and device ids are bound to the subject they
+/// are first minted for (docs/security.md).
 pub async fn mint_token(
     State(gateway): State<Gateway>,
+    claims: Option<Extension<Arc<InternalClaims>>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let request: MintRequest = parse_body(&headers, &body)?;
-    let verifier = gateway.verifier();
-    match mint(
-        verifier.config(),
-        gateway.known_topics(),
-        &request,
-        verifier.now(),
-    ) {
-        Ok(minted) => Ok((StatusCode::OK, Json(minted)).into_response()),
-        Err(MintError::InvalidScope(unknown)) => Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_scope",
-            "scopes must name known sync topics",
-        )
-        .with("invalid_scopes", json!(unknown))),
-        Err(MintError::InvalidRequest(message)) => Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_request",
-            message,
-        )),
-        Err(MintError::Unavailable) => Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "sync_token_unavailable",
-            "no sync token signing key is configured",
-        )),
+    let claims = claims.map(|Extension(c)| c);
+    let caller = internal_principal(claims.as_deref(), &headers)?;
+    let mut request: MintRequest = parse_body(&headers, &body)?;
+    let subject = request.subject.trim().to_owned();
+    let for_self = caller
+        .owner
+        .as_ref()
+        .is_some_and(|owner| owner.reference() == subject);
+    let caller_org = caller.org.as_ref().map(|o| o.as_str().to_owned());
+    if !caller.operator {
+        if !for_self {
+            return Err(forbidden(
+                "subject_mismatch",
+                "a token mints sync tokens only for its own principal",
+            ));
+        }
+        match (&request.org_id, &caller_org) {
+            (None, _) => request.org_id = caller_org.clone(),
+            (Some(asked), Some(mine)) if asked == mine => {}
+            _ => {
+                return Err(forbidden(
+                    "org_mismatch",
+                    "a token mints sync tokens only for its own org",
+                ))
+            }
+        }
+        if let Some(granted) = claims.as_deref().and_then(|c| c.oa_sync_scopes.as_ref()) {
+            let outside: Vec<&String> = request
+                .scopes
+                .iter()
+                .filter(|s| !granted.iter().any(|g| g == s.trim()))
+                .collect();
+            if !outside.is_empty() {
+                return Err(forbidden(
+                    "scope_not_granted",
+                    "scopes must be inside the token's oa_sync_scopes",
+                )
+                .with("forbidden_scopes", json!(outside)));
+            }
+        }
     }
+    let verifier = gateway.verifier();
+    let now = verifier.now();
+    let config = verifier.config();
+    let now_ms = now.saturating_mul(1000);
+    // A session or device stays bound while a token naming it may still be accepted.
+    let keep_ms = i64::try_from((config.max_token_age + config.leeway * 2).as_millis())
+        .unwrap_or(i64::MAX);
+    let owners = verifier.revocations().owners();
+    for (kind, id) in [
+        (RevocationKind::Session, &request.session_id),
+        (RevocationKind::Device, &request.device_id),
+    ] {
+        let Some(id) = id.as_deref() else { continue };
+        let holder = owners
+            .claim(kind, id, &subject, now_ms, now_ms.saturating_add(keep_ms))
+            .await
+            .map_err(store_unavailable)?;
+        if holder != subject {
+            return Err(forbidden(
+                "credential_not_owned",
+                format!("that {kind} id belongs to another principal"),
+            ));
+        }
+    }
+    let minted = match mint(config, gateway.known_topics(), &request, now) {
+        Ok(minted) => minted,
+        Err(MintError::InvalidScope(unknown)) => {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_scope",
+                "scopes must name known sync topics",
+            )
+            .with("invalid_scopes", json!(unknown)))
+        }
+        Err(MintError::InvalidRequest(message)) => {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_request",
+                message,
+            ))
+        }
+        Err(MintError::Unavailable) => {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "sync_token_unavailable",
+                "no sync token signing key is configured",
+            ))
+        }
+    };
+    if let Some(jti) = &minted.jti {
+        let expires = minted
+            .expires_at_unix
+            .saturating_add(i64::try_from(config.leeway.as_secs()).unwrap_or(0))
+            .saturating_mul(1000);
+        owners
+            .claim(RevocationKind::Jti, jti, &subject, now_ms, expires)
+            .await
+            .map_err(store_unavailable)?;
+    }
+    if caller.operator && !(for_self && request.org_id == caller_org) {
+        let detail = json!({ "org_id": request.org_id, "scopes": minted.scopes }).to_string();
+        owners
+            .record_operator_action(now_ms, "mint", &caller.reference(), &subject, &detail)
+            .await
+            .map_err(store_unavailable)?;
+        tracing::info!(actor = %caller.reference(), subject = %subject, "operator minted a sync token for another principal");
+    }
+    Ok((StatusCode::OK, Json(minted)).into_response())
 }
 
 /// `POST /internal/v1/sync/sessions/revoke`.
@@ -252,9 +394,12 @@ pub struct RevokeResponse {
 
 pub async fn revoke(
     State(gateway): State<Gateway>,
+    claims: Option<Extension<Arc<InternalClaims>>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<RevokeResponse>, ApiError> {
+    let claims = claims.map(|Extension(c)| c);
+    let caller = internal_principal(claims.as_deref(), &headers)?;
     let request: RevokeRequest = parse_body(&headers, &body)?;
     let reason = request.reason.trim();
     if reason.is_empty() {
@@ -278,6 +423,43 @@ pub async fn revoke(
             "invalid_request",
             "name a non-empty session_id, device_id or jti",
         ));
+    }
+    // Every target is checked before anything is revoked: all or nothing.
+    let now_ms = gateway.verifier().now().saturating_mul(1000);
+    let owners = gateway.verifier().revocations().owners();
+    let mut for_others = Vec::new();
+    for (kind, id) in &targets {
+        let owner = owners
+            .owner_of(*kind, id, now_ms)
+            .await
+            .map_err(store_unavailable)?;
+        let mine = caller
+            .owner
+            .as_ref()
+            .is_some_and(|o| owner.as_deref() == Some(o.reference().as_str()));
+        if !mine {
+            if !caller.operator {
+                // Unknown and someone else's look the same: no probing of other principals' ids.
+                return Err(forbidden(
+                    "not_owner",
+                    format!("that {kind} id does not belong to the caller"),
+                ));
+            }
+            for_others.push((*kind, id.clone(), owner));
+        }
+    }
+    for (kind, id, owner) in for_others {
+        let detail = json!({ "kind": kind.as_str(), "id": id, "reason": reason }).to_string();
+        owners
+            .record_operator_action(
+                now_ms,
+                "revoke",
+                &caller.reference(),
+                owner.as_deref().unwrap_or("unknown"),
+                &detail,
+            )
+            .await
+            .map_err(store_unavailable)?;
     }
     let config = gateway.verifier().config();
     // Keep the entry until no token it could match is still acceptable.

@@ -126,9 +126,17 @@ impl TestApp {
             .await
             .expect("bind 127.0.0.1:0");
         let addr = listener.local_addr().expect("local addr");
-        let router = server::routes(gateway.clone())
-            .merge(server::internal_routes(gateway.clone()))
-            .merge(server::token_routes(gateway.clone()));
+        // The root puts mint and revoke behind its internal-signature auth; this harness stands in
+        // for it as the operator (docs/security.md), so gateway tests can mint and revoke freely.
+        let operator = std::sync::Arc::new(engine::auth::InternalClaims {
+            oa_role: Some(engine::auth::OPERATOR_ROLE.to_owned()),
+            ..engine::auth::InternalClaims::new(0, 60)
+        });
+        let router = server::routes(gateway.clone()).merge(
+            server::internal_routes(gateway.clone())
+                .merge(server::token_routes(gateway.clone()))
+                .layer(axum::Extension(operator)),
+        );
         let server = tokio::spawn(server::serve(
             listener,
             router,

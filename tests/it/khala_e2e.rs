@@ -710,14 +710,10 @@ async fn users_guests_and_orgs_on_one_topic_never_see_each_others_docs(db: &Test
         assert_delivered_exactly(&updates, &owned_rows(store, RUNS, 0, who).await);
         assert_eq!(updates.len(), 2 * 6, "replay and live, both runs");
     }
-    // Without a tenant on the token, user 1 reads both of its tenants' runs (the owner rule:
-    // a tenant bounds only when both sides name one); user 2's and the guest's stay hidden.
+    // Tenancy fails closed: without a tenant on the token, user 1 reads none of its tenants'
+    // runs (only org-less ones, and it has none here); user 2's and the guest's stay hidden.
     let untenanted = hydrate(&app.base, &sync_token(&app, &Who::user("1"), &[RUNS]), RUNS).await;
-    assert_eq!(untenanted.docs.len(), 4);
-    assert!(untenanted
-        .docs
-        .iter()
-        .all(|d| d.payload["owner_user_id"] == "1"));
+    assert_eq!(untenanted.docs.len(), 0, "{:?}", untenanted.docs);
 }
 
 async fn a_cursor_below_the_retention_floor_is_stale_and_rehydration_recovers(db: &TestDb) {
@@ -1168,8 +1164,17 @@ async fn bad_and_expired_tokens_forbidden_topics_and_revoked_sessions_are_refuse
         other => panic!("{other:?}"),
     }
 
-    // Session revocation is an internal route: refused without a signature, effective with one.
-    let session_token = sync_token_with(&app, &alice, &[RUNS], Some("sess-e2e"));
+    // Session revocation is an internal route: refused without a signature, effective with one,
+    // and only for the session's owner (recorded when the runtime minted it) or the operator.
+    let minted = alice
+        .on(app.post(
+            "/api/sync/token",
+            json!({"subject": alice.subject(), "scopes": [RUNS], "session_id": "sess-e2e"}),
+        ))
+        .send()
+        .await;
+    assert_eq!(minted.status, 200, "{}", minted.text);
+    let session_token = minted.json["token"].as_str().unwrap().to_owned();
     let mut revocable = joined(&app.base, &session_token).await;
     revocable
         .subscribe_from(&[(RUNS, None)])
@@ -1185,8 +1190,13 @@ async fn bad_and_expired_tokens_forbidden_topics_and_revoked_sessions_are_refuse
         .await
         .unwrap();
     assert_eq!(unsigned.status(), 401);
-    let signed = app
-        .post("/internal/v1/sync/sessions/revoke", body)
+    let not_owner = Who::user("2")
+        .on(app.post("/internal/v1/sync/sessions/revoke", body.clone()))
+        .send()
+        .await;
+    not_owner.assert_error(403, "forbidden");
+    let signed = alice
+        .on(app.post("/internal/v1/sync/sessions/revoke", body))
         .send()
         .await;
     assert_eq!(signed.status, 200, "{}", signed.text);
@@ -1279,6 +1289,8 @@ async fn a_slow_consumer_is_disconnected_while_others_keep_receiving(db: &TestDb
         db,
         Options {
             sync: Some(settings),
+            // Large documents fill a non-reading client's socket buffers quickly.
+            configure: Box::new(|config| config.http.metadata_limit_bytes = 64 * 1024),
             ..Options::default()
         },
     )

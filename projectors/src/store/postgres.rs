@@ -130,7 +130,7 @@ fn owner_clause(alias: &str, first: usize) -> String {
     let (any, user, guest, org) = (first, first + 1, first + 2, first + 3);
     format!(
         "(${any}::bool OR (({alias}.owner_user_id = ${user}::text OR {alias}.owner_guest_scope = ${guest}::text) \
-          AND (${org}::text IS NULL OR {alias}.owner_org_id IS NULL OR {alias}.owner_org_id = ${org}::text)))"
+          AND {alias}.owner_org_id IS NOT DISTINCT FROM ${org}::text))"
     )
 }
 

@@ -26,7 +26,7 @@ const DOC_COLUMNS: &str = "doc_key, doc_version, payload, payload_hash, watermar
     owner_user_id, owner_guest_scope, owner_org_id, projected_at_ms";
 
 const OWNER_CLAUSE: &str = "($3 OR ((x.owner_user_id = $4 OR x.owner_guest_scope = $5) \
-    AND ($6 IS NULL OR x.owner_org_id IS NULL OR x.owner_org_id = $6)))";
+    AND x.owner_org_id IS $6))";
 
 /// The SQLite projection store.
 #[derive(Clone)]

@@ -40,6 +40,12 @@ pub struct MintedToken {
     pub org_id: Option<String>,
     pub claims_version: String,
     pub scopes: Vec<String>,
+    /// The token's `jti` (not part of the control plane's response shape).
+    #[serde(skip)]
+    pub jti: Option<String>,
+    /// `exp` in Unix seconds (not part of the response shape).
+    #[serde(skip)]
+    pub expires_at_unix: i64,
 }
 
 /// Why a token cannot be minted.
@@ -99,6 +105,7 @@ pub fn mint(
         .unwrap_or(config.default_ttl.as_secs())
         .clamp(config.min_ttl.as_secs(), config.max_ttl.as_secs());
     let exp = now.saturating_add(i64::try_from(ttl).unwrap_or(i64::MAX));
+    let jti = uuid::Uuid::now_v7().to_string();
     let claims = SyncClaims {
         iss: Some(config.issuer.clone()),
         aud: Some(Audience::One(config.audience.clone())),
@@ -106,7 +113,7 @@ pub fn mint(
         iat: Some(now),
         nbf: Some(now),
         exp: Some(exp),
-        jti: Some(uuid::Uuid::now_v7().to_string()),
+        jti: Some(jti.clone()),
         oa_user_id: subject.strip_prefix("user:").map(str::to_owned),
         oa_org_id: request.org_id.clone(),
         oa_device_id: request.device_id.clone(),
@@ -116,6 +123,7 @@ pub fn mint(
         oa_sync_scopes: Scopes(scopes.clone()),
         oa_sync_topics: None,
         oa_claims_version: Some(CLAIMS_VERSION.into()),
+        oa_role: None,
     };
     let mut header = Header::new(signing.algorithm);
     header.kid = Some(signing.kid.clone());
@@ -133,5 +141,7 @@ pub fn mint(
         org_id: request.org_id.clone(),
         claims_version: CLAIMS_VERSION.into(),
         scopes,
+        jti: Some(jti),
+        expires_at_unix: exp,
     })
 }

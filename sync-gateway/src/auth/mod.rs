@@ -5,9 +5,11 @@
 //! - [`keys`]: HS256 keys by `kid`, EdDSA / RS256 public keys, the signing key.
 //! - [`mint`]: minting tokens (`POST /api/sync/token`, `token mint`).
 //! - [`revocation`]: the durable revocation list shared by every node.
+//! - [`owners`]: who owns each session, device and token id (revocation is owner-only).
 
 pub mod keys;
 pub mod mint;
+pub mod owners;
 pub mod revocation;
 
 use std::collections::HashSet;
@@ -410,6 +412,12 @@ fn context_from(claims: SyncClaims) -> Result<AuthContext, AuthError> {
     let guest_scope = claims
         .oa_guest_scope
         .or_else(|| subject.strip_prefix("guest:").map(str::to_owned));
+    if user_id.is_some() && guest_scope.is_some() {
+        // One token, one principal: a user id and a guest scope together would read both.
+        return Err(AuthError::Malformed(
+            "a sync token names a user or a guest scope, not both".into(),
+        ));
+    }
     let operator = match claims.oa_role.as_deref() {
         None => false,
         Some(engine::auth::OPERATOR_ROLE) => true,

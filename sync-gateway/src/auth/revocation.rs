@@ -16,6 +16,7 @@ use sqlx::Row;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use super::owners::CredentialOwners;
 use super::AuthContext;
 
 /// The PostgreSQL channel that announces new revocations to other nodes.
@@ -82,6 +83,8 @@ struct Inner {
     /// Bumped whenever the list gains entries. Receivers: live sessions (re-check their token).
     changed: watch::Sender<u64>,
     store: Option<Database>,
+    /// Who owns each session, device and token id (on the same store).
+    owners: CredentialOwners,
 }
 
 /// The node's copy of the revocation list (cheap to clone), optionally backed by the database.
@@ -117,9 +120,15 @@ impl Revocations {
             inner: Arc::new(Inner {
                 entries: RwLock::new(HashMap::new()),
                 changed: watch::channel(0).0,
+                owners: CredentialOwners::new(store.clone()),
                 store,
             }),
         }
+    }
+
+    /// Who owns each session, device and token id.
+    pub fn owners(&self) -> &CredentialOwners {
+        &self.inner.owners
     }
 
     /// Changes whenever new revocations arrive.
@@ -232,6 +241,9 @@ impl Revocations {
         let rows = store::load_active(db, now).await?;
         self.merge(rows, true);
         store::prune(db, now).await?;
+        if let Err(e) = self.inner.owners.prune(now).await {
+            tracing::warn!(error.message = %e, "pruning credential owners failed");
+        }
         Ok(())
     }
 
