@@ -98,6 +98,17 @@ impl Server {
         &self.app
     }
 
+    /// The path templates the main listener routes (internal and public routers), read from the
+    /// router itself, so a route added anywhere shows up here. The authorization matrix test
+    /// (tests/it/trust.rs) fails when one of them has no row.
+    pub fn route_paths(&self) -> Vec<String> {
+        let mut paths = route_paths_of(&self.internal);
+        paths.extend(route_paths_of(&self.public));
+        paths.sort();
+        paths.dedup();
+        paths
+    }
+
     /// The main listener's address (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.main
@@ -307,4 +318,33 @@ pub fn cancel_on_signals(token: CancellationToken) {
             std::process::exit(130);
         }
     });
+}
+
+/// The path templates registered in `router`. axum exposes them only through `Debug` (its path
+/// router prints `RouteId(n): "/path"` pairs before its `fallback_router`); the caller checks the
+/// result is not empty, so a
+/// change of that format fails loudly instead of hiding routes.
+fn route_paths_of(router: &Router) -> Vec<String> {
+    let debug = format!("{router:?}");
+    // Only the path router: the fallback router registers axum's own catch-all paths.
+    let routed = debug.split("fallback_router").next().unwrap_or_default();
+    let mut paths = Vec::new();
+    let mut rest = routed;
+    while let Some(at) = rest.find("RouteId(") {
+        rest = &rest[at + "RouteId(".len()..];
+        let Some(close) = rest.find("): \"") else {
+            continue;
+        };
+        if !rest[..close].bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let value = &rest[close + 4..];
+        if let Some(end) = value.find('"') {
+            let path = &value[..end];
+            if path.starts_with('/') {
+                paths.push(path.to_owned());
+            }
+        }
+    }
+    paths
 }

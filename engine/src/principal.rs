@@ -113,7 +113,9 @@ pub fn resolve(
     let org = claims
         .oa_org_id
         .as_deref()
-        .map(|org| parse(org, OrgId::parse).ok_or(PrincipalError::MalformedToken("invalid oa_org_id")))
+        .map(|org| {
+            parse(org, OrgId::parse).ok_or(PrincipalError::MalformedToken("invalid oa_org_id"))
+        })
         .transpose()?;
     let owner = match (claims.user_id.as_deref(), claims.guest_scope.as_deref()) {
         (Some(_), Some(_)) => {
@@ -217,13 +219,19 @@ mod tests {
     fn without_a_claim_exactly_one_header_names_the_principal() {
         let c = claims(None, None);
         assert_eq!(resolve(&c, Some("2"), None).unwrap().owner, Some(user("2")));
-        assert_eq!(resolve(&c, None, Some("g")).unwrap().owner, Some(guest("g")));
+        assert_eq!(
+            resolve(&c, None, Some("g")).unwrap().owner,
+            Some(guest("g"))
+        );
         assert_eq!(
             resolve(&c, Some("2"), Some("g")),
             Err(PrincipalError::Ambiguous)
         );
         assert_eq!(resolve(&c, None, None), Err(PrincipalError::Missing));
-        assert_eq!(resolve(&c, Some("bad id!"), None), Err(PrincipalError::Missing));
+        assert_eq!(
+            resolve(&c, Some("bad id!"), None),
+            Err(PrincipalError::Missing)
+        );
     }
 
     #[test]

@@ -275,14 +275,20 @@ mod tests {
             org_id: org.map(Into::into),
         };
         assert!(OwnerFilter::Any.matches(&owner));
-        assert!(!user("1", None).matches(&owner), "an org's doc needs the org's claim");
+        assert!(
+            !user("1", None).matches(&owner),
+            "an org's doc needs the org's claim"
+        );
         assert!(user("1", Some("org_a")).matches(&owner));
         let personal = DocOwner {
             org_id: None,
             ..owner.clone()
         };
         assert!(user("1", None).matches(&personal));
-        assert!(!user("1", Some("org_a")).matches(&personal), "an org claim reaches only its org");
+        assert!(
+            !user("1", Some("org_a")).matches(&personal),
+            "an org claim reaches only its org"
+        );
         assert!(!user("1", Some("org_b")).matches(&owner));
         assert!(!user("2", None).matches(&owner));
         let guest = OwnerFilter::Principal {

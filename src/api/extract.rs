@@ -218,12 +218,19 @@ mod tests {
 }
 
 /// `400 metadata_too_large` when a `metadata` object's JSON is longer than `limit` bytes.
-pub fn check_metadata(metadata: &serde_json::Map<String, Value>, limit: usize) -> Result<(), ApiError> {
-    let size = serde_json::to_vec(metadata).map(|v| v.len()).unwrap_or(usize::MAX);
+pub fn check_metadata(
+    metadata: &serde_json::Map<String, Value>,
+    limit: usize,
+) -> Result<(), ApiError> {
+    let size = serde_json::to_vec(metadata)
+        .map(|v| v.len())
+        .unwrap_or(usize::MAX);
     if size > limit {
         return Err(
             ApiError::invalid(format!("metadata is {size} bytes; the limit is {limit}"))
-                .with_details(json!({ "reason": "metadata_too_large", "field": "metadata", "limit": limit })),
+                .with_details(
+                    json!({ "reason": "metadata_too_large", "field": "metadata", "limit": limit }),
+                ),
         );
     }
     Ok(())

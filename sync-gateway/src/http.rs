@@ -236,12 +236,22 @@ fn internal_principal(
             StatusCode::FORBIDDEN => "forbidden",
             _ => "unauthorized",
         };
-        ApiError::new(status, code, e.to_string()).with("reason", json!(e.reason()))
+        ApiError::new(status, code, e.to_string()).with("details", json!({ "reason": e.reason() }))
     })
 }
 
+/// The owner recorded for a session, device or token id: the subject and its tenant (a user's
+/// session in one org is not theirs to revoke with another org's token).
+fn credential_owner(subject: &str, org: Option<&str>) -> String {
+    match org {
+        Some(org) => format!("{subject}|org:{org}"),
+        None => subject.to_owned(),
+    }
+}
+
 fn forbidden(reason: &str, message: impl Into<String>) -> ApiError {
-    ApiError::new(StatusCode::FORBIDDEN, "forbidden", message).with("reason", json!(reason))
+    ApiError::new(StatusCode::FORBIDDEN, "forbidden", message)
+        .with("details", json!({ "reason": reason }))
 }
 
 fn store_unavailable(e: impl std::error::Error) -> ApiError {
@@ -296,11 +306,15 @@ pub async fn mint_token(
                 .filter(|s| !granted.iter().any(|g| g == s.trim()))
                 .collect();
             if !outside.is_empty() {
-                return Err(forbidden(
-                    "scope_not_granted",
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "forbidden",
                     "scopes must be inside the token's oa_sync_scopes",
                 )
-                .with("forbidden_scopes", json!(outside)));
+                .with(
+                    "details",
+                    json!({ "reason": "scope_not_granted", "forbidden_scopes": outside }),
+                ));
             }
         }
     }
@@ -309,19 +323,20 @@ pub async fn mint_token(
     let config = verifier.config();
     let now_ms = now.saturating_mul(1000);
     // A session or device stays bound while a token naming it may still be accepted.
-    let keep_ms = i64::try_from((config.max_token_age + config.leeway * 2).as_millis())
-        .unwrap_or(i64::MAX);
+    let keep_ms =
+        i64::try_from((config.max_token_age + config.leeway * 2).as_millis()).unwrap_or(i64::MAX);
     let owners = verifier.revocations().owners();
+    let owner = credential_owner(&subject, request.org_id.as_deref());
     for (kind, id) in [
         (RevocationKind::Session, &request.session_id),
         (RevocationKind::Device, &request.device_id),
     ] {
         let Some(id) = id.as_deref() else { continue };
         let holder = owners
-            .claim(kind, id, &subject, now_ms, now_ms.saturating_add(keep_ms))
+            .claim(kind, id, &owner, now_ms, now_ms.saturating_add(keep_ms))
             .await
             .map_err(store_unavailable)?;
-        if holder != subject {
+        if holder != owner {
             return Err(forbidden(
                 "credential_not_owned",
                 format!("that {kind} id belongs to another principal"),
@@ -359,7 +374,7 @@ pub async fn mint_token(
             .saturating_add(i64::try_from(config.leeway.as_secs()).unwrap_or(0))
             .saturating_mul(1000);
         owners
-            .claim(RevocationKind::Jti, jti, &subject, now_ms, expires)
+            .claim(RevocationKind::Jti, jti, &owner, now_ms, expires)
             .await
             .map_err(store_unavailable)?;
     }
@@ -433,10 +448,10 @@ pub async fn revoke(
             .owner_of(*kind, id, now_ms)
             .await
             .map_err(store_unavailable)?;
-        let mine = caller
-            .owner
-            .as_ref()
-            .is_some_and(|o| owner.as_deref() == Some(o.reference().as_str()));
+        let mine = caller.owner.as_ref().is_some_and(|o| {
+            let me = credential_owner(&o.reference(), caller.org.as_ref().map(|o| o.as_str()));
+            owner.as_deref() == Some(me.as_str())
+        });
         if !mine {
             if !caller.operator {
                 // Unknown and someone else's look the same: no probing of other principals' ids.

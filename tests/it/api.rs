@@ -987,7 +987,11 @@ async fn a_tenant_from_the_token_is_recorded_and_enforced(db: &TestDb) {
     // Tenancy fails closed: a token without the org's claim does not reach the org's run.
     let no_org = app.get(path).send().await;
     no_org.assert_error(403, "forbidden");
-    assert_eq!(no_org.reason(), "org_mismatch", "no org claim on an org's run");
+    assert_eq!(
+        no_org.reason(),
+        "org_mismatch",
+        "no org claim on an org's run"
+    );
     let worker = app
         .post("/internal/v1/codex/workers", json!({"worker_id": "w_org"}))
         .claims(|c| c.oa_org_id = Some("org_a".into()))

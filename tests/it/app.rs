@@ -71,6 +71,8 @@ pub struct TestApp {
     pub clock: Option<Arc<ManualClock>>,
     /// Set when the app was spawned with the sync lane (projectors and Khala).
     pub sync: Option<SyncLane>,
+    /// The main listener's route templates (`Server::route_paths`).
+    pub routes: Vec<String>,
     server: Option<JoinHandle<anyhow::Result<()>>>,
 }
 
@@ -172,6 +174,7 @@ pub async fn spawn_app_with(db: &TestDb, options: Options) -> TestApp {
         None => (server, None),
     };
     let addr = server.local_addr();
+    let routes = server.route_paths();
     let handle = tokio::spawn(server.run_until_stopped());
     TestApp {
         base: format!("http://{addr}"),
@@ -179,6 +182,7 @@ pub async fn spawn_app_with(db: &TestDb, options: Options) -> TestApp {
         http: reqwest::Client::new(),
         clock,
         sync,
+        routes,
         server: Some(handle),
     }
 }

@@ -22,3 +22,4 @@ mod lightning;
 mod projection;
 mod replay;
 mod sweeper;
+mod trust;

@@ -60,7 +60,8 @@ impl CredentialOwners {
             return Ok(entry.0.clone());
         };
         // An expired row no longer binds: whoever claims it next owns it.
-        const PG: &str = "INSERT INTO sync_credential_owners (kind, subject_id, owner, expires_at_ms)
+        const PG: &str =
+            "INSERT INTO sync_credential_owners (kind, subject_id, owner, expires_at_ms)
              VALUES ($1, $2, $3, $4)
              ON CONFLICT (kind, subject_id) DO UPDATE SET
                owner = CASE WHEN sync_credential_owners.expires_at_ms <= $5 THEN EXCLUDED.owner
@@ -71,7 +72,8 @@ impl CredentialOwners {
                  THEN GREATEST(sync_credential_owners.expires_at_ms, EXCLUDED.expires_at_ms)
                  ELSE sync_credential_owners.expires_at_ms END
              RETURNING owner";
-        const SQLITE: &str = "INSERT INTO sync_credential_owners (kind, subject_id, owner, expires_at_ms)
+        const SQLITE: &str =
+            "INSERT INTO sync_credential_owners (kind, subject_id, owner, expires_at_ms)
              VALUES ($1, $2, $3, $4)
              ON CONFLICT (kind, subject_id) DO UPDATE SET
                owner = CASE WHEN sync_credential_owners.expires_at_ms <= $5 THEN excluded.owner
@@ -162,7 +164,8 @@ impl CredentialOwners {
         let Some(db) = &self.store else {
             return Ok(());
         };
-        const INSERT: &str = "INSERT INTO sync_operator_actions (at_ms, action, actor, subject, detail)
+        const INSERT: &str =
+            "INSERT INTO sync_operator_actions (at_ms, action, actor, subject, detail)
              VALUES ($1, $2, $3, $4, $5)";
         match db {
             Database::Postgres(pool) => {
@@ -228,11 +231,29 @@ mod tests {
     async fn first_owner_wins_until_its_row_expires() {
         let owners = CredentialOwners::new(None);
         let s = RevocationKind::Session;
-        assert_eq!(owners.claim(s, "s1", "user:1", 0, 100).await.unwrap(), "user:1");
-        assert_eq!(owners.claim(s, "s1", "user:2", 10, 200).await.unwrap(), "user:1");
-        assert_eq!(owners.owner_of(s, "s1", 50).await.unwrap().as_deref(), Some("user:1"));
+        assert_eq!(
+            owners.claim(s, "s1", "user:1", 0, 100).await.unwrap(),
+            "user:1"
+        );
+        assert_eq!(
+            owners.claim(s, "s1", "user:2", 10, 200).await.unwrap(),
+            "user:1"
+        );
+        assert_eq!(
+            owners.owner_of(s, "s1", 50).await.unwrap().as_deref(),
+            Some("user:1")
+        );
         assert_eq!(owners.owner_of(s, "s1", 100).await.unwrap(), None);
-        assert_eq!(owners.claim(s, "s1", "user:2", 150, 300).await.unwrap(), "user:2");
-        assert_eq!(owners.owner_of(RevocationKind::Device, "s1", 0).await.unwrap(), None);
+        assert_eq!(
+            owners.claim(s, "s1", "user:2", 150, 300).await.unwrap(),
+            "user:2"
+        );
+        assert_eq!(
+            owners
+                .owner_of(RevocationKind::Device, "s1", 0)
+                .await
+                .unwrap(),
+            None
+        );
     }
 }

@@ -412,7 +412,10 @@ mod tests {
             guest_scope: g.map(Into::into),
             org_id: o.map(Into::into),
         };
-        assert!(!filter(Some("u1"), None, None).matches(&row), "org-less token, org doc");
+        assert!(
+            !filter(Some("u1"), None, None).matches(&row),
+            "org-less token, org doc"
+        );
         assert!(filter(Some("u1"), None, Some("o1")).matches(&row));
         assert!(filter(None, Some("g1"), Some("o1")).matches(&row));
         let personal = DocOwner {
@@ -420,7 +423,10 @@ mod tests {
             ..row.clone()
         };
         assert!(filter(Some("u1"), None, None).matches(&personal));
-        assert!(!filter(Some("u1"), None, Some("o1")).matches(&personal), "org token, org-less doc");
+        assert!(
+            !filter(Some("u1"), None, Some("o1")).matches(&personal),
+            "org token, org-less doc"
+        );
         assert!(!filter(Some("u1"), None, Some("o2")).matches(&row));
         assert!(!filter(Some("u2"), None, None).matches(&row));
         assert!(!filter(None, None, None).matches(&row));
