@@ -202,21 +202,6 @@ impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reads_the_trace_id_of_a_valid_traceparent_only() {
-        assert_eq!(
-            trace_id_of("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").as_deref(),
-            Some("4bf92f3577b34da6a3ce929d0e0e4736")
-        );
-        assert!(trace_id_of("00-00000000000000000000000000000000-00f067aa0ba902b7-01").is_none());
-        assert!(trace_id_of("garbage").is_none());
-    }
-}
-
 /// `400 metadata_too_large` when a `metadata` object's JSON is longer than `limit` bytes.
 pub fn check_metadata(
     metadata: &serde_json::Map<String, Value>,
@@ -234,4 +219,19 @@ pub fn check_metadata(
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_trace_id_of_a_valid_traceparent_only() {
+        assert_eq!(
+            trace_id_of("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").as_deref(),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736")
+        );
+        assert!(trace_id_of("00-00000000000000000000000000000000-00f067aa0ba902b7-01").is_none());
+        assert!(trace_id_of("garbage").is_none());
+    }
 }
