@@ -926,6 +926,27 @@ async fn oversized_docs_go_out_as_pointers_and_large_batches_are_split() {
 }
 
 #[tokio::test]
+async fn a_subscribe_naming_thousands_of_topics_is_refused_by_count_before_any_topic_work() {
+    let app = app(GatewayConfig::default()).await;
+    let token = app.token("user:alice", &[RUNS]);
+    let mut client = app.joined(&token).await;
+    // Unknown names: before the count came first, each was checked and the reply was a
+    // forbidden_topic listing all of them.
+    let names: Vec<String> = (0..3000).map(|i| format!("t{i}")).collect();
+    let topics: Vec<(&str, Option<u64>)> = names.iter().map(|n| (n.as_str(), None)).collect();
+    let refused = client.subscribe_from(&topics).await.unwrap().unwrap_err();
+    assert_eq!(refused.code, ErrorCode::BadSubscription);
+    assert_eq!(refused.extra["max_topics"], 16);
+    // Still usable.
+    client
+        .subscribe_from(&[(RUNS, None)])
+        .await
+        .unwrap()
+        .unwrap();
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn subscribe_rate_topic_count_and_connection_limits_are_enforced() {
     let config = GatewayConfig {
         subscribe_burst: 2,

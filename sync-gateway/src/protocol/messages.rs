@@ -31,6 +31,19 @@ pub enum ResumeAfter {
 }
 
 impl ResumeAfter {
+    /// How many entries it holds (checked against the topic limit before any other work).
+    pub fn len(&self) -> usize {
+        match self {
+            ResumeAfter::Map(map) => map.len(),
+            ResumeAfter::List(items) => items.len(),
+        }
+    }
+
+    /// Whether it holds no entry.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// `(topic, watermark)` pairs, in the client's order.
     ///
     /// # Errors

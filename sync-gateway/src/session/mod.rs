@@ -719,6 +719,20 @@ impl Session {
                     .await
             }
         };
+        let config = self.gateway.config().clone();
+        // Bounded before any per-topic work (dedup, scope checks, resume pairs, store reads): a
+        // hostile frame of thousands of topic names costs one length check.
+        let resume_len = request.resume_after.as_ref().map_or(0, |r| r.len());
+        if request.topics.len() > config.max_topics_per_subscription
+            || resume_len > config.max_topics_per_subscription
+        {
+            let error = bad(format!(
+                "a subscription holds at most {} topics",
+                config.max_topics_per_subscription
+            ))
+            .with("max_topics", config.max_topics_per_subscription);
+            return self.reply_error(frame, &error).await;
+        }
         let mut topics: Vec<String> = Vec::new();
         for topic in &request.topics {
             if !topics.contains(topic) {
@@ -735,7 +749,6 @@ impl Session {
             Some(Ok(pairs)) => pairs,
             Some(Err(message)) => return self.reply_error(frame, &bad(message)).await,
         };
-        let config = self.gateway.config().clone();
         let batch_size = match request.replay_batch_size {
             None => None,
             Some(n) if n < 1 => {
