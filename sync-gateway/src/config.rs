@@ -123,6 +123,9 @@ pub struct GatewayConfig {
     pub max_replay_batch_size: usize,
     /// Outbound frames queued per socket before the session stops pulling.
     pub queue_limit: usize,
+    /// Outbound bytes queued per socket before the session stops pulling (4 MiB); a queue held
+    /// at either limit past the grace is a slow consumer.
+    pub queue_limit_bytes: usize,
     /// How long the queue may stay full before a `slow_consumer` strike.
     pub slow_consumer_grace: Duration,
     /// Strikes before `slow_consumer` `disconnect`.
@@ -161,6 +164,7 @@ impl Default for GatewayConfig {
             default_replay_batch_size: 200,
             max_replay_batch_size: 2_000,
             queue_limit: 32,
+            queue_limit_bytes: 4 * 1024 * 1024,
             slow_consumer_grace: Duration::from_secs(5),
             slow_consumer_max_strikes: 3,
             slow_consumer_reconnect_after: Duration::from_secs(2),
@@ -317,6 +321,13 @@ pub struct GatewayArgs {
         default_value_t = 32
     )]
     pub queue_limit: usize,
+    /// Outbound bytes queued per socket before the gateway stops pulling for it.
+    #[arg(
+        long = "sync-queue-limit-bytes",
+        env = "OA_SYNC_QUEUE_LIMIT_BYTES",
+        default_value_t = 4 * 1024 * 1024
+    )]
+    pub queue_limit_bytes: usize,
     /// Fallback poll of each topic's tailer when no stream-head notice arrives (in-process, or
     /// from a peer through the PostgreSQL relay), e.g. 1s.
     #[arg(long = "sync-tailer-poll", env = "OA_SYNC_TAILER_POLL", default_value = "1s", value_parser = parse_duration)]
@@ -351,6 +362,7 @@ impl GatewayArgs {
         config.max_update_bytes = self.max_update_bytes;
         config.max_batch_bytes = self.max_batch_bytes;
         config.queue_limit = self.queue_limit;
+        config.queue_limit_bytes = self.queue_limit_bytes;
         config.tailer_poll_interval = self.tailer_poll.max(Duration::from_millis(10));
         config.require_client_compat = self.require_client_compat;
         config

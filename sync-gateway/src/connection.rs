@@ -6,10 +6,56 @@
 //! blocking other sessions.
 
 use std::fmt::Display;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
 use futures::{Sink, SinkExt};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
+
+/// Bytes of text frames queued for the writer and not yet written: the data queue is bounded by
+/// bytes as well as by frames (a 32-frame queue of 2 MiB batches would otherwise hold 64 MiB per
+/// socket). The session adds before queueing; the writer subtracts after writing and wakes the
+/// session when the queue drains below the limit.
+#[derive(Debug)]
+pub struct QueuedBytes {
+    bytes: AtomicUsize,
+    limit: usize,
+    drained: Arc<Notify>,
+}
+
+impl QueuedBytes {
+    pub fn new(limit: usize, drained: Arc<Notify>) -> Self {
+        Self {
+            bytes: AtomicUsize::new(0),
+            limit: limit.max(1),
+            drained,
+        }
+    }
+
+    /// Whether another data frame may be queued now.
+    pub fn has_room(&self) -> bool {
+        self.bytes.load(Ordering::Acquire) < self.limit
+    }
+
+    /// Bytes queued now.
+    pub fn queued(&self) -> usize {
+        self.bytes.load(Ordering::Acquire)
+    }
+
+    /// Accounts for a frame about to be queued and returns it.
+    pub fn text(&self, text: String) -> Outbound {
+        self.bytes.fetch_add(text.len(), Ordering::AcqRel);
+        Outbound::Text(text.into())
+    }
+
+    fn written(&self, len: usize) {
+        let before = self.bytes.fetch_sub(len, Ordering::AcqRel);
+        if before >= self.limit && before - len < self.limit {
+            self.drained.notify_one();
+        }
+    }
+}
 
 /// What the writer sends.
 #[derive(Debug)]
@@ -66,6 +112,7 @@ pub async fn write_loop<S>(
     mut sink: S,
     mut data: mpsc::Receiver<Outbound>,
     mut control: mpsc::Receiver<Outbound>,
+    queued: Arc<QueuedBytes>,
 ) -> Result<(), String>
 where
     S: Sink<Message> + Unpin,
@@ -83,9 +130,11 @@ where
         while let Some(out) = next.take() {
             match out {
                 Outbound::Text(text) => {
+                    let len = text.len();
                     sink.feed(Message::Text(text))
                         .await
                         .map_err(|e| e.to_string())?;
+                    queued.written(len);
                     fed += 1;
                 }
                 Outbound::Close(code, reason) => {

@@ -587,6 +587,46 @@ async fn a_slow_consumer_is_disconnected_while_others_keep_receiving() {
 }
 
 #[tokio::test]
+async fn the_outbound_queue_is_bounded_by_bytes_not_only_by_frames() {
+    // A frame limit the test never reaches: only the byte bound can stop the gateway from
+    // queueing ~30 MB for a client that does not read.
+    let config = GatewayConfig {
+        queue_limit: 100_000,
+        queue_limit_bytes: 1024 * 1024,
+        slow_consumer_grace: Duration::from_secs(1),
+        slow_consumer_max_strikes: 2,
+        ..GatewayConfig::default()
+    };
+    let app = app(config).await;
+    let token = app.token("user:alice", &[RUNS]);
+    let mut slow = app.joined(&token).await;
+    slow.subscribe_from(&[(RUNS, None)]).await.unwrap().unwrap();
+    let blob = "x".repeat(200_000);
+    for i in 0..150u64 {
+        app.stream
+            .append(
+                RUNS,
+                &format!("big{i}"),
+                json!({"i": i, "blob": blob}),
+                user("alice"),
+            )
+            .await;
+    }
+    for _ in 0..300 {
+        if app.gateway.stats_snapshot().slow_consumer_disconnects > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        app.gateway.stats_snapshot().slow_consumer_disconnects >= 1,
+        "a non-reading client with 30 MB pending was never struck"
+    );
+    drop(slow);
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn two_gateways_on_one_source_both_deliver_and_share_revocations() {
     let db = engine::testing::TestDb::sqlite().await;
     let config = GatewayConfig {

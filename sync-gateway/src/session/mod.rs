@@ -20,7 +20,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::auth::{AuthContext, AuthError};
-use crate::connection::{close_code, write_loop, InboundError, Outbound};
+use crate::connection::{close_code, write_loop, InboundError, Outbound, QueuedBytes};
 use crate::gateway::Gateway;
 use crate::hub::{FeedHandle, PreparedRow, Pulled};
 use crate::protocol::error::{SlowConsumer, SlowConsumerAction};
@@ -135,6 +135,8 @@ pub struct Session {
     /// The writer's priority lane.
     control_tx: mpsc::Sender<Outbound>,
     queue_limit: usize,
+    /// Bytes queued for the writer (the data queue's byte bound).
+    queued: Arc<QueuedBytes>,
     strikes: u32,
     /// Since when the queue has been full while updates were waiting.
     blocked_since: Option<Instant>,
@@ -217,9 +219,15 @@ impl Session {
         let queue_limit = gateway.config().queue_limit.max(1);
         let (data_tx, data_rx) = mpsc::channel(queue_limit);
         let (control_tx, control_rx) = mpsc::channel(CONTROL_LANE);
-        let mut writer: JoinHandle<Result<(), String>> = gateway
-            .tracker()
-            .spawn(write_loop(sink, data_rx, control_rx));
+        let wake = Arc::new(Notify::new());
+        let queued = Arc::new(QueuedBytes::new(
+            gateway.config().queue_limit_bytes,
+            wake.clone(),
+        ));
+        let mut writer: JoinHandle<Result<(), String>> =
+            gateway
+                .tracker()
+                .spawn(write_loop(sink, data_rx, control_rx, queued.clone()));
         let now = Instant::now();
         let leeway = gateway.verifier().config().leeway.as_secs();
         let remaining = auth
@@ -233,11 +241,12 @@ impl Session {
             filter: Arc::new(auth.principal.owner_filter()),
             bucket: TokenBucket::new(config.subscribe_burst, config.subscribe_per_second, now),
             auth,
-            wake: Arc::new(Notify::new()),
+            wake,
             channel: None,
             data_tx,
             control_tx,
             queue_limit,
+            queued,
             strikes: 0,
             blocked_since: None,
             last_frame_at: now,
@@ -301,7 +310,7 @@ impl Session {
                     Err(_) => Event::WriterDone,
                 },
                 item = stream.next() => Event::Inbound(item),
-                permit = tx.reserve_owned(), if pending => match permit {
+                permit = tx.reserve_owned(), if pending && self.queued.has_room() => match permit {
                     Ok(permit) => Event::Permit(permit),
                     Err(_) => Event::WriterDone,
                 },
@@ -327,7 +336,9 @@ impl Session {
                 Event::Woken => {
                     // The common live path: deliver at once instead of another select round.
                     match self.data_tx.clone().try_reserve_owned() {
-                        Ok(permit) if self.has_pending() => self.deliver(permit).await,
+                        Ok(permit) if self.has_pending() && self.queued.has_room() => {
+                            self.deliver(permit).await
+                        }
                         _ => Ok(()),
                     }
                 }
@@ -369,7 +380,7 @@ impl Session {
         if self.queue_depth() == 0 {
             self.strikes = 0;
         }
-        if pending && self.data_tx.capacity() == 0 {
+        if pending && (self.data_tx.capacity() == 0 || !self.queued.has_room()) {
             self.blocked_since.get_or_insert_with(Instant::now);
         } else {
             self.blocked_since = None;
@@ -382,7 +393,8 @@ impl Session {
     /// means the client is not reading.
     async fn send_text(&mut self, text: String) -> Result<(), End> {
         let grace = self.gateway.config().slow_consumer_grace;
-        match tokio::time::timeout(grace, self.data_tx.send(Outbound::Text(text.into()))).await {
+        let out = self.queued.text(text);
+        match tokio::time::timeout(grace, self.data_tx.send(out)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(End::Gone),
             Err(_) => {
@@ -545,7 +557,7 @@ impl Session {
             .map(str::to_owned);
         let text = self.error_push_text(&notice, topic.as_deref());
         // Priority lane: it overtakes the queued data (dropped if even that lane is full).
-        let _ = self.control_tx.try_send(Outbound::Text(text.into()));
+        let _ = self.control_tx.try_send(self.queued.text(text));
         tracing::info!(
             session = self.id,
             strikes = self.strikes,
@@ -1050,7 +1062,7 @@ impl Session {
                 ch.replay_pending = false;
             }
             sent_rows = batch.len();
-            permit.send(Outbound::Text(text.into()));
+            permit.send(self.queued.text(text));
         } else {
             drop(permit);
         }
