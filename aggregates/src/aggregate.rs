@@ -31,6 +31,12 @@ pub trait RuntimeAggregate:
 
     fn summary(&self) -> Self::Summary;
 
+    /// Roughly how many bytes this aggregate holds in memory, for the engine's byte-bounded
+    /// cache. The default is the inline size; aggregates with collections that grow add them.
+    fn approx_bytes(&self) -> usize {
+        std::mem::size_of::<Self>()
+    }
+
     /// Rewrites an event stored in an older `event_version` into the current shape. The default
     /// keeps events as they are; aggregates with history override it.
     fn upcast(event: SerializedEvent) -> SerializedEvent {

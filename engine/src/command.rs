@@ -33,6 +33,9 @@ pub struct EngineConfig {
     pub max_conflict_retries: u32,
     /// How many aggregates stay cached in memory.
     pub cache_capacity: NonZeroUsize,
+    /// How many bytes the cached aggregates may weigh together
+    /// (`RuntimeAggregate::approx_bytes`); least recently used ones are evicted beyond it.
+    pub cache_bytes: usize,
 }
 
 impl Default for EngineConfig {
@@ -40,6 +43,7 @@ impl Default for EngineConfig {
         Self {
             max_conflict_retries: 5,
             cache_capacity: NonZeroUsize::new(10_000).expect("non-zero"),
+            cache_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -166,7 +170,7 @@ impl Engine {
         Self {
             journal,
             stamps,
-            cache: AggregateCache::new(config.cache_capacity),
+            cache: AggregateCache::new(config.cache_capacity, config.cache_bytes),
             notifier,
             config,
         }
@@ -326,7 +330,9 @@ impl Engine {
                     loaded.version = appended.last_sequence;
                     loaded.chain_head = Some(chain_head);
                     let summary = loaded.aggregate.summary();
+                    let bytes = loaded.aggregate.approx_bytes();
                     drop(guard);
+                    self.cache.weigh(A::TYPE, aggregate_id, bytes);
                     self.notifier
                         .publish(A::TYPE, aggregate_id, appended.last_sequence);
                     metrics::counter!("runtime_events_appended_total", "aggregate" => A::TYPE)
@@ -467,6 +473,11 @@ impl Engine {
         })
     }
 
+    /// What the cached aggregates weigh together (bounded by `EngineConfig::cache_bytes`).
+    pub fn cache_bytes(&self) -> usize {
+        self.cache.bytes()
+    }
+
     /// The aggregate's current summary and version, read through to the journal (so it reflects
     /// appends by other processes).
     ///
@@ -480,7 +491,11 @@ impl Engine {
         let mut guard = slot.lock().await;
         self.catch_up::<A>(aggregate_id, &mut guard).await?;
         let loaded = guard.as_ref().expect("loaded by catch_up");
-        Ok((loaded.aggregate.summary(), loaded.version))
+        let loaded_bytes = loaded.aggregate.approx_bytes();
+        let answer = (loaded.aggregate.summary(), loaded.version);
+        drop(guard);
+        self.cache.weigh(A::TYPE, aggregate_id, loaded_bytes);
+        Ok(answer)
     }
 
     /// The aggregate's events with journal sequence greater than `after_sequence`, decoded.

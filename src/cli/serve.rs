@@ -34,6 +34,11 @@ pub struct ServeArgs {
     #[arg(long, env = "OA_METADATA_LIMIT_BYTES", default_value_t = 16 * 1024)]
     pub metadata_limit_bytes: usize,
 
+    /// How many bytes the in-memory aggregate cache may hold (estimated per aggregate); least
+    /// recently used aggregates are evicted beyond it and reloaded from the journal when needed.
+    #[arg(long, env = "OA_AGGREGATE_CACHE_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub aggregate_cache_bytes: usize,
+
     /// How long SSE streams wait for new events when the request has no tail_ms.
     #[arg(long, env = "OA_STREAM_TAIL_MS", default_value_t = 30_000)]
     pub stream_tail_ms: u64,
@@ -100,6 +105,7 @@ impl ServeArgs {
             stream_tail_max: Duration::from_millis(self.stream_tail_max_ms.max(1)),
             stream_replay_window: self.stream_replay_window,
         };
+        config.engine.cache_bytes = self.aggregate_cache_bytes;
         config.workers = WorkerConfig {
             default_lease_ttl_ms: self.worker_lease_ttl_ms,
             sweep_interval: Duration::from_millis(self.lease_sweep_interval_ms.max(10)),

@@ -21,6 +21,7 @@ use engine::testing::TestDb;
 on_both_backends!(
     every_route_is_in_the_authorization_matrix,
     claims_bind_and_tenancy_fails_closed_in_the_reported_scenarios,
+    the_aggregate_cache_stays_within_its_byte_budget_under_steady_writes,
 );
 
 const OWNER: &str = "1";
@@ -699,4 +700,48 @@ async fn claims_bind_and_tenancy_fails_closed_in_the_reported_scenarios(db: &Tes
         .await;
     over.assert_error(400, "invalid_request");
     assert_eq!(over.reason(), "metadata_too_large");
+}
+
+async fn the_aggregate_cache_stays_within_its_byte_budget_under_steady_writes(db: &TestDb) {
+    const BUDGET: usize = 64 * 1024;
+    let app = spawn_app_with(
+        db,
+        Options {
+            configure: Box::new(|config| config.engine.cache_bytes = BUDGET),
+            ..Options::default()
+        },
+    )
+    .await;
+    // Four writers, each creating runs and appending frames: ~40 runs of 20 frames weigh several
+    // times the budget, so the cache must evict by bytes (a count bound of 10,000 never would).
+    let mut peak = 0;
+    for round in 0..10 {
+        let writers = (0..4).map(|w| {
+            let app = &app;
+            async move {
+                let run = format!("cache_{round}_{w}");
+                let created = app.create_run(&run, "thread_1").await;
+                assert_eq!(created.status, 201, "{}", created.text);
+                for f in 0..20 {
+                    let frame = app.text_delta(&run, &format!("f{f}"), "x").await;
+                    assert!(frame.status < 300, "{}", frame.text);
+                }
+            }
+        });
+        futures::future::join_all(writers).await;
+        let bytes = app.app.engine().cache_bytes();
+        peak = peak.max(bytes);
+        assert!(
+            bytes <= BUDGET,
+            "round {round}: the cache holds {bytes} bytes"
+        );
+    }
+    assert!(
+        peak > BUDGET / 2,
+        "the test never filled the cache ({peak} bytes)"
+    );
+    // Evicted runs reload from the journal: the first one still answers with all its frames.
+    let snapshot = app.run_snapshot("cache_0_0", "thread_1").await;
+    assert_eq!(snapshot.status, 200, "{}", snapshot.text);
+    assert_eq!(snapshot.json["latest_seq"], 20, "{}", snapshot.text);
 }

@@ -96,6 +96,9 @@ pub struct Run {
     frames: BTreeMap<FrameId, String>,
 }
 
+/// Estimated bytes of one entry of a run's frame index (two `String`s and a map node).
+const FRAME_INDEX_ENTRY_BYTES: usize = 2 * 24 + 48 + 64 + 32;
+
 /// A cheap view of a run for responses.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RunSummary {
@@ -360,6 +363,12 @@ impl Aggregate for Run {
 impl RuntimeAggregate for Run {
     type Action = RunCommand;
     type Summary = RunSummary;
+
+    /// The inline size plus the frame index (id up to 128 bytes, 64-hex hash, map node), which
+    /// grows with every frame: what makes a long run heavy in the cache.
+    fn approx_bytes(&self) -> usize {
+        std::mem::size_of::<Self>() + self.frames.len() * FRAME_INDEX_ENTRY_BYTES
+    }
 
     fn summary(&self) -> RunSummary {
         RunSummary {

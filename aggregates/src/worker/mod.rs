@@ -115,6 +115,9 @@ pub struct Worker {
     requests: BTreeMap<RequestId, String>,
 }
 
+/// Estimated bytes of one request-index or metadata entry.
+const INDEX_ENTRY_BYTES: usize = 2 * 24 + 48 + 64 + 32;
+
 /// A cheap view of a worker for responses.
 #[derive(Clone, Debug, PartialEq)]
 pub struct WorkerSummary {
@@ -456,6 +459,13 @@ impl Aggregate for Worker {
 impl RuntimeAggregate for Worker {
     type Action = WorkerCommand;
     type Summary = WorkerSummary;
+
+    /// The inline size plus the request index and the metadata entries (estimated per entry:
+    /// what grows with a long-lived worker).
+    fn approx_bytes(&self) -> usize {
+        let metadata = self.identity.as_ref().map_or(0, |i| i.metadata.len());
+        std::mem::size_of::<Self>() + (self.requests.len() + metadata) * INDEX_ENTRY_BYTES
+    }
 
     fn summary(&self) -> WorkerSummary {
         let identity = self.identity.as_ref();
