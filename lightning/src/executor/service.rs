@@ -43,6 +43,9 @@ use tokio_util::task::TaskTracker;
 
 use super::config::ExecutorConfig;
 
+/// The longest pause between TrackPaymentV2 tries while the node is unreachable.
+const TRACK_RETRY_MAX: Duration = Duration::from_secs(2);
+
 /// A request to pay, as the HTTP layer hands it over.
 #[derive(Clone, Debug)]
 pub struct PayInput {
@@ -140,7 +143,20 @@ struct StatusState {
     last_payment_at_ms: Option<i64>,
     last_error_code: Option<String>,
     last_error_message: Option<String>,
+    /// Why the node is not usable, while it is not: `unreachable`, `auth_refused`, `refused`.
+    node_cause: Option<&'static str>,
     updated_at_ms: i64,
+}
+
+/// What kind of node trouble `error` is, for `/status` `nodeCause`.
+fn node_cause(error: &NodeError) -> &'static str {
+    match error {
+        NodeError::AuthRefused(_) => "auth_refused",
+        NodeError::Unavailable(_) | NodeError::OutcomeUnknown(_) | NodeError::StreamBroken(_) => {
+            "unreachable"
+        }
+        _ => "refused",
+    }
 }
 
 /// `/status`'s `status` object (the original's fields, plus the runtime's caps and counts).
@@ -158,7 +174,8 @@ pub struct WalletStatus {
     pub node_alias: Option<String>,
     pub balance_sats: Option<u64>,
     pub channel_balance_msats: Option<u64>,
-    pub api_key_configured: bool,
+    /// Why the node is not usable (`unreachable`, `auth_refused`, `refused`), `null` when it is.
+    pub node_cause: Option<&'static str>,
     pub ready: bool,
     pub allowed_host_count: usize,
     pub request_cap_msats: u64,
@@ -325,16 +342,76 @@ impl PaymentExecutor {
         self.tasks.wait().await;
     }
 
+    /// Records node trouble for `/status` (`lifecycle: error`, `nodeCause`, last error) and turns it
+    /// into the caller's `502 node_unavailable`.
+    fn node_trouble(&self, error: &NodeError) -> PayError {
+        let cause = node_cause(error);
+        {
+            let mut status = self.status.lock().expect("status lock");
+            status.lifecycle = "error";
+            status.node_cause = Some(cause);
+        }
+        self.note_error("node_unavailable", &error.to_string());
+        PayError::NodeUnavailable(error.to_string())
+    }
+
+    /// GetInfo, bounded by the node call timeout.
+    async fn node_info(&self) -> Result<aggregates::payment::services::NodeInfo, NodeError> {
+        match tokio::time::timeout(self.config.node_call_timeout, self.node.info()).await {
+            Ok(result) => result,
+            Err(_) => Err(NodeError::Unavailable(format!(
+                "the node did not answer within {:?}",
+                self.config.node_call_timeout
+            ))),
+        }
+    }
+
     async fn node_network(&self) -> Result<Option<Network>, PayError> {
         if let Some(network) = *self.node_network.lock().expect("lock") {
             return Ok(Some(network));
         }
-        let info = self.node.info().await.map_err(|e| {
-            self.note_error("node_unavailable", &e.to_string());
-            PayError::NodeUnavailable(e.to_string())
-        })?;
+        let info = self.node_info().await.map_err(|e| self.node_trouble(&e))?;
         *self.node_network.lock().expect("lock") = info.network;
         Ok(info.network)
+    }
+
+    /// LND's DecodePayReq. An answer that is not clearly about the invoice is checked against
+    /// GetInfo: if the node does not answer that either, it is node trouble, not a bad invoice.
+    async fn decode(&self, invoice: &str) -> Result<aggregates::payment::DecodedInvoice, PayError> {
+        let decoded =
+            match tokio::time::timeout(self.config.node_call_timeout, self.node.decode(invoice))
+                .await
+            {
+                Ok(result) => result,
+                Err(_) => Err(NodeError::Unavailable(format!(
+                    "the node did not answer within {:?}",
+                    self.config.node_call_timeout
+                ))),
+            };
+        match decoded {
+            Ok(decoded) => {
+                self.node_answered();
+                Ok(decoded)
+            }
+            Err(NodeError::InvalidInvoice(message)) => match self.node_info().await {
+                Ok(_) => {
+                    self.node_answered();
+                    Err(PayError::Invoice {
+                        code: "invoice_invalid",
+                        message: format!("the node cannot decode the invoice: {message}"),
+                    })
+                }
+                Err(trouble) => Err(self.node_trouble(&trouble)),
+            },
+            Err(other) => Err(self.node_trouble(&other)),
+        }
+    }
+
+    /// The node answered: it is reachable and takes our credentials.
+    fn node_answered(&self) {
+        let mut status = self.status.lock().expect("status lock");
+        status.lifecycle = "connected";
+        status.node_cause = None;
     }
 
     /// Pays (or returns the original outcome of) one request.
@@ -412,13 +489,7 @@ impl PaymentExecutor {
                 });
             }
         }
-        let decoded = self.node.decode(&invoice).await.map_err(|e| match e {
-            NodeError::InvalidInvoice(message) => PayError::Invoice {
-                code: "invoice_invalid",
-                message: format!("the node cannot decode the invoice: {message}"),
-            },
-            other => PayError::NodeUnavailable(other.to_string()),
-        })?;
+        let decoded = self.decode(&invoice).await?;
         if decoded.amount_msats == Msat::ZERO {
             return Err(PayError::Invoice {
                 code: "invoice_amount_missing",
@@ -734,10 +805,19 @@ impl PaymentExecutor {
             .await;
         let mut updates = match sent {
             Ok(updates) => updates,
-            Err(NodeError::AlreadyPaid) | Err(NodeError::AlreadyInFlight) => {
+            Err(error @ (NodeError::AlreadyPaid | NodeError::AlreadyInFlight)) => {
                 // LND's control tower already knows this hash: follow what it knows.
+                self.payment_command(
+                    payment_hash,
+                    PaymentCommand::MarkReconcileRequired {
+                        attempt: attempt_number,
+                        reason: error.to_string(),
+                    },
+                )
+                .await?;
                 return Ok(true);
             }
+            // LND refused before any payment existed: nothing was sent.
             Err(NodeError::InvalidInvoice(message)) | Err(NodeError::Rejected(message)) => {
                 self.note_error("payment_failed", &message);
                 self.fail(
@@ -750,8 +830,22 @@ impl PaymentExecutor {
                 .await?;
                 return Ok(false);
             }
+            Err(error @ NodeError::AuthRefused(_)) => {
+                let _ = self.node_trouble(&error);
+                self.fail(
+                    payment_hash,
+                    &hash,
+                    attempt_number,
+                    "node_auth_refused",
+                    &error.to_string(),
+                )
+                .await?;
+                return Ok(false);
+            }
+            // Unknown, Internal, Unavailable, a deadline, a transport error: LND may have the
+            // payment. Keep the reservation and find out with TrackPaymentV2.
             Err(other) => {
-                self.note_error("node_unavailable", &other.to_string());
+                self.note_error("payment_reconcile_required", &other.to_string());
                 self.payment_command(
                     payment_hash,
                     PaymentCommand::MarkReconcileRequired {
@@ -851,6 +945,14 @@ impl PaymentExecutor {
                                 .fail(payment_hash, &hash, open.number, &reason, "payment failed")
                                 .await;
                         }
+                        Some(Ok(PaymentProgress::NotFound))
+                            if self.engine.now().millis_since(payment.updated_at)
+                                < u64::try_from(self.config.not_found_grace.as_millis())
+                                    .unwrap_or(u64::MAX) =>
+                        {
+                            // LND may still be registering a send whose answer was lost.
+                            break;
+                        }
                         Some(Ok(PaymentProgress::NotFound)) => {
                             return self
                                 .fail(
@@ -867,14 +969,14 @@ impl PaymentExecutor {
                     }
                 },
                 Err(error) => {
-                    self.note_error("node_unavailable", &error.to_string());
+                    let _ = self.node_trouble(&error);
                 }
             }
             tokio::select! {
                 _ = self.shutdown.cancelled() => return Ok(()),
                 _ = tokio::time::sleep(delay) => {}
             }
-            delay = (delay * 2).min(Duration::from_secs(5));
+            delay = (delay * 2).min(TRACK_RETRY_MAX);
         }
     }
 
@@ -1044,7 +1146,7 @@ impl PaymentExecutor {
     /// The wallet's status for `/status`: node identity and balance (best effort, bounded), caps,
     /// recent payments, last error.
     pub async fn status(&self) -> WalletStatus {
-        let node = tokio::time::timeout(Duration::from_secs(5), async {
+        let node = tokio::time::timeout(self.config.node_call_timeout, async {
             let info = self.node.info().await?;
             let balance = self.node.balance().await?;
             Ok::<_, NodeError>((info, balance))
@@ -1055,6 +1157,7 @@ impl PaymentExecutor {
             match node {
                 Ok(Ok((info, balance))) => {
                     status.lifecycle = "connected";
+                    status.node_cause = None;
                     status.identity_pubkey = Some(info.identity_pubkey);
                     status.alias = Some(info.alias);
                     status.network = info.network;
@@ -1068,13 +1171,18 @@ impl PaymentExecutor {
                 }
                 Ok(Err(error)) => {
                     status.lifecycle = "error";
+                    status.node_cause = Some(node_cause(&error));
                     status.last_error_code = Some("node_unavailable".into());
                     status.last_error_message = Some(error.to_string());
                 }
                 Err(_) => {
                     status.lifecycle = "error";
-                    status.last_error_code = Some("node_timeout".into());
-                    status.last_error_message = Some("the node did not answer within 5s".into());
+                    status.node_cause = Some("unreachable");
+                    status.last_error_code = Some("node_unavailable".into());
+                    status.last_error_message = Some(format!(
+                        "node unreachable: no answer within {:?}",
+                        self.config.node_call_timeout
+                    ));
                 }
             }
             status.updated_at_ms = now_ms();
@@ -1100,7 +1208,7 @@ impl PaymentExecutor {
             node_alias: status.alias,
             balance_sats: status.balance_sats,
             channel_balance_msats: status.channel_local_msats,
-            api_key_configured: true,
+            node_cause: status.node_cause,
             ready: status.lifecycle == "connected" && self.is_ready(),
             allowed_host_count: self.config.policy.allowed_hosts.len(),
             request_cap_msats: self.config.policy.request_cap.get(),

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use crate::support::on_both_backends;
 
 pub(super) const TOKEN: &str = "test-token";
-const WALLET: &str = "wallet-test";
+pub(super) const WALLET: &str = "wallet-test";
 
 pub(super) fn engine_for(database: &Database) -> Arc<Engine> {
     Arc::new(Engine::new(
@@ -37,6 +37,7 @@ pub(super) fn test_config() -> ExecutorConfig {
     let mut config = ExecutorConfig::new(WalletId::parse(WALLET).unwrap());
     config.auth_token = Some(TOKEN.into());
     config.response_wait = Duration::from_secs(10);
+    config.not_found_grace = Duration::from_millis(300);
     config.policy.allowed_hosts = ["sats4ai.com".to_owned(), "l402.openagents.com".to_owned()]
         .into_iter()
         .collect::<BTreeSet<_>>();
@@ -46,8 +47,8 @@ pub(super) fn test_config() -> ExecutorConfig {
 pub(super) struct App {
     pub(super) base: String,
     pub(super) http: reqwest::Client,
-    executor: Arc<PaymentExecutor>,
-    engine: Arc<Engine>,
+    pub(super) executor: Arc<PaymentExecutor>,
+    pub(super) engine: Arc<Engine>,
     shutdown: CancellationToken,
 }
 
@@ -100,7 +101,12 @@ impl App {
         (status, response.json().await.expect("json body"))
     }
 
-    async fn pay(&self, request_id: &str, invoice: &str, max: u64) -> (StatusCode, Value) {
+    pub(super) async fn pay(
+        &self,
+        request_id: &str,
+        invoice: &str,
+        max: u64,
+    ) -> (StatusCode, Value) {
         self.pay_with(
             Some(request_id),
             json!({ "payment": { "invoice": invoice, "maxAmountMsats": max, "host": "sats4ai.com" } }),
@@ -108,7 +114,7 @@ impl App {
         .await
     }
 
-    async fn status(&self) -> Value {
+    pub(super) async fn status(&self) -> Value {
         self.http
             .get(format!("{}/status", self.base))
             .bearer_auth(TOKEN)
@@ -120,7 +126,7 @@ impl App {
             .unwrap()
     }
 
-    async fn ledger(&self) -> SpendLedger {
+    pub(super) async fn ledger(&self) -> SpendLedger {
         self.engine.load::<SpendLedger>(WALLET).await.unwrap().0
     }
 }

@@ -3,4 +3,5 @@
 
 mod executor;
 mod l402;
+mod outcomes;
 mod read_model;
