@@ -107,14 +107,27 @@ fn authorize(
     ))
 }
 
-async fn healthz(headers: HeaderMap) -> Response {
+/// `200 { ok: true, ready: true }` once the executor takes payments; before that (payments left
+/// open by a previous run not yet answered or tracked, or the wallet's lease held elsewhere)
+/// `503 { ok: false, ready: false, error: { code: "executor_not_ready" } }`.
+async fn healthz(State(executor): State<Arc<PaymentExecutor>>, headers: HeaderMap) -> Response {
     let request_id = request_id_from(&headers).unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-    json_response(
-        StatusCode::OK,
+    if executor.is_ready() {
+        return json_response(
+            StatusCode::OK,
+            &request_id,
+            json!({ "ok": true, "ready": true, "requestId": request_id }),
+            false,
+        );
+    }
+    let mut body = error_body(
         &request_id,
-        json!({ "ok": true, "requestId": request_id }),
-        false,
-    )
+        PayError::NotReady.code(),
+        &PayError::NotReady.to_string(),
+        None,
+    );
+    body["ready"] = json!(false);
+    json_response(StatusCode::SERVICE_UNAVAILABLE, &request_id, body, false)
 }
 
 async fn status(State(executor): State<Arc<PaymentExecutor>>, headers: HeaderMap) -> Response {

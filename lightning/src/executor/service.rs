@@ -193,6 +193,18 @@ pub struct WalletStatus {
     pub updated_at_ms: i64,
 }
 
+/// Where a payment's driver task is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum DriverState {
+    /// Sending, or trying to reach LND.
+    Running,
+    /// LND reported the payment in flight (SendPaymentV2 or TrackPaymentV2 stream): it is followed
+    /// and its reservation is held.
+    Tracked,
+    /// The driver ended (the payment has an outcome, or the driver stopped on shutdown / error).
+    Done,
+}
+
 /// The payment executor. One per wallet; share it behind an `Arc`.
 pub struct PaymentExecutor {
     engine: Arc<Engine>,
@@ -200,13 +212,15 @@ pub struct PaymentExecutor {
     config: ExecutorConfig,
     /// Driver tasks by payment hash. A driver inserts its receiver before it starts and removes it
     /// (then sends `true`) when it ends; waiters clone the receiver to learn when to re-read.
-    drivers: Mutex<HashMap<String, watch::Receiver<bool>>>,
+    drivers: Mutex<HashMap<String, watch::Receiver<DriverState>>>,
     /// Tracks driver tasks so shutdown can wait for them.
     tasks: TaskTracker,
     /// Cancelled on shutdown: drivers stop following LND (payments in LND carry on and are
     /// reconciled on the next start).
     shutdown: CancellationToken,
-    /// `true` once the startup reconcile has registered every open payment.
+    /// `true` once every payment open at start-up has an outcome or is tracked.
+    reconciled: watch::Sender<bool>,
+    /// Whether the executor takes new payments.
     ready: watch::Sender<bool>,
     status: Mutex<StatusState>,
     node_network: Mutex<Option<Network>>,
@@ -234,6 +248,7 @@ impl PaymentExecutor {
         shutdown: CancellationToken,
     ) -> Arc<Self> {
         let (ready, _) = watch::channel(false);
+        let (reconciled, _) = watch::channel(false);
         Arc::new(Self {
             engine,
             node,
@@ -241,6 +256,7 @@ impl PaymentExecutor {
             drivers: Mutex::new(HashMap::new()),
             tasks: TaskTracker::new(),
             shutdown,
+            reconciled,
             ready,
             status: Mutex::new(StatusState {
                 lifecycle: "disconnected",
@@ -294,42 +310,87 @@ impl PaymentExecutor {
         status.updated_at_ms = now_ms();
     }
 
-    /// Reconciles every payment the ledger still holds a reservation for, then reports ready.
-    /// Runs until done or shutdown; call once after construction (spawned by the caller or awaited).
+    /// Reconciles every payment the ledger still holds a reservation for, then reports ready:
+    /// each one must have a final answer or be tracked (LND reported it in flight) with its
+    /// reservation held. Until then `/healthz`, `/status` say not ready and new payments get `503
+    /// executor_not_ready`. Runs until done or shutdown; call once after construction.
     ///
     /// # Cancel safety
     /// Cancel-safe: it only reads and spawns drivers.
     pub async fn run_startup_reconcile(self: &Arc<Self>) {
         let mut delay = Duration::from_millis(200);
+        let mut pending: Option<std::collections::BTreeSet<String>> = None;
         loop {
-            match self
-                .engine
-                .load::<SpendLedger>(self.config.wallet_id.as_str())
-                .await
-            {
-                Ok((ledger, _)) => {
-                    let hashes: std::collections::BTreeSet<String> = ledger
-                        .reservations
-                        .values()
-                        .map(|r| r.payment_hash.to_string())
-                        .collect();
-                    for hash in hashes {
-                        tracing::info!(payment_hash = %hash, "reconciling a payment left open by a previous run");
-                        self.ensure_driver(&hash);
-                    }
-                    self.ready.send_replace(true);
-                    return;
-                }
+            if self.shutdown.is_cancelled() {
+                return;
+            }
+            let open = match &pending {
+                Some(open) => Ok(open.clone()),
+                None => self
+                    .engine
+                    .load::<SpendLedger>(self.config.wallet_id.as_str())
+                    .await
+                    .map(|(ledger, _)| {
+                        ledger
+                            .reservations
+                            .values()
+                            .map(|r| r.payment_hash.to_string())
+                            .collect::<std::collections::BTreeSet<String>>()
+                    })
+                    .map_err(|e| e.to_string()),
+            };
+            let open = match open {
+                Ok(open) => open,
                 Err(error) => {
                     tracing::warn!(error.message = %error, "cannot read the spend ledger; retrying");
-                    tokio::select! {
-                        _ = self.shutdown.cancelled() => return,
-                        _ = tokio::time::sleep(delay) => {}
+                    self.pause(&mut delay).await;
+                    continue;
+                }
+            };
+            let mut unsettled = std::collections::BTreeSet::new();
+            for hash in &open {
+                tracing::info!(payment_hash = %hash, "reconciling a payment left open by a previous run");
+                let mut state = self.ensure_driver(hash);
+                let reached = tokio::select! {
+                    _ = self.shutdown.cancelled() => return,
+                    reached = state.wait_for(|s| *s != DriverState::Running) => {
+                        reached.map(|s| *s).unwrap_or(DriverState::Done)
                     }
-                    delay = (delay * 2).min(Duration::from_secs(5));
+                };
+                if reached == DriverState::Done {
+                    // Ended: an outcome, or a driver that stopped without one (journal trouble).
+                    match self.load_payment(hash).await {
+                        Ok(payment) if payment.open_attempt().is_none() => {}
+                        _ => {
+                            unsettled.insert(hash.clone());
+                        }
+                    }
                 }
             }
+            if unsettled.is_empty() {
+                self.reconciled.send_replace(true);
+                self.update_ready();
+                return;
+            }
+            pending = Some(unsettled);
+            self.pause(&mut delay).await;
         }
+    }
+
+    /// Sleeps `delay` (or until shutdown) and doubles it up to 5 s.
+    async fn pause(&self, delay: &mut Duration) {
+        tokio::select! {
+            _ = self.shutdown.cancelled() => {}
+            _ = tokio::time::sleep(*delay) => {}
+        }
+        *delay = (*delay * 2).min(Duration::from_secs(5));
+    }
+
+    /// Ready when the start-up reconcile is done (and, see [`Self::update_ready`], the wallet's
+    /// lease is held).
+    fn update_ready(&self) {
+        let ready = *self.reconciled.borrow();
+        self.ready.send_replace(ready);
     }
 
     pub fn is_ready(&self) -> bool {
@@ -472,7 +533,7 @@ impl PaymentExecutor {
                 .await_outcome(&record.aggregate_id, &input.request_id, deadline)
                 .await;
         }
-        self.wait_ready(deadline).await?;
+        self.check_ready()?;
 
         // 2. Policy and the node's reading of the invoice.
         self.config
@@ -564,14 +625,11 @@ impl PaymentExecutor {
             .await
     }
 
-    async fn wait_ready(&self, deadline: Instant) -> Result<(), PayError> {
-        let mut ready = self.ready.subscribe();
-        let waited = tokio::time::timeout_at(deadline, ready.wait_for(|r| *r))
-            .await
-            .map(|r| r.is_ok());
-        match waited {
-            Ok(true) => Ok(()),
-            _ => Err(PayError::NotReady),
+    fn check_ready(&self) -> Result<(), PayError> {
+        if self.is_ready() {
+            Ok(())
+        } else {
+            Err(PayError::NotReady)
         }
     }
 
@@ -652,12 +710,13 @@ impl PaymentExecutor {
                             ));
                         }
                     }
-                    let mut done = self.ensure_driver(payment_hash);
-                    let finished = *done.borrow();
-                    if !finished
-                        && tokio::time::timeout_at(deadline, done.changed())
-                            .await
-                            .is_err()
+                    let mut driver = self.ensure_driver(payment_hash);
+                    if tokio::time::timeout_at(
+                        deadline,
+                        driver.wait_for(|s| *s == DriverState::Done),
+                    )
+                    .await
+                    .is_err()
                     {
                         return Err(PayError::Pending(
                             "payment did not complete before timeout".into(),
@@ -670,26 +729,26 @@ impl PaymentExecutor {
     }
 
     /// Returns the running driver's completion watch for `payment_hash`, starting one if none runs.
-    fn ensure_driver(self: &Arc<Self>, payment_hash: &str) -> watch::Receiver<bool> {
+    fn ensure_driver(self: &Arc<Self>, payment_hash: &str) -> watch::Receiver<DriverState> {
         let mut drivers = self.drivers.lock().expect("drivers lock");
         if let Some(existing) = drivers.get(payment_hash) {
             return existing.clone();
         }
-        let (done_tx, done_rx) = watch::channel(false);
-        drivers.insert(payment_hash.to_owned(), done_rx.clone());
+        let (state_tx, state_rx) = watch::channel(DriverState::Running);
+        drivers.insert(payment_hash.to_owned(), state_rx.clone());
         drop(drivers);
         let this = self.clone();
         let hash = payment_hash.to_owned();
         self.tasks.spawn(async move {
-            let result = this.drive(&hash).await;
+            let result = this.drive(&hash, &state_tx).await;
             if let Err(error) = result {
                 tracing::error!(payment_hash = %hash, error.message = %error, error.cause_chain = ?error, "payment driver failed");
                 this.note_error("driver_error", &error.to_string());
             }
             this.drivers.lock().expect("drivers lock").remove(&hash);
-            done_tx.send_replace(true);
+            state_tx.send_replace(DriverState::Done);
         });
-        done_rx
+        state_rx
     }
 
     async fn load_payment(&self, payment_hash: &str) -> anyhow::Result<Payment> {
@@ -727,7 +786,12 @@ impl PaymentExecutor {
 
     /// Reserves and sends a requested attempt and follows it while the send stream lasts.
     /// Returns `true` when the attempt still needs tracking (outcome unknown).
-    async fn send_attempt(&self, payment: &Payment, attempt_number: u32) -> anyhow::Result<bool> {
+    async fn send_attempt(
+        &self,
+        payment: &Payment,
+        attempt_number: u32,
+        state: &watch::Sender<DriverState>,
+    ) -> anyhow::Result<bool> {
         let facts = payment
             .invoice
             .clone()
@@ -863,7 +927,10 @@ impl PaymentExecutor {
                 next = updates.next() => next,
             };
             match next {
-                Some(Ok(PaymentProgress::InFlight)) => continue,
+                Some(Ok(PaymentProgress::InFlight)) => {
+                    state.send_replace(DriverState::Tracked);
+                    continue;
+                }
                 Some(Ok(progress @ PaymentProgress::Succeeded { .. })) => {
                     self.settle(payment_hash, &hash, attempt_number, progress)
                         .await?;
@@ -903,7 +970,11 @@ impl PaymentExecutor {
 
     /// Drives a payment to an outcome: sends a requested attempt, and follows one whose outcome
     /// is unknown with TrackPaymentV2 until LND gives one; finally makes the ledger agree.
-    async fn drive(&self, payment_hash: &str) -> anyhow::Result<()> {
+    async fn drive(
+        &self,
+        payment_hash: &str,
+        state: &watch::Sender<DriverState>,
+    ) -> anyhow::Result<()> {
         let mut delay = Duration::from_millis(100);
         loop {
             // Never start sending (or following) once shutdown began: LND keeps what it has, and
@@ -917,7 +988,7 @@ impl PaymentExecutor {
             };
             if open.status == AttemptStatus::Requested {
                 // Whether it settled, failed or needs tracking, the next turn re-reads the journal.
-                self.send_attempt(&payment, open.number).await?;
+                self.send_attempt(&payment, open.number, state).await?;
                 if self.shutdown.is_cancelled() {
                     return Ok(());
                 }
@@ -934,7 +1005,10 @@ impl PaymentExecutor {
                         next = updates.next() => next,
                     };
                     match next {
-                        Some(Ok(PaymentProgress::InFlight)) => continue,
+                        Some(Ok(PaymentProgress::InFlight)) => {
+                            state.send_replace(DriverState::Tracked);
+                            continue;
+                        }
                         Some(Ok(progress @ PaymentProgress::Succeeded { .. })) => {
                             return self
                                 .settle(payment_hash, &hash, open.number, progress)

@@ -58,7 +58,24 @@ impl Drop for App {
     }
 }
 
+/// Starts the executor and waits until it is ready (its start-up reconcile is done).
 pub(super) async fn spawn_app(database: &Database, lnd: &LndConfig, config: ExecutorConfig) -> App {
+    let app = spawn_app_unready(database, lnd, config).await;
+    for _ in 0..400 {
+        if app.executor.is_ready() {
+            return app;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("the executor did not become ready");
+}
+
+/// Starts the executor without waiting for it to be ready.
+pub(super) async fn spawn_app_unready(
+    database: &Database,
+    lnd: &LndConfig,
+    config: ExecutorConfig,
+) -> App {
     let engine = engine_for(database);
     let node = Arc::new(LndNode::connect(lnd).await.expect("lnd channel"));
     let shutdown = CancellationToken::new();
@@ -617,7 +634,7 @@ async fn bad_invoices_and_requests_get_precise_errors_and_nothing_is_paid() {
     assert_eq!(response.headers()["x-request-id"], "hz-1");
     assert_eq!(
         response.json::<Value>().await.unwrap(),
-        json!({"ok": true, "requestId": "hz-1"})
+        json!({"ok": true, "ready": true, "requestId": "hz-1"})
     );
 
     let status = app.status().await;
@@ -687,7 +704,7 @@ async fn child_executor_process() {
     };
     let mut executor_config = test_config();
     executor_config.response_wait = Duration::from_secs(2);
-    let app = spawn_app(&database, &lnd, executor_config).await;
+    let app = spawn_app_unready(&database, &lnd, executor_config).await;
     let port_file = spec["port_file"].as_str().unwrap();
     std::fs::write(format!("{port_file}.tmp"), &app.base).unwrap();
     std::fs::rename(format!("{port_file}.tmp"), port_file).unwrap();
@@ -719,28 +736,52 @@ async fn wait_for_port(path: &std::path::Path) -> String {
     panic!("child executor did not start");
 }
 
+/// What a child executor needs: the journal, the fake LND, and where to write its address.
+pub(super) fn child_spec(db: &TestDb, lnd: &LndConfig, port_file: &std::path::Path) -> Value {
+    let mut spec = json!({
+        "lnd_address": lnd.address,
+        "lnd_cert": String::from_utf8(lnd.tls_cert_pem.clone()).unwrap(),
+        "lnd_macaroon": lnd.macaroon_hex,
+        "port_file": port_file.to_str().unwrap(),
+    });
+    match (&db.url, &db.data_dir) {
+        (Some(url), _) => spec["database_url"] = json!(url),
+        (None, Some(data)) => {
+            spec["sqlite_path"] = json!(data.join(engine::db::SQLITE_FILE).to_str().unwrap())
+        }
+        _ => unreachable!(),
+    }
+    spec
+}
+
+/// `GET /healthz` of an executor: (HTTP status, `ready`).
+pub(super) async fn healthz(base: &str) -> (StatusCode, Value) {
+    let response = reqwest::get(format!("{base}/healthz")).await.unwrap();
+    let status = response.status();
+    (
+        status,
+        response.json::<Value>().await.unwrap()["ready"].clone(),
+    )
+}
+
+/// Waits until the executor at `base` says it is ready.
+pub(super) async fn wait_ready(base: &str) {
+    for _ in 0..600 {
+        if healthz(base).await.0 == StatusCode::OK {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("the executor at {base} did not become ready");
+}
+
 async fn the_runtime_killed_mid_payment_reconciles_and_never_pays_twice(db: &TestDb) {
     let fake = FakeLnd::start().await;
     let invoice = fake.issue_invoice(70_000, "crash");
     fake.set_behavior(&invoice.payment_hash, Behavior::Hang);
     let dir = tempfile::tempdir().unwrap();
     let lnd = fake.config();
-    let spec_for = |n: u32| {
-        let mut spec = json!({
-            "lnd_address": lnd.address,
-            "lnd_cert": String::from_utf8(lnd.tls_cert_pem.clone()).unwrap(),
-            "lnd_macaroon": lnd.macaroon_hex,
-            "port_file": dir.path().join(format!("port-{n}")).to_str().unwrap(),
-        });
-        match (&db.url, &db.data_dir) {
-            (Some(url), _) => spec["database_url"] = json!(url),
-            (None, Some(data)) => {
-                spec["sqlite_path"] = json!(data.join(engine::db::SQLITE_FILE).to_str().unwrap())
-            }
-            _ => unreachable!(),
-        }
-        spec
-    };
+    let spec_for = |n: u32| child_spec(db, &lnd, &dir.path().join(format!("port-{n}")));
     let http = reqwest::Client::new();
     let pay = |base: String, id: &'static str| {
         let http = http.clone();
@@ -758,6 +799,7 @@ async fn the_runtime_killed_mid_payment_reconciles_and_never_pays_twice(db: &Tes
     let spec1 = spec_for(1);
     let mut child = spawn_child(&spec1);
     let base = wait_for_port(&dir.path().join("port-1")).await;
+    wait_ready(&base).await;
     let in_flight = tokio::spawn(pay(base.clone(), "crash-1"));
     for _ in 0..400 {
         if fake.send_count(&invoice.payment_hash) == 1 {
@@ -819,9 +861,115 @@ async fn the_runtime_killed_mid_payment_reconciles_and_never_pays_twice(db: &Tes
     assert_eq!(ledger.recent.len(), 1);
 }
 
+/// After a SIGKILL with a payment held in flight, the restarted executor is not ready — `/healthz`
+/// and `/status` say so and new payments get `503 executor_not_ready` — until that payment is
+/// tracked with its reservation held (here: until LND is reachable again).
+async fn after_a_sigkill_the_executor_is_not_ready_until_the_held_payment_is_tracked(db: &TestDb) {
+    let fake = FakeLnd::start().await;
+    let held = fake.issue_invoice(80_000, "held");
+    fake.set_behavior(&held.payment_hash, Behavior::Hang);
+    let unrelated = fake.issue_invoice(10_000, "unrelated");
+    let dir = tempfile::tempdir().unwrap();
+    let lnd = fake.config();
+    let http = reqwest::Client::new();
+    let pay = |base: String, id: &'static str, invoice: String| {
+        let http = http.clone();
+        async move {
+            let response = http
+                .post(format!("{base}/pay-bolt11"))
+                .bearer_auth(TOKEN)
+                .header("x-request-id", id)
+                .json(&json!({ "payment": { "invoice": invoice, "maxAmountMsats": 100_000, "host": "sats4ai.com" } }))
+                .send()
+                .await
+                .unwrap();
+            let status = response.status();
+            (status, response.json::<Value>().await.unwrap())
+        }
+    };
+    let status_of = |base: String| {
+        let http = http.clone();
+        async move {
+            http.get(format!("{base}/status"))
+                .bearer_auth(TOKEN)
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        }
+    };
+
+    let mut child = spawn_child(&child_spec(db, &lnd, &dir.path().join("port-1")));
+    let base = wait_for_port(&dir.path().join("port-1")).await;
+    wait_ready(&base).await;
+    let in_flight = tokio::spawn(pay(base.clone(), "held-1", held.payment_request.clone()));
+    for _ in 0..400 {
+        if fake.send_count(&held.payment_hash) == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(fake.send_count(&held.payment_hash), 1);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let _ = in_flight.await;
+
+    // Restart while LND cannot be reached: the held payment cannot be tracked yet.
+    fake.go_down();
+    let mut child = spawn_child(&child_spec(db, &lnd, &dir.path().join("port-2")));
+    let base = wait_for_port(&dir.path().join("port-2")).await;
+    for _ in 0..5 {
+        let (code, ready) = healthz(&base).await;
+        assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(ready, false);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let status = status_of(base.clone()).await;
+    assert_eq!(status["status"]["ready"], false, "{status}");
+    assert_eq!(status["status"]["openReservations"], 1);
+    let (code, body) = pay(base.clone(), "other-1", unrelated.payment_request.clone()).await;
+    assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["error"]["code"], "executor_not_ready");
+    assert_eq!(fake.send_count(&unrelated.payment_hash), 0);
+
+    // LND is back: the held payment is tracked (still in flight, reservation held) -> ready.
+    fake.come_back().await;
+    wait_ready(&base).await;
+    let status = status_of(base.clone()).await;
+    assert_eq!(status["status"]["ready"], true, "{status}");
+    assert_eq!(status["status"]["openReservations"], 1);
+    assert!(status["status"]["windowSpendMsats"].as_u64().unwrap() >= 80_000);
+    let (code, body) = pay(base.clone(), "other-1", unrelated.payment_request.clone()).await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+
+    // LND settles the held payment: the retry returns it; it was sent once.
+    fake.release(&held.payment_hash, Behavior::succeed()).await;
+    let mut settled = Value::Null;
+    for _ in 0..100 {
+        let (code, body) = pay(base.clone(), "held-1", held.payment_request.clone()).await;
+        if code == StatusCode::OK {
+            settled = body;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        settled["result"]["payment"]["preimageHex"],
+        held.preimage_hex.as_str()
+    );
+    assert_eq!(fake.send_count(&held.payment_hash), 1);
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
 mod crash {
     use super::*;
-    on_both_backends!(the_runtime_killed_mid_payment_reconciles_and_never_pays_twice);
+    on_both_backends!(
+        the_runtime_killed_mid_payment_reconciles_and_never_pays_twice,
+        after_a_sigkill_the_executor_is_not_ready_until_the_held_payment_is_tracked,
+    );
 }
 
 // --- crash before sending: the reservation is held, LND never saw the payment ---------------------
