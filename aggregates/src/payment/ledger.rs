@@ -179,6 +179,15 @@ impl SpendLedger {
         settled.saturating_add(reserved)
     }
 
+    /// Settled spend inside the window, without open reservations.
+    pub fn settled_window_spend(&self, now: Timestamp, window_ms: u64) -> u64 {
+        self.recent
+            .iter()
+            .filter(|s| inside(now, s.committed_at, window_ms))
+            .map(|s| s.amount_msats)
+            .sum()
+    }
+
     /// Settled spends inside the window (the original's "recent payments").
     pub fn recent_count(&self, now: Timestamp, window_ms: u64) -> usize {
         self.recent
@@ -318,14 +327,9 @@ impl Aggregate for SpendLedger {
                 if self.committed.contains(&payment_hash) {
                     None
                 } else {
-                    let reserved = self
-                        .reservations
-                        .get(&key(&payment_hash, attempt))
-                        .map(|r| r.amount_msats)
-                        .unwrap_or(0);
+                    // Settled spend only: other payments' open reservations are not spend.
                     let after = self
-                        .window_spend(at, window_ms, None)
-                        .saturating_sub(reserved)
+                        .settled_window_spend(at, window_ms)
                         .saturating_add(settled_msats);
                     Some(SpendLedgerEvent::SpendCommitted {
                         payment_hash,

@@ -25,9 +25,12 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// collide with the runtime's own.
 pub fn router(executor: Arc<PaymentExecutor>) -> Router {
     Router::new()
-        .route("/healthz", get(healthz))
-        .route("/status", get(status))
-        .route("/pay-bolt11", post(pay_bolt11))
+        .route("/healthz", get(healthz).fallback(method_not_allowed::<GET>))
+        .route("/status", get(status).fallback(method_not_allowed::<GET>))
+        .route(
+            "/pay-bolt11",
+            post(pay_bolt11).fallback(method_not_allowed::<POST>),
+        )
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(executor)
@@ -152,6 +155,30 @@ async fn not_found(headers: HeaderMap) -> Response {
         error_body(&request_id, "not_found", "route not found", None),
         false,
     )
+}
+
+const GET: u8 = 0;
+const POST: u8 = 1;
+
+/// `405` with the JSON error shape and an `Allow` header naming the route's method.
+async fn method_not_allowed<const ALLOWED: u8>(headers: HeaderMap) -> Response {
+    let request_id = request_id_from(&headers).unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let allowed = if ALLOWED == POST { "POST" } else { "GET" };
+    let mut response = json_response(
+        StatusCode::METHOD_NOT_ALLOWED,
+        &request_id,
+        error_body(
+            &request_id,
+            "method_not_allowed",
+            &format!("this route only accepts {allowed}"),
+            None,
+        ),
+        false,
+    );
+    response
+        .headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(allowed));
+    response
 }
 
 #[derive(Debug, Deserialize)]
