@@ -803,11 +803,19 @@ impl PaymentExecutor {
             .cloned()
             .ok_or_else(|| anyhow::anyhow!("attempt {attempt_number} missing"))?;
         let hash = facts.decoded.payment_hash.clone();
+        // The fee limit is reserved with the amount: whatever LND spends on routing is spend.
+        let reserve = Msat(
+            facts
+                .decoded
+                .amount_msats
+                .get()
+                .saturating_add(attempt.fee_limit_msats.get()),
+        );
         let reserved = self
             .ledger_command(SpendLedgerCommand::ReserveSpend {
                 payment_hash: hash.clone(),
                 attempt: attempt_number,
-                amount_msats: facts.decoded.amount_msats,
+                amount_msats: reserve,
                 host: attempt.host.clone(),
                 run_id: attempt.run_id.clone(),
                 owner: attempt.owner.clone(),
@@ -825,7 +833,15 @@ impl PaymentExecutor {
                     _ => None,
                 })
                 .unwrap_or(0),
-            Err(CommandError::Rejected(SpendLedgerError::Denied(denial))) => {
+            Err(CommandError::Rejected(SpendLedgerError::Denied(mut denial))) => {
+                // The caller's quote is the invoice's amount; the message names the reserved total.
+                denial.quoted_amount_msats = Some(facts.decoded.amount_msats.get());
+                denial.message = format!(
+                    "{} (invoice {} msats + fee limit {} msats)",
+                    denial.message,
+                    facts.decoded.amount_msats.get(),
+                    attempt.fee_limit_msats.get()
+                );
                 self.payment_command(
                     payment_hash,
                     PaymentCommand::DenyPayment {

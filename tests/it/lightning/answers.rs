@@ -92,9 +92,12 @@ async fn every_documented_field_of_the_success_answer() {
         "{before} <= {paid_at} <= {after}"
     );
     assert_eq!(result["quotedAmountMsats"], 40_000);
-    // Settled spend in the window after this payment: the earlier one and this one, not the
-    // other request's open reservation.
-    assert_eq!(result["windowSpendMsatsAfterPayment"], 20_000 + 40_000);
+    // Settled spend in the window after this payment: the earlier one and this one, each with
+    // its routing fee, not the other request's open reservation.
+    assert_eq!(
+        result["windowSpendMsatsAfterPayment"],
+        20_000 + 5 + 40_000 + 5
+    );
     let receipt = &result["receipt"];
     assert_eq!(
         receipt["receiptVersion"],

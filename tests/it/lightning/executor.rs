@@ -173,7 +173,8 @@ async fn pays_once_and_retries_return_the_original_result(db: &TestDb) {
         invoice.preimage_hex.as_str()
     );
     assert_eq!(result["quotedAmountMsats"], 50_000);
-    assert_eq!(result["windowSpendMsatsAfterPayment"], 50_000);
+    // The settled amount and the routing fee LND paid.
+    assert_eq!(result["windowSpendMsatsAfterPayment"], 50_007);
     let receipt = &result["receipt"];
     let keys: Vec<&str> = receipt
         .as_object()
@@ -290,9 +291,10 @@ async fn the_window_cap_holds_under_concurrency(db: &TestDb) {
     });
     let app = Arc::new(spawn_app(&db.database, &fake.config(), test_config()).await);
     let mut tasks = Vec::new();
+    // Each reserves 190,000 + the 10,000 fee limit = 200,000: exactly five fit in 1,000,000.
     for i in 0..10 {
         let app = app.clone();
-        let invoice = fake.issue_invoice(200_000, &format!("item {i}"));
+        let invoice = fake.issue_invoice(190_000, &format!("item {i}"));
         tasks.push(tokio::spawn(async move {
             app.pay(&format!("cap-{i}"), &invoice.payment_request, 200_000)
                 .await
@@ -307,7 +309,7 @@ async fn the_window_cap_holds_under_concurrency(db: &TestDb) {
             StatusCode::FORBIDDEN => {
                 assert_eq!(body["error"]["code"], "window_cap_exceeded", "{body}");
                 assert_eq!(body["error"]["details"]["windowCapMsats"], 1_000_000);
-                assert_eq!(body["error"]["details"]["quotedAmountMsats"], 200_000);
+                assert_eq!(body["error"]["details"]["quotedAmountMsats"], 190_000);
                 denied += 1;
             }
             other => panic!("unexpected {other}: {body}"),
@@ -315,9 +317,10 @@ async fn the_window_cap_holds_under_concurrency(db: &TestDb) {
     }
     assert_eq!((paid, denied), (5, 5));
     let ledger = app.ledger().await;
+    // Settled: five amounts, no fee charged by the fake.
     assert_eq!(
         ledger.window_spend(app.engine.now(), 300_000, None),
-        1_000_000
+        950_000
     );
     assert!(ledger.reservations.is_empty());
 }
@@ -429,6 +432,87 @@ async fn each_cap_is_enforced_with_the_original_denial_shape() {
     db.cleanup().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routing_fees_count_against_the_caps_and_the_fee_limit_is_reserved() {
+    let db = TestDb::sqlite().await;
+    let fake = FakeLnd::start().await;
+    fake.set_fee_msats(7_000);
+    let mut config = test_config();
+    config.policy.caps.window_cap = Msat(100_000);
+    config.policy.caps.run_cap = Some(Msat(100_000));
+    config.fee_limit = lightning::executor::FeeLimit {
+        fixed_msats: 10_000,
+        ppm: 0,
+    };
+    let app = spawn_app(&db.database, &fake.config(), config).await;
+    let pay_for_run = |id: &str, invoice: &str| {
+        json!({ "requestId": id, "runId": "run_fees", "userId": "9",
+                "payment": { "invoice": invoice, "maxAmountMsats": 100_000, "host": "sats4ai.com" } })
+    };
+
+    // 85,000 + 10,000 fee limit = 95,000 reserved: fits. Settled: 85,000 + 7,000 fee.
+    let first = fake.issue_invoice(85_000, "first");
+    let (status, body) = app
+        .pay_with(None, pay_for_run("fee-1", &first.payment_request))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["result"]["windowSpendMsatsAfterPayment"], 92_000);
+    assert_eq!(app.status().await["status"]["windowSpendMsats"], 92_000);
+
+    // 5,000 more would fit without fees (97,000), but its fee limit does not (92,000 + 15,000).
+    let second = fake.issue_invoice(5_000, "second");
+    let (status, body) = app
+        .pay_with(None, pay_for_run("fee-2", &second.payment_request))
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(body["error"]["code"], "window_cap_exceeded");
+    assert_eq!(body["error"]["details"]["quotedAmountMsats"], 5_000);
+    assert_eq!(body["error"]["details"]["windowSpendMsats"], 92_000);
+    assert_eq!(body["error"]["details"]["windowCapMsats"], 100_000);
+    assert_eq!(fake.send_count(&second.payment_hash), 0);
+
+    // While a payment is in flight, its fee limit is held too.
+    let mut wide = test_config();
+    wide.policy.caps.window_cap = Msat(1_000_000);
+    wide.response_wait = Duration::from_millis(300);
+    wide.fee_limit = lightning::executor::FeeLimit {
+        fixed_msats: 10_000,
+        ppm: 0,
+    };
+    let db2 = TestDb::sqlite().await;
+    let app2 = spawn_app(&db2.database, &fake.config(), wide).await;
+    let slow = fake.issue_invoice(40_000, "slow");
+    fake.set_behavior(&slow.payment_hash, Behavior::Hang);
+    let (status, _) = app2.pay("slow-fee", &slow.payment_request, 50_000).await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(app2.status().await["status"]["windowSpendMsats"], 50_000);
+    fake.release(&slow.payment_hash, Behavior::succeed()).await;
+    for _ in 0..50 {
+        let (status, _) = app2.pay("slow-fee", &slow.payment_request, 50_000).await;
+        if status == StatusCode::OK {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(app2.status().await["status"]["windowSpendMsats"], 47_000);
+
+    // The run's payments still report amount and fee apart.
+    let payments = lightning::run_payments::run_payments(
+        &app.engine,
+        &WalletId::parse(WALLET).unwrap(),
+        &RunId::parse("run_fees").unwrap(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(payments.len(), 1);
+    assert_eq!(
+        (payments[0].amount_msats, payments[0].fee_msats),
+        (85_000, 7_000)
+    );
+    db.cleanup().await;
+    db2.cleanup().await;
+}
+
 // --- node outcomes --------------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -484,7 +568,8 @@ async fn a_slow_payment_answers_pending_and_a_retry_returns_the_settlement() {
     // While in flight, the reservation counts against the window.
     let status_body = app.status().await;
     assert_eq!(status_body["status"]["openReservations"], 1);
-    assert_eq!(status_body["status"]["windowSpendMsats"], 40_000);
+    // 40,000 + the 10,000 fee limit.
+    assert_eq!(status_body["status"]["windowSpendMsats"], 50_000);
     let (status, _) = app.pay("slow-1", &invoice.payment_request, 50_000).await;
     assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
     fake.release(&invoice.payment_hash, Behavior::succeed())
@@ -836,6 +921,7 @@ async fn the_runtime_killed_mid_payment_reconciles_and_never_pays_twice(db: &Tes
         settled["result"]["payment"]["preimageHex"],
         invoice.preimage_hex.as_str()
     );
+    wait_ready(&base).await;
     let other = pay(base.clone(), "crash-2").await.unwrap();
     assert_eq!(other.status(), StatusCode::OK);
     let other: Value = other.json().await.unwrap();
