@@ -325,6 +325,14 @@ pub struct ExecutorArgs {
         default_value_t = 10
     )]
     pub wallet_node_call_timeout_secs: u64,
+    /// The wallet lease's TTL: one executor per wallet; a peer takes over a dead one after it.
+    #[arg(
+        long = "wallet-lease-ttl-secs",
+        env = "OA_LIGHTNING_WALLET_LEASE_TTL_SECS",
+        default_value_t = 15,
+        value_parser = clap::value_parser!(u64).range(3..=600)
+    )]
+    pub wallet_lease_ttl_secs: u64,
 }
 
 impl ExecutorArgs {
@@ -362,6 +370,7 @@ impl ExecutorArgs {
         config.send_timeout_secs = self.wallet_send_timeout_secs.max(1);
         config.not_found_grace = Duration::from_millis(self.wallet_not_found_grace_ms);
         config.node_call_timeout = Duration::from_secs(self.wallet_node_call_timeout_secs.max(1));
+        config.lease_ttl = Duration::from_secs(self.wallet_lease_ttl_secs);
         Ok(config)
     }
 }

@@ -48,6 +48,9 @@ pub struct ExecutorConfig {
     /// The longest wait for a read from the node (GetInfo, DecodePayReq) before it counts as
     /// unreachable.
     pub node_call_timeout: Duration,
+    /// The wallet lease's time to live (renewed every third of it; a peer takes over a dead
+    /// holder's wallet after at most this plus a third).
+    pub lease_ttl: Duration,
     /// The bearer token callers must present; `None` disables auth (`authMode: disabled`).
     pub auth_token: Option<String>,
     pub auth_token_version: u32,
@@ -63,6 +66,7 @@ impl fmt::Debug for ExecutorConfig {
             .field("response_wait", &self.response_wait)
             .field("not_found_grace", &self.not_found_grace)
             .field("node_call_timeout", &self.node_call_timeout)
+            .field("lease_ttl", &self.lease_ttl)
             .field(
                 "auth_token",
                 &self.auth_token.as_ref().map(|_| "<redacted>"),
@@ -83,6 +87,7 @@ impl ExecutorConfig {
             response_wait: Duration::from_secs(45),
             not_found_grace: Duration::from_secs(10),
             node_call_timeout: Duration::from_secs(10),
+            lease_ttl: Duration::from_secs(15),
             auth_token: None,
             auth_token_version: 1,
         }

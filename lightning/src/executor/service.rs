@@ -42,6 +42,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::config::ExecutorConfig;
+use super::lease::WalletLease;
 
 /// The longest pause between TrackPaymentV2 tries while the node is unreachable.
 const TRACK_RETRY_MAX: Duration = Duration::from_secs(2);
@@ -177,6 +178,8 @@ pub struct WalletStatus {
     /// Why the node is not usable (`unreachable`, `auth_refused`, `refused`), `null` when it is.
     pub node_cause: Option<&'static str>,
     pub ready: bool,
+    /// Whether this process holds the wallet's lease (one executor per wallet).
+    pub lease_held: bool,
     pub allowed_host_count: usize,
     pub request_cap_msats: u64,
     pub window_cap_msats: u64,
@@ -222,6 +225,10 @@ pub struct PaymentExecutor {
     reconciled: watch::Sender<bool>,
     /// Whether the executor takes new payments.
     ready: watch::Sender<bool>,
+    /// This process's claim on the wallet (one executor per wallet).
+    lease: WalletLease,
+    /// Until when this process may act for the wallet (`None`: it does not hold the lease).
+    lease_valid_until: Mutex<Option<Instant>>,
     status: Mutex<StatusState>,
     node_network: Mutex<Option<Network>>,
 }
@@ -249,7 +256,14 @@ impl PaymentExecutor {
     ) -> Arc<Self> {
         let (ready, _) = watch::channel(false);
         let (reconciled, _) = watch::channel(false);
+        let lease = WalletLease::new(
+            engine.journal().clone(),
+            config.wallet_id.as_str(),
+            config.lease_ttl,
+        );
         Arc::new(Self {
+            lease,
+            lease_valid_until: Mutex::new(None),
             engine,
             node,
             config,
@@ -277,10 +291,59 @@ impl PaymentExecutor {
     ) -> Arc<Self> {
         let executor = Self::new(engine, node, config, shutdown);
         let this = executor.clone();
+        executor.tasks.spawn(async move { this.run_lease().await });
         executor
-            .tasks
-            .spawn(async move { this.run_startup_reconcile().await });
-        executor
+    }
+
+    /// Takes and keeps the wallet's lease (every third of its TTL). Each time this process comes to
+    /// hold it, the start-up reconcile runs again; while it does not, the executor is not ready and
+    /// acts on no payment.
+    async fn run_lease(self: Arc<Self>) {
+        let mut held = false;
+        loop {
+            if self.shutdown.is_cancelled() {
+                return;
+            }
+            match self.lease.try_acquire().await {
+                Ok(Some(until)) => {
+                    *self.lease_valid_until.lock().expect("lease lock") = Some(until)
+                }
+                Ok(None) => {
+                    if held {
+                        tracing::warn!(holder = %self.lease.holder(), "the wallet lease was taken by another executor");
+                    }
+                    *self.lease_valid_until.lock().expect("lease lock") = None;
+                }
+                Err(error) => {
+                    tracing::warn!(error.message = %error, "cannot renew the wallet lease");
+                }
+            }
+            let now_held = self.holds_lease();
+            if now_held && !held {
+                tracing::info!(holder = %self.lease.holder(), wallet = %self.config.wallet_id, "holding the wallet lease");
+                self.reconciled.send_replace(false);
+                let this = self.clone();
+                self.tasks
+                    .spawn(async move { this.run_startup_reconcile().await });
+            }
+            if !now_held && held {
+                self.reconciled.send_replace(false);
+            }
+            held = now_held;
+            self.update_ready();
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                _ = tokio::time::sleep(self.lease.ttl() / 3) => {}
+            }
+        }
+    }
+
+    /// Whether this process may act for the wallet now.
+    pub fn holds_lease(&self) -> bool {
+        self.lease_valid_until
+            .lock()
+            .expect("lease lock")
+            .is_some_and(|until| Instant::now() < until)
     }
 
     pub fn config(&self) -> &ExecutorConfig {
@@ -389,18 +452,25 @@ impl PaymentExecutor {
     /// Ready when the start-up reconcile is done (and, see [`Self::update_ready`], the wallet's
     /// lease is held).
     fn update_ready(&self) {
-        let ready = *self.reconciled.borrow();
+        let ready = *self.reconciled.borrow() && self.holds_lease();
         self.ready.send_replace(ready);
     }
 
+    /// Ready to take payments: the wallet's lease is held and the start-up reconcile is done.
     pub fn is_ready(&self) -> bool {
-        *self.ready.borrow()
+        *self.ready.borrow() && self.holds_lease()
     }
 
-    /// Waits for every driver task to stop (after the shutdown token was cancelled).
+    /// Waits for every driver task to stop (after the shutdown token was cancelled), then gives
+    /// the wallet's lease up so another executor may take over at once.
     pub async fn wait_stopped(&self) {
         self.tasks.close();
         self.tasks.wait().await;
+        if self.holds_lease() {
+            if let Err(error) = self.lease.release().await {
+                tracing::warn!(error.message = %error, "cannot release the wallet lease; it expires by itself");
+            }
+        }
     }
 
     /// Records node trouble for `/status` (`lifecycle: error`, `nodeCause`, last error) and turns it
@@ -692,6 +762,10 @@ impl PaymentExecutor {
                 AttemptStatus::Requested
                 | AttemptStatus::Reserved
                 | AttemptStatus::ReconcileRequired => {
+                    if !self.holds_lease() {
+                        // Another executor holds the wallet: only it may act on this payment.
+                        return Err(PayError::NotReady);
+                    }
                     if self.shutdown.is_cancelled() {
                         return Err(PayError::Pending(
                             "the executor is shutting down; the payment resumes on restart".into(),
@@ -730,6 +804,9 @@ impl PaymentExecutor {
 
     /// Returns the running driver's completion watch for `payment_hash`, starting one if none runs.
     fn ensure_driver(self: &Arc<Self>, payment_hash: &str) -> watch::Receiver<DriverState> {
+        if !self.holds_lease() {
+            return watch::channel(DriverState::Done).1;
+        }
         let mut drivers = self.drivers.lock().expect("drivers lock");
         if let Some(existing) = drivers.get(payment_hash) {
             return existing.clone();
@@ -765,6 +842,10 @@ impl PaymentExecutor {
         payment_hash: &str,
         command: PaymentCommand,
     ) -> anyhow::Result<Vec<PaymentEvent>> {
+        anyhow::ensure!(
+            self.holds_lease(),
+            "this executor does not hold the wallet lease"
+        );
         let outcome = self
             .engine
             .execute::<Payment>(payment_hash, command, &self.context(None))
@@ -777,6 +858,11 @@ impl PaymentExecutor {
         &self,
         command: SpendLedgerCommand,
     ) -> Result<Vec<SpendLedgerEvent>, CommandError<SpendLedgerError>> {
+        if !self.holds_lease() {
+            return Err(CommandError::Internal(anyhow::anyhow!(
+                "this executor does not hold the wallet lease"
+            )));
+        }
         let outcome = self
             .engine
             .execute::<SpendLedger>(self.config.wallet_id.as_str(), command, &self.context(None))
@@ -875,6 +961,10 @@ impl PaymentExecutor {
         )
         .await?;
 
+        if !self.holds_lease() {
+            // Not sent; whoever holds the wallet reconciles the attempt.
+            return Ok(false);
+        }
         let sent = self
             .node
             .send(SendRequest {
@@ -993,9 +1083,9 @@ impl PaymentExecutor {
     ) -> anyhow::Result<()> {
         let mut delay = Duration::from_millis(100);
         loop {
-            // Never start sending (or following) once shutdown began: LND keeps what it has, and
-            // the next start reconciles it.
-            if self.shutdown.is_cancelled() {
+            // Never start sending (or following) once shutdown began or the wallet's lease is
+            // not ours: LND keeps what it has, and the lease holder reconciles it.
+            if self.shutdown.is_cancelled() || !self.holds_lease() {
                 return Ok(());
             }
             let payment = self.load_payment(payment_hash).await?;
@@ -1299,6 +1389,7 @@ impl PaymentExecutor {
             balance_sats: status.balance_sats,
             channel_balance_msats: status.channel_local_msats,
             node_cause: status.node_cause,
+            lease_held: self.holds_lease(),
             ready: status.lifecycle == "connected" && self.is_ready(),
             allowed_host_count: self.config.policy.allowed_hosts.len(),
             request_cap_msats: self.config.policy.request_cap.get(),

@@ -285,6 +285,7 @@ async fn every_documented_field_of_the_error_answer() {
         "channelBalanceMsats",
         "nodeCause",
         "ready",
+        "leaseHeld",
         "allowedHostCount",
         "requestCapMsats",
         "windowCapMsats",

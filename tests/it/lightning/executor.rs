@@ -789,6 +789,9 @@ async fn child_executor_process() {
     };
     let mut executor_config = test_config();
     executor_config.response_wait = Duration::from_secs(2);
+    if let Some(ttl) = spec["lease_ttl_ms"].as_u64() {
+        executor_config.lease_ttl = Duration::from_millis(ttl);
+    }
     let app = spawn_app_unready(&database, &lnd, executor_config).await;
     let port_file = spec["port_file"].as_str().unwrap();
     std::fs::write(format!("{port_file}.tmp"), &app.base).unwrap();
@@ -796,7 +799,7 @@ async fn child_executor_process() {
     std::future::pending::<()>().await;
 }
 
-fn spawn_child(spec: &Value) -> std::process::Child {
+pub(super) fn spawn_child(spec: &Value) -> std::process::Child {
     std::process::Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
@@ -811,7 +814,7 @@ fn spawn_child(spec: &Value) -> std::process::Child {
         .expect("spawn child test process")
 }
 
-async fn wait_for_port(path: &std::path::Path) -> String {
+pub(super) async fn wait_for_port(path: &std::path::Path) -> String {
     for _ in 0..600 {
         if let Ok(base) = std::fs::read_to_string(path) {
             return base;
@@ -828,6 +831,8 @@ pub(super) fn child_spec(db: &TestDb, lnd: &LndConfig, port_file: &std::path::Pa
         "lnd_cert": String::from_utf8(lnd.tls_cert_pem.clone()).unwrap(),
         "lnd_macaroon": lnd.macaroon_hex,
         "port_file": port_file.to_str().unwrap(),
+        // A restarted executor takes the wallet over once the killed one's lease lapses.
+        "lease_ttl_ms": 1_500,
     });
     match (&db.url, &db.data_dir) {
         (Some(url), _) => spec["database_url"] = json!(url),
@@ -1060,19 +1065,19 @@ mod crash {
 
 // --- crash before sending: the reservation is held, LND never saw the payment ---------------------
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_payment_interrupted_before_sending_is_failed_as_not_sent_and_released_on_restart() {
+/// Writes what a process that died between reserving and SendPaymentV2 leaves in the journal:
+/// request `lost-1` for `invoice`, its attempt reserved, nothing sent.
+pub(super) async fn seed_reserved_but_unsent(
+    database: &Database,
+    invoice: &lightning::testing::FakeInvoice,
+    config: &ExecutorConfig,
+) {
     use aggregates::payment::{
         DecodedInvoice, Network, PaymentCommand, PaymentHash, PaymentRequest, SpendLedgerCommand,
     };
     use engine::CommandContext;
 
-    let db = TestDb::sqlite().await;
-    let fake = FakeLnd::start().await;
-    let invoice = fake.issue_invoice(60_000, "interrupted");
-    let config = test_config();
-    // What a process that died between reserving and SendPaymentV2 leaves in the journal.
-    let engine = engine_for(&db.database);
+    let engine = engine_for(database);
     let hash = PaymentHash::parse(&invoice.payment_hash).unwrap();
     let context = CommandContext::system("test");
     let request = PaymentRequest {
@@ -1142,6 +1147,15 @@ async fn a_payment_interrupted_before_sending_is_failed_as_not_sent_and_released
         )
         .await
         .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payment_interrupted_before_sending_is_failed_as_not_sent_and_released_on_restart() {
+    let db = TestDb::sqlite().await;
+    let fake = FakeLnd::start().await;
+    let invoice = fake.issue_invoice(60_000, "interrupted");
+    let config = test_config();
+    seed_reserved_but_unsent(&db.database, &invoice, &config).await;
 
     // The restarted executor reconciles it before anything else: LND never saw it.
     let app = spawn_app(&db.database, &fake.config(), config).await;

@@ -4,5 +4,6 @@
 mod answers;
 mod executor;
 mod l402;
+mod lease;
 mod outcomes;
 mod read_model;
