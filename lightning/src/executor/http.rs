@@ -123,12 +123,8 @@ async fn healthz(State(executor): State<Arc<PaymentExecutor>>, headers: HeaderMa
             false,
         );
     }
-    let mut body = error_body(
-        &request_id,
-        PayError::NotReady.code(),
-        &PayError::NotReady.to_string(),
-        None,
-    );
+    let not_ready = PayError::NotReady(executor.not_ready_reason());
+    let mut body = error_body(&request_id, not_ready.code(), &not_ready.to_string(), None);
     body["ready"] = json!(false);
     json_response(StatusCode::SERVICE_UNAVAILABLE, &request_id, body, false)
 }
@@ -349,7 +345,7 @@ fn error_response(request_id: &str, error: PayError) -> Response {
             Some(json!({ "failureReason": reason })),
         ),
         PayError::NodeUnavailable(_) => (StatusCode::BAD_GATEWAY, None),
-        PayError::NotReady => (StatusCode::SERVICE_UNAVAILABLE, None),
+        PayError::NotReady(_) => (StatusCode::SERVICE_UNAVAILABLE, None),
         PayError::Internal(cause) => {
             tracing::error!(error.message = %cause, error.cause_chain = ?cause, "pay-bolt11 failed");
             (StatusCode::INTERNAL_SERVER_ERROR, None)

@@ -44,6 +44,10 @@ use tokio_util::task::TaskTracker;
 use super::config::ExecutorConfig;
 use super::lease::WalletLease;
 
+/// `executor_not_ready`'s reason while another process holds the wallet.
+const LEASE_ELSEWHERE: &str =
+    "another executor process holds this wallet's lease (one executor per wallet)";
+
 /// The longest pause between TrackPaymentV2 tries while the node is unreachable.
 const TRACK_RETRY_MAX: Duration = Duration::from_secs(2);
 
@@ -99,8 +103,8 @@ pub enum PayError {
     Failed { reason: String, message: String },
     #[error("{0}")]
     NodeUnavailable(String),
-    #[error("the executor is still reconciling payments left open by a previous run")]
-    NotReady,
+    #[error("the executor is not ready: {0}")]
+    NotReady(&'static str),
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
@@ -115,7 +119,7 @@ impl PayError {
             PayError::Pending(_) => "payment_pending",
             PayError::Failed { .. } => "payment_failed",
             PayError::NodeUnavailable(_) => "node_unavailable",
-            PayError::NotReady => "executor_not_ready",
+            PayError::NotReady(_) => "executor_not_ready",
             PayError::Internal(_) => "internal_error",
         }
     }
@@ -304,6 +308,8 @@ impl PaymentExecutor {
             if self.shutdown.is_cancelled() {
                 return;
             }
+            // The next try is due a third of the TTL after this one started, however long it took.
+            let next_try = Instant::now() + self.lease.ttl() / 3;
             match self.lease.try_acquire().await {
                 Ok(Some(until)) => {
                     *self.lease_valid_until.lock().expect("lease lock") = Some(until)
@@ -333,8 +339,17 @@ impl PaymentExecutor {
             self.update_ready();
             tokio::select! {
                 _ = self.shutdown.cancelled() => return,
-                _ = tokio::time::sleep(self.lease.ttl() / 3) => {}
+                _ = tokio::time::sleep_until(next_try) => {}
             }
+        }
+    }
+
+    /// Why the executor is not ready, for `503 executor_not_ready`.
+    pub fn not_ready_reason(&self) -> &'static str {
+        if self.holds_lease() {
+            "it is reconciling payments left open by a previous run"
+        } else {
+            LEASE_ELSEWHERE
         }
     }
 
@@ -699,7 +714,7 @@ impl PaymentExecutor {
         if self.is_ready() {
             Ok(())
         } else {
-            Err(PayError::NotReady)
+            Err(PayError::NotReady(self.not_ready_reason()))
         }
     }
 
@@ -764,7 +779,7 @@ impl PaymentExecutor {
                 | AttemptStatus::ReconcileRequired => {
                     if !self.holds_lease() {
                         // Another executor holds the wallet: only it may act on this payment.
-                        return Err(PayError::NotReady);
+                        return Err(PayError::NotReady(LEASE_ELSEWHERE));
                     }
                     if self.shutdown.is_cancelled() {
                         return Err(PayError::Pending(

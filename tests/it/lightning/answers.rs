@@ -19,7 +19,8 @@ async fn every_documented_field_of_the_success_answer() {
     let fake = FakeLnd::start().await;
     fake.set_fee_msats(5);
     let mut config = test_config();
-    config.response_wait = Duration::from_millis(500);
+    // Long enough for a payment under load; the Hang below answers 504 after it.
+    config.response_wait = Duration::from_secs(2);
     let app = spawn_app(&db.database, &fake.config(), config).await;
 
     // An earlier settled payment (counts) and another request's open reservation (does not).

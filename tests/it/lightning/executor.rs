@@ -474,7 +474,7 @@ async fn routing_fees_count_against_the_caps_and_the_fee_limit_is_reserved() {
     // While a payment is in flight, its fee limit is held too.
     let mut wide = test_config();
     wide.policy.caps.window_cap = Msat(1_000_000);
-    wide.response_wait = Duration::from_millis(300);
+    wide.response_wait = Duration::from_secs(1);
     wide.fee_limit = lightning::executor::FeeLimit {
         fixed_msats: 10_000,
         ppm: 0,
@@ -487,13 +487,16 @@ async fn routing_fees_count_against_the_caps_and_the_fee_limit_is_reserved() {
     assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
     assert_eq!(app2.status().await["status"]["windowSpendMsats"], 50_000);
     fake.release(&slow.payment_hash, Behavior::succeed()).await;
-    for _ in 0..50 {
+    let mut settled = false;
+    for _ in 0..100 {
         let (status, _) = app2.pay("slow-fee", &slow.payment_request, 50_000).await;
         if status == StatusCode::OK {
+            settled = true;
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    assert!(settled, "the slow payment settled");
     assert_eq!(app2.status().await["status"]["windowSpendMsats"], 47_000);
 
     // The run's payments still report amount and fee apart.
@@ -832,7 +835,7 @@ pub(super) fn child_spec(db: &TestDb, lnd: &LndConfig, port_file: &std::path::Pa
         "lnd_macaroon": lnd.macaroon_hex,
         "port_file": port_file.to_str().unwrap(),
         // A restarted executor takes the wallet over once the killed one's lease lapses.
-        "lease_ttl_ms": 1_500,
+        "lease_ttl_ms": 3_000,
     });
     match (&db.url, &db.data_dir) {
         (Some(url), _) => spec["database_url"] = json!(url),

@@ -59,7 +59,7 @@ async fn an_executor_without_the_lease_releases_nothing_and_takes_over_when_it_i
     let fake = FakeLnd::start().await;
     let invoice = fake.issue_invoice(60_000, "reserved elsewhere");
     let mut config = test_config();
-    config.lease_ttl = Duration::from_millis(1_500);
+    config.lease_ttl = Duration::from_millis(3_000);
     // Another executor reserved this payment and is about to send it; it holds the wallet.
     seed_reserved_but_unsent(&db.database, &invoice, &config).await;
     let far = chrono::Utc::now().timestamp_millis() + 3_600_000;
