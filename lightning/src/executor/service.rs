@@ -980,14 +980,23 @@ impl PaymentExecutor {
             // Not sent; whoever holds the wallet reconciles the attempt.
             return Ok(false);
         }
-        let sent = self
-            .node
-            .send(SendRequest {
+        // No answer in time is an unknown outcome like any other (LND may be registering it).
+        let sent = match tokio::time::timeout(
+            self.config.node_call_timeout,
+            self.node.send(SendRequest {
                 invoice: facts.invoice.clone(),
                 fee_limit_msats: attempt.fee_limit_msats,
                 timeout_secs: self.config.send_timeout_secs,
-            })
-            .await;
+            }),
+        )
+        .await
+        {
+            Ok(sent) => sent,
+            Err(_) => Err(NodeError::OutcomeUnknown(format!(
+                "SendPaymentV2 did not answer within {:?}",
+                self.config.node_call_timeout
+            ))),
+        };
         let mut updates = match sent {
             Ok(updates) => updates,
             Err(error @ (NodeError::AlreadyPaid | NodeError::AlreadyInFlight)) => {
@@ -1119,7 +1128,17 @@ impl PaymentExecutor {
                 .payment_hash()
                 .cloned()
                 .ok_or_else(|| anyhow::anyhow!("payment without facts"))?;
-            match self.node.track(&hash).await {
+            let tracked =
+                match tokio::time::timeout(self.config.node_call_timeout, self.node.track(&hash))
+                    .await
+                {
+                    Ok(tracked) => tracked,
+                    Err(_) => Err(NodeError::Unavailable(format!(
+                        "TrackPaymentV2 did not answer within {:?}",
+                        self.config.node_call_timeout
+                    ))),
+                };
+            match tracked {
                 Ok(mut updates) => loop {
                     let next = tokio::select! {
                         _ = self.shutdown.cancelled() => return Ok(()),

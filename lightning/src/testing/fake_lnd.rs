@@ -76,6 +76,8 @@ pub enum SendFault {
     /// Register the payment (it carries on as its [`Behavior`] says), then take the node off the
     /// network before replying: the client's connection drops with no answer.
     AcceptThenDie,
+    /// Register the payment, then keep the call open without answering for `for_`.
+    AcceptThenStall { for_: Duration },
     /// Answer with this gRPC status; with `registered`, the payment was registered first (LND
     /// accepted it and then failed to say so), else nothing exists.
     Status {
@@ -906,6 +908,10 @@ impl Router for FakeRouter {
                 // The connection is gone; this answer never reaches the client.
                 tokio::time::sleep(Duration::from_secs(5)).await;
                 Err(Status::unavailable("the node went away"))
+            }
+            Some(SendFault::AcceptThenStall { for_ }) => {
+                tokio::time::sleep(for_).await;
+                Ok(Response::new(follow(rx, cut)))
             }
             Some(SendFault::Status { code, message, .. }) => Err(Status::new(code, message)),
             None => Ok(Response::new(follow(rx, cut))),

@@ -301,3 +301,41 @@ async fn node_trouble_on_decode_or_info_is_node_unavailable_at_any_time() {
     assert_eq!(fake.send_count(&invoice.payment_hash), 1);
     db.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_lnd_never_answers_is_an_unknown_outcome_and_is_tracked() {
+    let db = TestDb::sqlite().await;
+    let fake = FakeLnd::start().await;
+    let mut config = test_config();
+    config.node_call_timeout = Duration::from_millis(700);
+    let app = spawn_app(&db.database, &fake.config(), config).await;
+    let invoice = fake.issue_invoice(12_000, "stalled");
+    fake.set_behavior(
+        &invoice.payment_hash,
+        Behavior::Succeed {
+            after: Duration::from_millis(1_500),
+        },
+    );
+    fake.set_send_fault(SendFault::AcceptThenStall {
+        for_: Duration::from_secs(30),
+    });
+    let (status, body) = pay_until_final(&app, "stall-1", &invoice.payment_request, 50_000).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body["result"]["payment"]["preimageHex"],
+        invoice.preimage_hex.as_str()
+    );
+    let (payment, _) = app
+        .engine
+        .load::<Payment>(&invoice.payment_hash)
+        .await
+        .unwrap();
+    assert!(payment.attempts[0]
+        .reconcile_reason
+        .as_deref()
+        .unwrap()
+        .contains("did not answer"));
+    assert_eq!(fake.send_count(&invoice.payment_hash), 1);
+    assert!(app.ledger().await.reservations.is_empty());
+    db.cleanup().await;
+}
