@@ -325,10 +325,64 @@ async fn the_window_cap_holds_under_concurrency(db: &TestDb) {
     assert!(ledger.reservations.is_empty());
 }
 
+/// Sixty concurrent payers against a window with room for fifty (each reserves its amount plus
+/// its fee limit): exactly fifty pay, and each sees the settled spend right after its own
+/// settlement — 19,000 × k for the k-th — never other payers' open reservations.
+async fn sixty_concurrent_payers_fill_the_window_exactly_and_each_sees_its_own_spend(db: &TestDb) {
+    let fake = FakeLnd::start().await;
+    fake.set_default_behavior(Behavior::Succeed {
+        after: Duration::from_millis(50),
+    });
+    let mut config = test_config();
+    config.fee_limit = lightning::executor::FeeLimit {
+        fixed_msats: 1_000,
+        ppm: 0,
+    };
+    config.response_wait = Duration::from_secs(60);
+    let app = Arc::new(spawn_app(&db.database, &fake.config(), config).await);
+    let mut tasks = Vec::new();
+    for i in 0..60 {
+        let app = app.clone();
+        let invoice = fake.issue_invoice(19_000, &format!("payer {i}"));
+        tasks.push(tokio::spawn(async move {
+            app.pay(&format!("many-{i}"), &invoice.payment_request, 20_000)
+                .await
+        }));
+    }
+    let mut seen = BTreeSet::new();
+    let mut denied = 0;
+    for task in tasks {
+        let (status, body) = task.await.unwrap();
+        match status {
+            StatusCode::OK => {
+                let after = body["result"]["windowSpendMsatsAfterPayment"]
+                    .as_u64()
+                    .unwrap();
+                assert!(seen.insert(after), "two payers saw {after}");
+            }
+            StatusCode::FORBIDDEN => {
+                assert_eq!(body["error"]["code"], "window_cap_exceeded", "{body}");
+                denied += 1;
+            }
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    let expected: BTreeSet<u64> = (1..=50).map(|k| 19_000 * k).collect();
+    assert_eq!(seen, expected);
+    assert_eq!(denied, 10);
+    let ledger = app.ledger().await;
+    assert!(ledger.reservations.is_empty());
+    assert_eq!(
+        ledger.window_spend(app.engine.now(), 300_000, None),
+        950_000
+    );
+}
+
 on_both_backends!(
     pays_once_and_retries_return_the_original_result,
     concurrent_requests_for_one_invoice_pay_it_once,
     the_window_cap_holds_under_concurrency,
+    sixty_concurrent_payers_fill_the_window_exactly_and_each_sees_its_own_spend,
 );
 
 // --- policy ---------------------------------------------------------------------------------------
