@@ -311,6 +311,28 @@ pub struct ExecutorArgs {
         default_value_t = 60
     )]
     pub wallet_send_timeout_secs: u32,
+    /// How long after an attempt's last step TrackPaymentV2's `NotFound` means "never sent".
+    #[arg(
+        long = "wallet-not-found-grace-ms",
+        env = "OA_LIGHTNING_NOT_FOUND_GRACE_MS",
+        default_value_t = 10_000
+    )]
+    pub wallet_not_found_grace_ms: u64,
+    /// The longest wait for GetInfo / DecodePayReq before the node counts as unreachable.
+    #[arg(
+        long = "wallet-node-call-timeout-secs",
+        env = "OA_LIGHTNING_NODE_CALL_TIMEOUT_SECS",
+        default_value_t = 10
+    )]
+    pub wallet_node_call_timeout_secs: u64,
+    /// The wallet lease's TTL: one executor per wallet; a peer takes over a dead one after it.
+    #[arg(
+        long = "wallet-lease-ttl-secs",
+        env = "OA_LIGHTNING_WALLET_LEASE_TTL_SECS",
+        default_value_t = 15,
+        value_parser = clap::value_parser!(u64).range(3..=600)
+    )]
+    pub wallet_lease_ttl_secs: u64,
 }
 
 impl ExecutorArgs {
@@ -346,6 +368,9 @@ impl ExecutorArgs {
         };
         config.response_wait = Duration::from_secs(self.wallet_payment_timeout_secs.max(1));
         config.send_timeout_secs = self.wallet_send_timeout_secs.max(1);
+        config.not_found_grace = Duration::from_millis(self.wallet_not_found_grace_ms);
+        config.node_call_timeout = Duration::from_secs(self.wallet_node_call_timeout_secs.max(1));
+        config.lease_ttl = Duration::from_secs(self.wallet_lease_ttl_secs);
         Ok(config)
     }
 }

@@ -141,24 +141,120 @@ fn scrub(message: &str) -> String {
     text
 }
 
-fn status_error(status: tonic::Status) -> NodeError {
+/// Which LND call failed: the same gRPC answer means different things per call (docs/lightning.md,
+/// "What the executor knows").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Call {
+    /// A read with no effect (GetInfo, balances, DecodePayReq, AddInvoice, TrackPaymentV2).
+    Read,
+    /// SendPaymentV2: a failure is a refusal only when LND says so explicitly.
+    Send,
+}
+
+/// LND's words for a refused macaroon or a missing permission (LND sends these as `Unknown`).
+const AUTH_MARKERS: &[&str] = &[
+    "macaroon",
+    "permission denied",
+    "verification failed",
+    "unauthorized",
+    "invalid auth",
+];
+
+/// The client's words for a connection that failed or broke (tonic reports them as `Unknown`,
+/// e.g. `client error (Connect)`, `client error (SendRequest)`).
+const TRANSPORT_MARKERS: &[&str] = &[
+    "client error",
+    "transport error",
+    "connection",
+    "connect error",
+    "error trying to connect",
+    "broken pipe",
+    "h2 protocol error",
+    "dns error",
+    "timed out",
+    "operation was canceled",
+    "stream closed",
+];
+
+/// What LND answers (as `Unknown`) when it refuses a SendPaymentV2 before any payment exists:
+/// the request does not decode, the invoice expired, or the request's parameters are invalid.
+const SEND_REFUSALS: &[&str] = &[
+    "invalid payment request",
+    "invoice expired",
+    "checksum failed",
+    "amount must be specified",
+    "amount must not be specified",
+    "invalid bech32",
+    "not a bech32",
+    "unknown currency",
+    "invoice not for current active network",
+    "self-payments not allowed",
+    "fee limit",
+];
+
+fn contains_any(haystack: &str, needles: &[&str]) -> bool {
+    needles.iter().any(|n| haystack.contains(n))
+}
+
+/// Classifies a gRPC error from LND by what it tells about the call's effect.
+///
+/// - `already paid` / `in transition` / `AlreadyExists`: LND knows the payment hash.
+/// - `Unauthenticated`, `PermissionDenied`, or LND's macaroon messages: refused before anything ran.
+/// - For [`Call::Send`]: `InvalidArgument`, `FailedPrecondition`, `OutOfRange`, `Unimplemented`,
+///   `NotFound`, and `Unknown` carrying one of LND's pre-payment refusals are refusals
+///   ([`NodeError::Rejected`]); everything else — `Unknown` (transport errors included),
+///   `Internal`, `Unavailable`, `DeadlineExceeded`, `Cancelled`, `Aborted`, `ResourceExhausted`,
+///   `DataLoss` — leaves the outcome unknown ([`NodeError::OutcomeUnknown`]).
+/// - For [`Call::Read`]: transport trouble and server-side failures are
+///   [`NodeError::Unavailable`]; other answers are the node's refusal of the request.
+pub fn classify(status: &tonic::Status, call: Call) -> NodeError {
     use tonic::Code;
-    let message = scrub(status.message());
-    let lower = message.to_ascii_lowercase();
-    if lower.contains("already paid") {
+    let raw = status.message().to_ascii_lowercase();
+    let code = status.code();
+    let message = format!("{code:?}: {}", scrub(status.message()));
+    if raw.contains("already paid") {
         return NodeError::AlreadyPaid;
     }
-    if lower.contains("in transition") || lower.contains("already in flight") {
+    if raw.contains("in transition")
+        || raw.contains("already in flight")
+        || code == Code::AlreadyExists
+    {
         return NodeError::AlreadyInFlight;
     }
-    match status.code() {
-        Code::Unavailable
-        | Code::Unauthenticated
-        | Code::PermissionDenied
-        | Code::DeadlineExceeded
-        | Code::Cancelled => NodeError::Unavailable(format!("{:?}: {message}", status.code())),
-        _ => NodeError::Rejected(format!("{:?}: {message}", status.code())),
+    if matches!(code, Code::Unauthenticated | Code::PermissionDenied)
+        || contains_any(&raw, AUTH_MARKERS)
+    {
+        return NodeError::AuthRefused(message);
     }
+    let transport = contains_any(&raw, TRANSPORT_MARKERS);
+    match call {
+        Call::Send => match code {
+            Code::InvalidArgument
+            | Code::FailedPrecondition
+            | Code::OutOfRange
+            | Code::Unimplemented
+            | Code::NotFound => NodeError::Rejected(message),
+            Code::Unknown if !transport && contains_any(&raw, SEND_REFUSALS) => {
+                NodeError::Rejected(message)
+            }
+            _ => NodeError::OutcomeUnknown(message),
+        },
+        Call::Read => match code {
+            Code::Unavailable
+            | Code::DeadlineExceeded
+            | Code::Cancelled
+            | Code::Aborted
+            | Code::ResourceExhausted
+            | Code::Internal
+            | Code::DataLoss => NodeError::Unavailable(message),
+            Code::Unknown if transport => NodeError::Unavailable(message),
+            _ => NodeError::Rejected(message),
+        },
+    }
+}
+
+fn status_error(status: tonic::Status) -> NodeError {
+    classify(&status, Call::Read)
 }
 
 #[allow(deprecated)] // PaymentStatus::Unknown is deprecated in LND but may still be sent.
@@ -315,7 +411,7 @@ impl LightningNode for LndNode {
                 ..Default::default()
             })
             .await
-            .map_err(status_error)?
+            .map_err(|status| classify(&status, Call::Send))?
             .into_inner();
         Ok(Box::new(StreamUpdates {
             stream: Some(stream),
@@ -378,5 +474,95 @@ impl LightningNode for LndNode {
             payment_hash: PaymentHash::from_bytes(&payment_hash),
             payment_request: response.payment_request,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::{Code, Status};
+
+    fn send(code: Code, message: &str) -> NodeError {
+        classify(&Status::new(code, message), Call::Send)
+    }
+
+    fn read(code: Code, message: &str) -> NodeError {
+        classify(&Status::new(code, message), Call::Read)
+    }
+
+    #[test]
+    fn a_send_whose_outcome_is_unknown_is_never_a_refusal() {
+        for (code, message) in [
+            (Code::Unknown, "client error (SendRequest)"),
+            (Code::Unknown, "anything else"),
+            (Code::Internal, "boom"),
+            (Code::Unavailable, "transport is closing"),
+            (Code::DeadlineExceeded, "deadline"),
+            (Code::Cancelled, "cancelled"),
+            (Code::Aborted, "aborted"),
+            (Code::ResourceExhausted, "too many"),
+            (Code::DataLoss, "lost"),
+            // A transport error that happens to mention a refusal word is still a transport error.
+            (Code::Unknown, "client error (SendRequest): invoice expired"),
+        ] {
+            assert!(
+                matches!(send(code, message), NodeError::OutcomeUnknown(_)),
+                "{code:?} {message}"
+            );
+        }
+    }
+
+    #[test]
+    fn lnds_explicit_refusals_are_refusals() {
+        assert!(matches!(
+            send(Code::InvalidArgument, "invalid payment request"),
+            NodeError::Rejected(_)
+        ));
+        assert!(matches!(
+            send(Code::Unknown, "invoice expired. Valid until …"),
+            NodeError::Rejected(_)
+        ));
+        assert_eq!(
+            send(Code::AlreadyExists, "invoice is already paid"),
+            NodeError::AlreadyPaid
+        );
+        assert_eq!(
+            send(Code::AlreadyExists, "payment is in transition"),
+            NodeError::AlreadyInFlight
+        );
+        for message in [
+            "permission denied",
+            "verification failed: signature mismatch after caveat verification",
+            "expected 1 macaroon, got 0",
+        ] {
+            let error = send(Code::Unknown, message);
+            assert!(matches!(error, NodeError::AuthRefused(_)), "{message}");
+            assert!(matches!(
+                read(Code::Unknown, message),
+                NodeError::AuthRefused(_)
+            ));
+        }
+    }
+
+    #[test]
+    fn reads_tell_node_trouble_from_a_refused_request() {
+        assert!(matches!(
+            read(Code::Unknown, "client error (Connect)"),
+            NodeError::Unavailable(_)
+        ));
+        assert!(matches!(
+            read(Code::Unavailable, "connection refused"),
+            NodeError::Unavailable(_)
+        ));
+        assert!(matches!(
+            read(Code::Unknown, "invalid index of 1: checksum failed"),
+            NodeError::Rejected(_)
+        ));
+    }
+
+    #[test]
+    fn macaroon_text_never_survives_in_messages() {
+        let error = read(Code::Unknown, "cannot get macaroon: 0201abcdef");
+        assert!(!error.to_string().contains("0201abcdef"));
     }
 }

@@ -2,9 +2,10 @@
 //! reservation is a command on this one stream, so the journal's optimistic concurrency serialises
 //! them: two concurrent payments can never both fit under a cap that only has room for one.
 //!
-//! A reservation counts against every cap from the moment it is made until it is committed (the
-//! settled amount then counts, for as long as it sits inside the window) or released (the payment
-//! failed or never left). A reservation whose outcome is unknown stays counted until reconciled.
+//! A reservation (the executor reserves the amount plus the routing-fee limit) counts against every
+//! cap from the moment it is made until it is committed (the settled amount plus the fee actually
+//! paid then counts, for as long as it sits inside the window) or released (the payment failed or
+//! never left). A reservation whose outcome is unknown stays counted until reconciled.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -179,6 +180,15 @@ impl SpendLedger {
         settled.saturating_add(reserved)
     }
 
+    /// Settled spend inside the window, without open reservations.
+    pub fn settled_window_spend(&self, now: Timestamp, window_ms: u64) -> u64 {
+        self.recent
+            .iter()
+            .filter(|s| inside(now, s.committed_at, window_ms))
+            .map(|s| s.amount_msats)
+            .sum()
+    }
+
     /// Settled spends inside the window (the original's "recent payments").
     pub fn recent_count(&self, now: Timestamp, window_ms: u64) -> usize {
         self.recent
@@ -318,15 +328,12 @@ impl Aggregate for SpendLedger {
                 if self.committed.contains(&payment_hash) {
                     None
                 } else {
-                    let reserved = self
-                        .reservations
-                        .get(&key(&payment_hash, attempt))
-                        .map(|r| r.amount_msats)
-                        .unwrap_or(0);
+                    // Settled spend only (amounts and routing fees): other payments' open
+                    // reservations are not spend.
                     let after = self
-                        .window_spend(at, window_ms, None)
-                        .saturating_sub(reserved)
-                        .saturating_add(settled_msats);
+                        .settled_window_spend(at, window_ms)
+                        .saturating_add(settled_msats)
+                        .saturating_add(fee_msats);
                     Some(SpendLedgerEvent::SpendCommitted {
                         payment_hash,
                         attempt,
@@ -394,11 +401,14 @@ impl Aggregate for SpendLedger {
                 payment_hash,
                 attempt,
                 settled_msats,
+                fee_msats,
                 run_id,
                 owner,
                 committed_at,
                 ..
             } => {
+                // Routing fees are spend: they count against every cap like the amount.
+                let spent = settled_msats.saturating_add(fee_msats);
                 let reserved = self.reservations.remove(&key(&payment_hash, attempt));
                 if let Some(run) = &run_id {
                     let entry = self.run_spend.entry(run.clone()).or_default();
@@ -407,14 +417,12 @@ impl Aggregate for SpendLedger {
                         .filter(|r| r.run_id.as_ref() == Some(run))
                         .map(|r| r.amount_msats)
                         .unwrap_or(0);
-                    *entry = entry
-                        .saturating_sub(reserved_for_run)
-                        .saturating_add(settled_msats);
+                    *entry = entry.saturating_sub(reserved_for_run).saturating_add(spent);
                 }
                 self.committed.insert(payment_hash.clone());
                 self.recent.push(SettledSpend {
                     payment_hash,
-                    amount_msats: settled_msats,
+                    amount_msats: spent,
                     owner,
                     committed_at,
                 });

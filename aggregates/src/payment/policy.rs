@@ -129,8 +129,8 @@ impl SpendPolicy {
                 ),
                 host,
             );
+            // No invoice has been quoted yet: the request's own maximum is in the message only.
             denial.max_allowed_msats = Some(self.request_cap.0);
-            denial.quoted_amount_msats = Some(max_amount.0);
             return Err(denial);
         }
         Ok(())
@@ -182,7 +182,8 @@ mod tests {
             .unwrap_err();
         assert_eq!(denial.code, DenialCode::RequestCapExceeded);
         assert_eq!(denial.max_allowed_msats, Some(200_000));
-        assert_eq!(denial.quoted_amount_msats, Some(200_001));
+        assert_eq!(denial.quoted_amount_msats, None);
+        assert!(denial.message.contains("200001"));
     }
 
     #[test]

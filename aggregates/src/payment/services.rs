@@ -71,9 +71,17 @@ pub struct CreatedInvoice {
 /// Node failures callers branch on. Messages never contain credentials.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NodeError {
-    /// The node could not be reached or refused the connection (auth, TLS, down).
-    #[error("node unavailable: {0}")]
+    /// The node could not be reached (down, TLS, timeout) or failed internally: nothing is known.
+    #[error("node unreachable: {0}")]
     Unavailable(String),
+    /// The node refused the credentials (macaroon rejected or lacking a permission): the call
+    /// was refused before it did anything.
+    #[error("node refused the credentials: {0}")]
+    AuthRefused(String),
+    /// A call that may have taken effect failed without saying whether it did (a transport
+    /// error, `Unknown`, `Internal`, `Unavailable`, a deadline): the caller must find out.
+    #[error("outcome unknown: {0}")]
+    OutcomeUnknown(String),
     /// The node cannot decode the invoice.
     #[error("invalid invoice: {0}")]
     InvalidInvoice(String),

@@ -42,6 +42,15 @@ pub struct ExecutorConfig {
     /// How long a `/pay-bolt11` request waits for an outcome before answering `504 payment_pending`
     /// (the payment carries on and a retry returns its outcome).
     pub response_wait: Duration,
+    /// How long after an attempt's last send TrackPaymentV2's `NotFound` is taken as "never
+    /// reached the node" (before that, LND may still be registering a send whose answer was lost).
+    pub not_found_grace: Duration,
+    /// The longest wait for a read from the node (GetInfo, DecodePayReq) before it counts as
+    /// unreachable.
+    pub node_call_timeout: Duration,
+    /// The wallet lease's time to live (renewed every third of it; a peer takes over a dead
+    /// holder's wallet after at most this plus a third).
+    pub lease_ttl: Duration,
     /// The bearer token callers must present; `None` disables auth (`authMode: disabled`).
     pub auth_token: Option<String>,
     pub auth_token_version: u32,
@@ -55,6 +64,9 @@ impl fmt::Debug for ExecutorConfig {
             .field("fee_limit", &self.fee_limit)
             .field("send_timeout_secs", &self.send_timeout_secs)
             .field("response_wait", &self.response_wait)
+            .field("not_found_grace", &self.not_found_grace)
+            .field("node_call_timeout", &self.node_call_timeout)
+            .field("lease_ttl", &self.lease_ttl)
             .field(
                 "auth_token",
                 &self.auth_token.as_ref().map(|_| "<redacted>"),
@@ -73,6 +85,9 @@ impl ExecutorConfig {
             fee_limit: FeeLimit::default(),
             send_timeout_secs: 60,
             response_wait: Duration::from_secs(45),
+            not_found_grace: Duration::from_secs(10),
+            node_call_timeout: Duration::from_secs(10),
+            lease_ttl: Duration::from_secs(15),
             auth_token: None,
             auth_token_version: 1,
         }

@@ -25,9 +25,12 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// collide with the runtime's own.
 pub fn router(executor: Arc<PaymentExecutor>) -> Router {
     Router::new()
-        .route("/healthz", get(healthz))
-        .route("/status", get(status))
-        .route("/pay-bolt11", post(pay_bolt11))
+        .route("/healthz", get(healthz).fallback(method_not_allowed::<GET>))
+        .route("/status", get(status).fallback(method_not_allowed::<GET>))
+        .route(
+            "/pay-bolt11",
+            post(pay_bolt11).fallback(method_not_allowed::<POST>),
+        )
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(executor)
@@ -107,14 +110,23 @@ fn authorize(
     ))
 }
 
-async fn healthz(headers: HeaderMap) -> Response {
+/// `200 { ok: true, ready: true }` once the executor takes payments; before that (payments left
+/// open by a previous run not yet answered or tracked, or the wallet's lease held elsewhere)
+/// `503 { ok: false, ready: false, error: { code: "executor_not_ready" } }`.
+async fn healthz(State(executor): State<Arc<PaymentExecutor>>, headers: HeaderMap) -> Response {
     let request_id = request_id_from(&headers).unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-    json_response(
-        StatusCode::OK,
-        &request_id,
-        json!({ "ok": true, "requestId": request_id }),
-        false,
-    )
+    if executor.is_ready() {
+        return json_response(
+            StatusCode::OK,
+            &request_id,
+            json!({ "ok": true, "ready": true, "requestId": request_id }),
+            false,
+        );
+    }
+    let not_ready = PayError::NotReady(executor.not_ready_reason());
+    let mut body = error_body(&request_id, not_ready.code(), &not_ready.to_string(), None);
+    body["ready"] = json!(false);
+    json_response(StatusCode::SERVICE_UNAVAILABLE, &request_id, body, false)
 }
 
 async fn status(State(executor): State<Arc<PaymentExecutor>>, headers: HeaderMap) -> Response {
@@ -139,6 +151,30 @@ async fn not_found(headers: HeaderMap) -> Response {
         error_body(&request_id, "not_found", "route not found", None),
         false,
     )
+}
+
+const GET: u8 = 0;
+const POST: u8 = 1;
+
+/// `405` with the JSON error shape and an `Allow` header naming the route's method.
+async fn method_not_allowed<const ALLOWED: u8>(headers: HeaderMap) -> Response {
+    let request_id = request_id_from(&headers).unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let allowed = if ALLOWED == POST { "POST" } else { "GET" };
+    let mut response = json_response(
+        StatusCode::METHOD_NOT_ALLOWED,
+        &request_id,
+        error_body(
+            &request_id,
+            "method_not_allowed",
+            &format!("this route only accepts {allowed}"),
+            None,
+        ),
+        false,
+    );
+    response
+        .headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(allowed));
+    response
 }
 
 #[derive(Debug, Deserialize)]
@@ -309,7 +345,7 @@ fn error_response(request_id: &str, error: PayError) -> Response {
             Some(json!({ "failureReason": reason })),
         ),
         PayError::NodeUnavailable(_) => (StatusCode::BAD_GATEWAY, None),
-        PayError::NotReady => (StatusCode::SERVICE_UNAVAILABLE, None),
+        PayError::NotReady(_) => (StatusCode::SERVICE_UNAVAILABLE, None),
         PayError::Internal(cause) => {
             tracing::error!(error.message = %cause, error.cause_chain = ?cause, "pay-bolt11 failed");
             (StatusCode::INTERNAL_SERVER_ERROR, None)

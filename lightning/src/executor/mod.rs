@@ -3,9 +3,11 @@
 //! - [`config`]: wallet id, policy, fee limit, timeouts, bearer token.
 //! - [`service`]: [`PaymentExecutor`], the exactly-once payment flow and the reconciler.
 //! - [`http`]: the `axum::Router` with `/healthz`, `/status`, `/pay-bolt11`.
+//! - [`lease`]: [`lease::WalletLease`], one executor per wallet.
 
 pub mod config;
 pub mod http;
+pub mod lease;
 pub mod service;
 
 pub use config::{ExecutorConfig, FeeLimit};

@@ -42,6 +42,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::config::ExecutorConfig;
+use super::lease::WalletLease;
+
+/// `executor_not_ready`'s reason while another process holds the wallet.
+const LEASE_ELSEWHERE: &str =
+    "another executor process holds this wallet's lease (one executor per wallet)";
+
+/// The longest pause between TrackPaymentV2 tries while the node is unreachable.
+const TRACK_RETRY_MAX: Duration = Duration::from_secs(2);
 
 /// A request to pay, as the HTTP layer hands it over.
 #[derive(Clone, Debug)]
@@ -95,8 +103,8 @@ pub enum PayError {
     Failed { reason: String, message: String },
     #[error("{0}")]
     NodeUnavailable(String),
-    #[error("the executor is still reconciling payments left open by a previous run")]
-    NotReady,
+    #[error("the executor is not ready: {0}")]
+    NotReady(&'static str),
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
@@ -111,7 +119,7 @@ impl PayError {
             PayError::Pending(_) => "payment_pending",
             PayError::Failed { .. } => "payment_failed",
             PayError::NodeUnavailable(_) => "node_unavailable",
-            PayError::NotReady => "executor_not_ready",
+            PayError::NotReady(_) => "executor_not_ready",
             PayError::Internal(_) => "internal_error",
         }
     }
@@ -140,7 +148,20 @@ struct StatusState {
     last_payment_at_ms: Option<i64>,
     last_error_code: Option<String>,
     last_error_message: Option<String>,
+    /// Why the node is not usable, while it is not: `unreachable`, `auth_refused`, `refused`.
+    node_cause: Option<&'static str>,
     updated_at_ms: i64,
+}
+
+/// What kind of node trouble `error` is, for `/status` `nodeCause`.
+fn node_cause(error: &NodeError) -> &'static str {
+    match error {
+        NodeError::AuthRefused(_) => "auth_refused",
+        NodeError::Unavailable(_) | NodeError::OutcomeUnknown(_) | NodeError::StreamBroken(_) => {
+            "unreachable"
+        }
+        _ => "refused",
+    }
 }
 
 /// `/status`'s `status` object (the original's fields, plus the runtime's caps and counts).
@@ -158,8 +179,11 @@ pub struct WalletStatus {
     pub node_alias: Option<String>,
     pub balance_sats: Option<u64>,
     pub channel_balance_msats: Option<u64>,
-    pub api_key_configured: bool,
+    /// Why the node is not usable (`unreachable`, `auth_refused`, `refused`), `null` when it is.
+    pub node_cause: Option<&'static str>,
     pub ready: bool,
+    /// Whether this process holds the wallet's lease (one executor per wallet).
+    pub lease_held: bool,
     pub allowed_host_count: usize,
     pub request_cap_msats: u64,
     pub window_cap_msats: u64,
@@ -176,6 +200,18 @@ pub struct WalletStatus {
     pub updated_at_ms: i64,
 }
 
+/// Where a payment's driver task is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum DriverState {
+    /// Sending, or trying to reach LND.
+    Running,
+    /// LND reported the payment in flight (SendPaymentV2 or TrackPaymentV2 stream): it is followed
+    /// and its reservation is held.
+    Tracked,
+    /// The driver ended (the payment has an outcome, or the driver stopped on shutdown / error).
+    Done,
+}
+
 /// The payment executor. One per wallet; share it behind an `Arc`.
 pub struct PaymentExecutor {
     engine: Arc<Engine>,
@@ -183,14 +219,20 @@ pub struct PaymentExecutor {
     config: ExecutorConfig,
     /// Driver tasks by payment hash. A driver inserts its receiver before it starts and removes it
     /// (then sends `true`) when it ends; waiters clone the receiver to learn when to re-read.
-    drivers: Mutex<HashMap<String, watch::Receiver<bool>>>,
+    drivers: Mutex<HashMap<String, watch::Receiver<DriverState>>>,
     /// Tracks driver tasks so shutdown can wait for them.
     tasks: TaskTracker,
     /// Cancelled on shutdown: drivers stop following LND (payments in LND carry on and are
     /// reconciled on the next start).
     shutdown: CancellationToken,
-    /// `true` once the startup reconcile has registered every open payment.
+    /// `true` once every payment open at start-up has an outcome or is tracked.
+    reconciled: watch::Sender<bool>,
+    /// Whether the executor takes new payments.
     ready: watch::Sender<bool>,
+    /// This process's claim on the wallet (one executor per wallet).
+    lease: WalletLease,
+    /// Until when this process may act for the wallet (`None`: it does not hold the lease).
+    lease_valid_until: Mutex<Option<Instant>>,
     status: Mutex<StatusState>,
     node_network: Mutex<Option<Network>>,
 }
@@ -217,13 +259,22 @@ impl PaymentExecutor {
         shutdown: CancellationToken,
     ) -> Arc<Self> {
         let (ready, _) = watch::channel(false);
+        let (reconciled, _) = watch::channel(false);
+        let lease = WalletLease::new(
+            engine.journal().clone(),
+            config.wallet_id.as_str(),
+            config.lease_ttl,
+        );
         Arc::new(Self {
+            lease,
+            lease_valid_until: Mutex::new(None),
             engine,
             node,
             config,
             drivers: Mutex::new(HashMap::new()),
             tasks: TaskTracker::new(),
             shutdown,
+            reconciled,
             ready,
             status: Mutex::new(StatusState {
                 lifecycle: "disconnected",
@@ -244,10 +295,70 @@ impl PaymentExecutor {
     ) -> Arc<Self> {
         let executor = Self::new(engine, node, config, shutdown);
         let this = executor.clone();
+        executor.tasks.spawn(async move { this.run_lease().await });
         executor
-            .tasks
-            .spawn(async move { this.run_startup_reconcile().await });
-        executor
+    }
+
+    /// Takes and keeps the wallet's lease (every third of its TTL). Each time this process comes to
+    /// hold it, the start-up reconcile runs again; while it does not, the executor is not ready and
+    /// acts on no payment.
+    async fn run_lease(self: Arc<Self>) {
+        let mut held = false;
+        loop {
+            if self.shutdown.is_cancelled() {
+                return;
+            }
+            // The next try is due a third of the TTL after this one started, however long it took.
+            let next_try = Instant::now() + self.lease.ttl() / 3;
+            match self.lease.try_acquire().await {
+                Ok(Some(until)) => {
+                    *self.lease_valid_until.lock().expect("lease lock") = Some(until)
+                }
+                Ok(None) => {
+                    if held {
+                        tracing::warn!(holder = %self.lease.holder(), "the wallet lease was taken by another executor");
+                    }
+                    *self.lease_valid_until.lock().expect("lease lock") = None;
+                }
+                Err(error) => {
+                    tracing::warn!(error.message = %error, "cannot renew the wallet lease");
+                }
+            }
+            let now_held = self.holds_lease();
+            if now_held && !held {
+                tracing::info!(holder = %self.lease.holder(), wallet = %self.config.wallet_id, "holding the wallet lease");
+                self.reconciled.send_replace(false);
+                let this = self.clone();
+                self.tasks
+                    .spawn(async move { this.run_startup_reconcile().await });
+            }
+            if !now_held && held {
+                self.reconciled.send_replace(false);
+            }
+            held = now_held;
+            self.update_ready();
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                _ = tokio::time::sleep_until(next_try) => {}
+            }
+        }
+    }
+
+    /// Why the executor is not ready, for `503 executor_not_ready`.
+    pub fn not_ready_reason(&self) -> &'static str {
+        if self.holds_lease() {
+            "it is reconciling payments left open by a previous run"
+        } else {
+            LEASE_ELSEWHERE
+        }
+    }
+
+    /// Whether this process may act for the wallet now.
+    pub fn holds_lease(&self) -> bool {
+        self.lease_valid_until
+            .lock()
+            .expect("lease lock")
+            .is_some_and(|until| Instant::now() < until)
     }
 
     pub fn config(&self) -> &ExecutorConfig {
@@ -277,64 +388,176 @@ impl PaymentExecutor {
         status.updated_at_ms = now_ms();
     }
 
-    /// Reconciles every payment the ledger still holds a reservation for, then reports ready.
-    /// Runs until done or shutdown; call once after construction (spawned by the caller or awaited).
+    /// Reconciles every payment the ledger still holds a reservation for, then reports ready:
+    /// each one must have a final answer or be tracked (LND reported it in flight) with its
+    /// reservation held. Until then `/healthz`, `/status` say not ready and new payments get `503
+    /// executor_not_ready`. Runs until done or shutdown; call once after construction.
     ///
     /// # Cancel safety
     /// Cancel-safe: it only reads and spawns drivers.
     pub async fn run_startup_reconcile(self: &Arc<Self>) {
         let mut delay = Duration::from_millis(200);
+        let mut pending: Option<std::collections::BTreeSet<String>> = None;
         loop {
-            match self
-                .engine
-                .load::<SpendLedger>(self.config.wallet_id.as_str())
-                .await
-            {
-                Ok((ledger, _)) => {
-                    let hashes: std::collections::BTreeSet<String> = ledger
-                        .reservations
-                        .values()
-                        .map(|r| r.payment_hash.to_string())
-                        .collect();
-                    for hash in hashes {
-                        tracing::info!(payment_hash = %hash, "reconciling a payment left open by a previous run");
-                        self.ensure_driver(&hash);
-                    }
-                    self.ready.send_replace(true);
-                    return;
-                }
+            if self.shutdown.is_cancelled() {
+                return;
+            }
+            let open = match &pending {
+                Some(open) => Ok(open.clone()),
+                None => self
+                    .engine
+                    .load::<SpendLedger>(self.config.wallet_id.as_str())
+                    .await
+                    .map(|(ledger, _)| {
+                        ledger
+                            .reservations
+                            .values()
+                            .map(|r| r.payment_hash.to_string())
+                            .collect::<std::collections::BTreeSet<String>>()
+                    })
+                    .map_err(|e| e.to_string()),
+            };
+            let open = match open {
+                Ok(open) => open,
                 Err(error) => {
                     tracing::warn!(error.message = %error, "cannot read the spend ledger; retrying");
-                    tokio::select! {
-                        _ = self.shutdown.cancelled() => return,
-                        _ = tokio::time::sleep(delay) => {}
-                    }
-                    delay = (delay * 2).min(Duration::from_secs(5));
+                    self.pause(&mut delay).await;
+                    continue;
                 }
+            };
+            let mut unsettled = std::collections::BTreeSet::new();
+            for hash in &open {
+                tracing::info!(payment_hash = %hash, "reconciling a payment left open by a previous run");
+                let mut state = self.ensure_driver(hash);
+                let reached = tokio::select! {
+                    _ = self.shutdown.cancelled() => return,
+                    reached = state.wait_for(|s| *s != DriverState::Running) => {
+                        reached.map(|s| *s).unwrap_or(DriverState::Done)
+                    }
+                };
+                if reached == DriverState::Done {
+                    // Ended: an outcome, or a driver that stopped without one (journal trouble).
+                    match self.load_payment(hash).await {
+                        Ok(payment) if payment.open_attempt().is_none() => {}
+                        _ => {
+                            unsettled.insert(hash.clone());
+                        }
+                    }
+                }
+            }
+            if unsettled.is_empty() {
+                self.reconciled.send_replace(true);
+                self.update_ready();
+                return;
+            }
+            pending = Some(unsettled);
+            self.pause(&mut delay).await;
+        }
+    }
+
+    /// Sleeps `delay` (or until shutdown) and doubles it up to 5 s.
+    async fn pause(&self, delay: &mut Duration) {
+        tokio::select! {
+            _ = self.shutdown.cancelled() => {}
+            _ = tokio::time::sleep(*delay) => {}
+        }
+        *delay = (*delay * 2).min(Duration::from_secs(5));
+    }
+
+    /// Ready when the start-up reconcile is done (and, see [`Self::update_ready`], the wallet's
+    /// lease is held).
+    fn update_ready(&self) {
+        let ready = *self.reconciled.borrow() && self.holds_lease();
+        self.ready.send_replace(ready);
+    }
+
+    /// Ready to take payments: the wallet's lease is held and the start-up reconcile is done.
+    pub fn is_ready(&self) -> bool {
+        *self.ready.borrow() && self.holds_lease()
+    }
+
+    /// Waits for every driver task to stop (after the shutdown token was cancelled), then gives
+    /// the wallet's lease up so another executor may take over at once.
+    pub async fn wait_stopped(&self) {
+        self.tasks.close();
+        self.tasks.wait().await;
+        if self.holds_lease() {
+            if let Err(error) = self.lease.release().await {
+                tracing::warn!(error.message = %error, "cannot release the wallet lease; it expires by itself");
             }
         }
     }
 
-    pub fn is_ready(&self) -> bool {
-        *self.ready.borrow()
+    /// Records node trouble for `/status` (`lifecycle: error`, `nodeCause`, last error) and turns it
+    /// into the caller's `502 node_unavailable`.
+    fn node_trouble(&self, error: &NodeError) -> PayError {
+        let cause = node_cause(error);
+        {
+            let mut status = self.status.lock().expect("status lock");
+            status.lifecycle = "error";
+            status.node_cause = Some(cause);
+        }
+        self.note_error("node_unavailable", &error.to_string());
+        PayError::NodeUnavailable(error.to_string())
     }
 
-    /// Waits for every driver task to stop (after the shutdown token was cancelled).
-    pub async fn wait_stopped(&self) {
-        self.tasks.close();
-        self.tasks.wait().await;
+    /// GetInfo, bounded by the node call timeout.
+    async fn node_info(&self) -> Result<aggregates::payment::services::NodeInfo, NodeError> {
+        match tokio::time::timeout(self.config.node_call_timeout, self.node.info()).await {
+            Ok(result) => result,
+            Err(_) => Err(NodeError::Unavailable(format!(
+                "the node did not answer within {:?}",
+                self.config.node_call_timeout
+            ))),
+        }
     }
 
     async fn node_network(&self) -> Result<Option<Network>, PayError> {
         if let Some(network) = *self.node_network.lock().expect("lock") {
             return Ok(Some(network));
         }
-        let info = self.node.info().await.map_err(|e| {
-            self.note_error("node_unavailable", &e.to_string());
-            PayError::NodeUnavailable(e.to_string())
-        })?;
+        let info = self.node_info().await.map_err(|e| self.node_trouble(&e))?;
         *self.node_network.lock().expect("lock") = info.network;
         Ok(info.network)
+    }
+
+    /// LND's DecodePayReq. An answer that is not clearly about the invoice is checked against
+    /// GetInfo: if the node does not answer that either, it is node trouble, not a bad invoice.
+    async fn decode(&self, invoice: &str) -> Result<aggregates::payment::DecodedInvoice, PayError> {
+        let decoded =
+            match tokio::time::timeout(self.config.node_call_timeout, self.node.decode(invoice))
+                .await
+            {
+                Ok(result) => result,
+                Err(_) => Err(NodeError::Unavailable(format!(
+                    "the node did not answer within {:?}",
+                    self.config.node_call_timeout
+                ))),
+            };
+        match decoded {
+            Ok(decoded) => {
+                self.node_answered();
+                Ok(decoded)
+            }
+            Err(NodeError::InvalidInvoice(message)) => match self.node_info().await {
+                Ok(_) => {
+                    self.node_answered();
+                    Err(PayError::Invoice {
+                        code: "invoice_invalid",
+                        message: format!("the node cannot decode the invoice: {message}"),
+                    })
+                }
+                Err(trouble) => Err(self.node_trouble(&trouble)),
+            },
+            Err(other) => Err(self.node_trouble(&other)),
+        }
+    }
+
+    /// The node answered: it is reachable and takes our credentials.
+    fn node_answered(&self) {
+        let mut status = self.status.lock().expect("status lock");
+        status.lifecycle = "connected";
+        status.node_cause = None;
     }
 
     /// Pays (or returns the original outcome of) one request.
@@ -395,7 +618,7 @@ impl PaymentExecutor {
                 .await_outcome(&record.aggregate_id, &input.request_id, deadline)
                 .await;
         }
-        self.wait_ready(deadline).await?;
+        self.check_ready()?;
 
         // 2. Policy and the node's reading of the invoice.
         self.config
@@ -412,13 +635,7 @@ impl PaymentExecutor {
                 });
             }
         }
-        let decoded = self.node.decode(&invoice).await.map_err(|e| match e {
-            NodeError::InvalidInvoice(message) => PayError::Invoice {
-                code: "invoice_invalid",
-                message: format!("the node cannot decode the invoice: {message}"),
-            },
-            other => PayError::NodeUnavailable(other.to_string()),
-        })?;
+        let decoded = self.decode(&invoice).await?;
         if decoded.amount_msats == Msat::ZERO {
             return Err(PayError::Invoice {
                 code: "invoice_amount_missing",
@@ -493,14 +710,11 @@ impl PaymentExecutor {
             .await
     }
 
-    async fn wait_ready(&self, deadline: Instant) -> Result<(), PayError> {
-        let mut ready = self.ready.subscribe();
-        let waited = tokio::time::timeout_at(deadline, ready.wait_for(|r| *r))
-            .await
-            .map(|r| r.is_ok());
-        match waited {
-            Ok(true) => Ok(()),
-            _ => Err(PayError::NotReady),
+    fn check_ready(&self) -> Result<(), PayError> {
+        if self.is_ready() {
+            Ok(())
+        } else {
+            Err(PayError::NotReady(self.not_ready_reason()))
         }
     }
 
@@ -563,6 +777,10 @@ impl PaymentExecutor {
                 AttemptStatus::Requested
                 | AttemptStatus::Reserved
                 | AttemptStatus::ReconcileRequired => {
+                    if !self.holds_lease() {
+                        // Another executor holds the wallet: only it may act on this payment.
+                        return Err(PayError::NotReady(LEASE_ELSEWHERE));
+                    }
                     if self.shutdown.is_cancelled() {
                         return Err(PayError::Pending(
                             "the executor is shutting down; the payment resumes on restart".into(),
@@ -581,12 +799,13 @@ impl PaymentExecutor {
                             ));
                         }
                     }
-                    let mut done = self.ensure_driver(payment_hash);
-                    let finished = *done.borrow();
-                    if !finished
-                        && tokio::time::timeout_at(deadline, done.changed())
-                            .await
-                            .is_err()
+                    let mut driver = self.ensure_driver(payment_hash);
+                    if tokio::time::timeout_at(
+                        deadline,
+                        driver.wait_for(|s| *s == DriverState::Done),
+                    )
+                    .await
+                    .is_err()
                     {
                         return Err(PayError::Pending(
                             "payment did not complete before timeout".into(),
@@ -599,26 +818,29 @@ impl PaymentExecutor {
     }
 
     /// Returns the running driver's completion watch for `payment_hash`, starting one if none runs.
-    fn ensure_driver(self: &Arc<Self>, payment_hash: &str) -> watch::Receiver<bool> {
+    fn ensure_driver(self: &Arc<Self>, payment_hash: &str) -> watch::Receiver<DriverState> {
+        if !self.holds_lease() {
+            return watch::channel(DriverState::Done).1;
+        }
         let mut drivers = self.drivers.lock().expect("drivers lock");
         if let Some(existing) = drivers.get(payment_hash) {
             return existing.clone();
         }
-        let (done_tx, done_rx) = watch::channel(false);
-        drivers.insert(payment_hash.to_owned(), done_rx.clone());
+        let (state_tx, state_rx) = watch::channel(DriverState::Running);
+        drivers.insert(payment_hash.to_owned(), state_rx.clone());
         drop(drivers);
         let this = self.clone();
         let hash = payment_hash.to_owned();
         self.tasks.spawn(async move {
-            let result = this.drive(&hash).await;
+            let result = this.drive(&hash, &state_tx).await;
             if let Err(error) = result {
                 tracing::error!(payment_hash = %hash, error.message = %error, error.cause_chain = ?error, "payment driver failed");
                 this.note_error("driver_error", &error.to_string());
             }
             this.drivers.lock().expect("drivers lock").remove(&hash);
-            done_tx.send_replace(true);
+            state_tx.send_replace(DriverState::Done);
         });
-        done_rx
+        state_rx
     }
 
     async fn load_payment(&self, payment_hash: &str) -> anyhow::Result<Payment> {
@@ -635,6 +857,10 @@ impl PaymentExecutor {
         payment_hash: &str,
         command: PaymentCommand,
     ) -> anyhow::Result<Vec<PaymentEvent>> {
+        anyhow::ensure!(
+            self.holds_lease(),
+            "this executor does not hold the wallet lease"
+        );
         let outcome = self
             .engine
             .execute::<Payment>(payment_hash, command, &self.context(None))
@@ -647,6 +873,11 @@ impl PaymentExecutor {
         &self,
         command: SpendLedgerCommand,
     ) -> Result<Vec<SpendLedgerEvent>, CommandError<SpendLedgerError>> {
+        if !self.holds_lease() {
+            return Err(CommandError::Internal(anyhow::anyhow!(
+                "this executor does not hold the wallet lease"
+            )));
+        }
         let outcome = self
             .engine
             .execute::<SpendLedger>(self.config.wallet_id.as_str(), command, &self.context(None))
@@ -656,7 +887,12 @@ impl PaymentExecutor {
 
     /// Reserves and sends a requested attempt and follows it while the send stream lasts.
     /// Returns `true` when the attempt still needs tracking (outcome unknown).
-    async fn send_attempt(&self, payment: &Payment, attempt_number: u32) -> anyhow::Result<bool> {
+    async fn send_attempt(
+        &self,
+        payment: &Payment,
+        attempt_number: u32,
+        state: &watch::Sender<DriverState>,
+    ) -> anyhow::Result<bool> {
         let facts = payment
             .invoice
             .clone()
@@ -668,11 +904,19 @@ impl PaymentExecutor {
             .cloned()
             .ok_or_else(|| anyhow::anyhow!("attempt {attempt_number} missing"))?;
         let hash = facts.decoded.payment_hash.clone();
+        // The fee limit is reserved with the amount: whatever LND spends on routing is spend.
+        let reserve = Msat(
+            facts
+                .decoded
+                .amount_msats
+                .get()
+                .saturating_add(attempt.fee_limit_msats.get()),
+        );
         let reserved = self
             .ledger_command(SpendLedgerCommand::ReserveSpend {
                 payment_hash: hash.clone(),
                 attempt: attempt_number,
-                amount_msats: facts.decoded.amount_msats,
+                amount_msats: reserve,
                 host: attempt.host.clone(),
                 run_id: attempt.run_id.clone(),
                 owner: attempt.owner.clone(),
@@ -690,7 +934,15 @@ impl PaymentExecutor {
                     _ => None,
                 })
                 .unwrap_or(0),
-            Err(CommandError::Rejected(SpendLedgerError::Denied(denial))) => {
+            Err(CommandError::Rejected(SpendLedgerError::Denied(mut denial))) => {
+                // The caller's quote is the invoice's amount; the message names the reserved total.
+                denial.quoted_amount_msats = Some(facts.decoded.amount_msats.get());
+                denial.message = format!(
+                    "{} (invoice {} msats + fee limit {} msats)",
+                    denial.message,
+                    facts.decoded.amount_msats.get(),
+                    attempt.fee_limit_msats.get()
+                );
                 self.payment_command(
                     payment_hash,
                     PaymentCommand::DenyPayment {
@@ -724,20 +976,42 @@ impl PaymentExecutor {
         )
         .await?;
 
-        let sent = self
-            .node
-            .send(SendRequest {
+        if !self.holds_lease() {
+            // Not sent; whoever holds the wallet reconciles the attempt.
+            return Ok(false);
+        }
+        // No answer in time is an unknown outcome like any other (LND may be registering it).
+        let sent = match tokio::time::timeout(
+            self.config.node_call_timeout,
+            self.node.send(SendRequest {
                 invoice: facts.invoice.clone(),
                 fee_limit_msats: attempt.fee_limit_msats,
                 timeout_secs: self.config.send_timeout_secs,
-            })
-            .await;
+            }),
+        )
+        .await
+        {
+            Ok(sent) => sent,
+            Err(_) => Err(NodeError::OutcomeUnknown(format!(
+                "SendPaymentV2 did not answer within {:?}",
+                self.config.node_call_timeout
+            ))),
+        };
         let mut updates = match sent {
             Ok(updates) => updates,
-            Err(NodeError::AlreadyPaid) | Err(NodeError::AlreadyInFlight) => {
+            Err(error @ (NodeError::AlreadyPaid | NodeError::AlreadyInFlight)) => {
                 // LND's control tower already knows this hash: follow what it knows.
+                self.payment_command(
+                    payment_hash,
+                    PaymentCommand::MarkReconcileRequired {
+                        attempt: attempt_number,
+                        reason: error.to_string(),
+                    },
+                )
+                .await?;
                 return Ok(true);
             }
+            // LND refused before any payment existed: nothing was sent.
             Err(NodeError::InvalidInvoice(message)) | Err(NodeError::Rejected(message)) => {
                 self.note_error("payment_failed", &message);
                 self.fail(
@@ -750,8 +1024,22 @@ impl PaymentExecutor {
                 .await?;
                 return Ok(false);
             }
+            Err(error @ NodeError::AuthRefused(_)) => {
+                let _ = self.node_trouble(&error);
+                self.fail(
+                    payment_hash,
+                    &hash,
+                    attempt_number,
+                    "node_auth_refused",
+                    &error.to_string(),
+                )
+                .await?;
+                return Ok(false);
+            }
+            // Unknown, Internal, Unavailable, a deadline, a transport error: LND may have the
+            // payment. Keep the reservation and find out with TrackPaymentV2.
             Err(other) => {
-                self.note_error("node_unavailable", &other.to_string());
+                self.note_error("payment_reconcile_required", &other.to_string());
                 self.payment_command(
                     payment_hash,
                     PaymentCommand::MarkReconcileRequired {
@@ -769,7 +1057,10 @@ impl PaymentExecutor {
                 next = updates.next() => next,
             };
             match next {
-                Some(Ok(PaymentProgress::InFlight)) => continue,
+                Some(Ok(PaymentProgress::InFlight)) => {
+                    state.send_replace(DriverState::Tracked);
+                    continue;
+                }
                 Some(Ok(progress @ PaymentProgress::Succeeded { .. })) => {
                     self.settle(payment_hash, &hash, attempt_number, progress)
                         .await?;
@@ -809,12 +1100,16 @@ impl PaymentExecutor {
 
     /// Drives a payment to an outcome: sends a requested attempt, and follows one whose outcome
     /// is unknown with TrackPaymentV2 until LND gives one; finally makes the ledger agree.
-    async fn drive(&self, payment_hash: &str) -> anyhow::Result<()> {
+    async fn drive(
+        &self,
+        payment_hash: &str,
+        state: &watch::Sender<DriverState>,
+    ) -> anyhow::Result<()> {
         let mut delay = Duration::from_millis(100);
         loop {
-            // Never start sending (or following) once shutdown began: LND keeps what it has, and
-            // the next start reconciles it.
-            if self.shutdown.is_cancelled() {
+            // Never start sending (or following) once shutdown began or the wallet's lease is
+            // not ours: LND keeps what it has, and the lease holder reconciles it.
+            if self.shutdown.is_cancelled() || !self.holds_lease() {
                 return Ok(());
             }
             let payment = self.load_payment(payment_hash).await?;
@@ -823,7 +1118,7 @@ impl PaymentExecutor {
             };
             if open.status == AttemptStatus::Requested {
                 // Whether it settled, failed or needs tracking, the next turn re-reads the journal.
-                self.send_attempt(&payment, open.number).await?;
+                self.send_attempt(&payment, open.number, state).await?;
                 if self.shutdown.is_cancelled() {
                     return Ok(());
                 }
@@ -833,14 +1128,27 @@ impl PaymentExecutor {
                 .payment_hash()
                 .cloned()
                 .ok_or_else(|| anyhow::anyhow!("payment without facts"))?;
-            match self.node.track(&hash).await {
+            let tracked =
+                match tokio::time::timeout(self.config.node_call_timeout, self.node.track(&hash))
+                    .await
+                {
+                    Ok(tracked) => tracked,
+                    Err(_) => Err(NodeError::Unavailable(format!(
+                        "TrackPaymentV2 did not answer within {:?}",
+                        self.config.node_call_timeout
+                    ))),
+                };
+            match tracked {
                 Ok(mut updates) => loop {
                     let next = tokio::select! {
                         _ = self.shutdown.cancelled() => return Ok(()),
                         next = updates.next() => next,
                     };
                     match next {
-                        Some(Ok(PaymentProgress::InFlight)) => continue,
+                        Some(Ok(PaymentProgress::InFlight)) => {
+                            state.send_replace(DriverState::Tracked);
+                            continue;
+                        }
                         Some(Ok(progress @ PaymentProgress::Succeeded { .. })) => {
                             return self
                                 .settle(payment_hash, &hash, open.number, progress)
@@ -850,6 +1158,14 @@ impl PaymentExecutor {
                             return self
                                 .fail(payment_hash, &hash, open.number, &reason, "payment failed")
                                 .await;
+                        }
+                        Some(Ok(PaymentProgress::NotFound))
+                            if self.engine.now().millis_since(payment.updated_at)
+                                < u64::try_from(self.config.not_found_grace.as_millis())
+                                    .unwrap_or(u64::MAX) =>
+                        {
+                            // LND may still be registering a send whose answer was lost.
+                            break;
                         }
                         Some(Ok(PaymentProgress::NotFound)) => {
                             return self
@@ -867,14 +1183,14 @@ impl PaymentExecutor {
                     }
                 },
                 Err(error) => {
-                    self.note_error("node_unavailable", &error.to_string());
+                    let _ = self.node_trouble(&error);
                 }
             }
             tokio::select! {
                 _ = self.shutdown.cancelled() => return Ok(()),
                 _ = tokio::time::sleep(delay) => {}
             }
-            delay = (delay * 2).min(Duration::from_secs(5));
+            delay = (delay * 2).min(TRACK_RETRY_MAX);
         }
     }
 
@@ -1044,7 +1360,7 @@ impl PaymentExecutor {
     /// The wallet's status for `/status`: node identity and balance (best effort, bounded), caps,
     /// recent payments, last error.
     pub async fn status(&self) -> WalletStatus {
-        let node = tokio::time::timeout(Duration::from_secs(5), async {
+        let node = tokio::time::timeout(self.config.node_call_timeout, async {
             let info = self.node.info().await?;
             let balance = self.node.balance().await?;
             Ok::<_, NodeError>((info, balance))
@@ -1055,6 +1371,7 @@ impl PaymentExecutor {
             match node {
                 Ok(Ok((info, balance))) => {
                     status.lifecycle = "connected";
+                    status.node_cause = None;
                     status.identity_pubkey = Some(info.identity_pubkey);
                     status.alias = Some(info.alias);
                     status.network = info.network;
@@ -1068,13 +1385,18 @@ impl PaymentExecutor {
                 }
                 Ok(Err(error)) => {
                     status.lifecycle = "error";
+                    status.node_cause = Some(node_cause(&error));
                     status.last_error_code = Some("node_unavailable".into());
                     status.last_error_message = Some(error.to_string());
                 }
                 Err(_) => {
                     status.lifecycle = "error";
-                    status.last_error_code = Some("node_timeout".into());
-                    status.last_error_message = Some("the node did not answer within 5s".into());
+                    status.node_cause = Some("unreachable");
+                    status.last_error_code = Some("node_unavailable".into());
+                    status.last_error_message = Some(format!(
+                        "node unreachable: no answer within {:?}",
+                        self.config.node_call_timeout
+                    ));
                 }
             }
             status.updated_at_ms = now_ms();
@@ -1100,7 +1422,8 @@ impl PaymentExecutor {
             node_alias: status.alias,
             balance_sats: status.balance_sats,
             channel_balance_msats: status.channel_local_msats,
-            api_key_configured: true,
+            node_cause: status.node_cause,
+            lease_held: self.holds_lease(),
             ready: status.lifecycle == "connected" && self.is_ready(),
             allowed_host_count: self.config.policy.allowed_hosts.len(),
             request_cap_msats: self.config.policy.request_cap.get(),

@@ -4,6 +4,13 @@
 //! `GetInfo`, `WalletBalance`, `ChannelBalance`, `DecodePayReq`, `AddInvoice`, router
 //! `SendPaymentV2` and `TrackPaymentV2` — and one fake node both issues and settles invoices, so a
 //! buyer/seller loop runs for real. Each payment hash follows a scripted [`Behavior`].
+//!
+//! Clients reach the node through a TCP front on the node's address that pipes bytes (TLS stays end
+//! to end) to the gRPC server, so a test can take the node off the network and back
+//! ([`FakeLnd::go_down`], [`FakeLnd::come_back`]: connections drop, new ones are refused) while
+//! its payments carry on, and script faults: [`SendFault`] for the next SendPaymentV2 ("accept
+//! then die before replying", an error status with or without registering the payment) and
+//! [`FakeLnd::refuse_auth`] (the macaroon is refused as LND words it).
 #![allow(deprecated)] // LND keeps deprecated fields (`Payment.value`, `Chain.chain`) that clients still read.
 
 use std::collections::HashMap;
@@ -63,6 +70,31 @@ impl Behavior {
     }
 }
 
+/// A fault for the next SendPaymentV2 (taken by that call).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SendFault {
+    /// Register the payment (it carries on as its [`Behavior`] says), then take the node off the
+    /// network before replying: the client's connection drops with no answer.
+    AcceptThenDie,
+    /// Register the payment, then keep the call open without answering for `for_`.
+    AcceptThenStall { for_: Duration },
+    /// Answer with this gRPC status; with `registered`, the payment was registered first (LND
+    /// accepted it and then failed to say so), else nothing exists.
+    Status {
+        code: tonic::Code,
+        message: String,
+        registered: bool,
+    },
+}
+
+/// Commands to the TCP front.
+enum FrontCommand {
+    /// Drop every connection and refuse new ones.
+    Down,
+    /// Accept again on this (re-bound) listener.
+    Up(tokio::net::TcpListener),
+}
+
 /// An invoice the fake issued.
 #[derive(Clone, Debug)]
 pub struct FakeInvoice {
@@ -89,6 +121,12 @@ struct PaymentRecord {
 
 #[derive(Default)]
 struct FakeState {
+    /// The next SendPaymentV2's fault.
+    send_fault: Mutex<Option<SendFault>>,
+    /// When set, every call is refused with this message (as LND refuses a macaroon: `Unknown`).
+    auth_refusal: Mutex<Option<String>>,
+    /// The TCP front's command channel.
+    front: Mutex<Option<tokio::sync::mpsc::UnboundedSender<FrontCommand>>>,
     invoices: Mutex<HashMap<String, InvoiceRecord>>,
     payments: Mutex<HashMap<String, PaymentRecord>>,
     behaviors: Mutex<HashMap<String, Behavior>>,
@@ -103,6 +141,12 @@ struct FakeState {
 impl FakeState {
     fn count(&self, method: &'static str) {
         *self.calls.lock().expect("lock").entry(method).or_default() += 1;
+    }
+
+    fn go_down(&self) {
+        if let Some(front) = self.front.lock().expect("lock").as_ref() {
+            let _ = front.send(FrontCommand::Down);
+        }
     }
 
     fn network(&self) -> Network {
@@ -178,14 +222,25 @@ impl FakeLnd {
         let macaroon_hex = hex::encode(random_32());
         let state = Arc::new(FakeState::default());
         *state.channel_local_msats.lock().expect("lock") = 5_000_000_000;
-        let listener = tokio::net::TcpListener::bind(addr)
+        let front = tokio::net::TcpListener::bind(addr)
             .await
             .expect("bind fake LND");
-        let addr = listener.local_addr().expect("local addr");
+        let addr = front.local_addr().expect("local addr");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind fake LND's inner listener");
+        let inner = listener.local_addr().expect("local addr");
         let shutdown = CancellationToken::new();
+        let (front_tx, front_rx) = tokio::sync::mpsc::unbounded_channel();
+        *state.front.lock().expect("lock") = Some(front_tx);
+        tokio::spawn(run_front(front, inner, front_rx, shutdown.clone()));
 
         let expected = macaroon_hex.clone();
+        let refusal_state = state.clone();
         let check = move |request: Request<()>| -> Result<Request<()>, Status> {
+            if let Some(message) = refusal_state.auth_refusal.lock().expect("lock").clone() {
+                return Err(Status::unknown(message));
+            }
             match request
                 .metadata()
                 .get("macaroon")
@@ -238,6 +293,44 @@ impl FakeLnd {
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Takes the node off the network: open connections drop, new ones are refused. Payments in
+    /// flight carry on.
+    pub fn go_down(&self) {
+        self.state.go_down();
+    }
+
+    /// Puts the node back on its address (after [`FakeLnd::go_down`] or a [`SendFault::AcceptThenDie`]).
+    ///
+    /// # Panics
+    /// When the address cannot be bound again.
+    pub async fn come_back(&self) {
+        let mut listener = None;
+        for _ in 0..100 {
+            match tokio::net::TcpListener::bind(self.addr).await {
+                Ok(bound) => {
+                    listener = Some(bound);
+                    break;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+        let listener = listener.expect("re-bind the fake LND's address");
+        if let Some(front) = self.state.front.lock().expect("lock").as_ref() {
+            let _ = front.send(FrontCommand::Up(listener));
+        }
+    }
+
+    /// Scripts the next SendPaymentV2.
+    pub fn set_send_fault(&self, fault: SendFault) {
+        *self.state.send_fault.lock().expect("lock") = Some(fault);
+    }
+
+    /// From now on every call is refused as LND refuses a macaroon, with `message` (e.g.
+    /// `permission denied`); `None` accepts the macaroon again.
+    pub fn refuse_auth(&self, message: Option<&str>) {
+        *self.state.auth_refusal.lock().expect("lock") = message.map(str::to_owned);
     }
 
     /// How to connect to this fake (the macaroon it accepts).
@@ -382,6 +475,67 @@ impl FakeLnd {
             .expect("lock")
             .values()
             .any(|r| r.invoice.payment_hash == payment_hash && r.settled)
+    }
+}
+
+/// The TCP front: accepts on the node's address and pipes each connection to the gRPC server,
+/// until told to go down (connections dropped, listener closed) and back up.
+async fn run_front(
+    first: tokio::net::TcpListener,
+    inner: SocketAddr,
+    mut commands: tokio::sync::mpsc::UnboundedReceiver<FrontCommand>,
+    shutdown: CancellationToken,
+) {
+    let mut listener = Some(first);
+    loop {
+        let Some(current) = listener.take() else {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                command = commands.recv() => match command {
+                    Some(FrontCommand::Up(bound)) => listener = Some(bound),
+                    Some(FrontCommand::Down) => {}
+                    None => return,
+                },
+            }
+            continue;
+        };
+        let connections = shutdown.child_token();
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                command = commands.recv() => match command {
+                    Some(FrontCommand::Down) | None => {
+                        connections.cancel();
+                        break;
+                    }
+                    Some(FrontCommand::Up(bound)) => {
+                        connections.cancel();
+                        listener = Some(bound);
+                        break;
+                    }
+                },
+                accepted = current.accept() => {
+                    if let Ok((socket, _)) = accepted {
+                        tokio::spawn(pipe(socket, inner, connections.clone()));
+                    }
+                }
+            }
+        }
+        drop(current);
+    }
+}
+
+async fn pipe(
+    mut client: tokio::net::TcpStream,
+    inner: SocketAddr,
+    connections: CancellationToken,
+) {
+    let Ok(mut server) = tokio::net::TcpStream::connect(inner).await else {
+        return;
+    };
+    tokio::select! {
+        _ = connections.cancelled() => {}
+        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
     }
 }
 
@@ -675,6 +829,7 @@ impl Router for FakeRouter {
         request: Request<routerrpc::SendPaymentRequest>,
     ) -> Result<Response<PaymentStream>, Status> {
         self.state.count("SendPaymentV2");
+        let fault = self.state.send_fault.lock().expect("lock").take();
         let request = request.into_inner();
         let record = self
             .state
@@ -692,6 +847,14 @@ impl Router for FakeRouter {
             .expect("lock")
             .entry(hash.clone())
             .or_default() += 1;
+        if let Some(SendFault::Status {
+            code,
+            message,
+            registered: false,
+        }) = &fault
+        {
+            return Err(Status::new(*code, message.clone()));
+        }
         if record.created_at + record.expiry <= unix_now() {
             return Err(Status::invalid_argument("invoice expired"));
         }
@@ -739,7 +902,20 @@ impl Router for FakeRouter {
             .expect("inserted above");
         let cut = matches!(behavior, Behavior::CutStream { .. });
         Self::run(self.state.clone(), hash, behavior);
-        Ok(Response::new(follow(rx, cut)))
+        match fault {
+            Some(SendFault::AcceptThenDie) => {
+                self.state.go_down();
+                // The connection is gone; this answer never reaches the client.
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                Err(Status::unavailable("the node went away"))
+            }
+            Some(SendFault::AcceptThenStall { for_ }) => {
+                tokio::time::sleep(for_).await;
+                Ok(Response::new(follow(rx, cut)))
+            }
+            Some(SendFault::Status { code, message, .. }) => Err(Status::new(code, message)),
+            None => Ok(Response::new(follow(rx, cut))),
+        }
     }
 
     async fn track_payment_v2(

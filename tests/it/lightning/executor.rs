@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use crate::support::on_both_backends;
 
 pub(super) const TOKEN: &str = "test-token";
-const WALLET: &str = "wallet-test";
+pub(super) const WALLET: &str = "wallet-test";
 
 pub(super) fn engine_for(database: &Database) -> Arc<Engine> {
     Arc::new(Engine::new(
@@ -37,6 +37,7 @@ pub(super) fn test_config() -> ExecutorConfig {
     let mut config = ExecutorConfig::new(WalletId::parse(WALLET).unwrap());
     config.auth_token = Some(TOKEN.into());
     config.response_wait = Duration::from_secs(10);
+    config.not_found_grace = Duration::from_millis(300);
     config.policy.allowed_hosts = ["sats4ai.com".to_owned(), "l402.openagents.com".to_owned()]
         .into_iter()
         .collect::<BTreeSet<_>>();
@@ -46,8 +47,8 @@ pub(super) fn test_config() -> ExecutorConfig {
 pub(super) struct App {
     pub(super) base: String,
     pub(super) http: reqwest::Client,
-    executor: Arc<PaymentExecutor>,
-    engine: Arc<Engine>,
+    pub(super) executor: Arc<PaymentExecutor>,
+    pub(super) engine: Arc<Engine>,
     shutdown: CancellationToken,
 }
 
@@ -57,7 +58,24 @@ impl Drop for App {
     }
 }
 
+/// Starts the executor and waits until it is ready (its start-up reconcile is done).
 pub(super) async fn spawn_app(database: &Database, lnd: &LndConfig, config: ExecutorConfig) -> App {
+    let app = spawn_app_unready(database, lnd, config).await;
+    for _ in 0..400 {
+        if app.executor.is_ready() {
+            return app;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("the executor did not become ready");
+}
+
+/// Starts the executor without waiting for it to be ready.
+pub(super) async fn spawn_app_unready(
+    database: &Database,
+    lnd: &LndConfig,
+    config: ExecutorConfig,
+) -> App {
     let engine = engine_for(database);
     let node = Arc::new(LndNode::connect(lnd).await.expect("lnd channel"));
     let shutdown = CancellationToken::new();
@@ -100,7 +118,12 @@ impl App {
         (status, response.json().await.expect("json body"))
     }
 
-    async fn pay(&self, request_id: &str, invoice: &str, max: u64) -> (StatusCode, Value) {
+    pub(super) async fn pay(
+        &self,
+        request_id: &str,
+        invoice: &str,
+        max: u64,
+    ) -> (StatusCode, Value) {
         self.pay_with(
             Some(request_id),
             json!({ "payment": { "invoice": invoice, "maxAmountMsats": max, "host": "sats4ai.com" } }),
@@ -108,7 +131,7 @@ impl App {
         .await
     }
 
-    async fn status(&self) -> Value {
+    pub(super) async fn status(&self) -> Value {
         self.http
             .get(format!("{}/status", self.base))
             .bearer_auth(TOKEN)
@@ -120,7 +143,7 @@ impl App {
             .unwrap()
     }
 
-    async fn ledger(&self) -> SpendLedger {
+    pub(super) async fn ledger(&self) -> SpendLedger {
         self.engine.load::<SpendLedger>(WALLET).await.unwrap().0
     }
 }
@@ -150,7 +173,8 @@ async fn pays_once_and_retries_return_the_original_result(db: &TestDb) {
         invoice.preimage_hex.as_str()
     );
     assert_eq!(result["quotedAmountMsats"], 50_000);
-    assert_eq!(result["windowSpendMsatsAfterPayment"], 50_000);
+    // The settled amount and the routing fee LND paid.
+    assert_eq!(result["windowSpendMsatsAfterPayment"], 50_007);
     let receipt = &result["receipt"];
     let keys: Vec<&str> = receipt
         .as_object()
@@ -267,9 +291,10 @@ async fn the_window_cap_holds_under_concurrency(db: &TestDb) {
     });
     let app = Arc::new(spawn_app(&db.database, &fake.config(), test_config()).await);
     let mut tasks = Vec::new();
+    // Each reserves 190,000 + the 10,000 fee limit = 200,000: exactly five fit in 1,000,000.
     for i in 0..10 {
         let app = app.clone();
-        let invoice = fake.issue_invoice(200_000, &format!("item {i}"));
+        let invoice = fake.issue_invoice(190_000, &format!("item {i}"));
         tasks.push(tokio::spawn(async move {
             app.pay(&format!("cap-{i}"), &invoice.payment_request, 200_000)
                 .await
@@ -284,7 +309,7 @@ async fn the_window_cap_holds_under_concurrency(db: &TestDb) {
             StatusCode::FORBIDDEN => {
                 assert_eq!(body["error"]["code"], "window_cap_exceeded", "{body}");
                 assert_eq!(body["error"]["details"]["windowCapMsats"], 1_000_000);
-                assert_eq!(body["error"]["details"]["quotedAmountMsats"], 200_000);
+                assert_eq!(body["error"]["details"]["quotedAmountMsats"], 190_000);
                 denied += 1;
             }
             other => panic!("unexpected {other}: {body}"),
@@ -292,17 +317,72 @@ async fn the_window_cap_holds_under_concurrency(db: &TestDb) {
     }
     assert_eq!((paid, denied), (5, 5));
     let ledger = app.ledger().await;
+    // Settled: five amounts, no fee charged by the fake.
     assert_eq!(
         ledger.window_spend(app.engine.now(), 300_000, None),
-        1_000_000
+        950_000
     );
     assert!(ledger.reservations.is_empty());
+}
+
+/// Sixty concurrent payers against a window with room for fifty (each reserves its amount plus
+/// its fee limit): exactly fifty pay, and each sees the settled spend right after its own
+/// settlement — 19,000 × k for the k-th — never other payers' open reservations.
+async fn sixty_concurrent_payers_fill_the_window_exactly_and_each_sees_its_own_spend(db: &TestDb) {
+    let fake = FakeLnd::start().await;
+    fake.set_default_behavior(Behavior::Succeed {
+        after: Duration::from_millis(50),
+    });
+    let mut config = test_config();
+    config.fee_limit = lightning::executor::FeeLimit {
+        fixed_msats: 1_000,
+        ppm: 0,
+    };
+    config.response_wait = Duration::from_secs(60);
+    let app = Arc::new(spawn_app(&db.database, &fake.config(), config).await);
+    let mut tasks = Vec::new();
+    for i in 0..60 {
+        let app = app.clone();
+        let invoice = fake.issue_invoice(19_000, &format!("payer {i}"));
+        tasks.push(tokio::spawn(async move {
+            app.pay(&format!("many-{i}"), &invoice.payment_request, 20_000)
+                .await
+        }));
+    }
+    let mut seen = BTreeSet::new();
+    let mut denied = 0;
+    for task in tasks {
+        let (status, body) = task.await.unwrap();
+        match status {
+            StatusCode::OK => {
+                let after = body["result"]["windowSpendMsatsAfterPayment"]
+                    .as_u64()
+                    .unwrap();
+                assert!(seen.insert(after), "two payers saw {after}");
+            }
+            StatusCode::FORBIDDEN => {
+                assert_eq!(body["error"]["code"], "window_cap_exceeded", "{body}");
+                denied += 1;
+            }
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    let expected: BTreeSet<u64> = (1..=50).map(|k| 19_000 * k).collect();
+    assert_eq!(seen, expected);
+    assert_eq!(denied, 10);
+    let ledger = app.ledger().await;
+    assert!(ledger.reservations.is_empty());
+    assert_eq!(
+        ledger.window_spend(app.engine.now(), 300_000, None),
+        950_000
+    );
 }
 
 on_both_backends!(
     pays_once_and_retries_return_the_original_result,
     concurrent_requests_for_one_invoice_pay_it_once,
     the_window_cap_holds_under_concurrency,
+    sixty_concurrent_payers_fill_the_window_exactly_and_each_sees_its_own_spend,
 );
 
 // --- policy ---------------------------------------------------------------------------------------
@@ -338,7 +418,7 @@ async fn each_cap_is_enforced_with_the_original_denial_shape() {
     assert_eq!(body["error"]["code"], "request_cap_exceeded");
     assert_eq!(
         body["error"]["details"],
-        json!({ "host": "sats4ai.com", "maxAllowedMsats": 200_000, "quotedAmountMsats": 200_001 })
+        json!({ "host": "sats4ai.com", "maxAllowedMsats": 200_000 })
     );
 
     let (status, body) = app
@@ -406,6 +486,90 @@ async fn each_cap_is_enforced_with_the_original_denial_shape() {
     db.cleanup().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routing_fees_count_against_the_caps_and_the_fee_limit_is_reserved() {
+    let db = TestDb::sqlite().await;
+    let fake = FakeLnd::start().await;
+    fake.set_fee_msats(7_000);
+    let mut config = test_config();
+    config.policy.caps.window_cap = Msat(100_000);
+    config.policy.caps.run_cap = Some(Msat(100_000));
+    config.fee_limit = lightning::executor::FeeLimit {
+        fixed_msats: 10_000,
+        ppm: 0,
+    };
+    let app = spawn_app(&db.database, &fake.config(), config).await;
+    let pay_for_run = |id: &str, invoice: &str| {
+        json!({ "requestId": id, "runId": "run_fees", "userId": "9",
+                "payment": { "invoice": invoice, "maxAmountMsats": 100_000, "host": "sats4ai.com" } })
+    };
+
+    // 85,000 + 10,000 fee limit = 95,000 reserved: fits. Settled: 85,000 + 7,000 fee.
+    let first = fake.issue_invoice(85_000, "first");
+    let (status, body) = app
+        .pay_with(None, pay_for_run("fee-1", &first.payment_request))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["result"]["windowSpendMsatsAfterPayment"], 92_000);
+    assert_eq!(app.status().await["status"]["windowSpendMsats"], 92_000);
+
+    // 5,000 more would fit without fees (97,000), but its fee limit does not (92,000 + 15,000).
+    let second = fake.issue_invoice(5_000, "second");
+    let (status, body) = app
+        .pay_with(None, pay_for_run("fee-2", &second.payment_request))
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(body["error"]["code"], "window_cap_exceeded");
+    assert_eq!(body["error"]["details"]["quotedAmountMsats"], 5_000);
+    assert_eq!(body["error"]["details"]["windowSpendMsats"], 92_000);
+    assert_eq!(body["error"]["details"]["windowCapMsats"], 100_000);
+    assert_eq!(fake.send_count(&second.payment_hash), 0);
+
+    // While a payment is in flight, its fee limit is held too.
+    let mut wide = test_config();
+    wide.policy.caps.window_cap = Msat(1_000_000);
+    wide.response_wait = Duration::from_secs(1);
+    wide.fee_limit = lightning::executor::FeeLimit {
+        fixed_msats: 10_000,
+        ppm: 0,
+    };
+    let db2 = TestDb::sqlite().await;
+    let app2 = spawn_app(&db2.database, &fake.config(), wide).await;
+    let slow = fake.issue_invoice(40_000, "slow");
+    fake.set_behavior(&slow.payment_hash, Behavior::Hang);
+    let (status, _) = app2.pay("slow-fee", &slow.payment_request, 50_000).await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(app2.status().await["status"]["windowSpendMsats"], 50_000);
+    fake.release(&slow.payment_hash, Behavior::succeed()).await;
+    let mut settled = false;
+    for _ in 0..100 {
+        let (status, _) = app2.pay("slow-fee", &slow.payment_request, 50_000).await;
+        if status == StatusCode::OK {
+            settled = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(settled, "the slow payment settled");
+    assert_eq!(app2.status().await["status"]["windowSpendMsats"], 47_000);
+
+    // The run's payments still report amount and fee apart.
+    let payments = lightning::run_payments::run_payments(
+        &app.engine,
+        &WalletId::parse(WALLET).unwrap(),
+        &RunId::parse("run_fees").unwrap(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(payments.len(), 1);
+    assert_eq!(
+        (payments[0].amount_msats, payments[0].fee_msats),
+        (85_000, 7_000)
+    );
+    db.cleanup().await;
+    db2.cleanup().await;
+}
+
 // --- node outcomes --------------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -461,7 +625,8 @@ async fn a_slow_payment_answers_pending_and_a_retry_returns_the_settlement() {
     // While in flight, the reservation counts against the window.
     let status_body = app.status().await;
     assert_eq!(status_body["status"]["openReservations"], 1);
-    assert_eq!(status_body["status"]["windowSpendMsats"], 40_000);
+    // 40,000 + the 10,000 fee limit.
+    assert_eq!(status_body["status"]["windowSpendMsats"], 50_000);
     let (status, _) = app.pay("slow-1", &invoice.payment_request, 50_000).await;
     assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
     fake.release(&invoice.payment_hash, Behavior::succeed())
@@ -611,7 +776,7 @@ async fn bad_invoices_and_requests_get_precise_errors_and_nothing_is_paid() {
     assert_eq!(response.headers()["x-request-id"], "hz-1");
     assert_eq!(
         response.json::<Value>().await.unwrap(),
-        json!({"ok": true, "requestId": "hz-1"})
+        json!({"ok": true, "ready": true, "requestId": "hz-1"})
     );
 
     let status = app.status().await;
@@ -681,14 +846,17 @@ async fn child_executor_process() {
     };
     let mut executor_config = test_config();
     executor_config.response_wait = Duration::from_secs(2);
-    let app = spawn_app(&database, &lnd, executor_config).await;
+    if let Some(ttl) = spec["lease_ttl_ms"].as_u64() {
+        executor_config.lease_ttl = Duration::from_millis(ttl);
+    }
+    let app = spawn_app_unready(&database, &lnd, executor_config).await;
     let port_file = spec["port_file"].as_str().unwrap();
     std::fs::write(format!("{port_file}.tmp"), &app.base).unwrap();
     std::fs::rename(format!("{port_file}.tmp"), port_file).unwrap();
     std::future::pending::<()>().await;
 }
 
-fn spawn_child(spec: &Value) -> std::process::Child {
+pub(super) fn spawn_child(spec: &Value) -> std::process::Child {
     std::process::Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
@@ -703,7 +871,7 @@ fn spawn_child(spec: &Value) -> std::process::Child {
         .expect("spawn child test process")
 }
 
-async fn wait_for_port(path: &std::path::Path) -> String {
+pub(super) async fn wait_for_port(path: &std::path::Path) -> String {
     for _ in 0..600 {
         if let Ok(base) = std::fs::read_to_string(path) {
             return base;
@@ -713,28 +881,54 @@ async fn wait_for_port(path: &std::path::Path) -> String {
     panic!("child executor did not start");
 }
 
+/// What a child executor needs: the journal, the fake LND, and where to write its address.
+pub(super) fn child_spec(db: &TestDb, lnd: &LndConfig, port_file: &std::path::Path) -> Value {
+    let mut spec = json!({
+        "lnd_address": lnd.address,
+        "lnd_cert": String::from_utf8(lnd.tls_cert_pem.clone()).unwrap(),
+        "lnd_macaroon": lnd.macaroon_hex,
+        "port_file": port_file.to_str().unwrap(),
+        // A restarted executor takes the wallet over once the killed one's lease lapses.
+        "lease_ttl_ms": 3_000,
+    });
+    match (&db.url, &db.data_dir) {
+        (Some(url), _) => spec["database_url"] = json!(url),
+        (None, Some(data)) => {
+            spec["sqlite_path"] = json!(data.join(engine::db::SQLITE_FILE).to_str().unwrap())
+        }
+        _ => unreachable!(),
+    }
+    spec
+}
+
+/// `GET /healthz` of an executor: (HTTP status, `ready`).
+pub(super) async fn healthz(base: &str) -> (StatusCode, Value) {
+    let response = reqwest::get(format!("{base}/healthz")).await.unwrap();
+    let status = response.status();
+    (
+        status,
+        response.json::<Value>().await.unwrap()["ready"].clone(),
+    )
+}
+
+/// Waits until the executor at `base` says it is ready.
+pub(super) async fn wait_ready(base: &str) {
+    for _ in 0..600 {
+        if healthz(base).await.0 == StatusCode::OK {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("the executor at {base} did not become ready");
+}
+
 async fn the_runtime_killed_mid_payment_reconciles_and_never_pays_twice(db: &TestDb) {
     let fake = FakeLnd::start().await;
     let invoice = fake.issue_invoice(70_000, "crash");
     fake.set_behavior(&invoice.payment_hash, Behavior::Hang);
     let dir = tempfile::tempdir().unwrap();
     let lnd = fake.config();
-    let spec_for = |n: u32| {
-        let mut spec = json!({
-            "lnd_address": lnd.address,
-            "lnd_cert": String::from_utf8(lnd.tls_cert_pem.clone()).unwrap(),
-            "lnd_macaroon": lnd.macaroon_hex,
-            "port_file": dir.path().join(format!("port-{n}")).to_str().unwrap(),
-        });
-        match (&db.url, &db.data_dir) {
-            (Some(url), _) => spec["database_url"] = json!(url),
-            (None, Some(data)) => {
-                spec["sqlite_path"] = json!(data.join(engine::db::SQLITE_FILE).to_str().unwrap())
-            }
-            _ => unreachable!(),
-        }
-        spec
-    };
+    let spec_for = |n: u32| child_spec(db, &lnd, &dir.path().join(format!("port-{n}")));
     let http = reqwest::Client::new();
     let pay = |base: String, id: &'static str| {
         let http = http.clone();
@@ -752,6 +946,7 @@ async fn the_runtime_killed_mid_payment_reconciles_and_never_pays_twice(db: &Tes
     let spec1 = spec_for(1);
     let mut child = spawn_child(&spec1);
     let base = wait_for_port(&dir.path().join("port-1")).await;
+    wait_ready(&base).await;
     let in_flight = tokio::spawn(pay(base.clone(), "crash-1"));
     for _ in 0..400 {
         if fake.send_count(&invoice.payment_hash) == 1 {
@@ -788,6 +983,7 @@ async fn the_runtime_killed_mid_payment_reconciles_and_never_pays_twice(db: &Tes
         settled["result"]["payment"]["preimageHex"],
         invoice.preimage_hex.as_str()
     );
+    wait_ready(&base).await;
     let other = pay(base.clone(), "crash-2").await.unwrap();
     assert_eq!(other.status(), StatusCode::OK);
     let other: Value = other.json().await.unwrap();
@@ -813,26 +1009,132 @@ async fn the_runtime_killed_mid_payment_reconciles_and_never_pays_twice(db: &Tes
     assert_eq!(ledger.recent.len(), 1);
 }
 
+/// After a SIGKILL with a payment held in flight, the restarted executor is not ready — `/healthz`
+/// and `/status` say so and new payments get `503 executor_not_ready` — until that payment is
+/// tracked with its reservation held (here: until LND is reachable again).
+async fn after_a_sigkill_the_executor_is_not_ready_until_the_held_payment_is_tracked(db: &TestDb) {
+    let fake = FakeLnd::start().await;
+    let held = fake.issue_invoice(80_000, "held");
+    fake.set_behavior(&held.payment_hash, Behavior::Hang);
+    let unrelated = fake.issue_invoice(10_000, "unrelated");
+    let dir = tempfile::tempdir().unwrap();
+    let lnd = fake.config();
+    let http = reqwest::Client::new();
+    let pay = |base: String, id: &'static str, invoice: String| {
+        let http = http.clone();
+        async move {
+            let response = http
+                .post(format!("{base}/pay-bolt11"))
+                .bearer_auth(TOKEN)
+                .header("x-request-id", id)
+                .json(&json!({ "payment": { "invoice": invoice, "maxAmountMsats": 100_000, "host": "sats4ai.com" } }))
+                .send()
+                .await
+                .unwrap();
+            let status = response.status();
+            (status, response.json::<Value>().await.unwrap())
+        }
+    };
+    let status_of = |base: String| {
+        let http = http.clone();
+        async move {
+            http.get(format!("{base}/status"))
+                .bearer_auth(TOKEN)
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        }
+    };
+
+    let mut child = spawn_child(&child_spec(db, &lnd, &dir.path().join("port-1")));
+    let base = wait_for_port(&dir.path().join("port-1")).await;
+    wait_ready(&base).await;
+    let in_flight = tokio::spawn(pay(base.clone(), "held-1", held.payment_request.clone()));
+    for _ in 0..400 {
+        if fake.send_count(&held.payment_hash) == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(fake.send_count(&held.payment_hash), 1);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let _ = in_flight.await;
+
+    // Restart while LND cannot be reached: the held payment cannot be tracked yet.
+    fake.go_down();
+    let mut child = spawn_child(&child_spec(db, &lnd, &dir.path().join("port-2")));
+    let base = wait_for_port(&dir.path().join("port-2")).await;
+    for _ in 0..5 {
+        let (code, ready) = healthz(&base).await;
+        assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(ready, false);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let status = status_of(base.clone()).await;
+    assert_eq!(status["status"]["ready"], false, "{status}");
+    assert_eq!(status["status"]["openReservations"], 1);
+    let (code, body) = pay(base.clone(), "other-1", unrelated.payment_request.clone()).await;
+    assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["error"]["code"], "executor_not_ready");
+    assert_eq!(fake.send_count(&unrelated.payment_hash), 0);
+
+    // LND is back: the held payment is tracked (still in flight, reservation held) -> ready.
+    fake.come_back().await;
+    wait_ready(&base).await;
+    let status = status_of(base.clone()).await;
+    assert_eq!(status["status"]["ready"], true, "{status}");
+    assert_eq!(status["status"]["openReservations"], 1);
+    assert!(status["status"]["windowSpendMsats"].as_u64().unwrap() >= 80_000);
+    let (code, body) = pay(base.clone(), "other-1", unrelated.payment_request.clone()).await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+
+    // LND settles the held payment: the retry returns it; it was sent once.
+    fake.release(&held.payment_hash, Behavior::succeed()).await;
+    let mut settled = Value::Null;
+    for _ in 0..100 {
+        let (code, body) = pay(base.clone(), "held-1", held.payment_request.clone()).await;
+        if code == StatusCode::OK {
+            settled = body;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        settled["result"]["payment"]["preimageHex"],
+        held.preimage_hex.as_str()
+    );
+    assert_eq!(fake.send_count(&held.payment_hash), 1);
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
 mod crash {
     use super::*;
-    on_both_backends!(the_runtime_killed_mid_payment_reconciles_and_never_pays_twice);
+    on_both_backends!(
+        the_runtime_killed_mid_payment_reconciles_and_never_pays_twice,
+        after_a_sigkill_the_executor_is_not_ready_until_the_held_payment_is_tracked,
+    );
 }
 
 // --- crash before sending: the reservation is held, LND never saw the payment ---------------------
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_payment_interrupted_before_sending_is_failed_as_not_sent_and_released_on_restart() {
+/// Writes what a process that died between reserving and SendPaymentV2 leaves in the journal:
+/// request `lost-1` for `invoice`, its attempt reserved, nothing sent.
+pub(super) async fn seed_reserved_but_unsent(
+    database: &Database,
+    invoice: &lightning::testing::FakeInvoice,
+    config: &ExecutorConfig,
+) {
     use aggregates::payment::{
         DecodedInvoice, Network, PaymentCommand, PaymentHash, PaymentRequest, SpendLedgerCommand,
     };
     use engine::CommandContext;
 
-    let db = TestDb::sqlite().await;
-    let fake = FakeLnd::start().await;
-    let invoice = fake.issue_invoice(60_000, "interrupted");
-    let config = test_config();
-    // What a process that died between reserving and SendPaymentV2 leaves in the journal.
-    let engine = engine_for(&db.database);
+    let engine = engine_for(database);
     let hash = PaymentHash::parse(&invoice.payment_hash).unwrap();
     let context = CommandContext::system("test");
     let request = PaymentRequest {
@@ -902,6 +1204,15 @@ async fn a_payment_interrupted_before_sending_is_failed_as_not_sent_and_released
         )
         .await
         .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payment_interrupted_before_sending_is_failed_as_not_sent_and_released_on_restart() {
+    let db = TestDb::sqlite().await;
+    let fake = FakeLnd::start().await;
+    let invoice = fake.issue_invoice(60_000, "interrupted");
+    let config = test_config();
+    seed_reserved_but_unsent(&db.database, &invoice, &config).await;
 
     // The restarted executor reconciles it before anything else: LND never saw it.
     let app = spawn_app(&db.database, &fake.config(), config).await;
