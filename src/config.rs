@@ -41,6 +41,8 @@ pub struct HttpConfig {
     pub body_limit_bytes: usize,
     /// Largest run or worker `metadata` object, in bytes of its JSON (`400 metadata_too_large`).
     pub metadata_limit_bytes: usize,
+    /// How long an `Idempotency-Key` record is kept (a retry after that runs again).
+    pub idempotency_ttl: Duration,
     /// How long an SSE stream stays open waiting for events when `tail_ms` is not given.
     pub stream_tail_default: Duration,
     /// Largest `tail_ms` accepted.
@@ -64,6 +66,7 @@ impl Default for HttpConfig {
         Self {
             body_limit_bytes: 1024 * 1024,
             metadata_limit_bytes: 16 * 1024,
+            idempotency_ttl: Duration::from_secs(24 * 3600),
             stream_tail_default: Duration::from_secs(30),
             stream_tail_max: Duration::from_secs(15 * 60),
             stream_replay_window: None,

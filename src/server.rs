@@ -82,6 +82,11 @@ impl Server {
             )
             .await
         });
+        let retention_app = server.app.clone();
+        let server = server.task("idempotency-expiry", move |shutdown| async move {
+            run_idempotency_expiry(retention_app, shutdown).await;
+            Ok(())
+        });
         match server.app.database().clone() {
             engine::Database::Postgres(pool) => {
                 let notifier = server.app.notifier().clone();
@@ -347,4 +352,27 @@ fn route_paths_of(router: &Router) -> Vec<String> {
         }
     }
     paths
+}
+
+/// Deletes idempotency records older than the configured TTL, at start and then every TTL/24
+/// (an hour by default); failures are logged and retried on the next tick.
+async fn run_idempotency_expiry(app: App, shutdown: CancellationToken) {
+    let ttl = app.config().http.idempotency_ttl;
+    let every = (ttl / 24).max(std::time::Duration::from_secs(1));
+    loop {
+        let now = app.engine().now();
+        let ttl_micros = i64::try_from(ttl.as_micros()).unwrap_or(i64::MAX);
+        let cutoff =
+            aggregates::Timestamp::from_unix_micros(now.unix_micros().saturating_sub(ttl_micros))
+                .unwrap_or(now);
+        match engine::retention::prune_idempotency_keys(app.database(), cutoff).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(deleted = n, "expired idempotency records deleted"),
+            Err(e) => tracing::warn!(error.message = %e, "expiring idempotency records failed"),
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+    }
 }

@@ -14,6 +14,7 @@
 //! - [`notify`]: commit notifications, in-process and across processes (PostgreSQL NOTIFY).
 //! - [`principal`]: who a request speaks for and what it may reach (claims bind, tenancy fails
 //!   closed, the operator role).
+//! - [`retention`]: expiry of idempotency records (events are never pruned).
 //! - [`db`]: connecting, migrating and checking the database.
 //! - [`clock`]: injectable clock and id source.
 //! - `testing` (feature `testing`): throwaway databases for tests.
@@ -29,6 +30,7 @@ pub mod journal;
 pub mod listing;
 pub mod notify;
 pub mod principal;
+pub mod retention;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 

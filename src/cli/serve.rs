@@ -39,6 +39,10 @@ pub struct ServeArgs {
     #[arg(long, env = "OA_AGGREGATE_CACHE_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub aggregate_cache_bytes: usize,
 
+    /// How long an Idempotency-Key record is kept, in seconds (a retry after that runs again).
+    #[arg(long, env = "OA_IDEMPOTENCY_TTL_SECS", default_value_t = 24 * 3600)]
+    pub idempotency_ttl_secs: u64,
+
     /// How long SSE streams wait for new events when the request has no tail_ms.
     #[arg(long, env = "OA_STREAM_TAIL_MS", default_value_t = 30_000)]
     pub stream_tail_ms: u64,
@@ -101,6 +105,7 @@ impl ServeArgs {
         config.http = HttpConfig {
             body_limit_bytes: self.body_limit_bytes,
             metadata_limit_bytes: self.metadata_limit_bytes,
+            idempotency_ttl: Duration::from_secs(self.idempotency_ttl_secs.max(60)),
             stream_tail_default: Duration::from_millis(self.stream_tail_ms.max(1)),
             stream_tail_max: Duration::from_millis(self.stream_tail_max_ms.max(1)),
             stream_replay_window: self.stream_replay_window,

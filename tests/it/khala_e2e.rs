@@ -1285,6 +1285,9 @@ async fn a_slow_consumer_is_disconnected_while_others_keep_receiving(db: &TestDb
     settings.gateway.queue_limit = 2;
     settings.gateway.slow_consumer_grace = Duration::from_secs(1);
     settings.gateway.slow_consumer_max_strikes = 3;
+    // The fast client sends no sync:heartbeat: on a loaded machine the writes take longer than
+    // the default channel idle timeout, which would close its channel (not what this tests).
+    settings.gateway.channel_idle_timeout = Duration::from_secs(600);
     let app = spawn_app_with(
         db,
         Options {

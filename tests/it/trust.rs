@@ -22,6 +22,7 @@ on_both_backends!(
     every_route_is_in_the_authorization_matrix,
     claims_bind_and_tenancy_fails_closed_in_the_reported_scenarios,
     the_aggregate_cache_stays_within_its_byte_budget_under_steady_writes,
+    idempotency_records_expire_on_their_schedule,
 );
 
 const OWNER: &str = "1";
@@ -744,4 +745,39 @@ async fn the_aggregate_cache_stays_within_its_byte_budget_under_steady_writes(db
     let snapshot = app.run_snapshot("cache_0_0", "thread_1").await;
     assert_eq!(snapshot.status, 200, "{}", snapshot.text);
     assert_eq!(snapshot.json["latest_seq"], 20, "{}", snapshot.text);
+}
+
+async fn idempotency_records_expire_on_their_schedule(db: &TestDb) {
+    let app = crate::app::spawn_app(db).await;
+    let create = |run: &str| {
+        app.post(
+            "/internal/v1/runs",
+            json!({"run_id": run, "thread_id": "thread_1"}),
+        )
+        .idempotency_key("idem-expiry")
+    };
+    assert_eq!(create("r_idem_1").send().await.status, 201);
+    // Within the TTL the key is bound to its first request.
+    let reused = create("r_idem_2").send().await;
+    reused.assert_error(409, "conflict");
+    assert_eq!(reused.reason(), "idempotency_key_reused");
+    // A prune with a cutoff before the record keeps it; one after it deletes it.
+    let now = app.app.engine().now();
+    let past = aggregates::Timestamp::from_unix_seconds(now.unix_seconds() - 3600).unwrap();
+    assert_eq!(
+        engine::retention::prune_idempotency_keys(app.app.database(), past)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(create("r_idem_2").send().await.status, 409);
+    let later = aggregates::Timestamp::from_unix_seconds(now.unix_seconds() + 1).unwrap();
+    assert_eq!(
+        engine::retention::prune_idempotency_keys(app.app.database(), later)
+            .await
+            .unwrap(),
+        1
+    );
+    // Expired: the key may name a new request.
+    assert_eq!(create("r_idem_2").send().await.status, 201);
 }
