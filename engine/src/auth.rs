@@ -249,7 +249,11 @@ pub fn verify(
     if claims.nonce.is_empty() || claims.nonce.len() > MAX_NONCE_BYTES {
         return Err(AuthError::Malformed("nonce must be 1 to 256 bytes"));
     }
-    if claims.oa_role.as_deref().is_some_and(|role| role != OPERATOR_ROLE) {
+    if claims
+        .oa_role
+        .as_deref()
+        .is_some_and(|role| role != OPERATOR_ROLE)
+    {
         return Err(AuthError::Malformed("unknown oa_role"));
     }
     if claims.exp < claims.iat {
