@@ -9,6 +9,7 @@ mod support;
 
 mod api;
 mod audit;
+mod audit_log;
 mod auth;
 mod cli;
 mod concurrency;

@@ -433,6 +433,48 @@ pub fn completed_by_leaf(index: u64) -> Vec<NodeId> {
     out
 }
 
+/// The right edge of a growing tree: the roots of its perfect subtrees, largest first. Appending
+/// a leaf and reading the root are O(log n); memory is O(log n). For verifiers that see every
+/// leaf in order (a whole-journal bundle, `replay --journal`).
+#[derive(Clone, Debug, Default)]
+pub struct Frontier {
+    nodes: Vec<(u8, Hash)>,
+    size: u64,
+}
+
+impl Frontier {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    pub fn push(&mut self, leaf: Hash) {
+        self.nodes.push((0, leaf));
+        self.size += 1;
+        while self.nodes.len() >= 2 {
+            let (rl, r) = self.nodes[self.nodes.len() - 1];
+            let (ll, l) = self.nodes[self.nodes.len() - 2];
+            if rl != ll {
+                break;
+            }
+            self.nodes.truncate(self.nodes.len() - 2);
+            self.nodes.push((rl + 1, node_hash(&l, &r)));
+        }
+    }
+
+    /// The root of the leaves pushed so far.
+    pub fn root(&self) -> Hash {
+        let mut iter = self.nodes.iter().rev();
+        let Some((_, last)) = iter.next() else {
+            return EMPTY_ROOT;
+        };
+        iter.fold(*last, |acc, (_, left)| node_hash(left, &acc))
+    }
+}
+
 /// Parses 64 hex characters.
 ///
 /// # Errors
@@ -648,6 +690,17 @@ mod tests {
             completed_by_leaf(5),
             vec![NodeId::leaf(5), NodeId { level: 1, index: 2 }]
         );
+    }
+
+    #[test]
+    fn the_frontier_gives_the_root_of_every_prefix() {
+        let leaves: Vec<Hash> = (0u32..100).map(|i| leaf_hash(&i.to_be_bytes())).collect();
+        let mut frontier = Frontier::new();
+        assert_eq!(frontier.root(), EMPTY_ROOT);
+        for (i, leaf) in leaves.iter().enumerate() {
+            frontier.push(*leaf);
+            assert_eq!(frontier.root(), root(&leaves[..=i]), "size {}", i + 1);
+        }
     }
 
     fn flip(hash: &Hash, bit: usize) -> Hash {

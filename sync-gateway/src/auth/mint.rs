@@ -116,6 +116,7 @@ pub fn mint(
         oa_sync_scopes: Scopes(scopes.clone()),
         oa_sync_topics: None,
         oa_claims_version: Some(CLAIMS_VERSION.into()),
+        oa_role: None,
     };
     let mut header = Header::new(signing.algorithm);
     header.kid = Some(signing.kid.clone());
