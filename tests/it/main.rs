@@ -10,6 +10,7 @@ mod support;
 mod api;
 mod audit;
 mod audit_log;
+mod audit_trust;
 mod auth;
 mod cli;
 mod concurrency;
