@@ -448,7 +448,7 @@ async fn resigned_and_forged_checkpoints_are_not_trusted(db: &TestDb) {
 }
 
 /// A server with the audit routes and the tree maintainer (checkpoints every 5 events or 200 ms).
-async fn spawn_audited(db: &TestDb) -> (String, tokio_util::sync::CancellationToken) {
+pub async fn spawn_audited(db: &TestDb) -> (String, tokio_util::sync::CancellationToken) {
     let config = RuntimeConfig::new(
         database_config(db),
         db.data_dir.clone().unwrap_or_else(std::env::temp_dir),
@@ -479,7 +479,7 @@ async fn spawn_audited(db: &TestDb) -> (String, tokio_util::sync::CancellationTo
     (base, shutdown)
 }
 
-async fn get(base: &str, path: &str, claims: engine::auth::InternalClaims) -> (u16, Value) {
+pub async fn get(base: &str, path: &str, claims: engine::auth::InternalClaims) -> (u16, Value) {
     let response = reqwest::Client::new()
         .get(format!("{base}{path}"))
         .header("x-oa-runtime-signature", token(&claims))
