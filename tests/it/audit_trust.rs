@@ -305,7 +305,22 @@ async fn bundles_of_every_scope_verify_against_a_trusted_checkpoint_and_nothing_
 async fn an_insider_rewrite_fails_verify_against_an_earlier_checkpoint(db: &TestDb) {
     seed_runs(db).await;
     let a = checkpoint(db).await;
+    let mut clean = openagents_runtime::replay::journal_check::DriftReport::default();
+    openagents_runtime::replay::journal_check::check_audit_tree(&db.database, &mut clean)
+        .await
+        .unwrap();
+    assert_eq!(clean.problems, Vec::<String>::new());
     rewrite_event(db, "run_happy", "list the files", "wipe the disks").await;
+    // `replay --journal` names the rewritten event against the stored tree.
+    let mut drift = openagents_runtime::replay::journal_check::DriftReport::default();
+    openagents_runtime::replay::journal_check::check_audit_tree(&db.database, &mut drift)
+        .await
+        .unwrap();
+    assert!(
+        drift.problems.iter().any(|p| p.contains("run/run_happy#")),
+        "{:?}",
+        drift.problems
+    );
     // The chain alone no longer tells: the rewritten history is self-consistent.
     let mut out = Vec::new();
     export(
