@@ -39,6 +39,9 @@ pub enum StoreError {
     Corrupt(String),
     #[error(transparent)]
     Proof(#[from] merkle::ProofError),
+    /// Committed events stayed below the journal's read horizon for a minute.
+    #[error("the audit tree reached {size} of {target} leaves and the journal's read horizon stopped moving (is a transaction left open on the server?)")]
+    HorizonStuck { size: u64, target: u64 },
     /// A size or leaf past what the tree has reached.
     #[error("the audit tree has {size} leaves; {asked} is beyond it")]
     BeyondTree { asked: u64, size: u64 },
@@ -707,22 +710,29 @@ impl AuditStore {
         }
     }
 
-    /// Extends the tree until it has read every committed event; how many it added.
+    /// Extends the tree until it holds every event committed when it began (waiting, on
+    /// PostgreSQL, for the read horizon to pass them); how many leaves the tree grew by.
     ///
     /// # Errors
-    /// As [`AuditStore::extend`].
+    /// As [`AuditStore::extend`], or [`StoreError::HorizonStuck`] when the committed events stay
+    /// out of reach for a minute (a transaction left open on the server).
     pub async fn catch_up(&self) -> Result<u64, StoreError> {
-        let mut total = 0;
+        let start = self.state().await?;
+        let pending = self.journal.count_after(start.cursor, u64::MAX / 2).await?;
+        let target = start.tree_size + pending;
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
         loop {
             let added = self.extend(1_000).await?;
-            if added == 0 {
-                // Another process may have moved the row: make sure the journal is exhausted.
-                let state = self.state().await?;
-                if self.journal.read_all(state.cursor, 1).await?.is_empty() {
-                    return Ok(total);
-                }
+            let size = self.state().await?.tree_size;
+            if size >= target {
+                return Ok(size - start.tree_size);
             }
-            total += added;
+            if added == 0 {
+                if std::time::Instant::now() > deadline {
+                    return Err(StoreError::HorizonStuck { size, target });
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
         }
     }
 
