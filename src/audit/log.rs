@@ -176,3 +176,41 @@ pub fn announce(public_key: &str, source: &AuditKeySource) {
     let _ = writeln!(out, "audit public key: {public_key} ({from}); checkpoints at GET /internal/v1/audit/checkpoints/latest");
     let _ = out.flush();
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn postgres_needs_a_configured_audit_key_and_the_embedded_journal_generates_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let none = AuditKeyArgs::default();
+        let error = none.key(dir.path(), false).unwrap_err().to_string();
+        assert!(error.contains("OA_AUDIT_KEY_FILE"), "{error}");
+        assert!(none.existing(dir.path()).unwrap().is_none());
+        let (generated, source) = none.key(dir.path(), true).unwrap();
+        assert!(matches!(
+            source,
+            AuditKeySource::DevFile { created: true, .. }
+        ));
+        let (again, _) = none.key(dir.path(), true).unwrap();
+        assert_eq!(generated.public_key_hex(), again.public_key_hex());
+        assert_eq!(
+            none.existing(dir.path()).unwrap().unwrap().public_key_hex(),
+            generated.public_key_hex()
+        );
+        let configured = AuditKeyArgs {
+            audit_key: Some("11".repeat(32)),
+            audit_key_file: None,
+        };
+        assert!(matches!(
+            configured.key(dir.path(), false).unwrap().1,
+            AuditKeySource::Configured
+        ));
+        let bad = AuditKeyArgs {
+            audit_key: Some("zz".into()),
+            audit_key_file: None,
+        };
+        assert!(bad.key(dir.path(), false).is_err());
+    }
+}
