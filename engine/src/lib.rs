@@ -9,6 +9,8 @@
 //!   concurrency, bounded retries and idempotency keys.
 //! - [`listing`]: runs of a thread and workers of an owner, from their birth events.
 //! - [`cache`]: the in-memory aggregate cache behind the engine.
+//! - [`audit_log`]: the RFC 9162 Merkle tree over the journal, its signed checkpoints and
+//!   proofs, and the maintainer that extends it off the write path.
 //! - [`artifacts`]: receipts, REPLAY.jsonl, trajectory hashes and receipt signatures, computed
 //!   from a run's events; recording a finished run's receipt.
 //! - [`notify`]: commit notifications, in-process and across processes (PostgreSQL NOTIFY).
@@ -21,6 +23,7 @@
 #![forbid(unsafe_code)]
 
 pub mod artifacts;
+pub mod audit_log;
 pub mod auth;
 mod cache;
 pub mod clock;

@@ -260,6 +260,8 @@ async fn bench(
             exported_at: Timestamp::from_datetime(chrono::Utc::now()),
             progress: false,
             verify_stored,
+            cut: super::export::Cut::IntegrityOnly,
+            consistency_from: None,
         };
         let started = Instant::now();
         let file = tokio::fs::File::create(&bundle_path).await?;
@@ -281,7 +283,7 @@ async fn bench(
         let file = std::fs::File::open(&path)?;
         Ok(verify_bundle(
             std::io::BufReader::with_capacity(1 << 20, file),
-            &VerifyOptions::default(),
+            &VerifyOptions::integrity_only(),
         )?)
     })
     .await

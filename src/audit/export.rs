@@ -13,9 +13,11 @@ use aggregates::canonical::{hash_canonical, sha256_hex, write_json_string, Prefi
 use aggregates::chain::{self, EventContent};
 use aggregates::run::Run;
 use aggregates::Timestamp;
-use anyhow::{anyhow, Context};
+use anyhow::{anyhow, bail, Context};
 use cqrs_es::persist::SerializedEvent;
 use engine::artifacts::{ReceiptSigner, RunArtifactsBuilder, RunRecordBuilder};
+use engine::audit_log::leaf::{disclose, may_hold_secrets};
+use engine::audit_log::{AuditKey, AuditStore, Checkpoint};
 use engine::Database;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::{json, Map, Value};
@@ -39,6 +41,23 @@ pub struct ExportOptions {
     /// hashes that do not match (the bundle always carries the stored values, so `audit verify`
     /// names them too).
     pub verify_stored: bool,
+    /// Which checkpoint the bundle is cut at and proven against.
+    pub cut: Cut,
+    /// Also carry the consistency proof from this tree size to the bundle's checkpoint (what
+    /// `audit verify --checkpoint OLD.json` needs for a bundle that is not the whole journal).
+    pub consistency_from: Option<u64>,
+}
+
+/// Which checkpoint an export is cut at.
+#[derive(Clone, Debug)]
+pub enum Cut {
+    /// Catch the tree up with the journal and sign a checkpoint of it now (needs the audit key):
+    /// the bundle holds every event committed when it began.
+    Fresh(AuditKey),
+    /// The latest stored checkpoint: events after it are left out.
+    Latest,
+    /// No checkpoint and no proofs: the bundle only agrees with itself.
+    IntegrityOnly,
 }
 
 /// What an export wrote.
@@ -53,6 +72,10 @@ pub struct ExportSummary {
     pub bytes: u64,
     /// Runs whose events could not be decoded: exported without receipt and replay.
     pub runs_without_artifacts: u64,
+    /// Events whose secret fields were replaced by commitments.
+    pub redacted_events: u64,
+    /// The checkpoint the bundle was cut at.
+    pub checkpoint: Option<Checkpoint>,
 }
 
 /// Buffers lines, hashes them and writes them out in large chunks.
@@ -191,13 +214,52 @@ pub async fn export<W: AsyncWrite + Unpin>(
         bytes: 0,
     };
     let mut summary = ExportSummary::default();
+    let store = AuditStore::new(database);
+    let tree = store.state().await.context("read the audit tree")?;
+    let checkpoint = match &options.cut {
+        Cut::Fresh(key) => {
+            store.catch_up().await.context("extend the audit tree")?;
+            store
+                .checkpoint_now(key)
+                .await
+                .context("take a checkpoint")?
+        }
+        Cut::Latest => store
+            .latest_checkpoint()
+            .await
+            .context("read the checkpoint")?,
+        Cut::IntegrityOnly => None,
+    };
+    // The whole journal is proven by rebuilding the checkpoint's root from every leaf; any other
+    // scope carries an inclusion proof per event.
+    let per_event_proofs = checkpoint.is_some() && options.scope != Scope::All;
+    let consistency = match (&checkpoint, options.consistency_from) {
+        (Some(cp), Some(from)) if from <= cp.tree_size => Some(json!({
+            "from": from,
+            "to": cp.tree_size,
+            "proof": store
+                .consistency_proof(from, cp.tree_size)
+                .await
+                .context("consistency proof")?
+                .iter()
+                .map(hex::encode)
+                .collect::<Vec<_>>(),
+        })),
+        (Some(cp), Some(from)) => bail!(
+            "--consistency-from {from} is beyond the bundle's checkpoint ({} events)",
+            cp.tree_size
+        ),
+        _ => None,
+    };
     w.value_line(&json!({
         "type": "header",
         "schema": BUNDLE_SCHEMA,
         "runtime_version": options.runtime_version,
         "chain_scheme": chain::CHAIN_SCHEME,
+        "leaf_scheme": engine::audit_log::leaf::LEAF_SCHEMA,
         "scope": options.scope.to_json(),
         "exported_at": options.exported_at.to_rfc3339(),
+        "checkpoint": checkpoint,
     }))
     .await?;
 
@@ -227,9 +289,46 @@ pub async fn export<W: AsyncWrite + Unpin>(
     let mut last_position: Option<(i64, i64)> = None;
     let mut first_recorded: Option<String> = None;
     let mut last_recorded: Option<String> = None;
+    let tree_size = checkpoint.as_ref().map(|cp| cp.tree_size);
     while let Some(page) = pages.next().await? {
         bar.inc(page.len() as u64);
-        for row in page {
+        // Each row's leaf; rows the checkpoint does not reach are after the cut.
+        let leaves = match tree_size {
+            Some(_) => {
+                let positions: Vec<i64> = page.iter().map(|r| r.position).collect();
+                store
+                    .leaves_at_positions(&positions)
+                    .await
+                    .context("read the rows' leaves")?
+            }
+            None => HashMap::new(),
+        };
+        let page: Vec<(AuditRow, Option<u64>)> = page
+            .into_iter()
+            .filter_map(|row| {
+                let leaf = leaves.get(&row.position).copied();
+                match tree_size {
+                    Some(size) if leaf.is_none_or(|l| l >= size) => None,
+                    _ => Some((row, leaf)),
+                }
+            })
+            .collect();
+        let proofs: HashMap<u64, Vec<String>> = match (tree_size, per_event_proofs) {
+            (Some(size), true) => {
+                let indices: Vec<u64> = page.iter().filter_map(|(_, l)| *l).collect();
+                let proofs = store
+                    .inclusion_proofs(&indices, size)
+                    .await
+                    .context("inclusion proofs")?;
+                indices
+                    .into_iter()
+                    .zip(proofs)
+                    .map(|(i, p)| (i, p.iter().map(hex::encode).collect()))
+                    .collect()
+            }
+            _ => HashMap::new(),
+        };
+        for (row, leaf_index) in page {
             let mut metadata: Map<String, Value> = serde_json::from_str(&row.metadata)
                 .with_context(|| format!("metadata of {}", name(&row)))?;
             let recorded_at = metadata
@@ -270,7 +369,8 @@ pub async fn export<W: AsyncWrite + Unpin>(
             let hash_here =
                 options.verify_stored || stored_content.is_none() || stored_chain.is_none();
             let multiline = row.payload.contains(['\n', '\r']);
-            let payload: Option<Value> = if hash_here || builds_artifacts || multiline {
+            let secret = may_hold_secrets(&row.payload) || may_hold_secrets(&row.metadata);
+            let payload: Option<Value> = if hash_here || builds_artifacts || multiline || secret {
                 Some(
                     serde_json::from_str(&row.payload)
                         .with_context(|| format!("payload of {}", name(&row)))?,
@@ -296,15 +396,43 @@ pub async fn export<W: AsyncWrite + Unpin>(
                 (_, Some(content), Some(link)) => (content, link),
                 _ => unreachable!("hashes are computed whenever one is not stored"),
             };
+            // Secrets leave only as salted commitments.
+            let disclosed = match &payload {
+                Some(p) if secret => {
+                    let d = disclose(
+                        &tree.redaction_key,
+                        &content_of(&row, p, &metadata),
+                        &content_hash,
+                    );
+                    d.redacted.is_some().then_some(d)
+                }
+                _ => None,
+            };
+            if disclosed.is_some() {
+                summary.redacted_events += 1;
+            }
             write_event_line(
                 &mut w.buffer,
                 &row,
                 recorded_at.as_deref(),
-                payload.as_ref().filter(|_| multiline),
-                &metadata,
+                match &disclosed {
+                    Some(d) => d.redacted.as_ref().map(|(p, _)| p),
+                    None => payload.as_ref().filter(|_| multiline),
+                },
+                match &disclosed {
+                    Some(d) => d.redacted.as_ref().map_or(&metadata, |(_, m)| m),
+                    None => &metadata,
+                },
                 &content_hash,
                 prev.as_deref(),
                 &chain_hash,
+                &EventProof {
+                    redaction: disclosed
+                        .as_ref()
+                        .map(|d| (d.pointers.as_slice(), d.disclosed_hash.as_str())),
+                    leaf_index,
+                    inclusion: leaf_index.and_then(|i| proofs.get(&i)),
+                },
             )?;
             w.end_line().await?;
 
@@ -393,6 +521,9 @@ pub async fn export<W: AsyncWrite + Unpin>(
             "last_recorded_at": last_recorded,
         },
         "bundle_sha256": bundle_sha256,
+        "checkpoint": checkpoint,
+        "consistency": consistency,
+        "redacted_events": summary.redacted_events,
     });
     if let Some(signer) = &options.signer {
         let digest = manifest_digest(&manifest);
@@ -406,6 +537,7 @@ pub async fn export<W: AsyncWrite + Unpin>(
     w.out.flush().await.context("flush the bundle")?;
     summary.bundle_sha256 = bundle_sha256;
     summary.bytes = w.bytes;
+    summary.checkpoint = checkpoint;
     Ok(summary)
 }
 
@@ -535,6 +667,7 @@ fn write_event_line(
     content_hash: &str,
     prev: Option<&str>,
     chain_hash: &str,
+    proof: &EventProof<'_>,
 ) -> anyhow::Result<()> {
     write!(
         buf,
@@ -569,8 +702,31 @@ fn write_event_line(
     }
     buf.extend_from_slice(b",\"chain_hash\":");
     write_json_string(chain_hash, buf)?;
+    if let Some((pointers, disclosed_hash)) = proof.redaction {
+        buf.extend_from_slice(b",\"redacted\":");
+        serde_json::to_writer(&mut *buf, pointers)?;
+        buf.extend_from_slice(b",\"disclosed_hash\":");
+        write_json_string(disclosed_hash, buf)?;
+    }
+    if let Some(index) = proof.leaf_index {
+        write!(buf, ",\"leaf_index\":{index}")?;
+    }
+    if let Some(inclusion) = proof.inclusion {
+        buf.extend_from_slice(b",\"inclusion\":");
+        serde_json::to_writer(&mut *buf, inclusion)?;
+    }
     buf.push(b'}');
     Ok(())
+}
+
+/// What an event line carries besides the stored event: its redactions and its place in the
+/// audit tree.
+struct EventProof<'a> {
+    /// Pointers of the redacted fields and the disclosed content hash.
+    redaction: Option<(&'a [String], &'a str)>,
+    leaf_index: Option<u64>,
+    /// Inclusion proof against the bundle's checkpoint (hex hashes).
+    inclusion: Option<&'a Vec<String>>,
 }
 
 /// Hex SHA-256 of `bytes` (re-exported for the verifier's messages).

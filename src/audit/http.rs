@@ -20,13 +20,14 @@ use axum::routing::get;
 use axum::{Json, Router};
 use engine::artifacts::recorder::{receipt_for, RecordError};
 use engine::artifacts::{load_run_record, render_replay, ReceiptSigner, RunRecord};
+use engine::audit_log::AuditKey;
 use engine::{Database, Engine};
 use serde::Deserialize;
 use serde_json::json;
 use tokio_util::io::ReaderStream;
 
 use super::bundle::Scope;
-use super::export::{export, ExportOptions};
+use super::export::{export, Cut, ExportOptions};
 use crate::api::auth::Caller;
 use crate::api::error::{ApiError, ErrorCode, ErrorEnvelope};
 use crate::api::extract::ApiQuery;
@@ -43,6 +44,9 @@ pub struct ArtifactState {
     pub signer: Option<ReceiptSigner>,
     /// The runtime's version, written into bundles.
     pub runtime_version: String,
+    /// Signs the checkpoint a bundle is cut at (then every bundle holds the run as it is now);
+    /// without it, bundles are cut at the latest stored checkpoint.
+    pub audit_key: Option<AuditKey>,
 }
 
 /// The routes, with their full `/internal/v1/...` paths. Merge them into the internal router
@@ -59,11 +63,23 @@ pub fn router(state: ArtifactState) -> Router {
 /// run's receipt when it finishes (`engine::artifacts::run_receipt_recorder`), signing both with
 /// `signer` when given: what `serve` runs.
 pub fn with_artifacts(server: Server, app: &App, signer: Option<ReceiptSigner>) -> Server {
+    with_artifacts_audited(server, app, signer, None)
+}
+
+/// [`with_artifacts`], with bundles cut at a fresh checkpoint signed by `audit_key`: what `serve`
+/// runs.
+pub fn with_artifacts_audited(
+    server: Server,
+    app: &App,
+    signer: Option<ReceiptSigner>,
+    audit_key: Option<AuditKey>,
+) -> Server {
     let router = router(ArtifactState {
         engine: app.engine().clone(),
         database: app.database().clone(),
         signer: signer.clone(),
         runtime_version: crate::VERSION.to_owned(),
+        audit_key,
     });
     let engine = app.engine().clone();
     let database = app.database().clone();
@@ -87,6 +103,9 @@ pub fn with_artifacts(server: Server, app: &App, signer: Option<ReceiptSigner>) 
 #[into_params(parameter_in = Query)]
 pub struct ArtifactQuery {
     pub thread_id: Option<String>,
+    /// Bundles only: also carry the consistency proof from this tree size to the bundle's
+    /// checkpoint (for `audit verify --checkpoint OLD.json`).
+    pub consistency_from: Option<u64>,
 }
 
 fn not_owner() -> ApiError {
@@ -221,6 +240,11 @@ pub(crate) async fn audit_bundle(
         exported_at: Timestamp::from_datetime(chrono::Utc::now()),
         progress: false,
         verify_stored: true,
+        cut: match &state.audit_key {
+            Some(key) => Cut::Fresh(key.clone()),
+            None => Cut::Latest,
+        },
+        consistency_from: query.consistency_from,
     };
     let database = state.database.clone();
     tokio::spawn(async move {

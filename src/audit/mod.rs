@@ -8,17 +8,23 @@
 //! - [`bundle`]: the bundle format and export scopes.
 //! - [`source`]: reading the journal's rows in commit order for an export.
 //! - [`export`]: writing a bundle (streaming).
-//! - [`verify`]: checking a bundle.
+//! - [`verify`]: checking a bundle (against a trusted checkpoint, or `--integrity-only`).
+//! - [`witness`]: `audit witness`, following a runtime's checkpoints.
 //! - [`http`]: `GET /internal/v1/runs/{run_id}/receipt | replay | audit-bundle` (owner only), and
 //!   [`with_artifacts`], which mounts them with the receipt recorder.
+//! - [`log`]: the audit log in `serve` (audit key, tree maintainer and checkpointer task);
+//!   [`log_http`]: its routes (checkpoints, inclusion and consistency proofs).
 //! - [`bench`]: `bench export`.
 
 pub mod bench;
 pub mod bundle;
 pub mod export;
 pub mod http;
+pub mod log;
+pub mod log_http;
 pub mod source;
 pub mod verify;
+pub mod witness;
 
 use std::path::PathBuf;
 
@@ -29,7 +35,7 @@ use engine::artifacts::ReceiptSigner;
 use engine::{Database, DatabaseConfig};
 
 pub use bundle::Scope;
-pub use export::{export, ExportOptions, ExportSummary};
+pub use export::{export, Cut, ExportOptions, ExportSummary};
 pub use http::{router, with_artifacts, ArtifactState};
 pub use verify::{verify_bundle, Finding, FindingKind, VerifyOptions, VerifyReport};
 
@@ -43,6 +49,12 @@ pub enum AuditCommand {
     Export(ExportArgs),
     /// Check an audit bundle and name everything wrong with it.
     Verify(VerifyArgs),
+    /// Print a signed checkpoint of the journal's audit tree (the latest, one of a given size, or
+    /// one taken now with --take).
+    Checkpoint(CheckpointArgs),
+    /// Follow a runtime's checkpoints and prove each one extends the last one seen; exit non-zero
+    /// with both heads and the failing proof the moment one does not.
+    Witness(witness::WitnessArgs),
 }
 
 /// The key that signs receipts and bundle manifests (BIP-340 Schnorr, secp256k1).
@@ -114,6 +126,18 @@ pub struct ExportArgs {
     /// Do not recompute stored hashes while exporting (faster; `audit verify` still checks them).
     #[arg(long)]
     pub no_verify: bool,
+    /// The audit key: the export catches the tree up and cuts the bundle at a checkpoint signed
+    /// now. Without one (configured, or in --data-dir) the bundle is cut at the latest stored
+    /// checkpoint.
+    #[command(flatten)]
+    pub audit_key: log::AuditKeyArgs,
+    /// Also carry the consistency proof from this tree size (an older checkpoint's) to the
+    /// bundle's checkpoint, for `audit verify --checkpoint`.
+    #[arg(long, value_name = "TREE_SIZE")]
+    pub consistency_from: Option<u64>,
+    /// No checkpoint and no proofs: a bundle that only agrees with itself.
+    #[arg(long, conflicts_with = "consistency_from")]
+    pub integrity_only: bool,
 }
 
 impl ExportArgs {
@@ -151,12 +175,87 @@ pub struct VerifyArgs {
     /// The bundle file (`-` for standard input).
     #[arg(value_name = "BUNDLE")]
     pub bundle: PathBuf,
+    /// An audit public key (x-only hex, as `serve` prints it) whose checkpoints are trusted;
+    /// repeatable. Without a trusted key the bundle does not verify.
+    #[arg(long = "trusted-key", value_name = "PUBKEY")]
+    pub trusted_keys: Vec<String>,
+    /// A file of trusted audit public keys, one per line.
+    #[arg(long, env = "OA_AUDIT_TRUSTED_KEYS_FILE", value_name = "FILE")]
+    pub trusted_key_file: Option<PathBuf>,
+    /// A checkpoint held from earlier (JSON, as `audit checkpoint` or the checkpoint routes give
+    /// it): also prove that the bundle's journal extends it (append-only since then).
+    #[arg(long, value_name = "OLD.json")]
+    pub checkpoint: Option<PathBuf>,
+    /// Only check that the bundle agrees with itself (hashes, links, receipts, replays): proves
+    /// nothing about where it came from.
+    #[arg(long, conflicts_with_all = ["checkpoint", "trusted_keys", "trusted_key_file"])]
+    pub integrity_only: bool,
     /// Require the manifest to be signed by this x-only public key (hex).
     #[arg(long, value_name = "PUBKEY")]
     pub expect_signer: Option<String>,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+impl VerifyArgs {
+    /// The verification options these flags describe.
+    ///
+    /// # Errors
+    /// When a key or checkpoint file cannot be read.
+    pub fn options(&self) -> anyhow::Result<VerifyOptions> {
+        let mut trusted_keys = self.trusted_keys.clone();
+        if let Some(path) = &self.trusted_key_file {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("read {}", path.display()))?;
+            trusted_keys.extend(
+                text.lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                    .map(str::to_owned),
+            );
+        }
+        let old_checkpoint = match &self.checkpoint {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("read {}", path.display()))?;
+                let value: serde_json::Value = serde_json::from_str(&text)
+                    .with_context(|| format!("{} is not JSON", path.display()))?;
+                let checkpoint = engine::audit_log::Checkpoint::from_json(&value)
+                    .with_context(|| format!("{}", path.display()))?;
+                checkpoint
+                    .verify(&trusted_keys)
+                    .with_context(|| format!("the checkpoint in {}", path.display()))?;
+                Some(checkpoint)
+            }
+            None => None,
+        };
+        Ok(VerifyOptions {
+            expected_signer: self.expect_signer.clone(),
+            trusted_keys,
+            integrity_only: self.integrity_only,
+            old_checkpoint,
+        })
+    }
+}
+
+/// `audit checkpoint`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CheckpointArgs {
+    /// PostgreSQL URL of the journal; without it, the embedded journal in --data-dir.
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Data directory of the embedded journal.
+    #[arg(long, env = "OA_DATA_DIR", default_value = ".openagents-runtime")]
+    pub data_dir: PathBuf,
+    /// The stored checkpoint of exactly this tree size.
+    #[arg(long, value_name = "N", conflicts_with = "take")]
+    pub tree_size: Option<u64>,
+    /// Catch the tree up with the journal and sign a checkpoint now (needs the audit key).
+    #[arg(long)]
+    pub take: bool,
+    #[command(flatten)]
+    pub audit_key: log::AuditKeyArgs,
 }
 
 /// Runs an `audit` subcommand.
@@ -167,6 +266,8 @@ pub async fn run(command: AuditCommand) -> anyhow::Result<()> {
     match command {
         AuditCommand::Export(args) => run_export(args).await,
         AuditCommand::Verify(args) => run_verify(args).await,
+        AuditCommand::Checkpoint(args) => run_checkpoint(args).await,
+        AuditCommand::Witness(args) => witness::run(args).await,
     }
 }
 
@@ -184,6 +285,15 @@ async fn run_export(args: ExportArgs) -> anyhow::Result<()> {
         exported_at: Timestamp::from_datetime(chrono::Utc::now()),
         progress: true,
         verify_stored: !args.no_verify,
+        cut: if args.integrity_only {
+            Cut::IntegrityOnly
+        } else {
+            match args.audit_key.existing(&args.data_dir)? {
+                Some(key) => Cut::Fresh(key),
+                None => Cut::Latest,
+            }
+        },
+        consistency_from: args.consistency_from,
     };
     let summary = if args.output.as_os_str() == "-" {
         export(
@@ -218,9 +328,7 @@ async fn run_export(args: ExportArgs) -> anyhow::Result<()> {
 }
 
 async fn run_verify(args: VerifyArgs) -> anyhow::Result<()> {
-    let options = VerifyOptions {
-        expected_signer: args.expect_signer.clone(),
-    };
+    let options = args.options()?;
     let path = args.bundle.clone();
     let report = tokio::task::spawn_blocking(move || -> anyhow::Result<VerifyReport> {
         if path.as_os_str() == "-" {
@@ -242,17 +350,35 @@ async fn run_verify(args: VerifyArgs) -> anyhow::Result<()> {
             println!("{:<22} {finding}", format!("{:?}", finding.kind));
         }
         println!(
-            "{} events of {} aggregates, {} receipts, {} replays checked{}",
+            "{} events of {} aggregates ({} redacted), {} receipts, {} replays checked{}",
             report.events,
             report.aggregates,
+            report.events_redacted,
             report.receipts_checked,
             report.replays_checked,
             report
                 .signed_by
                 .as_ref()
-                .map(|k| format!(", signed by {k}"))
+                .map(|k| format!(", manifest signed by {k}"))
                 .unwrap_or_default()
         );
+        if let Some(cp) = &report.checkpoint {
+            println!(
+                "{} events proven in checkpoint {} of journal {} (root {}, {}), signed by trusted key {}",
+                report.events_proven,
+                cp.tree_size,
+                cp.journal_id,
+                cp.root_hash,
+                cp.timestamp,
+                cp.signer().unwrap_or_default()
+            );
+        }
+        if let Some(old) = &report.extends {
+            println!(
+                "the journal extends checkpoint {} (root {}, {}): append-only since then",
+                old.tree_size, old.root_hash, old.timestamp
+            );
+        }
     }
     if !report.is_valid() {
         bail!(
@@ -260,8 +386,46 @@ async fn run_verify(args: VerifyArgs) -> anyhow::Result<()> {
             report.findings.len()
         );
     }
-    println!("bundle OK");
+    if report.integrity_only {
+        println!(
+            "bundle OK (integrity only: it agrees with itself; nothing proves it is the journal's)"
+        );
+    } else {
+        println!("bundle OK");
+    }
     Ok(())
+}
+
+async fn run_checkpoint(args: CheckpointArgs) -> anyhow::Result<()> {
+    let config = DatabaseConfig::from_parts(args.database_url.as_deref(), &args.data_dir, 4);
+    let database = Database::connect(&config)
+        .await
+        .with_context(|| format!("open {}", config.describe()))?;
+    let store = engine::audit_log::AuditStore::new(&database);
+    let checkpoint = if args.take {
+        let embedded = matches!(config, engine::DatabaseConfig::Sqlite { .. });
+        let (key, _) = args.audit_key.key(&args.data_dir, embedded)?;
+        store.catch_up().await.context("extend the audit tree")?;
+        store
+            .checkpoint_now(&key)
+            .await
+            .context("take a checkpoint")?
+    } else {
+        match args.tree_size {
+            Some(size) => store.checkpoint_at(size).await?,
+            None => store.latest_checkpoint().await?,
+        }
+    };
+    database.close().await;
+    match checkpoint {
+        Some(cp) => {
+            println!("{}", serde_json::to_string_pretty(&cp)?);
+            Ok(())
+        }
+        None => {
+            bail!("no such checkpoint (the tree is empty, or no checkpoint of that size was taken)")
+        }
+    }
 }
 
 #[cfg(test)]
@@ -281,7 +445,7 @@ mod tests {
         argv.extend_from_slice(args);
         match Cli::try_parse_from(argv)?.audit {
             AuditCommand::Export(args) => Ok(args),
-            AuditCommand::Verify(_) => unreachable!(),
+            _ => unreachable!(),
         }
     }
 

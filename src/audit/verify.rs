@@ -17,6 +17,10 @@ use engine::artifacts::{ReplayWriter, RunRecordBuilder};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use engine::audit_log::leaf::event_leaf;
+use engine::audit_log::merkle::{parse_hash, verify_consistency, verify_inclusion, Frontier, Hash};
+use engine::audit_log::{Checkpoint, CheckpointError};
+
 use super::bundle::BUNDLE_SCHEMA;
 use super::export::manifest_digest;
 use crate::replay::diff::first_divergence;
@@ -55,6 +59,15 @@ pub enum FindingKind {
     BundleHashMismatch,
     /// The bundle ends without a manifest (truncated).
     MissingManifest,
+    /// Nothing ties the bundle to a journal the verifier trusts: no checkpoint, an unsigned or
+    /// forged one, or one signed by a key that is not trusted.
+    Untrusted,
+    /// An event is not proven in the checkpoint's tree (no proof, a proof that fails, or the
+    /// events of a whole-journal bundle do not rebuild the checkpoint's root).
+    NotInTree,
+    /// The journal the bundle came from does not extend the checkpoint given with
+    /// `--checkpoint`: events before it were changed, removed or reordered.
+    NotAppendOnly,
 }
 
 /// One problem, with the line it is on (1-based) when it has one.
@@ -82,6 +95,16 @@ pub struct VerifyReport {
     pub receipts_checked: u64,
     pub replays_checked: u64,
     pub signed_by: Option<String>,
+    /// The checkpoint the bundle was proven against (when it was).
+    pub checkpoint: Option<Checkpoint>,
+    /// Events proven in the checkpoint's tree.
+    pub events_proven: u64,
+    /// Events whose secret fields were replaced by commitments.
+    pub events_redacted: u64,
+    /// `--integrity-only`: the bundle was only checked against itself.
+    pub integrity_only: bool,
+    /// `--checkpoint`: the older checkpoint the journal was proven to extend.
+    pub extends: Option<Checkpoint>,
     pub findings: Vec<Finding>,
 }
 
@@ -121,6 +144,15 @@ struct Verifier {
     last_cursor: Option<(i64, i64, usize)>,
     whole_streams: bool,
     expected_signer: Option<String>,
+    options: VerifyOptions,
+    /// The header's checkpoint, once trusted (or, with --integrity-only, not checked).
+    checkpoint: Option<(Checkpoint, Hash)>,
+    /// Whole-journal bundles: the tree rebuilt from every leaf.
+    frontier: Option<Frontier>,
+    /// Whole-journal bundles: the root at the --checkpoint size, when reached.
+    old_root_seen: bool,
+    /// The header's scope is the whole journal.
+    whole_journal: bool,
 }
 
 fn str_of<'a>(line: &'a Map<String, Value>, key: &str) -> Option<&'a str> {
@@ -193,15 +225,36 @@ impl Verifier {
         };
         let content_hash = content.content_hash();
         let stated_content = str_of(line, "content_hash").unwrap_or_default();
-        if stated_content != content_hash {
-            self.find(
-                Some(n),
-                FindingKind::ContentMismatch,
-                format!("{name}: its fields hash to {content_hash}, not to its content_hash {stated_content}: the event was altered"),
-            );
-        }
+        let redacted = line
+            .get("redacted")
+            .and_then(Value::as_array)
+            .is_some_and(|r| !r.is_empty());
+        // A redacted event discloses the content hash of its redacted form; its stored content
+        // hash is then proven by its leaf, not by its fields.
+        let disclosed = if redacted {
+            self.report.events_redacted += 1;
+            let stated = str_of(line, "disclosed_hash").unwrap_or_default();
+            if stated != content_hash {
+                self.find(
+                    Some(n),
+                    FindingKind::ContentMismatch,
+                    format!("{name}: its disclosed fields hash to {content_hash}, not to its disclosed_hash {stated}: the event was altered"),
+                );
+            }
+            content_hash.clone()
+        } else {
+            if stated_content != content_hash {
+                self.find(
+                    Some(n),
+                    FindingKind::ContentMismatch,
+                    format!("{name}: its fields hash to {content_hash}, not to its content_hash {stated_content}: the event was altered"),
+                );
+            }
+            content_hash.clone()
+        };
         let prev = str_of(line, "prev_chain_hash");
         let chain_hash = str_of(line, "chain_hash").unwrap_or_default().to_owned();
+        self.prove(n, &name, line, &chain_hash, &disclosed);
         let linked = chain::chain_hash(prev, stated_content);
         if linked != chain_hash {
             self.find(Some(n), FindingKind::ChainBroken, format!("{name}: chain_hash {chain_hash} does not follow from its prev_chain_hash and content_hash"));
@@ -383,6 +436,220 @@ impl Verifier {
                 }
                 if let Some(replay) = &mut state.replay {
                     let _ = replay.push(&event);
+                }
+            }
+        }
+    }
+
+    /// The header's checkpoint: trusted, or a finding that says why not.
+    fn header_checkpoint(&mut self, n: usize, line: &Map<String, Value>) {
+        if self.options.integrity_only {
+            return;
+        }
+        let checkpoint = match line.get("checkpoint") {
+            None | Some(Value::Null) => {
+                self.find(
+                    Some(n),
+                    FindingKind::Untrusted,
+                    "the bundle carries no checkpoint: nothing ties it to the journal (export it from a runtime with an audit key, or check it with --integrity-only)".into(),
+                );
+                return;
+            }
+            Some(value) => Checkpoint::from_json(value),
+        };
+        let checked = checkpoint.and_then(|cp| {
+            if self.options.trusted_keys.is_empty() {
+                return Err(CheckpointError::Untrusted {
+                    signer: cp.signer().unwrap_or("nobody").to_owned(),
+                });
+            }
+            cp.verify(&self.options.trusted_keys)?;
+            let root = cp.root()?;
+            Ok((cp, root))
+        });
+        match checked {
+            Ok((cp, root)) => {
+                if self.whole_journal {
+                    self.frontier = Some(Frontier::new());
+                }
+                self.report.checkpoint = Some(cp.clone());
+                self.checkpoint = Some((cp, root));
+            }
+            Err(e) => {
+                let hint = if self.options.trusted_keys.is_empty() {
+                    " (no trusted key: pass the runtime's audit public key with --trusted-key)"
+                } else {
+                    ""
+                };
+                self.find(
+                    Some(n),
+                    FindingKind::Untrusted,
+                    format!("the bundle's checkpoint is not trusted: {e}{hint}"),
+                );
+            }
+        }
+    }
+
+    /// Proves one event in the checkpoint's tree.
+    fn prove(
+        &mut self,
+        n: usize,
+        name: &str,
+        line: &Map<String, Value>,
+        chain_hash: &str,
+        disclosed_hash: &str,
+    ) {
+        let Some((checkpoint, root)) = &self.checkpoint else {
+            return;
+        };
+        let size = checkpoint.tree_size;
+        let leaf = event_leaf(chain_hash, disclosed_hash);
+        let Some(index) = line.get("leaf_index").and_then(Value::as_u64) else {
+            self.find(
+                Some(n),
+                FindingKind::NotInTree,
+                format!("{name}: no leaf_index: the event is not proven in the checkpoint's tree"),
+            );
+            return;
+        };
+        if let Some(frontier) = &mut self.frontier {
+            if index != frontier.size() {
+                let message = format!(
+                    "{name}: leaf {index} where leaf {} was due: a whole-journal bundle holds every leaf in order",
+                    frontier.size()
+                );
+                self.find(Some(n), FindingKind::NotInTree, message);
+                return;
+            }
+            frontier.push(leaf);
+            self.report.events_proven += 1;
+            self.check_old_prefix(n);
+            return;
+        }
+        let proof: Option<Vec<Hash>> =
+            line.get("inclusion")
+                .and_then(Value::as_array)
+                .and_then(|items| {
+                    items
+                        .iter()
+                        .map(|h| h.as_str().and_then(|h| parse_hash(h).ok()))
+                        .collect()
+                });
+        let Some(proof) = proof else {
+            self.find(
+                Some(n),
+                FindingKind::NotInTree,
+                format!("{name}: no inclusion proof against the checkpoint"),
+            );
+            return;
+        };
+        match verify_inclusion(&leaf, index, size, &proof, root) {
+            Ok(()) => self.report.events_proven += 1,
+            Err(e) => self.find(
+                Some(n),
+                FindingKind::NotInTree,
+                format!("{name}: not leaf {index} of the checkpoint's tree of {size}: {e}"),
+            ),
+        }
+    }
+
+    /// Whole-journal bundles: the journal at the --checkpoint size must be the one it describes.
+    fn check_old_prefix(&mut self, n: usize) {
+        let (Some(old), Some(frontier)) = (&self.options.old_checkpoint, &self.frontier) else {
+            return;
+        };
+        if frontier.size() != old.tree_size || self.old_root_seen {
+            return;
+        }
+        self.old_root_seen = true;
+        let root = hex::encode(frontier.root());
+        if root != old.root_hash {
+            let message = format!(
+                "the journal's first {} events hash to root {root}, but checkpoint {} (of {}) says {}: events before it were changed, removed or reordered",
+                old.tree_size, old.tree_size, old.timestamp, old.root_hash
+            );
+            self.find(Some(n), FindingKind::NotAppendOnly, message);
+        }
+    }
+
+    /// After the manifest: the whole-journal root, and the --checkpoint consistency.
+    fn finish_tree(&mut self, manifest: Option<&Value>) {
+        let Some((checkpoint, root)) = self.checkpoint.clone() else {
+            return;
+        };
+        if let Some(frontier) = &self.frontier {
+            if frontier.size() != checkpoint.tree_size || frontier.root() != root {
+                let message = format!(
+                    "the bundle's {} events rebuild root {}, but its checkpoint says {} events with root {}",
+                    frontier.size(),
+                    hex::encode(frontier.root()),
+                    checkpoint.tree_size,
+                    checkpoint.root_hash
+                );
+                self.find(None, FindingKind::NotInTree, message);
+            }
+        }
+        let Some(old) = self.options.old_checkpoint.clone() else {
+            return;
+        };
+        let problem = if old.journal_id != checkpoint.journal_id {
+            Some(format!(
+                "checkpoint {} is of journal {}, the bundle's of journal {}: the tree was rebuilt or this is another journal",
+                old.tree_size, old.journal_id, checkpoint.journal_id
+            ))
+        } else if old.tree_size > checkpoint.tree_size {
+            Some(format!(
+                "the bundle's journal has {} events, fewer than the {} of checkpoint {}: events were deleted",
+                checkpoint.tree_size, old.tree_size, old.timestamp
+            ))
+        } else if self.frontier.is_some() {
+            // Checked while the leaves went past.
+            None
+        } else {
+            let consistency = manifest.and_then(|m| m.get("consistency"));
+            let from = consistency
+                .and_then(|c| c.get("from"))
+                .and_then(Value::as_u64);
+            let proof: Option<Vec<Hash>> = consistency
+                .and_then(|c| c.get("proof"))
+                .and_then(Value::as_array)
+                .and_then(|items| {
+                    items
+                        .iter()
+                        .map(|h| h.as_str().and_then(|h| parse_hash(h).ok()))
+                        .collect()
+                });
+            match (from, proof, old.root()) {
+                (Some(from), Some(proof), Ok(old_root)) if from == old.tree_size => {
+                    match verify_consistency(old.tree_size, checkpoint.tree_size, &old_root, &root, &proof) {
+                        Ok(()) => None,
+                        Err(e) => Some(format!(
+                            "the bundle's checkpoint ({} events, root {}) does not extend checkpoint {} (root {}): {e}; proof [{}]",
+                            checkpoint.tree_size,
+                            checkpoint.root_hash,
+                            old.tree_size,
+                            old.root_hash,
+                            proof.iter().map(hex::encode).collect::<Vec<_>>().join(", ")
+                        )),
+                    }
+                }
+                _ => Some(format!(
+                    "the bundle carries no consistency proof from tree size {}: export it with --consistency-from {} (or ?consistency_from={})",
+                    old.tree_size, old.tree_size, old.tree_size
+                )),
+            }
+        };
+        match problem {
+            Some(message) => self.find(None, FindingKind::NotAppendOnly, message),
+            None => {
+                if self.frontier.is_some() && !self.old_root_seen && old.tree_size > 0 {
+                    self.find(
+                        None,
+                        FindingKind::NotAppendOnly,
+                        format!("the bundle never reached tree size {}", old.tree_size),
+                    );
+                } else {
+                    self.report.extends = Some(old);
                 }
             }
         }
@@ -659,6 +926,32 @@ fn show(value: &Option<Value>) -> String {
 pub struct VerifyOptions {
     /// Require the manifest (and signed receipts) to be signed by this x-only public key (hex).
     pub expected_signer: Option<String>,
+    /// Audit public keys (x-only hex) whose checkpoints are trusted. Without one, and without
+    /// `integrity_only`, no bundle verifies.
+    pub trusted_keys: Vec<String>,
+    /// Check only that the bundle agrees with itself (the pre-checkpoint check); proves nothing
+    /// about where it came from.
+    pub integrity_only: bool,
+    /// A checkpoint held from earlier: the bundle's journal must extend it.
+    pub old_checkpoint: Option<Checkpoint>,
+}
+
+impl VerifyOptions {
+    /// Trust checkpoints signed by `key`.
+    pub fn trusting(key: impl Into<String>) -> Self {
+        Self {
+            trusted_keys: vec![key.into()],
+            ..Self::default()
+        }
+    }
+
+    /// The self-consistency check only.
+    pub fn integrity_only() -> Self {
+        Self {
+            integrity_only: true,
+            ..Self::default()
+        }
+    }
 }
 
 /// Verifies a bundle read from `reader`.
@@ -677,7 +970,14 @@ pub fn verify_bundle<R: BufRead>(
         last_cursor: None,
         whole_streams: true,
         expected_signer: options.expected_signer.clone(),
+        options: options.clone(),
+        checkpoint: None,
+        frontier: None,
+        old_root_seen: false,
+        whole_journal: false,
     };
+    v.report.integrity_only = options.integrity_only;
+    let mut manifest_value: Option<Value> = None;
     let mut hasher = PrefixedSha256::new();
     let mut buffer = Vec::new();
     let mut n = 0usize;
@@ -740,7 +1040,9 @@ pub fn verify_bundle<R: BufRead>(
                 if let Some(scope) = line.get("scope") {
                     v.whole_streams =
                         scope.get("kind").and_then(Value::as_str) != Some("time_range");
+                    v.whole_journal = scope.get("kind").and_then(Value::as_str) == Some("all");
                 }
+                v.header_checkpoint(n, &line);
             }
             "event" => v.event(n, &line),
             "receipt" => v.receipt(n, &line),
@@ -749,7 +1051,23 @@ pub fn verify_bundle<R: BufRead>(
             "manifest" => {
                 manifest_seen = true;
                 let digest = std::mem::take(&mut hasher).finish();
-                v.manifest(n, &Value::Object(line), &digest);
+                let manifest = Value::Object(line);
+                v.manifest(n, &manifest, &digest);
+                if manifest.get("checkpoint")
+                    != v.report
+                        .checkpoint
+                        .as_ref()
+                        .map(|c| serde_json::to_value(c).unwrap_or_default())
+                        .as_ref()
+                    && v.report.checkpoint.is_some()
+                {
+                    v.find(
+                        Some(n),
+                        FindingKind::Untrusted,
+                        "the manifest's checkpoint is not the header's".into(),
+                    );
+                }
+                manifest_value = Some(manifest);
                 continue;
             }
             other => v.find(
@@ -770,6 +1088,7 @@ pub fn verify_bundle<R: BufRead>(
             format!("the bundle ends after line {n} without a manifest: it was truncated"),
         );
     }
+    v.finish_tree(manifest_value.as_ref());
     v.report.aggregates = v.aggregates.len() as u64;
     Ok(v.report)
 }

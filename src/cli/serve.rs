@@ -72,6 +72,10 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub signing: crate::audit::SigningArgs,
 
+    /// The audit log: the key that signs checkpoints and how often they are taken.
+    #[command(flatten)]
+    pub audit_log: crate::audit::log::AuditLogArgs,
+
     /// The Lightning lane: wallet executor and L402 gateway, each on its own listener.
     #[command(flatten)]
     pub lightning: lightning::cli::LightningServeArgs,
@@ -132,15 +136,27 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         "starting openagents-runtime"
     );
     let signer = args.signing.signer()?;
+    let (audit_key, audit_key_source) = args
+        .audit_log
+        .key(&args.database.data_dir, args.database.embedded())?;
+    let audit_public_key = audit_key.public_key_hex();
     let app = App::open(config).await?;
     let server = Server::bind(app.clone()).await?;
-    let server = crate::audit::with_artifacts(server, &app, signer);
+    let server =
+        crate::audit::http::with_artifacts_audited(server, &app, signer, Some(audit_key.clone()));
+    let server = crate::audit::log::with_audit_log(
+        server,
+        &app,
+        audit_key,
+        args.audit_log.maintainer_config(),
+    );
     let server = with_lightning(server, &app, args.lightning.clone()).await?;
     let (settings, sync_key) = crate::sync::settings_from_args(&app, &args.sync, &args.projectors)?;
     let (server, _lane) = crate::sync::with_sync(server, &app, settings);
     let addr = server.local_addr();
     crate::server::cancel_on_signals(app.shutdown_token().clone());
     announce(addr, &args, &source, &sync_key);
+    crate::audit::log::announce(&audit_public_key, &audit_key_source);
     server.run_until_stopped().await
 }
 

@@ -7,7 +7,8 @@
 //! own live checkpoint, because the copy pauses there and the scratch projectors catch up first.
 //! Any difference is reported and makes the command exit non-zero; what could not be compared
 //! (a live database never projected, a read model built with another projection version) is
-//! reported as a note.
+//! reported as a note. Last, the audit tree is checked against the journal
+//! ([`check_audit_tree`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -18,6 +19,9 @@ use aggregates::worker::Worker;
 use anyhow::{bail, Context};
 use engine::artifacts::load_run_record;
 use engine::artifacts::recorder::receipt_for;
+use engine::audit_log::merkle::{Frontier, Hash};
+use engine::audit_log::store::LeafBuilder;
+use engine::audit_log::AuditStore;
 use engine::clock::Stamps;
 use engine::command::stored_content;
 use engine::journal::{AppendRequest, EventMetadata, GlobalCursor, NewEvent};
@@ -41,6 +45,9 @@ pub struct DriftReport {
     /// Read models compared with their rebuild, and the live documents they held.
     pub read_models_compared: u64,
     pub docs_compared: u64,
+    /// Audit tree leaves and checkpoints recomputed from the journal.
+    pub tree_leaves_compared: u64,
+    pub checkpoints_compared: u64,
     /// One readable line per problem.
     pub problems: Vec<String>,
     /// What was not compared, or compared only in part, and why; not problems.
@@ -76,6 +83,10 @@ pub async fn run(args: &ReplayArgs) -> anyhow::Result<()> {
         report.receipts_compared,
         report.docs_compared,
         report.read_models_compared
+    );
+    println!(
+        "audit tree: {} leaves and {} checkpoints recomputed from the journal",
+        report.tree_leaves_compared, report.checkpoints_compared
     );
     for note in &report.notes {
         println!("NOTE {note}");
@@ -298,5 +309,95 @@ pub async fn check_journal(live: &Database, scratch: &Database) -> anyhow::Resul
             None => {}
         }
     }
+    check_audit_tree(live, &mut report).await?;
     Ok(report)
+}
+
+/// The audit tree against the journal: every stored leaf is recomputed from the event it stands
+/// for (in commit order), and every stored checkpoint's root from those leaves. A row rewritten
+/// after the tree saw it, a leaf or node edited in place, or a checkpoint of another history are
+/// each named.
+///
+/// # Errors
+/// When the journal or the tree cannot be read.
+pub async fn check_audit_tree(live: &Database, report: &mut DriftReport) -> anyhow::Result<()> {
+    const SHOWN: usize = 20;
+    let store = AuditStore::new(live);
+    let state = store.state().await.context("read the audit tree")?;
+    let checkpoints = store.checkpoints().await.context("read the checkpoints")?;
+    if state.tree_size == 0 {
+        // Nothing to compare (serve has not extended the tree yet); the summary line says so.
+        return Ok(());
+    }
+    let journal = live.journal();
+    let mut builder = LeafBuilder::new(journal.clone(), state.redaction_key.clone());
+    let mut frontier = Frontier::new();
+    let mut pending = checkpoints.iter().peekable();
+    let mut cursor = GlobalCursor::START;
+    let mut index = 0u64;
+    let mut mismatches = 0usize;
+    while index < state.tree_size {
+        let want = (state.tree_size - index).min(1_000) as usize;
+        let events = journal.read_all(cursor, want).await?;
+        let Some(last) = events.last() else {
+            report.problems.push(format!(
+                "audit tree: it has {} leaves but the journal only {index} events: events were deleted",
+                state.tree_size
+            ));
+            break;
+        };
+        cursor = last.cursor;
+        let stored: BTreeMap<u64, Hash> = store
+            .leaf_hashes(index, index + events.len() as u64)
+            .await?
+            .into_iter()
+            .collect();
+        for event in &events {
+            let leaf = builder.leaf(event).await?;
+            match stored.get(&index) {
+                Some(stored) if *stored == leaf => {}
+                other => {
+                    mismatches += 1;
+                    if mismatches <= SHOWN {
+                        let e = &event.event;
+                        report.problems.push(format!(
+                            "audit tree: leaf {index} ({}/{}#{}) is {} but the journal gives {}: the event or the tree was changed after the tree recorded it",
+                            e.aggregate_type,
+                            e.aggregate_id,
+                            e.sequence,
+                            other.map_or("missing".to_owned(), hex::encode),
+                            hex::encode(leaf)
+                        ));
+                    }
+                }
+            }
+            frontier.push(leaf);
+            index += 1;
+            while let Some(cp) = pending.next_if(|cp| cp.tree_size <= index) {
+                if cp.tree_size == index && cp.root_hash != hex::encode(frontier.root()) {
+                    report.problems.push(format!(
+                        "audit tree: checkpoint {} has root {} but the journal gives {}",
+                        cp.tree_size,
+                        cp.root_hash,
+                        hex::encode(frontier.root())
+                    ));
+                }
+            }
+        }
+    }
+    if mismatches > SHOWN {
+        report.problems.push(format!(
+            "audit tree: {} more leaves differ",
+            mismatches - SHOWN
+        ));
+    }
+    for cp in pending {
+        report.problems.push(format!(
+            "audit tree: checkpoint {} is beyond the tree's {} leaves",
+            cp.tree_size, state.tree_size
+        ));
+    }
+    report.tree_leaves_compared = index;
+    report.checkpoints_compared = checkpoints.len() as u64;
+    Ok(())
 }

@@ -12,7 +12,7 @@ use engine::notify::JournalNotifier;
 use engine::testing::TestDb;
 use engine::{Engine, EngineConfig};
 use openagents_runtime::audit::{
-    export, verify_bundle, ExportOptions, FindingKind, Scope, VerifyOptions, VerifyReport,
+    export, verify_bundle, Cut, ExportOptions, FindingKind, Scope, VerifyOptions, VerifyReport,
 };
 use openagents_runtime::replay::fixture::Fixture;
 use openagents_runtime::replay::runner::run_fixture;
@@ -50,6 +50,8 @@ fn options(scope: Scope, signer: Option<ReceiptSigner>) -> ExportOptions {
         exported_at: "2026-03-01T00:00:00Z".parse().unwrap(),
         progress: false,
         verify_stored: true,
+        cut: Cut::IntegrityOnly,
+        consistency_from: None,
     }
 }
 
@@ -62,7 +64,7 @@ async fn bundle(db: &TestDb, scope: Scope, signer: Option<ReceiptSigner>) -> Vec
 }
 
 fn verify(bytes: &[u8]) -> VerifyReport {
-    verify_bundle(bytes, &VerifyOptions::default()).unwrap()
+    verify_bundle(bytes, &VerifyOptions::integrity_only()).unwrap()
 }
 
 fn lines(bytes: &[u8]) -> Vec<String> {
@@ -111,6 +113,8 @@ async fn a_whole_journal_exports_to_a_bundle_that_verifies(db: &TestDb) {
         bytes.as_slice(),
         &VerifyOptions {
             expected_signer: Some(signer.public_key_hex()),
+            integrity_only: true,
+            ..VerifyOptions::default()
         },
     )
     .unwrap();
@@ -142,6 +146,8 @@ async fn a_whole_journal_exports_to_a_bundle_that_verifies(db: &TestDb) {
         bytes.as_slice(),
         &VerifyOptions {
             expected_signer: Some(other.public_key_hex()),
+            integrity_only: true,
+            ..VerifyOptions::default()
         },
     )
     .unwrap();
@@ -622,6 +628,8 @@ mod http {
             &bytes[..],
             &VerifyOptions {
                 expected_signer: Some(signer.public_key_hex()),
+                integrity_only: true,
+                ..VerifyOptions::default()
             },
         )
         .unwrap();
@@ -916,15 +924,26 @@ mod cli {
                 signing_key: None,
             },
             no_verify: false,
+            audit_key: openagents_runtime::audit::log::AuditKeyArgs {
+                audit_key: Some(crate::audit_log::TEST_AUDIT_KEY.into()),
+                audit_key_file: None,
+            },
+            consistency_from: None,
+            integrity_only: false,
         };
         run(AuditCommand::Export(export)).await.unwrap();
         let pubkey = ReceiptSigner::from_secret_hex(KEY)
             .unwrap()
             .public_key_hex();
+        let audit_pubkey = crate::audit_log::test_key().public_key_hex();
         let verify = |path: std::path::PathBuf, signer: Option<String>| VerifyArgs {
             bundle: path,
             expect_signer: signer,
             json: false,
+            trusted_keys: vec![audit_pubkey.clone()],
+            trusted_key_file: None,
+            checkpoint: None,
+            integrity_only: false,
         };
         run(AuditCommand::Verify(verify(
             bundle.clone(),
@@ -932,6 +951,20 @@ mod cli {
         )))
         .await
         .unwrap();
+        // Trust nothing by default: without a trusted key the same bundle does not verify;
+        // --integrity-only keeps the self-consistency check.
+        let mut untrusted = verify(bundle.clone(), None);
+        untrusted.trusted_keys.clear();
+        assert!(run(AuditCommand::Verify(untrusted.clone())).await.is_err());
+        untrusted.integrity_only = true;
+        run(AuditCommand::Verify(untrusted)).await.unwrap();
+        // A configured key file works like --trusted-key.
+        let keys = dir.path().join("trusted.keys");
+        std::fs::write(&keys, format!("# audit keys\n{audit_pubkey}\n")).unwrap();
+        let mut from_file = verify(bundle.clone(), None);
+        from_file.trusted_keys.clear();
+        from_file.trusted_key_file = Some(keys);
+        run(AuditCommand::Verify(from_file)).await.unwrap();
 
         let text = std::fs::read_to_string(&bundle).unwrap().replacen(
             "list the files",

@@ -37,6 +37,7 @@ impl ServeChild {
             .args(["--shutdown-grace-secs", "20"])
             .args(extra)
             .env("OA_RUNTIME_SIGNATURE_SECRET", TEST_SECRET)
+            .env("OA_AUDIT_KEY", crate::audit_log::TEST_AUDIT_KEY)
             .env_remove("DATABASE_URL")
             .env(
                 "RUST_LOG",

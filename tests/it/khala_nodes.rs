@@ -58,6 +58,7 @@ impl Node {
             // Deliveries on a node that does not project can only come from NOTIFY wake-ups.
             .args(["--sync-tailer-poll", "1h"])
             .env("OA_RUNTIME_SIGNATURE_SECRET", TEST_SECRET)
+            .env("OA_AUDIT_KEY", crate::audit_log::TEST_AUDIT_KEY)
             .env("OA_SYNC_JWT_KEY", format!("{TEST_KID}={SYNC_SECRET}"))
             .env_remove("DATABASE_URL")
             .env("RUST_LOG", if log { "info" } else { "warn" })

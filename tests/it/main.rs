@@ -9,6 +9,8 @@ mod support;
 
 mod api;
 mod audit;
+mod audit_log;
+mod audit_trust;
 mod auth;
 mod cli;
 mod concurrency;

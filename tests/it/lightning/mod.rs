@@ -2,6 +2,7 @@
 //! HTTP, real gRPC over TLS to an in-process fake LND, real journals and a real killed child process.
 
 mod answers;
+mod audit_secrets;
 mod executor;
 mod l402;
 mod lease;
