@@ -12,6 +12,7 @@ mod audit;
 mod auth;
 mod cli;
 mod concurrency;
+mod console;
 mod crash;
 mod journal;
 mod khala;
