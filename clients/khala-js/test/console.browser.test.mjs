@@ -12,7 +12,12 @@ import { fileURLToPath } from "node:url";
 import { Serve, eventually } from "./serve.mjs";
 
 const CHROMIUM = process.env.OA_CHROMIUM || "/usr/bin/chromium";
-const DOCS = resolve(dirname(fileURLToPath(import.meta.url)), "../../../docs");
+// Screenshots go to docs/ when OA_CONSOLE_SCREENSHOTS=docs (how the README's images are made),
+// else to a temporary directory (taken either way, so the views render in both widths).
+const DOCS =
+  process.env.OA_CONSOLE_SCREENSHOTS === "docs"
+    ? resolve(dirname(fileURLToPath(import.meta.url)), "../../../docs")
+    : mkdtempSync(join(tmpdir(), "console-shots-"));
 const haveChromium = existsSync(CHROMIUM);
 if (!haveChromium && process.env.CI) {
   throw new Error(`CI is set but ${CHROMIUM} is missing (apt-get install chromium chromium-driver)`);
@@ -103,18 +108,41 @@ test("a run created over HTTP appears within a second and walks created → runn
   await page.screenshot({ path: join(DOCS, "console-runs.png") });
   await page.click('a[href="#/runs/run_walk"]');
   await page.locator('h2[data-run-id="run_walk"][data-status="succeeded"]').waitFor();
+  // The live transcript (runtime.run_events): every event of the run's stream, in order.
+  await page.locator('#transcript li[data-event-type="run.finished"]').waitFor({ timeout: 5000 });
+  const transcript = await page
+    .locator("#transcript li")
+    .evaluateAll((items) => items.map((li) => [Number(li.dataset.seq), li.dataset.eventType]));
+  assert.deepEqual(transcript, [[1, "run.started"], [2, "text_delta"], [3, "run.finished"]]);
+  assert.match(await page.locator("#transcript").textContent(), /frm_1/);
+  await serve.createRun(1, "run_live_transcript");
+  await page.goto(`${serve.base}/console#/runs/run_live_transcript`);
+  await page.locator('h2[data-run-id="run_live_transcript"]').waitFor();
+  await serve.startRun(1, "run_live_transcript");
+  await serve.frame(1, "run_live_transcript", "hello-live");
+  await page.locator('#transcript li[data-event-type="text_delta"]').waitFor({ timeout: 2000 });
+  await page.goto(`${serve.base}/console#/runs/run_walk`);
+  await page.locator('#transcript li[data-event-type="run.finished"]').waitFor();
   await page.screenshot({ path: join(DOCS, "console-run.png"), fullPage: true });
   assert.deepEqual(errors, []);
 });
 
 test("a worker that stops heartbeating turns stale, then lost", { skip }, async () => {
   await page.goto(`${serve.base}/console#/workers`);
-  await serve.post(1, "codex/workers", { worker_id: "w_quiet", adapter: "desktop", lease_ttl_ms: 4000 });
+  // An 8 s lease: stale once less than a quarter is left (after 6 s), lost when the sweeper
+  // (every 200 ms here) records the expiry (after 8 s).
+  await serve.post(1, "codex/workers", { worker_id: "w_quiet", adapter: "desktop", lease_ttl_ms: 8000 });
   const worker = page.locator('tr[data-worker-id="w_quiet"]');
   await worker.waitFor({ timeout: 2000 });
   assert.equal(await worker.getAttribute("data-liveness"), "healthy");
-  await page.locator('tr[data-worker-id="w_quiet"][data-liveness="stale"]').waitFor({ timeout: 6000 });
-  await page.locator('tr[data-worker-id="w_quiet"][data-liveness="lost"]').waitFor({ timeout: 8000 });
+  const states = [];
+  const started = Date.now();
+  while (Date.now() - started < 15000 && states.at(-1) !== "lost") {
+    const state = await worker.getAttribute("data-liveness");
+    if (states.at(-1) !== state) states.push(state);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  assert.deepEqual(states, ["healthy", "stale", "lost"]);
   await serve.post(1, "codex/workers", { worker_id: "w_busy", adapter: "desktop", lease_ttl_ms: 60000 });
   await page.locator('tr[data-worker-id="w_busy"][data-liveness="healthy"]').waitFor({ timeout: 2000 });
   await page.screenshot({ path: join(DOCS, "console-workers.png") });

@@ -32,10 +32,22 @@ function client(user, { storage = new MemoryStorage(), getToken } = {}) {
   const seen = [];
   const signals = [];
   const states = [];
+  const errors = [];
+  khala.on("error", (error) => errors.push(`${error.code}: ${error.message}`));
   khala.on("doc", (doc) => seen.push(doc));
   khala.on("signal", (signal) => signals.push(signal));
   khala.on("state", ({ state }) => states.push(state));
-  return { khala, seen, signals, states, storage };
+  return { khala, seen, signals, states, errors, storage };
+}
+
+/** `eventually`, reporting the client's states, signals and errors when it times out. */
+async function until(c, what, probe) {
+  try {
+    return await eventually(what, probe);
+  } catch (error) {
+    const { khala, states, signals, errors } = c;
+    throw new Error(`${error.message}: ${JSON.stringify({ state: khala.state, states, signals, errors })}`);
+  }
 }
 
 const status = (khala, run) => khala.docs(RUNS).get(key(run))?.payload?.status;
@@ -51,9 +63,10 @@ test("backoff has full jitter within its bounds and grows to the ceiling", () =>
 
 test("hydrates at a watermark, subscribes from it, and follows a run live", async () => {
   await serve.createRun(1, "run_live");
-  const { khala, seen, storage } = client(1);
+  const c = client(1);
+  const { khala, seen, storage } = c;
   await khala.start();
-  await eventually("the hydrated run", () => status(khala, "run_live") === "created");
+  await until(c, "the hydrated run", () => status(khala, "run_live") === "created");
   await eventually("live", () => khala.state === States.LIVE);
   await serve.startRun(1, "run_live");
   await eventually("running", () => status(khala, "run_live") === "running");
@@ -123,7 +136,12 @@ test("a rebuild (reproject --all) makes the cursor stale and the client re-hydra
   khala.on("reset", (r) => resets.push(r));
   await serve.createRun(3, "run_r1");
   await khala.start();
-  await eventually("live", () => khala.state === States.LIVE && status(khala, "run_r1") === "created");
+  await eventually(
+    "live",
+    () => khala.state === States.LIVE && status(khala, "run_r1") === "created",
+  ).catch((error) => {
+    throw new Error(`${error.message}: state ${khala.state}, run_r1 ${status(khala, "run_r1")}, signals ${JSON.stringify(signals)}`);
+  });
   const hydrations = resets.length;
   serve.reprojectAll();
   await eventually("stale_cursor", () => signals.some((s) => s.code === "stale_cursor"));

@@ -1,11 +1,12 @@
 // The console page: signs in (one-time login code from the URL fragment, or a pasted sync
 // token), follows the token's topics with khala.js, and renders runs, workers, payments and the
 // operations snapshot. Read-only; plain DOM (textContent only, never innerHTML with data).
-import { KhalaClient, States, tokenClaims } from "/console/assets/khala.js";
+import { KhalaClient, MemoryStorage, States, tokenClaims } from "/console/assets/khala.js";
 
 const RUNS = "runtime.run_summaries";
 const WORKERS = "runtime.codex_worker_summaries";
 const PAYMENTS = "runtime.payments";
+const RUN_EVENTS = "runtime.run_events";
 const FOLLOWED = [RUNS, WORKERS, PAYMENTS];
 const TOKEN_KEY = "oa-console-token";
 const RENEW_BEFORE_SECS = 120;
@@ -21,6 +22,8 @@ window.consoleDebug = debug;
 
 let token = sessionStorage.getItem(TOKEN_KEY);
 let client = null;
+/** A second client for run transcripts, started on the first run page (not persisted). */
+let transcript = null;
 
 function claims() {
   return (token && tokenClaims(token)) || {};
@@ -34,7 +37,16 @@ function secondsLeft() {
   return (claims().exp || 0) - Math.floor(Date.now() / 1000);
 }
 
+function grantedTopics() {
+  const scopes = claims().oa_sync_scopes;
+  return Array.isArray(scopes) ? scopes : String(scopes || "").split(",");
+}
+
 function setToken(value) {
+  if (!value && transcript) {
+    transcript.stop();
+    transcript = null;
+  }
   token = value;
   if (value) sessionStorage.setItem(TOKEN_KEY, value);
   else sessionStorage.removeItem(TOKEN_KEY);
@@ -133,14 +145,15 @@ function showLogin(message) {
 
 function startSync() {
   $("#login").hidden = true;
-  const scopes = claims().oa_sync_scopes;
-  const granted = Array.isArray(scopes) ? scopes : String(scopes || "").split(",");
+  const granted = grantedTopics();
   const topics = FOLLOWED.filter((t) => granted.includes(t));
   if (topics.length === 0) {
     showLogin("This token grants none of the console's topics.");
     return;
   }
   if (client) client.stop();
+  if (transcript) transcript.stop();
+  transcript = null;
   client = new KhalaClient({
     url: location.origin,
     topics,
@@ -347,6 +360,8 @@ function runView(runId) {
     h("p", {}, h("a", { href: "#/runs" }, "← All runs")),
     h("h2", { "data-run-id": run.run_id, "data-status": run.status }, `Run ${run.run_id}`),
     h("dl", { class: "facts" }, facts.map(([k, v]) => [h("dt", {}, k), h("dd", {}, v)])),
+    h("h3", {}, "Transcript"),
+    transcriptOf(run),
     h("h3", {}, "Receipt and artifacts"),
     run.receipt
       ? h("dl", { class: "facts" }, [
@@ -361,6 +376,56 @@ function runView(runId) {
     h("h3", {}, "Metadata"),
     h("pre", {}, JSON.stringify(run.metadata || {}, null, 2)),
   ];
+}
+
+function transcriptClient() {
+  if (!grantedTopics().includes(RUN_EVENTS)) return null;
+  if (!transcript) {
+    transcript = new KhalaClient({
+      url: location.origin,
+      topics: [RUN_EVENTS],
+      getToken,
+      storage: new MemoryStorage(),
+      clientName: "openagents-console-transcript",
+    });
+    transcript.on("doc", scheduleRender);
+    transcript.on("reset", scheduleRender);
+    transcript.on("error", (error) => console.warn("khala transcript:", error.code, error.message));
+    transcript.start();
+  }
+  return transcript;
+}
+
+/** The run's events (runtime.run_events) in seq order, live. */
+function transcriptOf(run) {
+  const source = transcriptClient();
+  if (!source) return h("p", { class: "empty" }, `This token does not grant ${RUN_EVENTS}.`);
+  const events = [...source.docs(RUN_EVENTS).values()]
+    .map((d) => d.payload)
+    .filter((e) => e && e.run_id === run.run_id)
+    .sort((a, b) => a.seq - b.seq);
+  if (events.length === 0) return h("p", { class: "empty", id: "transcript" }, "No events yet.");
+  const text = (e) => {
+    const p = e.payload || {};
+    if (typeof p.delta === "string") return p.delta;
+    if (typeof p.text === "string") return p.text;
+    return JSON.stringify(p);
+  };
+  return h(
+    "ol",
+    { class: "transcript", id: "transcript" },
+    events.map((e) =>
+      h(
+        "li",
+        { value: e.seq, "data-seq": e.seq, "data-event-type": e.event_type },
+        h("span", { class: "badge" }, e.event_type),
+        " ",
+        h("span", { class: "mono" }, text(e)),
+        " ",
+        h("time", { datetime: e.occurred_at, class: "empty" }, new Date(e.occurred_at).toLocaleTimeString()),
+      ),
+    ),
+  );
 }
 
 /** healthy / stale / lost / stopped, as of now: stale once less than a quarter of the lease is
