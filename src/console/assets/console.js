@@ -206,7 +206,7 @@ function renderIdentity() {
   }
   const who = c.oa_role === "operator" ? "operator — sees every principal's documents" : `${c.sub} — sees only its own documents${c.oa_org_id ? ` in org ${c.oa_org_id}` : ""}`;
   const scopes = Array.isArray(c.oa_sync_scopes) ? c.oa_sync_scopes : String(c.oa_sync_scopes || "").split(",");
-  el.textContent = `${who}; topics: ${scopes.filter((s) => FOLLOWED.includes(s)).map((s) => s.replace("runtime.", "")).join(", ")}`;
+  el.textContent = `${who}; topics: ${scopes.filter((s) => FOLLOWED.includes(s) || s === RUN_EVENTS).map((s) => s.replace("runtime.", "")).join(", ")}`;
   el.title = `token expires ${new Date((c.exp || 0) * 1000).toLocaleTimeString()}`;
 }
 
