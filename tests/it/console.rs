@@ -528,15 +528,16 @@ fn npm_ci(dir: &Path) {
     assert!(status.success(), "npm ci failed in {}", dir.display());
 }
 
-/// Runs `node --test <file>` in clients/khala-js against this build's binary.
-fn node_test(file: &str) {
+/// Runs `node --test <files>` in clients/khala-js against this build's binary.
+fn node_test(files: &[&str]) {
     if !node_available() {
         return;
     }
     let dir = khala_js_dir();
     npm_ci(&dir);
     let output = Command::new("node")
-        .args(["--test", "--test-reporter=spec", file])
+        .args(["--test", "--test-reporter=spec"])
+        .args(files)
         .current_dir(&dir)
         .env("OA_RUNTIME_BIN", env!("CARGO_BIN_EXE_openagents-runtime"))
         .env_remove("DATABASE_URL")
@@ -546,17 +547,17 @@ fn node_test(file: &str) {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         output.status.success(),
-        "node --test {file} failed:\n{stdout}\n{stderr}"
+        "node --test {files:?} failed:\n{stdout}\n{stderr}"
     );
     eprintln!("{stdout}");
 }
 
 #[test]
 fn the_khala_js_client_passes_its_node_tests_against_a_real_serve() {
-    node_test("test/khala.test.mjs");
+    node_test(&["test/khala.test.mjs", "test/signals.test.mjs"]);
 }
 
 #[test]
 fn the_console_passes_its_browser_tests_in_chromium() {
-    node_test("test/console.browser.test.mjs");
+    node_test(&["test/console.browser.test.mjs"]);
 }
