@@ -18,6 +18,8 @@
 //! - [`bench`]: benchmarks run by `openagents-runtime bench …`.
 //! - [`replay`]: deterministic replay of fixtures, REPLAY.jsonl files and compat histories; the
 //!   `--journal` drift check; `bench replay`.
+//! - [`console`]: the live read-only console at `/console` (embedded assets, login codes, the
+//!   `/ops/v1/status` snapshot).
 //! - [`audit`]: audit bundles (export, verify), the run artifact HTTP routes, `bench export`.
 #![forbid(unsafe_code)]
 
@@ -27,6 +29,7 @@ pub mod audit;
 pub mod bench;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod replay;
 pub mod server;
 pub mod sweeper;

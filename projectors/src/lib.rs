@@ -6,7 +6,7 @@
 //!   owners, `runtime_source`, and an in-memory [`fold`](model::fold).
 //! - Read models, one per file: [`run_summary`] (`runtime.run_summaries`), [`worker_summary`]
 //!   (`runtime.codex_worker_summaries`), [`worker_events`] (`runtime.codex_worker_events`),
-//!   [`payments`] (`runtime.payments`).
+//!   [`payments`] (`runtime.payments`), [`run_events`] (`runtime.run_events`, a run's transcript).
 //! - [`store`]: [`SyncStore`](store::SyncStore), checkpoints and leases, watermarks, stream rows
 //!   and documents in PostgreSQL or SQLite; one transaction per batch.
 //! - [`runner`]: the lease-holding projector loop, full rebuilds (new epochs), entity repairs,
@@ -19,6 +19,7 @@
 pub mod model;
 pub mod notify;
 pub mod payments;
+pub mod run_events;
 pub mod run_summary;
 pub mod runner;
 pub mod store;

@@ -53,8 +53,14 @@ struct Readiness {
 /// `503` otherwise, and from the moment shutdown begins.
 pub async fn readyz(State(app): State<App>) -> Response {
     let journal = app.database().backend_name();
-    let not_ready = |reason: String| {
-        (
+    match readiness(&app).await {
+        Ok(()) => Json(Readiness {
+            status: "ready",
+            journal,
+            reason: None,
+        })
+        .into_response(),
+        Err(reason) => (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(Readiness {
                 status: "not_ready",
@@ -62,26 +68,28 @@ pub async fn readyz(State(app): State<App>) -> Response {
                 reason: Some(reason),
             }),
         )
-            .into_response()
-    };
+            .into_response(),
+    }
+}
+
+/// Whether this process is ready (see [`readyz`]); the error is the reason it is not.
+///
+/// # Errors
+/// A short, secret-free reason: shutting down, journal unreachable, migrations pending.
+pub async fn readiness(app: &App) -> Result<(), String> {
     if app.is_shutting_down() {
-        return not_ready("shutting down".into());
+        return Err("shutting down".into());
     }
     if let Err(error) = app.database().ping().await {
         tracing::warn!(error.message = %error, "readiness: journal unreachable");
-        return not_ready("journal unreachable".into());
+        return Err("journal unreachable".into());
     }
     match app.database().pending_migrations().await {
-        Ok(pending) if pending.is_empty() => Json(Readiness {
-            status: "ready",
-            journal,
-            reason: None,
-        })
-        .into_response(),
-        Ok(pending) => not_ready(format!("{} migration(s) not applied", pending.len())),
+        Ok(pending) if pending.is_empty() => Ok(()),
+        Ok(pending) => Err(format!("{} migration(s) not applied", pending.len())),
         Err(error) => {
             tracing::warn!(error.message = %error, "readiness: cannot read migrations");
-            not_ready("cannot read migrations".into())
+            Err("cannot read migrations".into())
         }
     }
 }

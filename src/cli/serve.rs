@@ -152,11 +152,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     );
     let server = with_lightning(server, &app, args.lightning.clone()).await?;
     let (settings, sync_key) = crate::sync::settings_from_args(&app, &args.sync, &args.projectors)?;
-    let (server, _lane) = crate::sync::with_sync(server, &app, settings);
+    let (server, lane) = crate::sync::with_sync(server, &app, settings);
+    let (server, console) = crate::console::with_console(server, &app, &lane);
     let addr = server.local_addr();
     crate::server::cancel_on_signals(app.shutdown_token().clone());
     announce(addr, &args, &source, &sync_key);
     crate::audit::log::announce(&audit_public_key, &audit_key_source);
+    announce_console(addr, &app, &console, &sync_key);
     server.run_until_stopped().await
 }
 
@@ -225,6 +227,30 @@ fn announce(
             );
         }
         crate::sync::SyncKeySource::Configured => {}
+    }
+    let _ = out.flush();
+}
+
+/// Prints the console's address: on the embedded journal with a sync-token key, with a one-time
+/// login code in the URL fragment (never sent to a server, so never in any log); otherwise the
+/// console asks for a pasted sync token.
+fn announce_console(
+    addr: SocketAddr,
+    app: &App,
+    console: &crate::console::Console,
+    sync_key: &crate::sync::SyncKeySource,
+) {
+    let embedded = matches!(app.database(), engine::Database::Sqlite { .. });
+    let can_mint = !matches!(sync_key, crate::sync::SyncKeySource::Missing);
+    let mut out = std::io::stdout().lock();
+    if embedded && can_mint {
+        let code = console.issue_login_code();
+        let _ = writeln!(
+            out,
+            "console (one-time login, valid 10 minutes): http://{addr}/console#code={code}"
+        );
+    } else {
+        let _ = writeln!(out, "console: http://{addr}/console (paste a sync token)");
     }
     let _ = out.flush();
 }

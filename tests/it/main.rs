@@ -14,6 +14,7 @@ mod audit_trust;
 mod auth;
 mod cli;
 mod concurrency;
+mod console;
 mod crash;
 mod journal;
 mod khala;

@@ -127,6 +127,7 @@ fn the_blessed_read_models_and_sync_streams_are_consistent_with_the_runs_and_wor
             "runtime.codex_worker_events",
             "runtime.codex_worker_summaries",
             "runtime.payments",
+            "runtime.run_events",
             "runtime.run_summaries",
         ];
         assert_eq!(streams.keys().collect::<Vec<_>>(), topics, "{name}");
@@ -403,7 +404,10 @@ async fn read_model_drift_on(live: &TestDb) {
     assert_eq!(report.notes, Vec::<String>::new());
     assert_eq!(
         (report.read_models_compared, report.docs_compared),
-        (4, expected_docs("interleaved_runs_of_several_workers.json"))
+        (
+            projectors::all_specs().len() as u64,
+            expected_docs("interleaved_runs_of_several_workers.json")
+        )
     );
 
     // More runs that the live projectors have not seen yet: compared at their checkpoint, so
@@ -414,7 +418,12 @@ async fn read_model_drift_on(live: &TestDb) {
         .unwrap();
     let report = check(live).await;
     assert_eq!(report.problems, Vec::<String>::new());
-    assert_eq!(report.notes.len(), 4, "{:?}", report.notes);
+    assert_eq!(
+        report.notes.len(),
+        projectors::all_specs().len(),
+        "{:?}",
+        report.notes
+    );
     assert!(
         report
             .notes
@@ -547,9 +556,13 @@ mod live {
             let report = check(db).await;
             assert_eq!(report.problems, Vec::<String>::new());
             if report.notes.is_empty() {
-                assert_eq!(report.read_models_compared, 4);
-                // One run summary, one worker summary, one document per worker event.
-                assert_eq!(report.docs_compared, 1 + 1 + 1, "{report:?}");
+                assert_eq!(
+                    report.read_models_compared,
+                    projectors::all_specs().len() as u64
+                );
+                // One run summary, one worker summary, one document per worker event, one per
+                // run event (the start and five frames).
+                assert_eq!(report.docs_compared, 1 + 1 + 1 + 6, "{report:?}");
                 break;
             }
             assert!(Instant::now() < deadline, "{:?}", report.notes);

@@ -78,6 +78,37 @@ pub fn mint(
     request: &MintRequest,
     now: i64,
 ) -> Result<MintedToken, MintError> {
+    mint_as(config, known_topics, request, None, now)
+}
+
+/// Mints a token of the operator principal (`oa_role = "operator"`: it reads every principal's
+/// documents) for `request` at `now`. Only in-process callers reach this (the console's login
+/// code exchange); `POST /api/sync/token` never mints an operator token.
+///
+/// # Errors
+/// [`MintError`] as documented on its variants.
+pub fn mint_operator(
+    config: &AuthConfig,
+    known_topics: &[String],
+    request: &MintRequest,
+    now: i64,
+) -> Result<MintedToken, MintError> {
+    mint_as(
+        config,
+        known_topics,
+        request,
+        Some(engine::auth::OPERATOR_ROLE),
+        now,
+    )
+}
+
+fn mint_as(
+    config: &AuthConfig,
+    known_topics: &[String],
+    request: &MintRequest,
+    role: Option<&str>,
+    now: i64,
+) -> Result<MintedToken, MintError> {
     let subject = request.subject.trim();
     if subject.is_empty() {
         return Err(MintError::InvalidRequest(
@@ -123,7 +154,7 @@ pub fn mint(
         oa_sync_scopes: Scopes(scopes.clone()),
         oa_sync_topics: None,
         oa_claims_version: Some(CLAIMS_VERSION.into()),
-        oa_role: None,
+        oa_role: role.map(str::to_owned),
     };
     let mut header = Header::new(signing.algorithm);
     header.kid = Some(signing.kid.clone());

@@ -97,6 +97,8 @@ struct TailState {
     /// Feed index: which principals to look at for a row's owner user / guest scope.
     by_user: HashMap<String, Vec<Principal>>,
     by_guest: HashMap<String, Vec<Principal>>,
+    /// Operator principals (owner filter `Any`): candidates for every owned row.
+    operators: Vec<Principal>,
 }
 
 /// One topic's tailer. Shared (`Arc`) by the gateway and every session subscribed to the topic.
@@ -156,6 +158,7 @@ impl Tailer {
                 feeds: HashMap::new(),
                 by_user: HashMap::new(),
                 by_guest: HashMap::new(),
+                operators: Vec::new(),
             }),
         })
     }
@@ -214,6 +217,9 @@ impl Tailer {
                 state.feeds.insert(principal.clone(), feed.clone());
                 index_add(&mut state.by_user, &principal.user_id, principal);
                 index_add(&mut state.by_guest, &principal.guest_scope, principal);
+                if principal.operator {
+                    state.operators.push(principal.clone());
+                }
                 feed
             }
         };
@@ -245,6 +251,7 @@ impl Tailer {
                 &feed.principal.guest_scope,
                 &feed.principal,
             );
+            state.operators.retain(|p| p != &feed.principal);
         }
     }
 
@@ -441,6 +448,11 @@ impl Tailer {
             {
                 candidates.extend(list);
             }
+            // Operators read every owned row (an ownerless row, such as an epoch marker, goes
+            // to nobody).
+            if row.owner.user_id.is_some() || row.owner.guest_scope.is_some() {
+                candidates.extend(st.operators.iter());
+            }
             for principal in candidates {
                 let Some(feed) = st.feeds.get(principal) else {
                     continue;
@@ -573,6 +585,42 @@ mod tests {
         assert!(matches!(tailer.pull(bob.feed(), 0, 10), Pulled::NeedStore));
         drop((alice, alice2, bob));
         assert_eq!(tailer.feed_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn an_operator_feed_gets_every_owned_row_once_and_no_ownerless_row() {
+        let source = MemorySource::new();
+        let tailer = Tailer::new("t", &GatewayConfig::default());
+        tailer.catch_up(&source).await.unwrap();
+        let wake = Arc::new(Notify::new());
+        let operator = Principal {
+            user_id: Some("alice".into()),
+            operator: true,
+            ..Principal::default()
+        };
+        let op = tailer.attach(&operator, 1, wake.clone());
+        source.append("t", "a1", json!({}), DocOwner::user("alice"));
+        source.append("t", "b1", json!({}), DocOwner::user("bob"));
+        source.append("t", "marker", json!({}), DocOwner::default());
+        source.append(
+            "t",
+            "g1",
+            json!({}),
+            DocOwner {
+                guest_scope: Some("g".into()),
+                ..DocOwner::default()
+            },
+        );
+        tailer.catch_up(&source).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(1), wake.notified())
+            .await
+            .unwrap();
+        // Alice's row once (indexed both as alice and as an operator), bob's and the guest's;
+        // not the ownerless row.
+        assert_eq!(rows(&tailer.pull(op.feed(), 0, 10)), (vec![1, 2, 4], 4));
+        drop(op);
+        assert_eq!(tailer.feed_count(), 0);
+        assert!(tailer.read().operators.is_empty());
     }
 
     #[tokio::test]

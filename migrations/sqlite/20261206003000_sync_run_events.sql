@@ -1,0 +1,31 @@
+-- The run event stream read model (topic runtime.run_events): one document per run event, the
+-- live transcript clients (the console) show. Same shape as every projection table.
+CREATE TABLE runtime_sync_run_events
+(
+    doc_key           TEXT    NOT NULL PRIMARY KEY,
+    doc_version       INTEGER NOT NULL CHECK (doc_version >= 1),
+    payload           TEXT    NOT NULL,
+    payload_hash      TEXT    NOT NULL,
+    watermark         INTEGER NOT NULL,
+    owner_user_id     TEXT,
+    owner_guest_scope TEXT,
+    owner_org_id      TEXT,
+    projected_at_ms   INTEGER NOT NULL,
+    updated_at_ms     INTEGER NOT NULL
+);
+
+CREATE TABLE runtime_sync_run_events_rebuild
+(
+    doc_key           TEXT    NOT NULL PRIMARY KEY,
+    doc_version       INTEGER NOT NULL CHECK (doc_version >= 1),
+    payload           TEXT    NOT NULL,
+    payload_hash      TEXT    NOT NULL,
+    watermark         INTEGER NOT NULL,
+    owner_user_id     TEXT,
+    owner_guest_scope TEXT,
+    owner_org_id      TEXT,
+    projected_at_ms   INTEGER NOT NULL,
+    updated_at_ms     INTEGER NOT NULL
+);
+
+CREATE INDEX runtime_sync_run_events_updated_idx ON runtime_sync_run_events (updated_at_ms);
