@@ -86,6 +86,10 @@ pub struct Options {
     /// Mount the run artifact routes and run the receipt recorder, as `serve` does
     /// (`openagents_runtime::audit::with_artifacts`); `Some(Some(key))` also signs receipts.
     pub artifacts: Option<Option<ReceiptSigner>>,
+    /// Mount everything `serve` mounts on the main listener: audited artifacts, the audit log
+    /// routes and tree task, the sync lane ([`sync_settings`] unless `sync` says otherwise) and
+    /// the console (the authorization matrix covers exactly that route table).
+    pub everything: bool,
 }
 
 impl Default for Options {
@@ -95,6 +99,7 @@ impl Default for Options {
             configure: Box::new(|_| {}),
             sync: None,
             artifacts: None,
+            everything: false,
         }
     }
 }
@@ -162,13 +167,42 @@ pub async fn spawn_app_with(db: &TestDb, options: Options) -> TestApp {
     };
     let app = App::new(config, db.database.clone(), stamps);
     let server = Server::bind(app.clone()).await.expect("bind 127.0.0.1:0");
-    let server = match options.artifacts {
-        Some(signer) => openagents_runtime::audit::with_artifacts(server, &app, signer),
-        None => server,
+    let server = match (options.everything, options.artifacts) {
+        (true, _) => {
+            let key = crate::audit_log::test_key();
+            let server = openagents_runtime::audit::http::with_artifacts_audited(
+                server,
+                &app,
+                None,
+                Some(key.clone()),
+            );
+            openagents_runtime::audit::log::with_audit_log(
+                server,
+                &app,
+                key,
+                engine::audit_log::store::MaintainerConfig {
+                    checkpoint_every_events: 5,
+                    checkpoint_every: Duration::from_millis(200),
+                    poll: Duration::from_millis(50),
+                    ..Default::default()
+                },
+            )
+        }
+        (false, Some(signer)) => openagents_runtime::audit::with_artifacts(server, &app, signer),
+        (false, None) => server,
     };
-    let (server, sync) = match options.sync {
+    let sync_settings = match (options.everything, options.sync) {
+        (true, None) => Some(sync_settings()),
+        (_, settings) => settings,
+    };
+    let (server, sync) = match sync_settings {
         Some(settings) => {
             let (server, lane) = openagents_runtime::sync::with_sync(server, &app, settings);
+            let server = if options.everything {
+                openagents_runtime::console::with_console(server, &app, &lane).0
+            } else {
+                server
+            };
             (server, Some(lane))
         }
         None => (server, None),

@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use sync_gateway::auth::{DEFAULT_AUDIENCE, DEFAULT_ISSUER};
 use sync_gateway::test_utils::{now_secs, sign_claims};
 
-use crate::app::{spawn_app_with, sync_settings, Options, Req, TestApp};
+use crate::app::{spawn_app_with, Options, Req, TestApp};
 use crate::khala_e2e::{hydrate, joined, updates_until, RUNS};
 use crate::support::on_both_backends;
 use engine::testing::TestDb;
@@ -140,6 +140,13 @@ enum Kind {
     Hydrate,
     /// WebSocket replay of the owner's run summary.
     Socket,
+    /// Any principal passes authorization (an answer other than 401/403 and below 500); no
+    /// principal's resource involved (audit checkpoints and consistency proofs).
+    AnyPrincipal,
+    /// Needs an operator sync token (the console's ops snapshot and token renewal).
+    OperatorSync,
+    /// The console's one-time login: no principal; a wrong code is 401 for everyone.
+    Login,
 }
 
 /// The matrix: one row per (method, route template) of the main listener.
@@ -196,6 +203,29 @@ const ROWS: &[(&str, &str, Kind)] = &[
     ("POST", "/internal/v1/sync/sessions/revoke", Kind::Revoke),
     ("GET", "/sync/v1/topics/{topic}/docs", Kind::Hydrate),
     ("GET", "/sync/socket/websocket", Kind::Socket),
+    ("GET", "/internal/v1/audit/key", Kind::Service),
+    (
+        "GET",
+        "/internal/v1/audit/checkpoints/latest",
+        Kind::AnyPrincipal,
+    ),
+    (
+        "GET",
+        "/internal/v1/audit/checkpoints/{tree_size}",
+        Kind::AnyPrincipal,
+    ),
+    (
+        "GET",
+        "/internal/v1/audit/proof/consistency",
+        Kind::AnyPrincipal,
+    ),
+    ("GET", "/internal/v1/audit/proof/inclusion", Kind::Run),
+    ("GET", "/console", Kind::Open),
+    ("GET", "/console/", Kind::Open),
+    ("GET", "/console/assets/{name}", Kind::Open),
+    ("POST", "/console/api/login", Kind::Login),
+    ("POST", "/console/api/renew", Kind::OperatorSync),
+    ("GET", "/ops/v1/status", Kind::OperatorSync),
 ];
 
 /// The body a row's request sends, for `who`.
@@ -224,6 +254,7 @@ fn body_of(path: &str, who: Who) -> Value {
         "/internal/v1/sync/sessions/revoke" => {
             json!({"session_id": "mx-session", "reason": "matrix"})
         }
+        "/console/api/login" => json!({"code": "not-a-login-code"}),
         _ => json!({}),
     }
 }
@@ -232,6 +263,8 @@ fn concrete(path: &str) -> String {
     path.replace("{run_id}", RUN)
         .replace("{worker_id}", WORKER)
         .replace("{topic}", RUNS)
+        .replace("{tree_size}", "1")
+        .replace("{name}", "console.js")
 }
 
 fn with_query(path: &str) -> String {
@@ -244,6 +277,10 @@ fn with_query(path: &str) -> String {
             format!("{concrete}?thread_id={THREAD}&cursor=0&tail_ms=1")
         }
         "/internal/v1/codex/workers/{worker_id}/stream" => format!("{concrete}?cursor=0&tail_ms=1"),
+        "/internal/v1/audit/proof/consistency" => format!("{concrete}?from=1&to=1"),
+        "/internal/v1/audit/proof/inclusion" => {
+            format!("{concrete}?aggregate_type=run&aggregate_id={RUN}&sequence=1")
+        }
         _ => concrete,
     }
 }
@@ -252,8 +289,7 @@ async fn spawn(db: &TestDb) -> TestApp {
     spawn_app_with(
         db,
         Options {
-            sync: Some(sync_settings()),
-            artifacts: Some(None),
+            everything: true,
             ..Options::default()
         },
     )
@@ -355,7 +391,7 @@ async fn check(app: &TestApp, method: &str, path: &str, kind: Kind, who: Who) {
         Kind::Open => {
             let response = app
                 .http
-                .get(format!("{}{}", app.base, path))
+                .get(format!("{}{}", app.base, concrete(path)))
                 .send()
                 .await
                 .unwrap();
@@ -470,6 +506,34 @@ async fn check(app: &TestApp, method: &str, path: &str, kind: Kind, who: Who) {
                 assert_eq!(response.status, 403, "{what}: {}", response.text);
                 assert_eq!(response.reason(), "not_owner", "{what}");
             }
+        }
+        Kind::AnyPrincipal => {
+            let response = request().send().await;
+            assert!(
+                ![401, 403].contains(&response.status) && response.status < 500,
+                "{what}: {} {}",
+                response.status,
+                response.text
+            );
+        }
+        Kind::OperatorSync => {
+            let url = format!("{}{}", app.base, concrete(path));
+            let builder = match method {
+                "POST" => app.http.post(url).json(&json!({})),
+                _ => app.http.get(url),
+            };
+            let response = builder.bearer_auth(who.sync_token()).send().await.unwrap();
+            let status = response.status().as_u16();
+            let text = response.text().await.unwrap();
+            if who == Who::Operator {
+                assert_eq!(status, 200, "{what}: {text}");
+            } else {
+                assert_eq!(status, 403, "{what}: {text}");
+            }
+        }
+        Kind::Login => {
+            let response = request().send().await;
+            assert_eq!(response.status, 401, "{what}: {}", response.text);
         }
         Kind::Hydrate => {
             let hydration = hydrate(&app.base, &who.sync_token(), RUNS).await;
