@@ -13,6 +13,7 @@ mod auth;
 mod cli;
 mod concurrency;
 mod crash;
+mod fuzz;
 mod journal;
 mod khala;
 mod khala_bench;
