@@ -99,16 +99,24 @@ fn json_value() -> impl Strategy<Value = Value> {
     })
 }
 
-/// An object that starts from a valid body of one of the run routes and has up to three fields
-/// replaced, removed or added.
-fn near_valid_body() -> impl Strategy<Value = Value> {
-    let base = prop::sample::select(vec![
-        json!({ "thread_id": "thr-fz" }),
-        json!({ "run_id": "run-new", "thread_id": "thr-fz", "metadata": { "k": "v" } }),
-        json!({ "thread_id": "thr-fz", "frame_id": "f1", "type": "text_delta", "payload": { "delta": "x" } }),
-        json!({ "thread_id": "thr-fz", "reason": "stop" }),
-        json!({ "thread_id": "thr-fz", "status": "succeeded" }),
-    ]);
+/// The run routes the real-app property drives.
+const ROUTES: [&str; 7] = [
+    "create", "list", "snapshot", "frames", "cancel", "start", "finish",
+];
+
+/// A valid body for `route` on thread `thr-fz` with up to three fields replaced, removed or
+/// added (none in a third of the cases).
+fn body_for(route: &'static str) -> impl Strategy<Value = Value> {
+    let base = match route {
+        "create" => json!({ "run_id": "run-new", "thread_id": "thr-fz", "metadata": { "k": "v" } }),
+        "frames" => json!({
+            "thread_id": "thr-fz", "frame_id": "f1", "type": "text_delta", "payload": { "delta": "x" }
+        }),
+        "cancel" => json!({ "thread_id": "thr-fz", "reason": "stop" }),
+        "start" => json!({ "thread_id": "thr-fz", "source": "fuzz" }),
+        "finish" => json!({ "thread_id": "thr-fz", "status": "succeeded" }),
+        _ => json!({ "thread_id": "thr-fz" }),
+    };
     let field = prop::sample::select(vec![
         "thread_id",
         "run_id",
@@ -125,20 +133,26 @@ fn near_valid_body() -> impl Strategy<Value = Value> {
         "error_code",
         "user_id",
     ]);
-    (
-        base,
-        prop::collection::vec((field, proptest::option::of(json_value())), 0..4),
-    )
-        .prop_map(|(mut body, edits)| {
-            let object = body.as_object_mut().expect("object");
-            for (name, value) in edits {
-                match value {
-                    Some(value) => object.insert(name.to_owned(), value),
-                    None => object.remove(name),
-                };
-            }
-            body
-        })
+    let edits = prop_oneof![
+        1 => Just(Vec::new()),
+        2 => prop::collection::vec((field, proptest::option::of(json_value())), 1..4),
+    ];
+    edits.prop_map(move |edits| {
+        let mut body = base.clone();
+        let object = body.as_object_mut().expect("object");
+        for (name, value) in edits {
+            match value {
+                Some(value) => object.insert(name.to_owned(), value),
+                None => object.remove(name),
+            };
+        }
+        body
+    })
+}
+
+/// A valid body of any run route, edited.
+fn near_valid_body() -> impl Strategy<Value = Value> {
+    prop::sample::select(ROUTES.to_vec()).prop_flat_map(body_for)
 }
 
 /// Request body bytes: any JSON, near-valid bodies, raw bytes (invalid UTF-8 too), whitespace,
@@ -214,6 +228,26 @@ fn query_string() -> impl Strategy<Value = String> {
                 .collect::<Vec<_>>()
                 .join(separator)
         })
+}
+
+/// Mostly `thread_id=<value>` (the thread itself, another one, or encodings of either) followed
+/// by arbitrary pairs; otherwise an arbitrary query string.
+fn query_for(thread: &'static str) -> impl Strategy<Value = String> {
+    let value = prop_oneof![
+        3 => Just(thread.to_owned()),
+        2 => prop::sample::select(vec![
+            "thr-b", "thr%2Db", "%74hr-b", "thr-b%00", "thr%2Da", "thr-a%20", "thr-b&thread_id=thr-a",
+        ])
+        .prop_map(str::to_owned),
+    ];
+    prop_oneof![
+        3 => (value, proptest::option::weighted(0.5, query_string()))
+            .prop_map(|(v, extra)| match extra {
+                Some(extra) => format!("thread_id={v}&{extra}"),
+                None => format!("thread_id={v}"),
+            }),
+        1 => query_string(),
+    ]
 }
 
 /// Percent-encodes every byte but the unreserved ones (a path segment).
@@ -405,21 +439,21 @@ async fn fuzz_run_routes_answer_arbitrary_requests_with_documented_errors(
     let app = Arc::new(spawn_app(db).await);
     created(app.create_run("run-fz", "thr-fz").await);
     let strategy = || {
-        (
-            prop::sample::select(vec![
-                "create", "list", "snapshot", "frames", "cancel", "start", "finish",
-            ]),
-            prop_oneof![
-                3 => Just("run-fz".to_owned()),
-                1 => "(?s).{1,20}".prop_map(|s| encode_segment(&s)),
-            ],
-            query_string(),
-            prop_oneof![
-                near_valid_body().prop_map(|v| v.to_string()),
-                json_value().prop_map(|v| v.to_string()),
-                "(?s).{0,40}",
-            ],
-        )
+        prop::sample::select(ROUTES.to_vec()).prop_flat_map(|route| {
+            (
+                Just(route),
+                prop_oneof![
+                    3 => Just("run-fz".to_owned()),
+                    1 => "(?s).{1,20}".prop_map(|s| encode_segment(&s)),
+                ],
+                query_for("thr-fz"),
+                prop_oneof![
+                    3 => body_for(route).prop_map(|v| v.to_string()),
+                    1 => json_value().prop_map(|v| v.to_string()),
+                    1 => "(?s).{0,40}",
+                ],
+            )
+        })
     };
     check_app(
         &app,
@@ -552,23 +586,28 @@ async fn fuzz_a_thread_bound_token_never_lists_another_threads_runs(db: &engine:
     let app = Arc::new(spawn_app(db).await);
     created(app.create_run("run-a", "thr-a").await);
     created(app.create_run("run-b", "thr-b").await);
-    check_app(&app, 64, query_string, |app, query| async move {
-        let response = app
-            .get(&format!("/internal/v1/runs?{query}"))
-            .claims(|c| c.thread_id = Some("thr-a".into()))
-            .send()
-            .await;
-        assert_documented(response.status, &response.json, &query)?;
-        if response.status == 200 {
-            let runs = response.json["data"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default();
-            for run in runs {
-                prop_assert_eq!(&run["thread_id"], "thr-a", "?{} listed {}", query, run);
+    check_app(
+        &app,
+        64,
+        || query_for("thr-a"),
+        |app, query| async move {
+            let response = app
+                .get(&format!("/internal/v1/runs?{query}"))
+                .claims(|c| c.thread_id = Some("thr-a".into()))
+                .send()
+                .await;
+            assert_documented(response.status, &response.json, &query)?;
+            if response.status == 200 {
+                let runs = response.json["data"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default();
+                for run in runs {
+                    prop_assert_eq!(&run["thread_id"], "thr-a", "?{} listed {}", query, run);
+                }
             }
-        }
-        Ok(())
-    })
+            Ok(())
+        },
+    )
     .await;
 }
