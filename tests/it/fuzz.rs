@@ -3,7 +3,8 @@
 //! bodies, query strings, path ids and principal headers. Properties: never a 5xx; every
 //! rejection is the error envelope with the code its status documents; a token's claimed
 //! principal always wins over headers; a thread-bound token never lists another thread's runs,
-//! however the query string spells `thread_id`.
+//! however the query string spells `thread_id`; Khala's hydration route answers arbitrary sync
+//! tokens (intact or mutated), topics and query strings without a 5xx.
 //!
 //! Seeded and bounded (256 cases per extractor property, 64 per real-app property);
 //! `PROPTEST_CASES` / `PROPTEST_RNG_SEED` run longer or elsewhere (docs/fuzzing.md).
@@ -405,6 +406,7 @@ on_both_backends!(
     fuzz_run_routes_answer_arbitrary_requests_with_documented_errors,
     fuzz_a_claimed_principal_always_wins_over_headers,
     fuzz_a_thread_bound_token_never_lists_another_threads_runs,
+    fuzz_hydration_answers_arbitrary_tokens_topics_and_queries_without_a_5xx,
 );
 
 /// Runs a property against the real app: the runner (and its shrinking) on a blocking thread,
@@ -606,6 +608,96 @@ async fn fuzz_a_thread_bound_token_never_lists_another_threads_runs(db: &engine:
                 for run in runs {
                     prop_assert_eq!(&run["thread_id"], "thr-a", "?{} listed {}", query, run);
                 }
+            }
+            Ok(())
+        },
+    )
+    .await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Khala's HTTP hydration: sync JWTs and query strings over the real app
+
+async fn fuzz_hydration_answers_arbitrary_tokens_topics_and_queries_without_a_5xx(
+    db: &engine::testing::TestDb,
+) {
+    let app = Arc::new(crate::app::spawn_app_with_sync(db).await);
+    let lane = app.sync.as_ref().expect("the sync lane runs");
+    let token = sync_gateway::auth::mint::mint(
+        lane.gateway.verifier().config(),
+        lane.gateway.known_topics(),
+        &sync_gateway::auth::mint::MintRequest {
+            subject: "user:1".into(),
+            scopes: vec!["runtime.run_summaries".into()],
+            ..Default::default()
+        },
+        sync_gateway::test_utils::now_secs(),
+    )
+    .expect("mints")
+    .token;
+    let strategy = move || {
+        let mutated = (any::<prop::sample::Index>(), 0x21u8..0x7f);
+        (
+            prop_oneof![
+                3 => Just("runtime.run_summaries".to_owned()),
+                1 => Just("runtime.codex_worker_events".to_owned()),
+                1 => "(?s).{1,16}".prop_map(|s| encode_segment(&s)),
+            ],
+            prop_oneof![
+                2 => Just(None),
+                2 => mutated.prop_map(Some),
+            ],
+            prop_oneof![
+                3 => Just(Some("Bearer")),
+                1 => prop::sample::select(vec![Some("bearer"), Some("Basic"), Some(""), None]),
+            ],
+            prop_oneof![
+                1 => Just(String::new()),
+                1 => "[A-Za-z0-9%+_.~:-]{0,12}".prop_map(|v| format!("doc_key={v}")),
+                1 => query_string(),
+            ],
+            Just(token.clone()),
+        )
+    };
+    check_app(
+        &app,
+        64,
+        strategy,
+        |app, (topic, mutation, scheme, query, token)| async move {
+            let mut token = token.into_bytes();
+            let mut intact = true;
+            if let Some((index, byte)) = mutation {
+                let at = index.index(token.len());
+                intact = token[at] == byte;
+                token[at] = byte;
+            }
+            let token = String::from_utf8(token).expect("ASCII");
+            let url = format!("{}/sync/v1/topics/{topic}/docs?{query}", app.base);
+            let mut request = app.http.get(url);
+            if let Some(scheme) = scheme {
+                request = request.header("authorization", format!("{scheme} {token}"));
+            }
+            let response = request.send().await.expect("reaches the server");
+            let status = response.status().as_u16();
+            let body: Value = response.json().await.unwrap_or(Value::Null);
+            let context = format!("{topic} ?{query} {scheme:?} mutated {mutation:?}");
+            prop_assert!(status < 500, "{} for {}: {}", status, context, body);
+            if status >= 400 {
+                prop_assert!(body["error"]["code"].is_string(), "{}: {}", context, body);
+                prop_assert!(
+                    body["error"]["message"].is_string(),
+                    "{}: {}",
+                    context,
+                    body
+                );
+            } else {
+                prop_assert!(intact, "a mutated token hydrated: {}", context);
+                prop_assert!(
+                    scheme.is_some_and(|s| s.eq_ignore_ascii_case("bearer")),
+                    "hydrated without a bearer token: {}",
+                    context
+                );
+                prop_assert_eq!(topic.as_str(), "runtime.run_summaries", "{}", context);
             }
             Ok(())
         },
