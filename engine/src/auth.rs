@@ -259,7 +259,13 @@ pub fn verify(
     if claims.exp < claims.iat {
         return Err(AuthError::Malformed("exp is before iat"));
     }
-    if claims.exp - claims.iat > MAX_LIFETIME_SECS {
+    // `exp - iat` overflows for a far-past `iat` and a far-future `exp`: that is a lifetime
+    // beyond any maximum, not a wrapped (negative, hence "short") one.
+    if claims
+        .exp
+        .checked_sub(claims.iat)
+        .is_none_or(|lifetime| lifetime > MAX_LIFETIME_SECS)
+    {
         return Err(AuthError::LifetimeTooLong);
     }
     if claims.iat > now_unix.saturating_add(CLOCK_SKEW_SECS) {
@@ -513,6 +519,17 @@ mod tests {
         assert!(matches!(
             verify(&secret(), &token, 1_091),
             Err(AuthError::Expired)
+        ));
+        // A lifetime whose `exp - iat` overflows i64 is too long, not negative (found by
+        // engine/tests/fuzz_tokens.rs: it panicked in debug and passed in release).
+        let endless = InternalClaims {
+            iat: i64::MIN,
+            exp: i64::MAX,
+            ..InternalClaims::new(0, 60)
+        };
+        assert!(matches!(
+            verify(&secret(), &mint(&secret(), &endless), 0),
+            Err(AuthError::LifetimeTooLong)
         ));
         let long = mint(&secret(), &InternalClaims::new(0, MAX_LIFETIME_SECS + 1));
         assert!(matches!(

@@ -16,6 +16,7 @@ mod cli;
 mod concurrency;
 mod console;
 mod crash;
+mod fuzz;
 mod journal;
 mod khala;
 mod khala_bench;
