@@ -52,6 +52,8 @@ impl Serve {
                 .args(["--database-url", url])
                 .args(["--db-max-connections", "8"])
                 .env("OA_RUNTIME_SIGNATURE_SECRET", TEST_SECRET)
+                // PostgreSQL requires a configured audit key (docs/audit.md).
+                .env("OA_AUDIT_KEY", crate::audit_log::TEST_AUDIT_KEY)
                 .env(
                     "OA_SYNC_JWT_KEY",
                     format!(
