@@ -293,7 +293,14 @@ proptest! {
         let minted = match mint(&config, &known(), &request, NOW) {
             Ok(minted) => minted,
             Err(MintError::InvalidRequest(_)) => {
-                prop_assert!(request.subject.trim().is_empty());
+                // An empty subject, or an org, device or session given but blank.
+                let blank = |v: &Option<String>| v.as_deref().is_some_and(|s| s.trim().is_empty());
+                prop_assert!(
+                    request.subject.trim().is_empty()
+                        || blank(&request.org_id)
+                        || blank(&request.device_id)
+                        || blank(&request.session_id)
+                );
                 return Ok(());
             }
             Err(MintError::InvalidScope(unknown)) => {

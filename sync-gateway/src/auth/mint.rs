@@ -115,6 +115,19 @@ fn mint_as(
             "subject must not be empty".into(),
         ));
     }
+    // An empty org, device or session would read back as absent (the claims decode "" as no
+    // value): refuse it rather than mint a token whose claims mean something else.
+    for (field, value) in [
+        ("org_id", &request.org_id),
+        ("device_id", &request.device_id),
+        ("session_id", &request.session_id),
+    ] {
+        if value.as_deref().is_some_and(|v| v.trim().is_empty()) {
+            return Err(MintError::InvalidRequest(format!(
+                "{field} must not be empty when given"
+            )));
+        }
+    }
     let mut scopes: Vec<String> = Vec::new();
     for scope in &request.scopes {
         let scope = scope.trim().to_owned();

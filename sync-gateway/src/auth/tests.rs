@@ -369,6 +369,28 @@ fn minting_uses_the_control_planes_claims_and_response_shape() {
         mint(&config, &known, &bad, NOW),
         Err(MintError::InvalidScope(vec!["runtime.nope".into()]))
     );
+    for empty in [
+        MintRequest {
+            org_id: Some(String::new()),
+            ..request.clone()
+        },
+        MintRequest {
+            device_id: Some(" ".into()),
+            ..request.clone()
+        },
+        MintRequest {
+            session_id: Some(String::new()),
+            ..request.clone()
+        },
+    ] {
+        assert!(
+            matches!(
+                mint(&config, &known, &empty, NOW),
+                Err(MintError::InvalidRequest(_))
+            ),
+            "{empty:?}"
+        );
+    }
     let verify_only = AuthConfig::new(KeySet::new().with_public_pem("ed1", ED_PUBLIC).unwrap());
     assert_eq!(
         mint(&verify_only, &known, &request, NOW),
