@@ -74,14 +74,14 @@ impl RequestPrincipal {
     /// # Errors
     /// [`Denied`] naming the first check that failed (ownership, then tenancy).
     pub fn may_access(&self, owner: Option<&Owner>, org: Option<&OrgId>) -> Result<(), Denied> {
-        if self.operator {
-            return Ok(());
+        let owned = match (&self.owner, owner) {
+            (Some(mine), Some(theirs)) => owns(self.operator, mine, theirs),
+            _ => self.operator,
+        };
+        if !owned {
+            return Err(Denied::NotOwner);
         }
-        match (&self.owner, owner) {
-            (Some(mine), Some(theirs)) if mine == theirs => {}
-            _ => return Err(Denied::NotOwner),
-        }
-        if self.org.as_ref() != org {
+        if !in_tenant(self.operator, self.org.as_ref(), org) {
             return Err(Denied::OrgMismatch);
         }
         Ok(())
@@ -94,6 +94,18 @@ impl RequestPrincipal {
             None => "operator".to_owned(),
         }
     }
+}
+
+/// The ownership rule: the same user or the same guest scope (a user id and a guest scope with
+/// the same text are different principals), or anything for the operator.
+pub fn owns(operator: bool, mine: &Owner, theirs: &Owner) -> bool {
+    operator || mine == theirs
+}
+
+/// The tenancy rule (fails closed): the caller's org is the recorded one, both absent counting
+/// as equal; the operator reaches every org.
+pub fn in_tenant(operator: bool, mine: Option<&OrgId>, recorded: Option<&OrgId>) -> bool {
+    operator || mine == recorded
 }
 
 fn parse<T>(value: &str, parse: fn(String) -> Result<T, IdError>) -> Option<T> {

@@ -202,7 +202,7 @@ impl Principal {
     /// guest scope (a user id and a guest scope with the same text are different principals), or
     /// any owner for the operator.
     pub fn owns(&self, owner: &Owner) -> bool {
-        self.operator || self.owner == *owner
+        principal::owns(self.operator, &self.owner, owner)
     }
 
     /// `user:<id>` or `guest:<scope>`: the actor in event metadata and the idempotency scope.
@@ -233,7 +233,7 @@ impl Caller {
     /// resource recorded under an org needs that org's claim, and an org claim reaches only that
     /// org's resources (not org-less ones). The operator reaches every org.
     pub fn check_org(&self, recorded: Option<&OrgId>) -> Result<(), ApiError> {
-        if self.principal.operator || self.org.as_ref() == recorded {
+        if principal::in_tenant(self.principal.operator, self.org.as_ref(), recorded) {
             return Ok(());
         }
         Err(
