@@ -518,6 +518,30 @@ impl Engine {
         }
         Ok(events)
     }
+
+    /// At most `limit` of one aggregate's events with `sequence > after_sequence`, decoded, in
+    /// sequence order: what a reader that streams an aggregate (SSE) reads per step, so a long
+    /// history is never held in memory at once.
+    ///
+    /// # Errors
+    /// As [`Self::events_after`].
+    pub async fn events_page<A: RuntimeAggregate>(
+        &self,
+        aggregate_id: &str,
+        after_sequence: u64,
+        limit: usize,
+    ) -> Result<Vec<EventEnvelope<A>>, CommandError<A::Error>> {
+        let stored = self
+            .journal
+            .load_stored(A::TYPE, aggregate_id, after_sequence, limit)
+            .await
+            .map_err(CommandError::from_journal)?;
+        let mut events = Vec::with_capacity(stored.len());
+        for (expected, stored) in (after_sequence + 1..).zip(stored) {
+            events.push(decode::<A>(stored.event, expected).map_err(CommandError::Internal)?);
+        }
+        Ok(events)
+    }
 }
 
 fn event_metadata(at: Timestamp, context: &CommandContext) -> EventMetadata {

@@ -24,7 +24,7 @@ use utoipa::{IntoParams, ToSchema};
 use crate::api::auth::Caller;
 use crate::api::error::{ApiError, ErrorEnvelope};
 use crate::api::extract::{check_metadata, ApiJson, ApiQuery, IdempotencyKey, PathId};
-use crate::api::stream::{resolve_start, sse, Batch};
+use crate::api::stream::{resolve_start, sse, Batch, PAGE_EVENTS};
 use crate::app::App;
 
 /// Longest accepted `reason`/`source` strings.
@@ -682,8 +682,11 @@ pub(crate) async fn stream(
         async move {
             let (summary, _) = engine.load::<Run>(&id).await?;
             let envelopes = engine
-                .events_after::<Run>(&id, journal_sequence_of(after))
+                .events_page::<Run>(&id, journal_sequence_of(after), PAGE_EVENTS)
                 .await?;
+            let more = (envelopes.len() == PAGE_EVENTS)
+                .then(|| envelopes.last().and_then(|e| run_seq_of(e.sequence as u64)))
+                .map(|last| last.unwrap_or(after));
             let mut events = Vec::with_capacity(envelopes.len());
             for envelope in envelopes {
                 let Some(seq) = run_seq_of(envelope.sequence as u64) else {
@@ -705,8 +708,8 @@ pub(crate) async fn stream(
                         .data(data.to_string()),
                 ));
             }
-            let done = summary.status.is_some_and(|s| s.is_terminal());
-            Ok::<_, ApiError>(Batch { events, done })
+            let done = more.is_none() && summary.status.is_some_and(|s| s.is_terminal());
+            Ok::<_, ApiError>(Batch { events, more, done })
         }
     };
     Ok(sse(&app, "run", run_id.to_string(), start, fetch))

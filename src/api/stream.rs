@@ -28,6 +28,9 @@ use crate::config::HttpConfig;
 const FALLBACK_POLL: Duration = Duration::from_secs(1);
 /// Events buffered between the producer and the HTTP body.
 const CHANNEL_CAPACITY: usize = 64;
+/// Journal events one read of a stream's source takes: a stream of a long history is read
+/// (and held) a page at a time, the next page only once the client has taken the previous.
+pub const PAGE_EVENTS: usize = 256;
 
 /// Where a stream starts and how long it stays open.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -123,7 +126,12 @@ pub fn resolve_start(
 pub struct Batch {
     /// `(seq, event)` in seq order, all with seq greater than the cursor passed in.
     pub events: Vec<(u64, Event)>,
-    /// The source is finished (a terminal run): after these events, send `[DONE]` and close.
+    /// The read filled its page: more may follow at once, read from `resume` without waiting.
+    /// A full page can hold no client-visible event at all (internal events are skipped), so
+    /// the cursor to continue from is said here, not inferred from `events`.
+    pub more: Option<u64>,
+    /// The source is finished (a terminal run) and nothing more follows: after these events,
+    /// send `[DONE]` and close.
     pub done: bool,
 }
 
@@ -170,6 +178,10 @@ where
                     break 'stream;
                 }
                 cursor = seq;
+            }
+            if let Some(resume) = batch.more {
+                cursor = cursor.max(resume);
+                continue 'stream;
             }
             if batch.done {
                 let _ = tx.send(Ok(Event::default().data("[DONE]"))).await;

@@ -19,7 +19,7 @@ use crate::api::auth::Caller;
 use crate::api::error::{ApiError, ErrorEnvelope};
 use crate::api::extract::{check_metadata, ApiJson, ApiQuery, IdempotencyKey, PathId};
 use crate::api::runs::{idempotency, respond};
-use crate::api::stream::{resolve_start, sse, Batch};
+use crate::api::stream::{resolve_start, sse, Batch, PAGE_EVENTS};
 use crate::app::App;
 
 /// Longest accepted free-text field (`adapter`, refs, `reason`).
@@ -583,7 +583,11 @@ pub(crate) async fn stream(
         let engine = engine.clone();
         let id = id.clone();
         async move {
-            let envelopes = engine.events_after::<Worker>(&id, after).await?;
+            let envelopes = engine
+                .events_page::<Worker>(&id, after, PAGE_EVENTS)
+                .await?;
+            let more = (envelopes.len() == PAGE_EVENTS)
+                .then(|| envelopes.last().map_or(after, |e| e.sequence as u64));
             let events = envelopes
                 .into_iter()
                 .map(|envelope| {
@@ -607,6 +611,7 @@ pub(crate) async fn stream(
                 .collect();
             Ok::<_, ApiError>(Batch {
                 events,
+                more,
                 done: false,
             })
         }

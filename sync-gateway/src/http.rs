@@ -20,6 +20,7 @@ use crate::auth::revocation::Revocation;
 use crate::auth::{AuthError, RevocationKind};
 use crate::gateway::Gateway;
 use crate::protocol::ErrorCode;
+use crate::source::HydratePage;
 
 pub const HYDRATE_PATH: &str = "/sync/v1/topics/{topic}/docs";
 pub const MINT_PATH: &str = "/api/sync/token";
@@ -118,10 +119,23 @@ fn parse_body<T: for<'de> Deserialize<'de>>(
     })
 }
 
+/// Documents per hydration page when the request names no `limit`.
+pub const DEFAULT_HYDRATE_LIMIT: usize = 500;
+/// The largest `limit` a hydration page accepts: what one response may hold in memory.
+pub const MAX_HYDRATE_LIMIT: usize = 1000;
+
+/// `GET /sync/v1/topics/{topic}/docs` query. Pages are read in key order: the first page names
+/// no `after`; each next page passes the previous page's `next_after` as `after` and the first
+/// page's `watermark`, which every page of one hydration reports (the watermark to subscribe
+/// from: documents on later pages may be newer than it, and replay from it re-delivers them at
+/// their versions, which a client applying by `doc_version` ignores).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HydrateQuery {
     pub doc_key: Option<String>,
+    pub limit: Option<usize>,
+    pub after: Option<String>,
+    pub watermark: Option<u64>,
 }
 
 /// One document in a hydration response.
@@ -141,6 +155,10 @@ pub struct HydrateResponse {
     pub topic: String,
     pub watermark: u64,
     pub docs: Vec<HydratedDoc>,
+    /// Present when more documents follow: pass it as `after` (with `watermark`) for the next
+    /// page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_after: Option<String>,
 }
 
 pub async fn hydrate(
@@ -151,6 +169,20 @@ pub async fn hydrate(
 ) -> Result<Json<HydrateResponse>, ApiError> {
     let Query(query) = query
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", e.body_text()))?;
+    let invalid =
+        |message: &str| ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", message);
+    let limit = query.limit.unwrap_or(DEFAULT_HYDRATE_LIMIT);
+    if !(1..=MAX_HYDRATE_LIMIT).contains(&limit) {
+        return Err(invalid(&format!(
+            "limit must be between 1 and {MAX_HYDRATE_LIMIT}"
+        )));
+    }
+    if query.after.is_some() != query.watermark.is_some() {
+        return Err(invalid(
+            "a next page names both `after` (the previous page's next_after) and `watermark` \
+             (the first page's)",
+        ));
+    }
     let token = bearer(&headers).ok_or_else(|| auth_error(&AuthError::Missing))?;
     let auth = gateway
         .verifier()
@@ -176,6 +208,10 @@ pub async fn hydrate(
         .hydrate(
             &topic,
             query.doc_key.as_deref(),
+            HydratePage {
+                after: query.after.as_deref(),
+                limit,
+            },
             &auth.principal.owner_filter(),
         )
         .await
@@ -187,9 +223,25 @@ pub async fn hydrate(
                 "sync source unavailable; retry with backoff",
             )
         })?;
+    let watermark = match query.watermark {
+        Some(first) if first > hydration.watermark => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_cursor",
+                format!(
+                    "watermark {first} is ahead of the topic's head {}: pass the first page's \
+                     watermark",
+                    hydration.watermark
+                ),
+            ))
+        }
+        Some(first) => first,
+        None => hydration.watermark,
+    };
     Ok(Json(HydrateResponse {
         topic: hydration.topic,
-        watermark: hydration.watermark,
+        watermark,
+        next_after: hydration.next_after,
         docs: hydration
             .docs
             .into_iter()

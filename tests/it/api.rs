@@ -16,6 +16,7 @@ on_both_backends!(
     client_mistakes_get_the_error_envelope_and_write_nothing,
     idempotency_keys_replay_the_original_response,
     run_streams_follow_the_cursor_rules,
+    a_long_run_streams_across_pages_without_gap_or_early_done,
     a_stream_without_cursor_waits_for_new_events,
     a_worker_goes_through_its_lifecycle_over_http,
     worker_streams_replay_and_resume,
@@ -1128,4 +1129,37 @@ async fn readiness_requires_every_migration() {
     assert_eq!(status, 200, "{body}");
     app.shutdown_token().cancel();
     running.await.unwrap().unwrap();
+}
+
+/// A run whose history spans several of the stream's read pages (`PAGE_EVENTS`): every event
+/// once, in order, across the page boundaries, and `[DONE]` only after the last page.
+async fn a_long_run_streams_across_pages_without_gap_or_early_done(db: &TestDb) {
+    let app = spawn_app(db).await;
+    app.running_run("run_long").await; // seq 1
+    let frames = 2 * openagents_runtime::api::stream::PAGE_EVENTS + 10;
+    for i in 0..frames {
+        let response = app.text_delta("run_long", &format!("f{i}"), "x").await;
+        assert!(response.status < 300, "{}", response.text);
+    }
+    let finished = app.finish_run("run_long", "thread_1", "succeeded").await;
+    assert!(finished.status < 300, "{}", finished.text);
+    let last = frames as u64 + 2; // started, the frames, finished
+    for cursor in [0, 255, 256, 257] {
+        let (response, events) = app
+            .run_stream("run_long", &format!("cursor={cursor}&tail_ms=2000"))
+            .await;
+        assert_eq!(response.status, 200, "{}", response.text);
+        let ids: Vec<u64> = events
+            .iter()
+            .filter_map(|e| e.id.as_ref().map(|id| id.parse().unwrap()))
+            .collect();
+        let expected: Vec<u64> = (cursor + 1..=last).collect();
+        assert_eq!(ids, expected, "from cursor {cursor}");
+        assert_eq!(events.last().map(|e| e.data.as_str()), Some("[DONE]"));
+        assert_eq!(
+            events.iter().filter(|e| e.data == "[DONE]").count(),
+            1,
+            "one [DONE], at the end"
+        );
+    }
 }

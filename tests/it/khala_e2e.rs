@@ -13,7 +13,7 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use engine::testing::TestDb;
-use projectors::store::StreamRow;
+use projectors::store::{HydratePage, StreamRow};
 use projectors::OwnerFilter;
 use serde_json::{json, Value};
 use sync_gateway::auth::mint::{mint, MintRequest};
@@ -44,6 +44,7 @@ on_both_backends!(
     bad_and_expired_tokens_forbidden_topics_and_revoked_sessions_are_refused,
     garbage_and_oversized_frames_on_the_real_server,
     a_slow_consumer_is_disconnected_while_others_keep_receiving,
+    hydration_reads_in_pages_at_the_first_pages_watermark,
 );
 
 // ---- principals and commands ---------------------------------------------------------------
@@ -270,7 +271,7 @@ async fn settled_run(app: &TestApp, who: &Who, run: &str) -> Value {
         let (store, key) = (store.clone(), key.clone());
         async move {
             let hydration = store
-                .hydrate(RUNS, Some(&key), &OwnerFilter::Any)
+                .hydrate(RUNS, Some(&key), HydratePage::ALL, &OwnerFilter::Any)
                 .await
                 .expect("store hydration");
             let doc = hydration.docs.into_iter().next()?;
@@ -1448,4 +1449,164 @@ mod phoenix_js {
         assert_eq!(updates.len(), 2, "the live frame and the finish");
         assert!(last["heartbeats"].as_u64().unwrap() >= 1);
     }
+}
+
+/// One hydration request with `query`: its status and JSON body.
+async fn hydrate_query(
+    base: &str,
+    token: &str,
+    topic: &str,
+    query: &[(&str, &str)],
+) -> (u16, Value) {
+    let response = reqwest::Client::new()
+        .get(format!("{base}/sync/v1/topics/{topic}/docs"))
+        .query(query)
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("hydration request");
+    let status = response.status().as_u16();
+    (status, response.json().await.expect("hydration body"))
+}
+
+async fn hydration_reads_in_pages_at_the_first_pages_watermark(db: &TestDb) {
+    let app = spawn_app_with_sync(db).await;
+    let (alice, bob) = (Who::user("1"), Who::user("2"));
+    for (who, run) in [
+        (&alice, "pg_1"),
+        (&bob, "pg_b1"),
+        (&alice, "pg_2"),
+        (&alice, "pg_3"),
+        (&bob, "pg_b2"),
+        (&alice, "pg_4"),
+        (&alice, "pg_5"),
+    ] {
+        running(&app, who, run).await;
+    }
+    for run in ["pg_1", "pg_2", "pg_3", "pg_4", "pg_5"] {
+        settled_run(&app, &alice, run).await;
+    }
+    let token = sync_token(&app, &alice, &[RUNS]);
+
+    // Bad paging is a precise 400, never a partial or unbounded read.
+    for (query, code) in [
+        (vec![("limit", "0")], "invalid_request"),
+        (vec![("limit", "1001")], "invalid_request"),
+        (vec![("limit", "x")], "invalid_request"),
+        (
+            vec![("after", "runtime/run_summary:pg_1")],
+            "invalid_request",
+        ),
+        (vec![("watermark", "1")], "invalid_request"),
+        (
+            vec![
+                ("after", "runtime/run_summary:pg_1"),
+                ("watermark", "999999"),
+            ],
+            "invalid_cursor",
+        ),
+    ] {
+        let (status, body) = hydrate_query(&app.base, &token, RUNS, &query).await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (400, Some(code)),
+            "{query:?}: {body}"
+        );
+    }
+
+    // Page one: two of alice's five runs, in key order, and the watermark to subscribe from.
+    let (status, first) = hydrate_query(&app.base, &token, RUNS, &[("limit", "2")]).await;
+    assert_eq!(status, 200, "{first}");
+    let watermark = first["watermark"].as_u64().expect("watermark");
+    let mut pages = vec![first];
+    // Between pages: a new run that sorts before the cursor, and a change to one after it.
+    running(&app, &alice, "pg_0").await;
+    delta(&app, &alice, "pg_5", "late").await;
+    settled_run(&app, &alice, "pg_0").await;
+    settled_run(&app, &alice, "pg_5").await;
+    while let Some(after) = pages.last().unwrap()["next_after"]
+        .as_str()
+        .map(str::to_owned)
+    {
+        let (status, page) = hydrate_query(
+            &app.base,
+            &token,
+            RUNS,
+            &[
+                ("limit", "2"),
+                ("after", &after),
+                ("watermark", &watermark.to_string()),
+            ],
+        )
+        .await;
+        assert_eq!(status, 200, "{page}");
+        assert_eq!(
+            page["watermark"],
+            json!(watermark),
+            "every page reports the first's"
+        );
+        pages.push(page);
+    }
+    assert_eq!(pages.len(), 3, "five documents in pages of two");
+    assert!(
+        pages[2].get("next_after").is_none(),
+        "the last page says so"
+    );
+    let docs: Vec<HydratedDoc> = pages
+        .iter()
+        .flat_map(|p| serde_json::from_value::<Vec<HydratedDoc>>(p["docs"].clone()).unwrap())
+        .collect();
+    let keys: Vec<String> = docs.iter().map(|d| d.doc_key.clone()).collect();
+    let expected: Vec<String> = ["pg_1", "pg_2", "pg_3", "pg_4", "pg_5"]
+        .iter()
+        .map(|r| run_key(r))
+        .collect();
+    assert_eq!(
+        keys, expected,
+        "alice's runs once each, in order; none of bob's; pg_0 is past the cursor"
+    );
+    assert_owned_by(docs.iter().map(|d| d.payload.clone()), &alice);
+    let late = docs.iter().find(|d| d.doc_key == run_key("pg_5")).unwrap();
+    assert!(
+        late.watermark > watermark,
+        "a later page may hold a newer version: {late:?}"
+    );
+
+    // Subscribing from the first page's watermark brings what the pages missed; applying by
+    // version, the client ends with exactly the store's documents.
+    let mut client = joined(&app.base, &token).await;
+    client
+        .subscribe_from(&[(RUNS, Some(watermark))])
+        .await
+        .unwrap()
+        .unwrap();
+    let updates = updates_until(&mut client, "pg_0 and pg_5's frame", |u| {
+        u.iter().any(|u| u.doc_key == run_key("pg_0"))
+            && u.iter()
+                .any(|u| u.doc_key == run_key("pg_5") && u.doc_version == late.doc_version)
+    })
+    .await;
+    let mut held: HashMap<String, (u64, Value)> = docs
+        .iter()
+        .map(|d| (d.doc_key.clone(), (d.doc_version, d.payload.clone())))
+        .collect();
+    for update in updates {
+        let newer = held
+            .get(&update.doc_key)
+            .is_none_or(|(v, _)| update.doc_version > *v);
+        if newer {
+            held.insert(
+                update.doc_key.clone(),
+                (update.doc_version, update.payload.clone().unwrap()),
+            );
+        }
+    }
+    let whole = hydrate(&app.base, &token, RUNS).await;
+    assert!(whole.next_after.is_none());
+    let truth: HashMap<String, (u64, Value)> = whole
+        .docs
+        .into_iter()
+        .map(|d| (d.doc_key, (d.doc_version, d.payload)))
+        .collect();
+    assert_eq!(held, truth);
 }

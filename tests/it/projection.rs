@@ -25,7 +25,7 @@ use projectors::runner::{
     RunnerConfig,
 };
 use projectors::store::{
-    BatchCommit, ReadError, Repaired, StoreError, SyncStore, Target, TopicState,
+    BatchCommit, HydratePage, ReadError, Repaired, StoreError, SyncStore, Target, TopicState,
 };
 use projectors::SyncNotifier;
 use rand::rngs::StdRng;
@@ -988,7 +988,10 @@ async fn hydration_is_consistent_with_the_stream(db: &TestDb) {
                 guest_scope: None,
                 org_id: None,
             };
-            let hydration = store.hydrate(spec.topic, None, &filter).await.unwrap();
+            let hydration = store
+                .hydrate(spec.topic, None, HydratePage::ALL, &filter)
+                .await
+                .unwrap();
             // The documents are exactly the last row of each key the principal owns, up to
             // the watermark the hydration names.
             let mut expected: HashMap<&str, &projectors::store::StreamRow> = HashMap::new();
@@ -1024,7 +1027,7 @@ async fn hydration_is_consistent_with_the_stream(db: &TestDb) {
             // One document by key.
             if let Some(doc) = hydration.docs.first() {
                 let one = store
-                    .hydrate(spec.topic, Some(&doc.doc_key), &filter)
+                    .hydrate(spec.topic, Some(&doc.doc_key), HydratePage::ALL, &filter)
                     .await
                     .unwrap();
                 assert_eq!(one.docs, vec![doc.clone()]);
@@ -1038,7 +1041,7 @@ async fn hydration_is_consistent_with_the_stream(db: &TestDb) {
         org_id: Some("org_odd".into()),
     };
     let hydration = store
-        .hydrate(RunSummaries::TOPIC, None, &filter)
+        .hydrate(RunSummaries::TOPIC, None, HydratePage::ALL, &filter)
         .await
         .unwrap();
     assert!(hydration

@@ -120,6 +120,8 @@ export class KhalaClient {
     this.heartbeatMs = options.heartbeatMs ?? 30000;
     this.syncHeartbeatMs = options.syncHeartbeatMs ?? 15000;
     this.replayBatchSize = options.replayBatchSize ?? 200;
+    // Documents per hydration page (the server's default when unset; it accepts 1..1000).
+    this.hydratePageSize = options.hydratePageSize;
     this.timeoutMs = options.timeoutMs ?? 10000;
     this.clientName = options.clientName || "khala-js";
     this.listeners = new Map();
@@ -267,8 +269,20 @@ export class KhalaClient {
 
   // ---- HTTP hydration -------------------------------------------------------------------------
 
-  async hydrate(topic, docKey) {
-    const query = docKey === undefined ? "" : `?doc_key=${encodeURIComponent(docKey)}`;
+  /**
+   * One hydration page of `topic` (or the one `docKey`). `page` = `{after, watermark}` reads the
+   * page after `after` of the hydration whose first page reported `watermark`.
+   */
+  async hydrate(topic, docKey, page) {
+    const params = new URLSearchParams();
+    if (docKey !== undefined) params.set("doc_key", docKey);
+    if (docKey === undefined && this.hydratePageSize) params.set("limit", String(this.hydratePageSize));
+    if (page) {
+      params.set("after", page.after);
+      params.set("watermark", String(page.watermark));
+    }
+    const encoded = params.toString();
+    const query = encoded ? `?${encoded}` : "";
     const response = await this.fetch(`${this.url}/sync/v1/topics/${encodeURIComponent(topic)}/docs${query}`, {
       headers: { authorization: `Bearer ${this.token}` },
     });
@@ -290,9 +304,17 @@ export class KhalaClient {
 
   /** Replaces `topic`'s documents with a fresh hydration and resets its watermark. */
   async rehydrate(topic) {
+    // Every page: each next page continues after the previous page's last key and reports the
+    // first page's watermark, the one to subscribe from.
     const body = await this.hydrate(topic);
+    const docs = [...body.docs];
+    for (let after = body.next_after; after; ) {
+      const page = await this.hydrate(topic, undefined, { after, watermark: body.watermark });
+      docs.push(...page.docs);
+      after = page.next_after;
+    }
     const state = this.ensureTopic(topic);
-    state.docs = new Map(body.docs.map((d) => [d.doc_key, d]));
+    state.docs = new Map(docs.map((d) => [d.doc_key, d]));
     state.watermark = body.watermark;
     this.persist(topic);
     this.emit("reset", { topic, docs: new Map(state.docs), watermark: state.watermark });

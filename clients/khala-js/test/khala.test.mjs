@@ -20,9 +20,10 @@ after(async () => {
 });
 
 /** A client for `user` recording every doc event. */
-function client(user, { storage = new MemoryStorage(), getToken } = {}) {
+function client(user, { storage = new MemoryStorage(), getToken, hydratePageSize } = {}) {
   const khala = new KhalaClient({
     url: serve.base,
+    hydratePageSize,
     topics: [RUNS],
     storage,
     WebSocket,
@@ -82,6 +83,28 @@ test("hydrates at a watermark, subscribes from it, and follows a run live", asyn
   );
   assert.equal(saved.watermark, khala.watermark(RUNS));
   assert.equal(saved.docs.find((d) => d.doc_key === key("run_live")).payload.status, "succeeded");
+  khala.stop();
+});
+
+test("hydrates every page of a topic larger than one page, at the first page's watermark", async () => {
+  for (const n of [1, 2, 3, 4, 5]) await serve.createRun(7, `run_page_${n}`);
+  const c = client(7, { hydratePageSize: 2 });
+  const { khala } = c;
+  const pages = [];
+  const fetch0 = khala.fetch;
+  khala.fetch = (url, init) => {
+    if (String(url).includes("/docs")) pages.push(new URL(url).searchParams);
+    return fetch0(url, init);
+  };
+  await khala.start();
+  await eventually("all five runs", () => [1, 2, 3, 4, 5].every((n) => status(khala, `run_page_${n}`) === "created"));
+  assert.equal(pages.length, 3, "five documents in pages of two");
+  assert.equal(pages[0].get("after"), null);
+  assert.equal(pages[1].get("watermark"), pages[2].get("watermark"), "every next page names the first page's watermark");
+  assert.equal(pages[2].get("after"), key("run_page_4"));
+  await eventually("live", () => khala.state === States.LIVE);
+  await serve.startRun(7, "run_page_5");
+  await eventually("followed live after a paged hydration", () => status(khala, "run_page_5") === "running");
   khala.stop();
 });
 

@@ -119,6 +119,42 @@ pub struct Hydration {
     pub topic: String,
     pub watermark: u64,
     pub docs: Vec<DocRow>,
+    /// The last key of this page when more documents follow it (pass it as the next page's
+    /// [`HydratePage::after`]); `None` when this page is the last.
+    pub next_after: Option<String>,
+}
+
+/// Which slice of a topic's documents a hydration reads: the keys after `after` in byte order
+/// (the order pages are read in), at most `limit` of them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HydratePage<'a> {
+    pub after: Option<&'a str>,
+    pub limit: usize,
+}
+
+impl HydratePage<'_> {
+    /// Every document in one page: for in-process callers that know the topic is small (tests,
+    /// drift checks). Network callers always pass a bounded page.
+    pub const ALL: HydratePage<'static> = HydratePage {
+        after: None,
+        limit: usize::MAX,
+    };
+
+    /// The row count to fetch: one more than the page so the store learns whether more follow.
+    pub(crate) fn fetch_limit(&self) -> i64 {
+        i64::try_from(self.limit.saturating_add(1)).unwrap_or(i64::MAX)
+    }
+
+    /// Cuts `rows` (fetched with [`Self::fetch_limit`]) to the page and names the next page.
+    pub(crate) fn finish(&self, mut docs: Vec<DocRow>) -> (Vec<DocRow>, Option<String>) {
+        if docs.len() > self.limit {
+            docs.truncate(self.limit);
+            let next = docs.last().map(|d| d.doc_key.clone());
+            (docs, next)
+        } else {
+            (docs, None)
+        }
+    }
 }
 
 /// A change to append to the stream (its watermark is allocated at commit).
@@ -487,8 +523,8 @@ impl SyncStore {
         dispatch!(self, s => s.read_stream(topic, after, limit, filter).await)
     }
 
-    /// The topic's current documents passing `filter` (or the one `doc_key`), with the
-    /// watermark they are consistent with, from one snapshot.
+    /// The topic's current documents passing `filter` (or the one `doc_key`), one page of them
+    /// in key order, with the head watermark of the snapshot they were read in.
     ///
     /// # Errors
     /// [`ReadError::UnknownTopic`] for a topic without a projector.
@@ -496,13 +532,14 @@ impl SyncStore {
         &self,
         topic: &str,
         doc_key: Option<&str>,
+        page: HydratePage<'_>,
         filter: &OwnerFilter,
     ) -> Result<Hydration, ReadError> {
         let spec = self
             .topics
             .get(topic)
             .ok_or_else(|| ReadError::UnknownTopic(topic.to_owned()))?;
-        dispatch!(self, s => s.hydrate(spec, doc_key, filter).await)
+        dispatch!(self, s => s.hydrate(spec, doc_key, page, filter).await)
     }
 
     /// Prunes stream rows inserted before `cutoff_ms` (at most `max_rows` per call) and raises

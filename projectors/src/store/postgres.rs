@@ -8,8 +8,8 @@ use sqlx::{PgPool, Postgres, Row, Transaction};
 
 use super::{
     epoch_marker_key, to_i64, to_u64, BatchCommit, Checkpoint, Committed, DocRow, DocWrite,
-    Hydration, ProjectorSpec, Pruned, ReadError, RebuildState, Repaired, StoreError, StreamRow,
-    Swapped, Target, TopicState,
+    HydratePage, Hydration, ProjectorSpec, Pruned, ReadError, RebuildState, Repaired, StoreError,
+    StreamRow, Swapped, Target, TopicState,
 };
 use crate::model::{DocOwner, OwnerFilter};
 
@@ -823,6 +823,7 @@ impl PgStore {
         &self,
         spec: &ProjectorSpec,
         doc_key: Option<&str>,
+        page: HydratePage<'_>,
         filter: &OwnerFilter,
     ) -> Result<Hydration, ReadError> {
         let (any, user, guest, org) = filter_binds(filter);
@@ -838,7 +839,9 @@ impl PgStore {
                            x.projected_at_ms
                       FROM {} x
                      WHERE ($2::text IS NULL OR x.doc_key = $2::text) AND {}
-                     ORDER BY x.doc_key COLLATE \"C\") d ON true
+                       AND ($7::text IS NULL OR x.doc_key COLLATE \"C\" > $7::text)
+                     ORDER BY x.doc_key COLLATE \"C\"
+                     LIMIT $8) d ON true
               ORDER BY d.doc_key COLLATE \"C\"",
             table(spec, Target::Live),
             owner_clause("x", 3)
@@ -849,6 +852,8 @@ impl PgStore {
         .bind(user)
         .bind(guest)
         .bind(org)
+        .bind(page.after)
+        .bind(page.fetch_limit())
         .fetch_all(&self.pool)
         .await?;
         let watermark = match rows.first() {
@@ -861,10 +866,12 @@ impl PgStore {
                 docs.push(doc_row(row)?);
             }
         }
+        let (docs, next_after) = page.finish(docs);
         Ok(Hydration {
             topic: spec.topic.to_owned(),
             watermark,
             docs,
+            next_after,
         })
     }
 

@@ -12,8 +12,8 @@ use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use super::{
     epoch_marker_key, to_i64, to_u64, BatchCommit, Checkpoint, Committed, DocRow, DocWrite,
-    Hydration, NewRow, ProjectorSpec, Pruned, ReadError, RebuildState, Repaired, StoreError,
-    StreamRow, Swapped, Target, TopicState,
+    HydratePage, Hydration, NewRow, ProjectorSpec, Pruned, ReadError, RebuildState, Repaired,
+    StoreError, StreamRow, Swapped, Target, TopicState,
 };
 use crate::model::{DocOwner, OwnerFilter};
 
@@ -789,6 +789,7 @@ impl SqliteStore {
         &self,
         spec: &ProjectorSpec,
         doc_key: Option<&str>,
+        page: HydratePage<'_>,
         filter: &OwnerFilter,
     ) -> Result<Hydration, ReadError> {
         let (any, user, guest, org) = filter_binds(filter);
@@ -799,10 +800,13 @@ impl SqliteStore {
         .bind(spec.topic)
         .fetch_optional(&mut *tx)
         .await?;
+        // Keys compare in SQLite's default BINARY collation: byte order, as PostgreSQL's "C".
         let rows = sqlx::query(&format!(
             "SELECT {DOC_COLUMNS} FROM {} x
               WHERE ($1 IS NULL OR x.doc_key = $1) AND $2 = $2 AND {OWNER_CLAUSE}
-              ORDER BY x.doc_key",
+                AND ($7 IS NULL OR x.doc_key > $7)
+              ORDER BY x.doc_key
+              LIMIT $8",
             table(spec, Target::Live)
         ))
         .bind(doc_key)
@@ -811,13 +815,18 @@ impl SqliteStore {
         .bind(user)
         .bind(guest)
         .bind(org)
+        .bind(page.after)
+        .bind(page.fetch_limit())
         .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;
+        let docs = rows.iter().map(doc_row).collect::<Result<_, _>>()?;
+        let (docs, next_after) = page.finish(docs);
         Ok(Hydration {
             topic: spec.topic.to_owned(),
             watermark: to_u64(head.unwrap_or(0), "watermark")?,
-            docs: rows.iter().map(doc_row).collect::<Result<_, _>>()?,
+            docs,
+            next_after,
         })
     }
 

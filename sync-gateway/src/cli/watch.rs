@@ -178,7 +178,13 @@ impl Watcher<'_> {
         Ok(())
     }
 
-    async fn get_docs(&self, doc_key: Option<&str>) -> Result<HydrateResponse, Round> {
+    /// One hydration page: `doc_key` for one document, else the page after `next` (the previous
+    /// page's `next_after` and the first page's watermark).
+    async fn get_docs(
+        &self,
+        doc_key: Option<&str>,
+        next: Option<(&str, u64)>,
+    ) -> Result<HydrateResponse, Round> {
         let mut request = self
             .http
             .get(format!(
@@ -189,6 +195,9 @@ impl Watcher<'_> {
             .bearer_auth(&self.args.token);
         if let Some(key) = doc_key {
             request = request.query(&[("doc_key", key)]);
+        }
+        if let Some((after, watermark)) = next {
+            request = request.query(&[("after", after), ("watermark", &watermark.to_string())]);
         }
         let response = request
             .send()
@@ -219,7 +228,14 @@ impl Watcher<'_> {
     }
 
     async fn hydrate(&mut self) -> Result<(), Round> {
-        let hydration = self.get_docs(None).await?;
+        let mut hydration = self.get_docs(None, None).await?;
+        while let Some(after) = hydration.next_after.take() {
+            let page = self
+                .get_docs(None, Some((&after, hydration.watermark)))
+                .await?;
+            hydration.docs.extend(page.docs);
+            hydration.next_after = page.next_after;
+        }
         self.cursor = Some(hydration.watermark);
         self.emit(WatchEvent::Hydrated {
             topic: hydration.topic,
@@ -412,7 +428,7 @@ impl Watcher<'_> {
 
     /// Replaces a pointer update with the document fetched over HTTP (when still at that version).
     async fn fetch_pointer(&self, mut update: Update) -> Update {
-        if let Ok(response) = self.get_docs(Some(&update.doc_key)).await {
+        if let Ok(response) = self.get_docs(Some(&update.doc_key), None).await {
             if let Some(doc) = response
                 .docs
                 .into_iter()

@@ -19,7 +19,7 @@ use crate::connection::InboundError;
 use crate::gateway::Gateway;
 use crate::protocol::Frame;
 use crate::source::{DocOwner, Hydration, MemorySource, OwnerFilter, SourceError, StreamRow};
-use crate::source::{SyncSource, TopicState};
+use crate::source::{HydratePage, SyncSource, TopicState};
 use crate::test_utils::auth_config;
 
 const TOPIC: &str = "runtime.run_summaries";
@@ -352,9 +352,10 @@ impl SyncSource for LateCommits {
         &self,
         topic: &str,
         doc_key: Option<&str>,
+        page: HydratePage<'_>,
         owner: &OwnerFilter,
     ) -> Result<Hydration, SourceError> {
-        self.inner.hydrate(topic, doc_key, owner).await
+        self.inner.hydrate(topic, doc_key, page, owner).await
     }
 
     fn subscribe_heads(&self) -> tokio::sync::watch::Receiver<u64> {

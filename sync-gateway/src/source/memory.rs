@@ -13,7 +13,8 @@ use tokio::sync::watch;
 use projectors::store::epoch_marker_key;
 
 use super::{
-    Doc, DocOwner, Hydration, OwnerFilter, SourceError, StreamRow, SyncSource, TopicState,
+    Doc, DocOwner, HydratePage, Hydration, OwnerFilter, SourceError, StreamRow, SyncSource,
+    TopicState,
 };
 
 struct Topic {
@@ -271,6 +272,7 @@ impl SyncSource for MemorySource {
         &self,
         topic: &str,
         doc_key: Option<&str>,
+        page: HydratePage<'_>,
         owner: &OwnerFilter,
     ) -> Result<Hydration, SourceError> {
         self.check()?;
@@ -280,19 +282,28 @@ impl SyncSource for MemorySource {
                 topic: topic.to_owned(),
                 watermark: 0,
                 docs: Vec::new(),
+                next_after: None,
             });
         };
-        let docs = t
+        // Keys iterate in byte order, the order the stores page in.
+        let mut docs: Vec<Doc> = t
             .docs
             .values()
             .filter(|d| doc_key.is_none_or(|k| k == d.doc_key))
+            .filter(|d| page.after.is_none_or(|after| d.doc_key.as_str() > after))
             .filter(|d| owner.matches(&d.owner))
+            .take(page.limit.saturating_add(1))
             .cloned()
             .collect();
+        let next_after = (docs.len() > page.limit).then(|| {
+            docs.truncate(page.limit);
+            docs.last().map(|d| d.doc_key.clone())
+        });
         Ok(Hydration {
             topic: topic.to_owned(),
             watermark: t.head,
             docs,
+            next_after: next_after.flatten(),
         })
     }
 
@@ -389,7 +400,10 @@ mod tests {
             assert_eq!(marker[0].doc_key, "runtime/sync_epoch:t");
             assert_eq!(marker[0].owner, DocOwner::default());
         }
-        let hydration = source.hydrate("t", None, &alice()).await.unwrap();
+        let hydration = source
+            .hydrate("t", None, HydratePage::ALL, &alice())
+            .await
+            .unwrap();
         assert_eq!(hydration.watermark, 6);
         assert_eq!(hydration.docs.len(), 2);
         assert!(hydration.docs.iter().all(|d| d.watermark == 6));

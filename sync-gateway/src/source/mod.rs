@@ -14,8 +14,9 @@ use serde_json::Value;
 use tokio::sync::watch;
 
 pub use memory::MemorySource;
-/// Owners and filters are the projectors' own types.
+/// Owners, filters and hydration pages are the projectors' own types.
 pub use projectors::model::{DocOwner, OwnerFilter};
+pub use projectors::store::HydratePage;
 pub use store::StoreSource;
 
 /// One row of a topic's sync stream.
@@ -66,6 +67,8 @@ pub struct Hydration {
     pub topic: String,
     pub watermark: u64,
     pub docs: Vec<Doc>,
+    /// The last key of this page when more documents follow (the next page's `after`).
+    pub next_after: Option<String>,
 }
 
 /// Failures of the source.
@@ -101,11 +104,13 @@ pub trait SyncSource: Send + Sync + 'static {
         owner: &OwnerFilter,
     ) -> Result<Vec<StreamRow>, SourceError>;
 
-    /// One consistent snapshot of `topic`'s current docs (or the one `doc_key`).
+    /// One page (keys after `page.after` in byte order, at most `page.limit`) of one consistent
+    /// snapshot of `topic`'s current docs (or the one `doc_key`), with the snapshot's head.
     async fn hydrate(
         &self,
         topic: &str,
         doc_key: Option<&str>,
+        page: HydratePage<'_>,
         owner: &OwnerFilter,
     ) -> Result<Hydration, SourceError>;
 

@@ -9,7 +9,9 @@ use projectors::SyncNotifier;
 use serde_json::Value;
 use tokio::sync::watch;
 
-use super::{Doc, Hydration, OwnerFilter, SourceError, StreamRow, SyncSource, TopicState};
+use super::{
+    Doc, HydratePage, Hydration, OwnerFilter, SourceError, StreamRow, SyncSource, TopicState,
+};
 
 /// The projectors' store as a [`SyncSource`]. Cheap to clone.
 #[derive(Clone)]
@@ -98,9 +100,10 @@ impl SyncSource for StoreSource {
         &self,
         topic: &str,
         doc_key: Option<&str>,
+        page: HydratePage<'_>,
         owner: &OwnerFilter,
     ) -> Result<Hydration, SourceError> {
-        let hydration = match self.store.hydrate(topic, doc_key, owner).await {
+        let hydration = match self.store.hydrate(topic, doc_key, page, owner).await {
             Ok(h) => h,
             Err(ReadError::UnknownTopic(_)) => {
                 // A known topic nothing projects yet (e.g. runtime.notifications): its head.
@@ -115,6 +118,7 @@ impl SyncSource for StoreSource {
                     topic: topic.to_owned(),
                     watermark: head,
                     docs: Vec::new(),
+                    next_after: None,
                 });
             }
             Err(ReadError::Stale { .. }) => {
@@ -142,6 +146,7 @@ impl SyncSource for StoreSource {
             topic: hydration.topic,
             watermark: hydration.watermark,
             docs,
+            next_after: hydration.next_after,
         })
     }
 
