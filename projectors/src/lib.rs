@@ -6,7 +6,8 @@
 //!   owners, `runtime_source`, and an in-memory [`fold`](model::fold).
 //! - Read models, one per file: [`run_summary`] (`runtime.run_summaries`), [`worker_summary`]
 //!   (`runtime.codex_worker_summaries`), [`worker_events`] (`runtime.codex_worker_events`),
-//!   [`payments`] (`runtime.payments`), [`run_events`] (`runtime.run_events`, a run's transcript).
+//!   [`payments`] (`runtime.payments`), [`run_events`] (`runtime.run_events`, a run's transcript),
+//!   [`run_metadata`] (`runtime.run_metadata`, metadata too large to repeat in a summary).
 //! - [`store`]: [`SyncStore`](store::SyncStore), checkpoints and leases, watermarks, stream rows
 //!   and documents in PostgreSQL or SQLite; one transaction per batch.
 //! - [`runner`]: the lease-holding projector loop, full rebuilds (new epochs), entity repairs,
@@ -20,6 +21,7 @@ pub mod model;
 pub mod notify;
 pub mod payments;
 pub mod run_events;
+pub mod run_metadata;
 pub mod run_summary;
 pub mod runner;
 pub mod store;

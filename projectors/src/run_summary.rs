@@ -1,6 +1,7 @@
 //! Run summaries: topic `runtime.run_summaries`, one document per run,
 //! `runtime/run_summary:<run_id>`, owned by the run's owner (and tenant). Folded from the run's
 //! own events and, once the run is terminal, its recorded receipt (`run_receipt` aggregate).
+//! Large metadata is not repeated here: see [`crate::run_metadata`].
 
 use aggregates::receipt::ReceiptEvent;
 use aggregates::run::{Run, RunEvent, RunStatus, LEGACY_RUN_EVENT_VERSION};
@@ -10,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::model::{DocOwner, ProjectedEvent, Projection, ProjectionError, RuntimeSource};
+use crate::run_metadata::{self, MetadataRef};
 
 pub const TOPIC: &str = "runtime.run_summaries";
 
@@ -42,7 +44,13 @@ pub struct RunSummaryDoc {
     pub owner_user_id: Option<String>,
     pub owner_guest_scope: Option<String>,
     pub org_id: Option<String>,
+    /// The run's metadata when its canonical JSON is at most
+    /// [`INLINE_METADATA_BYTES`](crate::run_metadata::INLINE_METADATA_BYTES); otherwise empty,
+    /// and `metadata_ref` names the `runtime.run_metadata` document that holds it (a summary is
+    /// re-sent on every change; metadata never changes, so it is sent once).
     pub metadata: Map<String, Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata_ref: Option<MetadataRef>,
     pub frame_count: u64,
     pub tool_calls: u64,
     pub last_event_type: String,
@@ -142,6 +150,7 @@ impl Projection for RunSummaries {
                 _,
             ) => {
                 let owner = DocOwner::of(Some(owner), org_id.as_ref().map(|o| o.as_str()));
+                let metadata_ref = run_metadata::omitted(run_id.as_str(), metadata);
                 RunSummaryDoc {
                     run_id: run_id.to_string(),
                     thread_id: thread_id.to_string(),
@@ -150,7 +159,12 @@ impl Projection for RunSummaries {
                     owner_user_id: owner.user_id,
                     owner_guest_scope: owner.guest_scope,
                     org_id: owner.org_id,
-                    metadata: metadata.clone(),
+                    metadata: if metadata_ref.is_some() {
+                        Map::new()
+                    } else {
+                        metadata.clone()
+                    },
+                    metadata_ref,
                     frame_count: 0,
                     tool_calls: 0,
                     last_event_type: "run.created".to_owned(),

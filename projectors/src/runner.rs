@@ -1378,6 +1378,7 @@ pub fn all_projectors() -> Vec<Arc<dyn DynProjector>> {
         Arc::new(Typed::<crate::worker_events::WorkerEvents>::default()),
         Arc::new(Typed::<crate::payments::Payments>::default()),
         Arc::new(Typed::<crate::run_events::RunEvents>::default()),
+        Arc::new(Typed::<crate::run_metadata::RunMetadata>::default()),
     ]
 }
 

@@ -29,6 +29,7 @@ use crate::support::on_both_backends;
 pub(crate) const RUNS: &str = "runtime.run_summaries";
 pub(crate) const WORKERS: &str = "runtime.codex_worker_summaries";
 pub(crate) const EVENTS: &str = "runtime.codex_worker_events";
+pub(crate) const RUN_METADATA: &str = "runtime.run_metadata";
 const THREAD: &str = "thread_1";
 /// How long any one wait may take (projection can lag by seconds under parallel test load).
 pub(crate) const WAIT: Duration = Duration::from_secs(60);
@@ -45,6 +46,7 @@ on_both_backends!(
     garbage_and_oversized_frames_on_the_real_server,
     a_slow_consumer_is_disconnected_while_others_keep_receiving,
     hydration_reads_in_pages_at_the_first_pages_watermark,
+    large_metadata_is_sent_once_not_with_every_summary_change,
 );
 
 // ---- principals and commands ---------------------------------------------------------------
@@ -1300,12 +1302,16 @@ async fn a_slow_consumer_is_disconnected_while_others_keep_receiving(db: &TestDb
     )
     .await;
     let alice = Who::user("1");
-    let token = sync_token(&app, &alice, &[RUNS]);
+    // Large documents: each run's metadata, sent once on its own topic.
+    let token = sync_token(&app, &alice, &[RUN_METADATA]);
     let mut slow = joined(&app.base, &token).await;
-    slow.subscribe_from(&[(RUNS, None)]).await.unwrap().unwrap();
+    slow.subscribe_from(&[(RUN_METADATA, None)])
+        .await
+        .unwrap()
+        .unwrap();
     let mut fast = joined(&app.base, &token).await;
     let head = fast
-        .subscribe_from(&[(RUNS, None)])
+        .subscribe_from(&[(RUN_METADATA, None)])
         .await
         .unwrap()
         .unwrap()
@@ -1322,7 +1328,7 @@ async fn a_slow_consumer_is_disconnected_while_others_keep_receiving(db: &TestDb
     };
     let reader = updates_until(&mut fast, "every created run", |u| u.len() >= runs.len());
     let ((), received) = tokio::join!(writer, reader);
-    let truth = owned_rows(&lane(&app).store, RUNS, head, &alice).await;
+    let truth = owned_rows(&lane(&app).store, RUN_METADATA, head, &alice).await;
     assert_eq!(truth.len(), runs.len());
     assert_delivered_exactly(&received, &truth);
     let gateway = lane(&app).gateway.clone();
@@ -1352,9 +1358,11 @@ async fn a_slow_consumer_is_disconnected_while_others_keep_receiving(db: &TestDb
     }
     assert!(notices.iter().all(|a| a == "throttle" || a == "disconnect"));
     // The fast client is still live.
-    running(&app, &alice, "after_slow").await;
-    let more = updates_until(&mut fast, "the next run", |u| u.len() >= 2).await;
-    assert!(more.iter().all(|u| u.doc_key == run_key("after_slow")));
+    create_run_with(&app, &alice, "after_slow", json!({"blob": blob})).await;
+    let more = updates_until(&mut fast, "the next run", |u| !u.is_empty()).await;
+    assert!(more
+        .iter()
+        .all(|u| u.doc_key == projectors::run_metadata::doc_key("after_slow")));
 }
 
 /// The official Phoenix JS client (`tests/js/phoenix_client.mjs`) against the real server:
@@ -1609,4 +1617,71 @@ async fn hydration_reads_in_pages_at_the_first_pages_watermark(db: &TestDb) {
         .map(|d| (d.doc_key, (d.doc_version, d.payload)))
         .collect();
     assert_eq!(held, truth);
+}
+
+/// The reported amplification: a run with large metadata, then frames. Each frame re-sends the
+/// run's summary; the metadata must not ride along each time but be sent once, in its own
+/// document, readable only by the run's owner.
+async fn large_metadata_is_sent_once_not_with_every_summary_change(db: &TestDb) {
+    const METADATA: &str = RUN_METADATA;
+    let app = spawn_app_with_sync(db).await;
+    let (alice, bob) = (Who::user("1"), Who::user("2"));
+    let metadata = json!({"notes": "m".repeat(12 * 1024), "small": 1});
+    create_run_with(&app, &alice, "big_meta", metadata.clone()).await;
+    create_run_with(&app, &alice, "small_meta", json!({"k": "v"})).await;
+    start_run(&app, &alice, "big_meta").await;
+    for i in 0..20 {
+        delta(&app, &alice, "big_meta", &format!("f{i}")).await;
+    }
+    settled_run(&app, &alice, "big_meta").await;
+    let small = settled_run(&app, &alice, "small_meta").await;
+    assert_eq!(
+        small["metadata"],
+        json!({"k": "v"}),
+        "small metadata stays inline"
+    );
+    assert!(small.get("metadata_ref").is_none(), "{small}");
+
+    let store = &lane(&app).store;
+    let summaries: Vec<StreamRow> = store
+        .all_rows(RUNS, 0)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.doc_key == run_key("big_meta"))
+        .collect();
+    assert_eq!(summaries.len(), 22, "created, started, 20 frames");
+    let summary_bytes: usize = summaries.iter().map(|r| r.payload.len()).sum();
+    assert!(
+        summary_bytes < 22 * 2048,
+        "summaries re-send the metadata: {summary_bytes} bytes for 22 changes"
+    );
+    let last: Value = serde_json::from_str(&summaries.last().unwrap().payload).unwrap();
+    assert_eq!(last["metadata"], json!({}));
+    let reference = &last["metadata_ref"];
+    assert_eq!(reference["topic"], METADATA);
+    assert_eq!(reference["doc_key"], "runtime/run_metadata:big_meta");
+    assert_eq!(
+        reference["sha256"].as_str(),
+        Some(aggregates::canonical::hash_canonical(&metadata).as_str())
+    );
+
+    let rows = eventually("the metadata document", || async {
+        let rows = store.all_rows(METADATA, 0).await.unwrap();
+        (!rows.is_empty()).then_some(rows)
+    })
+    .await;
+    assert_eq!(rows.len(), 1, "one document, for the large metadata only");
+    assert_eq!(rows[0].doc_key, "runtime/run_metadata:big_meta");
+
+    let token = sync_token(&app, &alice, &[RUNS, METADATA]);
+    let hydration = hydrate(&app.base, &token, METADATA).await;
+    assert_eq!(hydration.docs.len(), 1);
+    assert_eq!(hydration.docs[0].payload["metadata"], metadata);
+    assert_eq!(
+        hydration.docs[0].doc_key,
+        reference["doc_key"].as_str().unwrap()
+    );
+    let bobs = hydrate(&app.base, &sync_token(&app, &bob, &[METADATA]), METADATA).await;
+    assert!(bobs.docs.is_empty(), "{:?}", bobs.docs);
 }

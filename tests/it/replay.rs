@@ -128,6 +128,7 @@ fn the_blessed_read_models_and_sync_streams_are_consistent_with_the_runs_and_wor
             "runtime.codex_worker_summaries",
             "runtime.payments",
             "runtime.run_events",
+            "runtime.run_metadata",
             "runtime.run_summaries",
         ];
         assert_eq!(streams.keys().collect::<Vec<_>>(), topics, "{name}");
