@@ -138,8 +138,13 @@ pub struct GatewayConfig {
     pub tailer_read_batch: usize,
     /// Rows of recent history each topic keeps in memory (all owners).
     pub window_rows: usize,
+    /// Bytes of update JSON each topic's window holds at most (older rows go first; a cursor
+    /// before the window reads the source).
+    pub window_bytes: usize,
     /// Rows of recent history kept per (topic, principal) feed.
     pub feed_rows: usize,
+    /// Bytes of update JSON each feed holds at most.
+    pub feed_bytes: usize,
     /// Refuse upgrades that do not announce `protocol_version=khala.ws.v1` and a supported
     /// `schema_version`.
     pub require_client_compat: bool,
@@ -171,7 +176,9 @@ impl Default for GatewayConfig {
             tailer_poll_interval: Duration::from_secs(1),
             tailer_read_batch: 1_000,
             window_rows: 8_192,
+            window_bytes: 8 * 1024 * 1024,
             feed_rows: 4_096,
+            feed_bytes: 2 * 1024 * 1024,
             require_client_compat: false,
             revocation_poll_interval: Duration::from_secs(2),
         }

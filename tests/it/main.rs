@@ -25,5 +25,6 @@ mod khala_nodes;
 mod lightning;
 mod projection;
 mod replay;
+mod soak;
 mod sweeper;
 mod trust;

@@ -25,6 +25,50 @@ use crate::config::GatewayConfig;
 use crate::source::{OwnerFilter, SourceError, SyncSource};
 
 /// Rows of one principal on one topic, and the sessions waiting for them.
+/// Recent rows, oldest first, with the bytes their JSON holds: windows and feeds are bounded by
+/// both row count and bytes (a topic of large documents must not hold `window_rows` of them).
+#[derive(Default)]
+struct Rows {
+    rows: VecDeque<Arc<PreparedRow>>,
+    bytes: usize,
+}
+
+impl Rows {
+    fn push_back(&mut self, row: Arc<PreparedRow>) {
+        self.bytes += row.json.len();
+        self.rows.push_back(row);
+    }
+
+    fn pop_front(&mut self) -> Option<Arc<PreparedRow>> {
+        let row = self.rows.pop_front()?;
+        self.bytes -= row.json.len();
+        Some(row)
+    }
+
+    fn clear(&mut self) {
+        self.rows.clear();
+        self.bytes = 0;
+    }
+
+    /// Drops the oldest rows while more than `max_rows` or more than `max_bytes` are held
+    /// (always keeping the newest row); returns the watermark of the last row dropped.
+    fn trim(&mut self, max_rows: usize, max_bytes: usize) -> Option<u64> {
+        let mut dropped = None;
+        while self.rows.len() > max_rows || (self.bytes > max_bytes && self.rows.len() > 1) {
+            dropped = self.pop_front().map(|r| r.watermark);
+        }
+        dropped
+    }
+}
+
+impl std::ops::Deref for Rows {
+    type Target = VecDeque<Arc<PreparedRow>>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.rows
+    }
+}
+
 pub struct Feed {
     principal: Principal,
     filter: OwnerFilter,
@@ -33,7 +77,7 @@ pub struct Feed {
 }
 
 struct FeedInner {
-    rows: VecDeque<Arc<PreparedRow>>,
+    rows: Rows,
     /// The feed holds every matching row with watermark in `(trimmed_through, tail]`.
     trimmed_through: u64,
     /// Sessions to wake when rows arrive: `(session id, its wake-up)`. Added by
@@ -90,7 +134,7 @@ pub enum Pulled {
 
 struct TailState {
     /// Every row in `(trimmed_through, tail]`, contiguous.
-    window: VecDeque<Arc<PreparedRow>>,
+    window: Rows,
     trimmed_through: u64,
     epoch: u64,
     feeds: HashMap<Principal, Arc<Feed>>,
@@ -106,7 +150,9 @@ pub struct Tailer {
     topic: String,
     max_update_bytes: usize,
     window_rows: usize,
+    window_bytes: usize,
     feed_rows: usize,
+    feed_bytes: usize,
     read_batch: usize,
     tail: AtomicU64,
     /// False until the first read of the topic's state; until then sessions use the source.
@@ -147,12 +193,14 @@ impl Tailer {
             topic: topic.to_owned(),
             max_update_bytes: config.max_update_bytes,
             window_rows: config.window_rows.max(1),
+            window_bytes: config.window_bytes,
             feed_rows: config.feed_rows.max(1),
+            feed_bytes: config.feed_bytes,
             read_batch: config.tailer_read_batch.max(1),
             tail: AtomicU64::new(0),
             ready: AtomicBool::new(false),
             state: RwLock::new(TailState {
-                window: VecDeque::new(),
+                window: Rows::default(),
                 trimmed_through: u64::MAX,
                 epoch: 0,
                 feeds: HashMap::new(),
@@ -209,7 +257,7 @@ impl Tailer {
                     principal: principal.clone(),
                     filter: principal.owner_filter(),
                     inner: Mutex::new(FeedInner {
-                        rows: VecDeque::new(),
+                        rows: Rows::default(),
                         trimmed_through: trimmed,
                         waiters: Vec::new(),
                     }),
@@ -469,20 +517,16 @@ impl Tailer {
                     continue; // matched through both user and guest scope
                 }
                 inner.rows.push_back(row.clone());
-                if inner.rows.len() > self.feed_rows {
-                    if let Some(old) = inner.rows.pop_front() {
-                        inner.trimmed_through = old.watermark;
-                    }
+                if let Some(through) = inner.rows.trim(self.feed_rows, self.feed_bytes) {
+                    inner.trimmed_through = through;
                 }
                 if !dirty.iter().any(|f| Arc::ptr_eq(f, feed)) {
                     dirty.push(feed.clone());
                 }
             }
             st.window.push_back(row);
-            if st.window.len() > self.window_rows {
-                if let Some(old) = st.window.pop_front() {
-                    st.trimmed_through = old.watermark;
-                }
+            if let Some(through) = st.window.trim(self.window_rows, self.window_bytes) {
+                st.trimmed_through = through;
             }
         }
         self.tail.store(tail, Ordering::Release);
@@ -644,6 +688,40 @@ mod tests {
         // Window keeps rows 3..=6: cursor 0 needs the source.
         assert!(matches!(
             tailer.pull(alice.feed(), 0, 10),
+            Pulled::NeedStore
+        ));
+    }
+
+    #[tokio::test]
+    async fn windows_and_feeds_are_bounded_by_bytes_as_well_as_rows() {
+        let config = GatewayConfig {
+            window_bytes: 3 * 1024,
+            feed_bytes: 2 * 1024,
+            ..GatewayConfig::default()
+        };
+        let source = MemorySource::new();
+        let tailer = Tailer::new("t", &config);
+        tailer.catch_up(&source).await.unwrap();
+        let alice = tailer.attach(&user("alice"), 1, Arc::new(Notify::new()));
+        let big = "x".repeat(900);
+        for i in 0..10 {
+            source.append("t", &format!("d{i}"), json!({ "blob": big }), DocOwner::user("alice"));
+        }
+        tailer.catch_up(&source).await.unwrap();
+        {
+            let state = tailer.read();
+            assert!(state.window.bytes <= 3 * 1024, "{}", state.window.bytes);
+            // Each row's JSON is ~1.1 KiB: two fit, far below window_rows.
+            assert_eq!(state.window.len(), 2, "bounded by bytes");
+            assert_eq!(state.trimmed_through, 8);
+            let feed = alice.feed().lock();
+            assert!(feed.rows.bytes <= 2 * 1024, "{}", feed.rows.bytes);
+            assert_eq!(feed.rows.len(), 1);
+        }
+        // What memory no longer holds, the source serves.
+        assert_eq!(rows(&tailer.pull(alice.feed(), 8, 10)), (vec![9, 10], 10));
+        assert!(matches!(
+            tailer.pull(alice.feed(), 5, 10),
             Pulled::NeedStore
         ));
     }
