@@ -16,6 +16,7 @@ use engine::auth::InternalClaims;
 use engine::principal::{self, PrincipalError, RequestPrincipal, GUEST_HEADER, USER_HEADER};
 
 use crate::auth::mint::{mint, MintError, MintRequest};
+use crate::auth::owners::credential_owner;
 use crate::auth::revocation::Revocation;
 use crate::auth::{AuthError, RevocationKind};
 use crate::gateway::Gateway;
@@ -188,6 +189,7 @@ pub async fn hydrate(
         .verifier()
         .verify(token)
         .map_err(|e| auth_error(&e))?;
+    note_credentials(&gateway, &auth).await;
     if !gateway.known_topics().contains(&topic) {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -292,12 +294,21 @@ fn internal_principal(
     })
 }
 
-/// The owner recorded for a session, device or token id: the subject and its tenant (a user's
-/// session in one org is not theirs to revoke with another org's token).
-fn credential_owner(subject: &str, org: Option<&str>) -> String {
-    match org {
-        Some(org) => format!("{subject}|org:{org}"),
-        None => subject.to_owned(),
+/// Records, on first sight, who owns the credential ids a verified sync token names (so a
+/// principal can revoke sessions the control plane minted without the runtime). A registry
+/// failure is logged, not turned into a refused read: reads do not depend on it, and revoking
+/// an unrecorded id stays possible for the operator.
+pub(crate) async fn note_credentials(gateway: &Gateway, auth: &crate::auth::AuthContext) {
+    let now_ms = gateway.verifier().now().saturating_mul(1000);
+    let until_ms = auth.expires_at.saturating_mul(1000);
+    if let Err(e) = gateway
+        .verifier()
+        .revocations()
+        .owners()
+        .note_seen(auth, now_ms, until_ms)
+        .await
+    {
+        tracing::warn!(error.message = %e, "recording credential owners on sight failed");
     }
 }
 

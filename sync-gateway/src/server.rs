@@ -111,6 +111,7 @@ async fn upgrade(
             return refuse(StatusCode::FORBIDDEN, code, e.to_string());
         }
     };
+    http::note_credentials(&gateway, &auth).await;
     let Ok(permit) = gateway.connections().clone().try_acquire_owned() else {
         let mut response = refuse(
             StatusCode::SERVICE_UNAVAILABLE,

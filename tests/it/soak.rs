@@ -78,7 +78,10 @@ async fn serve_memory_levels_off_under_steady_load() {
                 n += 1;
                 let thread = json!({"thread_id": "soak"});
                 let mut steps = vec![
-                    ("/internal/v1/runs".to_owned(), json!({"run_id": run, "thread_id": "soak"})),
+                    (
+                        "/internal/v1/runs".to_owned(),
+                        json!({"run_id": run, "thread_id": "soak"}),
+                    ),
                     (format!("/internal/v1/runs/{run}/start"), thread.clone()),
                 ];
                 for f in 0..FRAMES_PER_RUN {
@@ -116,7 +119,10 @@ async fn serve_memory_levels_off_under_steady_load() {
     for writer in writers {
         writer.await.unwrap();
     }
-    let (commands, failures) = (commands.load(Ordering::Relaxed), failures.load(Ordering::Relaxed));
+    let (commands, failures) = (
+        commands.load(Ordering::Relaxed),
+        failures.load(Ordering::Relaxed),
+    );
     let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
     let trace: Vec<String> = samples
         .iter()

@@ -23,6 +23,7 @@ on_both_backends!(
     claims_bind_and_tenancy_fails_closed_in_the_reported_scenarios,
     the_aggregate_cache_stays_within_its_byte_budget_under_steady_writes,
     idempotency_records_expire_on_their_schedule,
+    credentials_the_control_plane_minted_are_owned_from_first_sight,
 );
 
 const OWNER: &str = "1";
@@ -844,4 +845,65 @@ async fn idempotency_records_expire_on_their_schedule(db: &TestDb) {
     );
     // Expired: the key may name a new request.
     assert_eq!(create("r_idem_2").send().await.status, 201);
+}
+
+/// A session the control plane minted itself (the runtime never saw the mint) belongs to the
+/// token's principal from the first time the runtime sees the token: before that only the
+/// operator may revoke it; after it, its owner may and nobody else.
+async fn credentials_the_control_plane_minted_are_owned_from_first_sight(db: &TestDb) {
+    let app = spawn(db).await;
+    let now = now_secs();
+    let token = sign_claims(&json!({
+        "iss": DEFAULT_ISSUER, "aud": DEFAULT_AUDIENCE, "sub": "user:1",
+        "iat": now, "nbf": now, "exp": now + 300, "jti": "cp-jti-1",
+        "oa_sync_scopes": [RUNS], "oa_session_id": "cp-session", "oa_device_id": "cp-device",
+    }));
+    let revoke = |body: Value, user: &'static str| {
+        app.post("/internal/v1/sync/sessions/revoke", body)
+            .user(user)
+            .send()
+    };
+    // Never seen: nobody but the operator can say it is theirs.
+    let early = revoke(json!({"session_id": "cp-session", "reason": "r"}), "1").await;
+    early.assert_error(403, "forbidden");
+    // First sight: a hydration with the token.
+    hydrate(&app.base, &token, RUNS).await;
+    // Now it is user 1's, and not user 2's.
+    for body in [
+        json!({"session_id": "cp-session", "reason": "r"}),
+        json!({"device_id": "cp-device", "reason": "r"}),
+        json!({"jti": "cp-jti-1", "reason": "r"}),
+    ] {
+        let other = revoke(body, "2").await;
+        other.assert_error(403, "forbidden");
+    }
+    let mine = revoke(
+        json!({"session_id": "cp-session", "reason": "signed out"}),
+        "1",
+    )
+    .await;
+    assert_eq!(mine.status, 200, "{}", mine.text);
+    let refused = reqwest::Client::new()
+        .get(format!("{}/sync/v1/topics/{RUNS}/docs", app.base))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        refused.status().as_u16(),
+        401,
+        "the revoked session's token is refused"
+    );
+
+    // The same on a socket upgrade: a second control-plane session, first seen by the socket.
+    let socket_token = sign_claims(&json!({
+        "iss": DEFAULT_ISSUER, "aud": DEFAULT_AUDIENCE, "sub": "user:1",
+        "iat": now, "nbf": now, "exp": now + 300, "jti": "cp-jti-2",
+        "oa_sync_scopes": [RUNS], "oa_session_id": "cp-session-2",
+    }));
+    let _client = joined(&app.base, &socket_token).await;
+    let other = revoke(json!({"session_id": "cp-session-2", "reason": "r"}), "2").await;
+    other.assert_error(403, "forbidden");
+    let mine = revoke(json!({"session_id": "cp-session-2", "reason": "r"}), "1").await;
+    assert_eq!(mine.status, 200, "{}", mine.text);
 }

@@ -1,5 +1,7 @@
 //! Who owns a sync session, device or token id: recorded when the runtime mints a token
-//! (`POST /api/sync/token`), consulted when someone asks to revoke one. A principal revokes only
+//! (`POST /api/sync/token`) or first sees a verified token that names it (a token the control
+//! plane minted itself, on a socket upgrade or a hydration), consulted when someone asks to
+//! revoke one. A principal revokes only
 //! what belongs to it; the operator revokes anything (docs/security.md, "Revocation").
 //!
 //! Durable in `sync_credential_owners` (both backends), first writer wins: a session or device
@@ -25,6 +27,21 @@ pub struct CredentialOwners {
     store: Option<Database>,
     /// In-memory entries when there is no store: (kind, id) -> (owner, expires_at_ms).
     memory: Mutex<HashMap<(RevocationKind, String), (String, i64)>>,
+    /// Ids recorded on sight recently, with the expiry recorded: a token reconnecting or
+    /// hydrating again costs no write. Bounded: emptied when it reaches [`SEEN_CAPACITY`].
+    seen: Mutex<HashMap<(RevocationKind, String), i64>>,
+}
+
+/// Entries the on-sight cache holds before it starts over.
+const SEEN_CAPACITY: usize = 16_384;
+
+/// The owner recorded for a session, device or token id: the subject and its tenant (a user's
+/// session in one org is not theirs to revoke with another org's token).
+pub fn credential_owner(subject: &str, org: Option<&str>) -> String {
+    match org {
+        Some(org) => format!("{subject}|org:{org}"),
+        None => subject.to_owned(),
+    }
 }
 
 impl CredentialOwners {
@@ -32,7 +49,51 @@ impl CredentialOwners {
         Self {
             store,
             memory: Mutex::new(HashMap::new()),
+            seen: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Records the owner of the session, device and token ids a verified token names, if none
+    /// is recorded yet (first owner wins), until `expires_at_ms`. A token naming an id another
+    /// principal holds is still the control plane's signed word, so it is not refused here; the
+    /// conflict is logged and the id stays with its first owner.
+    ///
+    /// # Errors
+    /// [`OwnersError`] when the database fails.
+    pub async fn note_seen(
+        &self,
+        auth: &super::AuthContext,
+        now_ms: i64,
+        expires_at_ms: i64,
+    ) -> Result<(), OwnersError> {
+        let owner = credential_owner(&auth.subject, auth.principal.org_id.as_deref());
+        for (kind, id) in [
+            (RevocationKind::Session, &auth.session_id),
+            (RevocationKind::Device, &auth.device_id),
+            (RevocationKind::Jti, &auth.jti),
+        ] {
+            let Some(id) = id.as_deref() else { continue };
+            let key = (kind, id.to_owned());
+            let fresh = self
+                .seen
+                .lock()
+                .expect("seen lock poisoned")
+                .get(&key)
+                .is_some_and(|exp| *exp >= expires_at_ms);
+            if fresh {
+                continue;
+            }
+            let holder = self.claim(kind, id, &owner, now_ms, expires_at_ms).await?;
+            if holder != owner {
+                tracing::warn!(kind = kind.as_str(), "a verified sync token names a credential id another principal owns; it stays with its first owner");
+            }
+            let mut seen = self.seen.lock().expect("seen lock poisoned");
+            if seen.len() >= SEEN_CAPACITY {
+                seen.clear();
+            }
+            seen.insert(key, expires_at_ms);
+        }
+        Ok(())
     }
 
     /// Records `owner` for `(kind, id)` until `expires_at_ms` unless another owner holds it, and

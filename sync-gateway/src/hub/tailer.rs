@@ -705,7 +705,12 @@ mod tests {
         let alice = tailer.attach(&user("alice"), 1, Arc::new(Notify::new()));
         let big = "x".repeat(900);
         for i in 0..10 {
-            source.append("t", &format!("d{i}"), json!({ "blob": big }), DocOwner::user("alice"));
+            source.append(
+                "t",
+                &format!("d{i}"),
+                json!({ "blob": big }),
+                DocOwner::user("alice"),
+            );
         }
         tailer.catch_up(&source).await.unwrap();
         {
