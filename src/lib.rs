@@ -30,6 +30,7 @@ pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod console;
+pub mod operator_log;
 pub mod replay;
 pub mod server;
 pub mod sweeper;

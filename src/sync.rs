@@ -213,6 +213,10 @@ pub fn with_sync(server: Server, app: &App, settings: SyncSettings) -> (Server, 
         runner_config,
     ));
     let verifier = Verifier::new(auth, Revocations::durable(app.database().clone()));
+    // Operator actions on others' behalf go to the journal, not a side table.
+    verifier.revocations().owners().set_operator_log(Arc::new(
+        crate::operator_log::JournalOperatorLog::new(app.engine().clone()),
+    ));
     let gateway = Gateway::start(
         config,
         Arc::new(StoreSource::new(store.clone(), notifier.clone())),

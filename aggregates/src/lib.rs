@@ -18,6 +18,7 @@ pub mod aggregate;
 pub mod canonical;
 pub mod chain;
 pub mod ids;
+pub mod operator;
 pub mod payment;
 pub mod receipt;
 pub mod run;

@@ -328,7 +328,7 @@ fn store_unavailable(e: impl std::error::Error) -> ApiError {
 
 /// `POST /api/sync/token`: mints only for the internal token's own principal and org, with scopes
 /// inside its `oa_sync_scopes` when present; the operator mints for anyone, and each such mint
-/// is recorded in `sync_operator_actions`. Session and device ids are bound to the subject they
+/// is recorded through the operator log (the journal under `serve`). Session and device ids are bound to the subject they
 /// are first minted for (docs/security.md).
 pub async fn mint_token(
     State(gateway): State<Gateway>,

@@ -24,6 +24,7 @@ on_both_backends!(
     the_aggregate_cache_stays_within_its_byte_budget_under_steady_writes,
     idempotency_records_expire_on_their_schedule,
     credentials_the_control_plane_minted_are_owned_from_first_sight,
+    operator_actions_for_others_are_journal_events,
 );
 
 const OWNER: &str = "1";
@@ -906,4 +907,74 @@ async fn credentials_the_control_plane_minted_are_owned_from_first_sight(db: &Te
     other.assert_error(403, "forbidden");
     let mine = revoke(json!({"session_id": "cp-session-2", "reason": "r"}), "1").await;
     assert_eq!(mine.status, 200, "{}", mine.text);
+}
+
+/// An operator minting for another principal and revoking another principal's session leaves
+/// one `operator.action_recorded` event each in the journal (under its chains and audit tree),
+/// naming actor, subject and what was done, never the token.
+async fn operator_actions_for_others_are_journal_events(db: &TestDb) {
+    let app = spawn(db).await;
+    let minted = Who::Operator
+        .on(app.post(
+            "/api/sync/token",
+            json!({"subject": "user:2", "scopes": [RUNS], "org_id": ORG, "session_id": "op-made"}),
+        ))
+        .send()
+        .await;
+    assert_eq!(minted.status, 200, "{}", minted.text);
+    let token = minted.json["token"].as_str().unwrap().to_owned();
+    let revoked = Who::Operator
+        .on(app.post(
+            "/internal/v1/sync/sessions/revoke",
+            json!({"session_id": "op-made", "reason": "incident 7"}),
+        ))
+        .send()
+        .await;
+    assert_eq!(revoked.status, 200, "{}", revoked.text);
+    // A principal acting for itself is not an operator action.
+    let own = Who::Owner
+        .on(app.post(
+            "/api/sync/token",
+            json!({"subject": "user:1", "scopes": [RUNS], "org_id": ORG}),
+        ))
+        .send()
+        .await;
+    assert_eq!(own.status, 200, "{}", own.text);
+
+    let events: Vec<_> = crate::support::read_all_settled(&db.database.journal())
+        .await
+        .into_iter()
+        .filter(|e| e.event.aggregate_type == "operator_action")
+        .collect();
+    let actions: Vec<(String, Value)> = events
+        .iter()
+        .map(|e| (e.event.event_type.clone(), e.event.payload.clone()))
+        .collect();
+    assert_eq!(actions.len(), 2, "{actions:?}");
+    for (event_type, payload) in &actions {
+        assert_eq!(event_type, "operator.action_recorded");
+        let text = payload.to_string();
+        assert!(!text.contains(&token), "a token in the journal: {text}");
+        let recorded = &payload["ActionRecorded"];
+        assert_eq!(recorded["actor"], "user:op", "{payload}");
+        assert!(
+            recorded["subject"].as_str().unwrap().starts_with("user:2"),
+            "{payload}"
+        );
+    }
+    assert_eq!(actions[0].1["ActionRecorded"]["action"], "mint");
+    assert_eq!(actions[1].1["ActionRecorded"]["action"], "revoke");
+    assert!(actions[1].1["ActionRecorded"]["detail"]
+        .as_str()
+        .unwrap()
+        .contains("incident 7"));
+    // Appended through the engine like every command: the actor and the event chain.
+    for event in &events {
+        let metadata = &event.event.metadata;
+        assert_eq!(metadata["actor"], "user:op", "{metadata}");
+        assert!(
+            metadata[aggregates::chain::CHAIN_HASH_KEY].is_string(),
+            "{metadata}"
+        );
+    }
 }

@@ -20,6 +20,30 @@ use super::RevocationKind;
 pub enum OwnersError {
     #[error("credential owner store query failed")]
     Store(#[from] sqlx::Error),
+    #[error("recording the operator action in the journal failed: {0}")]
+    Journal(String),
+}
+
+/// One operator action on another principal's behalf.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OperatorActionRecord {
+    pub at_ms: i64,
+    /// `mint` or `revoke`.
+    pub action: String,
+    pub actor: String,
+    pub subject: String,
+    /// Compact JSON (never a token or a secret).
+    pub detail: String,
+}
+
+/// Where operator actions are recorded. `serve` sets the runtime's journal (an
+/// `operator_action` event per action, under the journal's hash chains and Merkle tree); a
+/// gateway without a journal (standalone tools, unit tests) records them in the
+/// `sync_operator_actions` table of its store instead.
+#[async_trait::async_trait]
+pub trait OperatorLog: Send + Sync + 'static {
+    /// Durably records `record` before returning.
+    async fn record(&self, record: &OperatorActionRecord) -> Result<(), String>;
 }
 
 /// The registry (in memory for tests and single-process tools, else durable).
@@ -30,6 +54,8 @@ pub struct CredentialOwners {
     /// Ids recorded on sight recently, with the expiry recorded: a token reconnecting or
     /// hydrating again costs no write. Bounded: emptied when it reaches [`SEEN_CAPACITY`].
     seen: Mutex<HashMap<(RevocationKind, String), i64>>,
+    /// The journal operator actions go to, once `serve` sets it.
+    operator_log: std::sync::OnceLock<std::sync::Arc<dyn OperatorLog>>,
 }
 
 /// Entries the on-sight cache holds before it starts over.
@@ -50,7 +76,13 @@ impl CredentialOwners {
             store,
             memory: Mutex::new(HashMap::new()),
             seen: Mutex::new(HashMap::new()),
+            operator_log: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Sends operator actions to `log` (the runtime's journal) from now on. Set once.
+    pub fn set_operator_log(&self, log: std::sync::Arc<dyn OperatorLog>) {
+        let _ = self.operator_log.set(log);
     }
 
     /// Records the owner of the session, device and token ids a verified token names, if none
@@ -222,6 +254,16 @@ impl CredentialOwners {
         subject: &str,
         detail: &str,
     ) -> Result<(), OwnersError> {
+        if let Some(log) = self.operator_log.get() {
+            let record = OperatorActionRecord {
+                at_ms: now_ms,
+                action: action.to_owned(),
+                actor: actor.to_owned(),
+                subject: subject.to_owned(),
+                detail: detail.to_owned(),
+            };
+            return log.record(&record).await.map_err(OwnersError::Journal);
+        }
         let Some(db) = &self.store else {
             return Ok(());
         };
