@@ -190,7 +190,8 @@ pub struct StopRequest {
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HeartbeatRequest {
-    /// Lease length to extend to, in milliseconds (default from configuration).
+    /// Lease length to extend to, in milliseconds (default: the lease the worker registered
+    /// or last reattached with).
     pub lease_ttl_ms: Option<u64>,
 }
 
@@ -509,10 +510,10 @@ pub(crate) async fn heartbeat(
 ) -> Result<Response, ApiError> {
     authorize(&app, &caller, &worker_id).await?;
     let idem = idempotency(&caller, key, "POST", &path(&worker_id, "heartbeat"), &raw);
+    // Without `lease_ttl_ms` the worker keeps the lease it registered with (not the server
+    // default, which would stretch or shrink a lease the worker chose).
     let action = WorkerCommand::Heartbeat {
-        lease_ttl_ms: body
-            .lease_ttl_ms
-            .unwrap_or(app.config().workers.default_lease_ttl_ms),
+        lease_ttl_ms: body.lease_ttl_ms,
     };
     let outcome = app
         .engine()

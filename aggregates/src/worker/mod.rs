@@ -107,6 +107,12 @@ pub struct Worker {
     status: Option<WorkerStatus>,
     latest_seq: u64,
     lease_expires_at: Timestamp,
+    /// The lease the worker registered (or last reattached) with: what a heartbeat without
+    /// `lease_ttl_ms` renews to. Folded from the registration
+    /// event (expiry minus registration time), so no event carries it; absent in states saved
+    /// before it existed, which fall back to [`DEFAULT_LEASE_TTL_MS`].
+    #[serde(default)]
+    lease_ttl_ms: Option<u64>,
     last_heartbeat_at: Option<Timestamp>,
     started_at: Option<Timestamp>,
     stopped_at: Option<Timestamp>,
@@ -171,13 +177,20 @@ impl Worker {
         self.status.ok_or(WorkerError::NotFound)
     }
 
-    /// A heartbeat: start a starting worker, renew a lease that is more than half used.
+    /// The lease the worker registered with.
+    fn registered_lease_ttl_ms(&self) -> u64 {
+        self.lease_ttl_ms.unwrap_or(DEFAULT_LEASE_TTL_MS)
+    }
+
+    /// A heartbeat: start a starting worker, renew a lease that is more than half used. Without
+    /// a `lease_ttl_ms` the lease is the one the worker registered with.
     fn heartbeat(
         &self,
         at: Timestamp,
         status: WorkerStatus,
-        lease_ttl_ms: u64,
+        lease_ttl_ms: Option<u64>,
     ) -> Result<Option<WorkerEvent>, WorkerError> {
+        let lease_ttl_ms = lease_ttl_ms.unwrap_or_else(|| self.registered_lease_ttl_ms());
         check_lease(lease_ttl_ms)?;
         let lease_expires_at = at.plus_millis(lease_ttl_ms);
         match status {
@@ -331,10 +344,7 @@ impl Worker {
                 "{event_type} is recorded by the runtime and cannot be reported"
             ))),
             "worker.heartbeat" => {
-                let ttl = payload
-                    .get("lease_ttl_ms")
-                    .and_then(Value::as_u64)
-                    .unwrap_or(crate::worker::DEFAULT_LEASE_TTL_MS);
+                let ttl = payload.get("lease_ttl_ms").and_then(Value::as_u64);
                 self.heartbeat(at, status, ttl)
             }
             "worker.started" | "worker.running" => match status {
@@ -411,8 +421,9 @@ impl Aggregate for Worker {
                 codex_home_ref,
                 metadata,
                 lease_expires_at,
-                ..
+                registered_at,
             } => {
+                self.lease_ttl_ms = Some(lease_expires_at.millis_since(registered_at));
                 self.identity = Some(Identity {
                     worker_id,
                     owner,
@@ -426,8 +437,11 @@ impl Aggregate for Worker {
                 self.started_at = Some(at);
             }
             WorkerEvent::WorkerReattached {
-                lease_expires_at, ..
+                lease_expires_at,
+                reattached_at,
+                ..
             } => {
+                self.lease_ttl_ms = Some(lease_expires_at.millis_since(reattached_at));
                 self.lease_expires_at = lease_expires_at;
                 self.started_at = Some(at);
                 self.stopped_at = None;
