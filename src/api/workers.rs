@@ -172,7 +172,7 @@ pub struct WorkerRequestResult {
     pub ok: bool,
     #[schema(value_type = Object)]
     pub response: Value,
-    /// Seq of the `worker.request.received` event (absent on a duplicate).
+    /// Seq of the `worker.request.received` event (on a re-sent request, the original's).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub seq: Option<u64>,
     pub idempotent_replay: bool,
@@ -461,7 +461,12 @@ pub(crate) async fn request(
             request_id: request_id.to_string(),
             ok: true,
             response: json!({ "status": "accepted", "method": method }),
-            seq: outcome.events.first().map(|e| e.sequence as u64),
+            // A re-sent request answers with the seq the original got.
+            seq: outcome
+                .events
+                .first()
+                .map(|e| e.sequence as u64)
+                .or(outcome.recorded_sequence),
             idempotent_replay: replay,
             idempotent_replay_alias: replay,
         },

@@ -15,6 +15,7 @@ on_both_backends!(
     ownership_and_token_claims_are_enforced,
     client_mistakes_get_the_error_envelope_and_write_nothing,
     idempotency_keys_replay_the_original_response,
+    a_resent_frame_or_request_answers_with_the_seq_it_got,
     run_streams_follow_the_cursor_rules,
     a_stream_without_cursor_waits_for_new_events,
     a_worker_goes_through_its_lifecycle_over_http,
@@ -599,6 +600,42 @@ async fn idempotency_keys_replay_the_original_response(db: &TestDb) {
     // Exactly one run was created by the two create-1 requests of user 1.
     let listed = app.get("/internal/v1/runs?thread_id=thread_1").send().await;
     assert_eq!(listed.json["data"].as_array().unwrap().len(), 1);
+}
+
+/// Issue #15: a re-sent frame or worker request (a client retrying after a timeout) was answered
+/// without the `seq` the original got, so the client could not learn where it landed.
+async fn a_resent_frame_or_request_answers_with_the_seq_it_got(db: &TestDb) {
+    let app = spawn_app(db).await;
+    app.running_run("run_resend").await;
+    assert_eq!(app.text_delta("run_resend", "f0", "a").await.status, 202);
+    let first = app.text_delta("run_resend", "f1", "b").await;
+    assert_eq!(first.status, 202, "{}", first.text);
+    assert_eq!(first.json["seq"], 3);
+    assert_eq!(app.text_delta("run_resend", "f2", "c").await.json["seq"], 4);
+    let resent = app.text_delta("run_resend", "f1", "b").await;
+    assert_eq!(resent.status, 200, "{}", resent.text);
+    let mut expected = first.json.clone();
+    expected["idempotent_replay"] = json!(true);
+    expected["idempotentReplay"] = json!(true);
+    assert_eq!(resent.json, expected);
+
+    let worker = "w_resend";
+    app.create_worker(json!({"worker_id": worker})).await;
+    let request = app
+        .worker_request(worker, "req_1", "turn/start", json!({"prompt": "hi"}))
+        .await;
+    assert_eq!(request.status, 200, "{}", request.text);
+    assert_eq!(request.json["data"]["seq"], 2);
+    app.worker_request(worker, "req_2", "turn/start", json!({}))
+        .await;
+    let resent = app
+        .worker_request(worker, "req_1", "turn/start", json!({"prompt": "hi"}))
+        .await;
+    assert_eq!(resent.status, 200, "{}", resent.text);
+    let mut expected = request.json.clone();
+    expected["data"]["idempotent_replay"] = json!(true);
+    expected["data"]["idempotentReplay"] = json!(true);
+    assert_eq!(resent.json, expected);
 }
 
 async fn run_streams_follow_the_cursor_rules(db: &TestDb) {

@@ -117,12 +117,13 @@ pub struct Worker {
     started_at: Option<Timestamp>,
     stopped_at: Option<Timestamp>,
     updated_at: Timestamp,
-    /// request_id -> request hash, for idempotent re-sends.
-    requests: BTreeMap<RequestId, String>,
+    /// request_id -> (request hash, seq of its `worker.request.received`), for idempotent
+    /// re-sends.
+    requests: BTreeMap<RequestId, (String, u64)>,
 }
 
 /// Estimated bytes of one request-index or metadata entry.
-const INDEX_ENTRY_BYTES: usize = 2 * 24 + 48 + 64 + 32;
+const INDEX_ENTRY_BYTES: usize = 2 * 24 + 8 + 48 + 64 + 32;
 
 /// A cheap view of a worker for responses.
 #[derive(Clone, Debug, PartialEq)]
@@ -268,7 +269,7 @@ impl Worker {
                     )));
                 }
                 let hash = request_hash(&method, &params);
-                if let Some(stored) = self.requests.get(&request_id) {
+                if let Some((stored, _)) = self.requests.get(&request_id) {
                     return if *stored == hash {
                         Ok(None)
                     } else {
@@ -460,7 +461,8 @@ impl Aggregate for Worker {
                 request_hash,
                 ..
             } => {
-                self.requests.insert(request_id, request_hash);
+                self.requests
+                    .insert(request_id, (request_hash, self.latest_seq));
             }
             WorkerEvent::EventReported { .. } | WorkerEvent::WorkerStopping { .. } => {}
             WorkerEvent::WorkerStopped { .. }
@@ -479,6 +481,16 @@ impl RuntimeAggregate for Worker {
     fn approx_bytes(&self) -> usize {
         let metadata = self.identity.as_ref().map_or(0, |i| i.metadata.len());
         std::mem::size_of::<Self>() + (self.requests.len() + metadata) * INDEX_ENTRY_BYTES
+    }
+
+    /// A re-sent request: the seq (= journal sequence) of its `worker.request.received`.
+    fn recorded_sequence(&self, action: &WorkerCommand) -> Option<u64> {
+        match action {
+            WorkerCommand::RecordRequest { request_id, .. } => {
+                self.requests.get(request_id).map(|(_, seq)| *seq)
+            }
+            _ => None,
+        }
     }
 
     fn summary(&self) -> WorkerSummary {
