@@ -16,6 +16,7 @@ on_both_backends!(
     client_mistakes_get_the_error_envelope_and_write_nothing,
     idempotency_keys_replay_the_original_response,
     a_resent_frame_or_request_answers_with_the_seq_it_got,
+    a_path_segment_that_is_not_utf8_gets_the_error_envelope,
     run_streams_follow_the_cursor_rules,
     a_stream_without_cursor_waits_for_new_events,
     a_worker_goes_through_its_lifecycle_over_http,
@@ -636,6 +637,36 @@ async fn a_resent_frame_or_request_answers_with_the_seq_it_got(db: &TestDb) {
     expected["data"]["idempotent_replay"] = json!(true);
     expected["data"]["idempotentReplay"] = json!(true);
     assert_eq!(resent.json, expected);
+}
+
+/// Issue #15: a path segment that percent-decodes to invalid UTF-8 was answered in plain text
+/// by axum's `Path` rejection instead of the JSON error envelope.
+async fn a_path_segment_that_is_not_utf8_gets_the_error_envelope(db: &TestDb) {
+    let app = spawn_app(db).await;
+    for (method, path) in [
+        ("GET", "/internal/v1/runs/%FF"),
+        ("GET", "/internal/v1/runs/%FF/snapshot?thread_id=t"),
+        ("GET", "/internal/v1/runs/%FF/stream?thread_id=t"),
+        ("POST", "/internal/v1/runs/%FF/frames"),
+        ("POST", "/internal/v1/runs/%C3%28/cancel"),
+        ("GET", "/internal/v1/runs/%FF/receipt"),
+        ("GET", "/internal/v1/runs/%FF/replay"),
+        ("GET", "/internal/v1/runs/%FF/audit-bundle"),
+        ("GET", "/internal/v1/audit/checkpoints/%FF"),
+        ("GET", "/internal/v1/codex/workers/%FF/snapshot"),
+        ("POST", "/internal/v1/codex/workers/%FF/heartbeat"),
+        ("GET", "/console/assets/%FF"),
+        ("GET", "/%FF"),
+    ] {
+        let request = if method == "GET" {
+            app.get(path)
+        } else {
+            app.post(path, json!({}))
+        };
+        let response = request.send().await;
+        response.assert_error(400, "invalid_request");
+        assert_eq!(response.reason(), "invalid_path", "{method} {path}");
+    }
 }
 
 async fn run_streams_follow_the_cursor_rules(db: &TestDb) {
