@@ -19,6 +19,7 @@
 //! - [`retention`]: expiry of idempotency records (events are never pruned).
 //! - [`db`]: connecting, migrating and checking the database.
 //! - [`clock`]: injectable clock and id source.
+//! - [`fs`]: durable file replacement (temporary file, fsync, rename, directory fsync).
 //! - `testing` (feature `testing`): throwaway databases for tests.
 #![forbid(unsafe_code)]
 
@@ -29,6 +30,7 @@ mod cache;
 pub mod clock;
 pub mod command;
 pub mod db;
+pub mod fs;
 pub mod journal;
 pub mod listing;
 pub mod notify;

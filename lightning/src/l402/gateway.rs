@@ -287,9 +287,10 @@ impl L402Gateway {
 
     fn persist(&self, state: &PersistedState) -> anyhow::Result<()> {
         if let Some(path) = &self.config.state_file {
-            let tmp = path.with_extension("tmp");
-            std::fs::write(&tmp, serde_json::to_vec_pretty(state)?)?;
-            std::fs::rename(&tmp, path)?;
+            // Durably: a crash right after a deploy must not come back with the old active
+            // config, or with a torn or empty state file.
+            engine::fs::replace_file(path, &serde_json::to_vec_pretty(state)?)
+                .map_err(|e| anyhow::anyhow!("write gateway state {}: {e}", path.display()))?;
         }
         Ok(())
     }
