@@ -907,7 +907,8 @@ pub async fn run_tree_maintainer(
     mut appended: tokio::sync::watch::Receiver<u64>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff =
+        crate::backoff::Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     loop {
         if shutdown.is_cancelled() {
             return Ok(());
@@ -925,7 +926,7 @@ pub async fn run_tree_maintainer(
         };
         match step.await {
             Ok(added) => {
-                backoff = Duration::from_millis(100);
+                backoff.reset();
                 metrics::counter!("audit_tree_leaves_added_total").increment(added);
                 if added as usize >= config.batch {
                     continue;
@@ -933,11 +934,9 @@ pub async fn run_tree_maintainer(
             }
             Err(e) => {
                 tracing::warn!(error.message = %e, error.cause_chain = ?e, "audit tree: extend failed; retrying");
-                tokio::select! {
-                    () = shutdown.cancelled() => return Ok(()),
-                    () = tokio::time::sleep(backoff) => {}
+                if !backoff.sleep(&shutdown).await {
+                    return Ok(());
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
                 continue;
             }
         }
