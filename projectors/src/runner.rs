@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::marker::PhantomData;
 use std::num::NonZeroUsize;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use aggregates::canonical::hash_canonical;
 use cqrs_es::persist::SerializedEvent;
@@ -139,13 +139,8 @@ impl RunnerError {
     }
 }
 
-/// Unix milliseconds now.
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
+/// Unix milliseconds now (re-exported for the runtime's callers).
+pub use engine::clock::now_ms;
 
 /// The spec of projection `P`.
 pub fn spec_of<P: Projection>() -> ProjectorSpec {

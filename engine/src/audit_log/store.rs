@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use super::checkpoint::{AuditKey, Checkpoint};
 use super::leaf::{disclose, event_leaf, RedactionKey};
 use super::merkle::{self, Hash, NodeId, Span};
+use crate::clock::now_ms;
 use crate::db::Database;
 use crate::journal::{AnyJournal, GlobalCursor, Journal, JournalError, StoredEvent};
 
@@ -93,10 +94,6 @@ macro_rules! on_pool {
 
 fn to_u64(value: i64, what: &str) -> Result<u64, StoreError> {
     u64::try_from(value).map_err(|_| StoreError::Corrupt(format!("negative {what}: {value}")))
-}
-
-fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
 }
 
 /// Computes leaves of stored events: redaction and the chain hash of rows that have none

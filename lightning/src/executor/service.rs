@@ -35,6 +35,7 @@ use aggregates::payment::{
 };
 use aggregates::Timestamp;
 use engine::backoff::Backoff;
+use engine::clock::now_ms;
 use engine::{CommandContext, CommandError, Engine, IdempotencyRequest, Journal, OutcomeKind};
 use serde::Serialize;
 use tokio::sync::watch;
@@ -236,10 +237,6 @@ pub struct PaymentExecutor {
     lease_valid_until: Mutex<Option<Instant>>,
     status: Mutex<StatusState>,
     node_network: Mutex<Option<Network>>,
-}
-
-fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
 }
 
 /// The original executor's request fingerprint: wallet | host | invoice hash | max amount.

@@ -21,6 +21,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
+use engine::clock::now_ms;
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -238,10 +239,6 @@ pub struct L402Gateway {
     /// Deployments; written only under this lock (std: no `.await` while held).
     state: RwLock<PersistedState>,
     http: reqwest::Client,
-}
-
-fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
 }
 
 impl L402Gateway {
