@@ -37,6 +37,13 @@ pub trait RuntimeAggregate:
         std::mem::size_of::<Self>()
     }
 
+    /// When `action` repeats one the aggregate already recorded (a natural-key duplicate, such
+    /// as a frame or request re-sent with the same id, that it answers with no events): the
+    /// journal sequence of the event that recorded it, so a retry learns where it landed.
+    fn recorded_sequence(&self, _action: &Self::Action) -> Option<u64> {
+        None
+    }
+
     /// Rewrites an event stored in an older `event_version` into the current shape. The default
     /// keeps events as they are; aggregates with history override it.
     fn upcast(event: SerializedEvent) -> SerializedEvent {

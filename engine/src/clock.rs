@@ -119,6 +119,12 @@ impl Stamps {
     }
 }
 
+/// Unix milliseconds on the wall clock, for leases, expiries and bookkeeping outside the
+/// domain's decisions (those take time from a [`Clock`]).
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -101,6 +101,10 @@ pub struct Outcome<A: RuntimeAggregate> {
     pub summary: A::Summary,
     /// The aggregate's journal version after the command.
     pub version: u64,
+    /// For an `Unchanged` natural-key duplicate (a frame or request re-sent with the same id):
+    /// the journal sequence of the event that recorded the original, so the answer can say
+    /// where it landed. `None` otherwise (the events carry it).
+    pub recorded_sequence: Option<u64>,
 }
 
 impl<A: RuntimeAggregate> Outcome<A> {
@@ -299,6 +303,7 @@ impl Engine {
                     events: Vec::new(),
                     summary: loaded.aggregate.summary(),
                     version: expected,
+                    recorded_sequence: loaded.aggregate.recorded_sequence(&command.command),
                 });
             }
             let chained = to_new_events::<A>(
@@ -355,6 +360,7 @@ impl Engine {
                         events,
                         summary,
                         version: appended.last_sequence,
+                        recorded_sequence: None,
                     });
                 }
                 Err(JournalError::Conflict { .. }) => {
@@ -470,6 +476,7 @@ impl Engine {
             events,
             summary: aggregate.summary(),
             version,
+            recorded_sequence: None,
         })
     }
 

@@ -19,16 +19,20 @@
 //! - [`retention`]: expiry of idempotency records (events are never pruned).
 //! - [`db`]: connecting, migrating and checking the database.
 //! - [`clock`]: injectable clock and id source.
+//! - [`backoff`]: retry delays of the background loops (exponential, capped, jittered).
+//! - [`fs`]: durable file replacement (temporary file, fsync, rename, directory fsync).
 //! - `testing` (feature `testing`): throwaway databases for tests.
 #![forbid(unsafe_code)]
 
 pub mod artifacts;
 pub mod audit_log;
 pub mod auth;
+pub mod backoff;
 mod cache;
 pub mod clock;
 pub mod command;
 pub mod db;
+pub mod fs;
 pub mod journal;
 pub mod listing;
 pub mod notify;

@@ -248,7 +248,8 @@ pub async fn run_listen_notify<E: RelayEndpoint>(
         }
     };
     let listener = async move {
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff =
+            crate::backoff::Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         loop {
             let connected = match PgListener::connect_with(&pool).await {
                 Ok(mut listener) => match listener.listen(channel).await {
@@ -264,14 +265,12 @@ pub async fn run_listen_notify<E: RelayEndpoint>(
                 }
             };
             let Some(mut listener) = connected else {
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(backoff) => {}
+                if !backoff.sleep(&shutdown).await {
+                    return;
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
                 continue;
             };
-            backoff = Duration::from_millis(100);
+            backoff.reset();
             // Anything may have happened while we were not listening.
             endpoint.receive(None);
             loop {

@@ -32,21 +32,7 @@ pub fn in_ci() -> bool {
         .unwrap_or(false)
 }
 
-/// `url` with its database name replaced by `database`.
-pub fn with_database(url: &str, database: &str) -> String {
-    let (scheme, rest) = url.split_once("://").unwrap_or(("postgres", url));
-    let (rest, query) = match rest.split_once('?') {
-        Some((r, q)) => (r, Some(q)),
-        None => (rest, None),
-    };
-    let authority = rest.split('/').next().unwrap_or(rest);
-    let mut out = format!("{scheme}://{authority}/{database}");
-    if let Some(query) = query {
-        out.push('?');
-        out.push_str(query);
-    }
-    out
-}
+pub use crate::db::with_database;
 
 /// A database that exists for one test.
 pub struct TestDb {
@@ -188,23 +174,5 @@ impl TestDb {
                     .await;
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn replaces_the_database_in_a_url() {
-        assert_eq!(
-            with_database("postgres://postgres@127.0.0.1:5432/postgres", "x"),
-            "postgres://postgres@127.0.0.1:5432/x"
-        );
-        assert_eq!(
-            with_database("postgres://u:p@h/db?sslmode=disable", "y"),
-            "postgres://u:p@h/y?sslmode=disable"
-        );
-        assert_eq!(with_database("postgres://h", "z"), "postgres://h/z");
     }
 }

@@ -19,10 +19,11 @@ use std::collections::HashMap;
 use std::marker::PhantomData;
 use std::num::NonZeroUsize;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use aggregates::canonical::hash_canonical;
 use cqrs_es::persist::SerializedEvent;
+use engine::backoff::Backoff;
 use engine::journal::{GlobalCursor, StoredEvent};
 use engine::{AnyJournal, Journal, JournalError};
 use futures::future::BoxFuture;
@@ -138,13 +139,8 @@ impl RunnerError {
     }
 }
 
-/// Unix milliseconds now.
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
+/// Unix milliseconds now (re-exported for the runtime's callers).
+pub use engine::clock::now_ms;
 
 /// The spec of projection `P`.
 pub fn spec_of<P: Projection>() -> ProjectorSpec {
@@ -270,14 +266,14 @@ impl<P: Projection> Runner<P> {
     /// Runs until `shutdown`: follows, leads, follows again after losing the lease.
     pub async fn run(mut self, shutdown: CancellationToken) {
         let name = self.spec.name;
-        let mut backoff = Duration::from_millis(200);
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
         loop {
             if shutdown.is_cancelled() {
                 return;
             }
             match self.acquire().await {
                 Ok(Some(checkpoint)) => {
-                    backoff = Duration::from_millis(200);
+                    backoff.reset();
                     tracing::info!(projector = name, cursor = %checkpoint.cursor, "projector lease acquired");
                     metrics::gauge!("runtime_projector_leader", "projector" => name).set(1.0);
                     let term = self.lead(checkpoint, &shutdown, false).await;
@@ -296,11 +292,9 @@ impl<P: Projection> Runner<P> {
                 Ok(None) => {}
                 Err(error) => {
                     tracing::warn!(projector = name, error.message = %error, "projector cannot reach its store");
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return,
-                        _ = tokio::time::sleep(backoff) => {}
+                    if !backoff.sleep(&shutdown).await {
+                        return;
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
                     continue;
                 }
             }
@@ -468,7 +462,7 @@ impl<P: Projection> Runner<P> {
         let mut next_prune = Instant::now() + Duration::from_secs(1);
         let mut next_metrics = Instant::now();
         let mut caught_up_at = Instant::now();
-        let mut error_backoff = Duration::from_millis(100);
+        let mut error_backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
         let mut horizon = HorizonRetry::default();
         loop {
             if shutdown.is_cancelled() {
@@ -621,13 +615,13 @@ impl<P: Projection> Runner<P> {
             }
             let wait = match step {
                 Ok(Next::Busy) => {
-                    error_backoff = Duration::from_millis(100);
+                    error_backoff.reset();
                     horizon.reset();
                     tokio::task::yield_now().await;
                     continue;
                 }
                 Ok(Next::Idle { empty }) => {
-                    error_backoff = Duration::from_millis(100);
+                    error_backoff.reset();
                     if empty {
                         // Woken but nothing visible yet (an older transaction still holds the
                         // journal's read horizon): look again soon, backing off to the poll.
@@ -655,8 +649,7 @@ impl<P: Projection> Runner<P> {
                         Ok(None) => return Term::Lost,
                         Err(_) => {}
                     }
-                    error_backoff = (error_backoff * 2).min(Duration::from_secs(10));
-                    error_backoff
+                    error_backoff.next_delay()
                 }
             };
             let deadline = wait.min(next_renew.saturating_duration_since(Instant::now()));

@@ -92,6 +92,7 @@ pub fn compose(app: App, internal: Router, public: Router) -> Router {
         .merge(public)
         .fallback(error::not_found_route)
         .method_not_allowed_fallback(error::method_not_allowed)
+        .layer(middleware::from_fn(require_utf8_path))
         .layer(DefaultBodyLimit::max(app.config().http.body_limit_bytes))
         .layer(middleware::from_fn(observe))
         .layer(
@@ -101,6 +102,49 @@ pub fn compose(app: App, internal: Router, public: Router) -> Router {
                 .layer(PropagateRequestIdLayer::new(request_id))
                 .layer(CatchPanicLayer::custom(panic_response)),
         )
+}
+
+/// A path that percent-decodes to invalid UTF-8 (`/internal/v1/runs/%FF/snapshot`) is `400
+/// invalid_request` with `details.reason: "invalid_path"`, before any route's extractors run:
+/// axum's `Path` and `RawPathParams` rejections (in the signature middleware and in every
+/// component's handlers) would otherwise answer in plain text, and no route can serve such a
+/// path anyway.
+async fn require_utf8_path(request: Request, next: Next) -> Response {
+    if percent_decodes_to_utf8(request.uri().path()) {
+        next.run(request).await
+    } else {
+        error::ApiError::invalid("the request path is not valid UTF-8 once percent-decoded")
+            .with_details(serde_json::json!({ "reason": "invalid_path" }))
+            .into_response()
+    }
+}
+
+/// Percent-decodes `path` the way axum decodes path parameters (a `%` not followed by two hex
+/// digits stays as it is) and says whether the bytes are UTF-8.
+fn percent_decodes_to_utf8(path: &str) -> bool {
+    if !path.contains('%') {
+        return true;
+    }
+    let bytes = path.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let hex = |b: Option<&u8>| {
+        b.and_then(|b| char::from(*b).to_digit(16))
+            .and_then(|d| u8::try_from(d).ok())
+    };
+    let mut i = 0;
+    while i < bytes.len() {
+        match (bytes[i], hex(bytes.get(i + 1)), hex(bytes.get(i + 2))) {
+            (b'%', Some(hi), Some(lo)) => {
+                decoded.push(hi * 16 + lo);
+                i += 3;
+            }
+            (byte, _, _) => {
+                decoded.push(byte);
+                i += 1;
+            }
+        }
+    }
+    std::str::from_utf8(&decoded).is_ok()
 }
 
 /// Records `http_requests_total` and `http_request_duration_seconds` by route and status.
@@ -148,4 +192,25 @@ fn panic_response(_panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
         "internal error",
     )
     .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percent_decodes_to_utf8;
+
+    #[test]
+    fn paths_are_checked_for_utf8_after_percent_decoding() {
+        for ok in [
+            "/internal/v1/runs/run_1/snapshot",
+            "/internal/v1/runs/r%C3%A9/snapshot",
+            "/a%2",
+            "/a%zz",
+            "/100%",
+        ] {
+            assert!(percent_decodes_to_utf8(ok), "{ok}");
+        }
+        for bad in ["/internal/v1/runs/%FF", "/r/%C3%28/cancel", "/%c3"] {
+            assert!(!percent_decodes_to_utf8(bad), "{bad}");
+        }
+    }
 }

@@ -158,7 +158,7 @@ pub struct FrameResponse {
     pub frame_id_alias: String,
     /// Always `accepted`.
     pub status: String,
-    /// The seq the frame got (absent on a duplicate without `Idempotency-Key`).
+    /// The seq the frame got (on a re-sent frame, the seq the original got).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub seq: Option<u64>,
     pub idempotent_replay: bool,
@@ -521,10 +521,13 @@ pub(crate) async fn append_frame(
         .execute::<Run>(run_id.as_str(), action, &caller.context(idem))
         .await?;
     let replay = outcome.kind == OutcomeKind::Unchanged;
+    // A re-sent frame answers with the seq the original got, like the first answer did.
     let seq = outcome
         .events
         .first()
-        .and_then(|e| run_seq_of(e.sequence as u64));
+        .map(|e| e.sequence as u64)
+        .or(outcome.recorded_sequence)
+        .and_then(run_seq_of);
     let body = FrameResponse {
         run_id: run_id.to_string(),
         run_id_alias: run_id.to_string(),

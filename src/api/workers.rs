@@ -172,7 +172,7 @@ pub struct WorkerRequestResult {
     pub ok: bool,
     #[schema(value_type = Object)]
     pub response: Value,
-    /// Seq of the `worker.request.received` event (absent on a duplicate).
+    /// Seq of the `worker.request.received` event (on a re-sent request, the original's).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub seq: Option<u64>,
     pub idempotent_replay: bool,
@@ -190,7 +190,8 @@ pub struct StopRequest {
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HeartbeatRequest {
-    /// Lease length to extend to, in milliseconds (default from configuration).
+    /// Lease length to extend to, in milliseconds (default: the lease the worker registered
+    /// or last reattached with).
     pub lease_ttl_ms: Option<u64>,
 }
 
@@ -460,7 +461,12 @@ pub(crate) async fn request(
             request_id: request_id.to_string(),
             ok: true,
             response: json!({ "status": "accepted", "method": method }),
-            seq: outcome.events.first().map(|e| e.sequence as u64),
+            // A re-sent request answers with the seq the original got.
+            seq: outcome
+                .events
+                .first()
+                .map(|e| e.sequence as u64)
+                .or(outcome.recorded_sequence),
             idempotent_replay: replay,
             idempotent_replay_alias: replay,
         },
@@ -509,10 +515,10 @@ pub(crate) async fn heartbeat(
 ) -> Result<Response, ApiError> {
     authorize(&app, &caller, &worker_id).await?;
     let idem = idempotency(&caller, key, "POST", &path(&worker_id, "heartbeat"), &raw);
+    // Without `lease_ttl_ms` the worker keeps the lease it registered with (not the server
+    // default, which would stretch or shrink a lease the worker chose).
     let action = WorkerCommand::Heartbeat {
-        lease_ttl_ms: body
-            .lease_ttl_ms
-            .unwrap_or(app.config().workers.default_lease_ttl_ms),
+        lease_ttl_ms: body.lease_ttl_ms,
     };
     let outcome = app
         .engine()

@@ -9,19 +9,7 @@ use std::future::Future;
 use anyhow::Context;
 use sqlx::{Connection, Executor, PgConnection};
 
-/// `url` (a PostgreSQL server URL) with its database name replaced by `database`.
-pub fn with_database(url: &str, database: &str) -> String {
-    let (scheme, rest) = url.split_once("://").unwrap_or(("postgres", url));
-    let (rest, query) = match rest.split_once('?') {
-        Some((r, q)) => (r, Some(q)),
-        None => (rest, None),
-    };
-    let authority = rest.split('/').next().unwrap_or(rest);
-    match query {
-        Some(q) => format!("{scheme}://{authority}/{database}?{q}"),
-        None => format!("{scheme}://{authority}/{database}"),
-    }
-}
+pub use engine::db::with_database;
 
 /// Creates a scratch database `oa_bench_<time>_<random>` on the server at `server_url`, runs
 /// `body` with its name, and drops it afterwards (unless `keep`, then says so).

@@ -119,7 +119,9 @@ pub enum Action {
         lease_ttl_ms: u64,
     },
     Heartbeat {
-        lease_ttl_ms: u64,
+        /// Absent: the lease the worker registered with.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        lease_ttl_ms: Option<u64>,
     },
     RecordRequest {
         request_id: String,

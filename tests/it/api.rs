@@ -15,6 +15,8 @@ on_both_backends!(
     ownership_and_token_claims_are_enforced,
     client_mistakes_get_the_error_envelope_and_write_nothing,
     idempotency_keys_replay_the_original_response,
+    a_resent_frame_or_request_answers_with_the_seq_it_got,
+    a_path_segment_that_is_not_utf8_gets_the_error_envelope,
     run_streams_follow_the_cursor_rules,
     a_long_run_streams_across_pages_without_gap_or_early_done,
     a_stream_without_cursor_waits_for_new_events,
@@ -600,6 +602,72 @@ async fn idempotency_keys_replay_the_original_response(db: &TestDb) {
     // Exactly one run was created by the two create-1 requests of user 1.
     let listed = app.get("/internal/v1/runs?thread_id=thread_1").send().await;
     assert_eq!(listed.json["data"].as_array().unwrap().len(), 1);
+}
+
+/// Issue #15: a re-sent frame or worker request (a client retrying after a timeout) was answered
+/// without the `seq` the original got, so the client could not learn where it landed.
+async fn a_resent_frame_or_request_answers_with_the_seq_it_got(db: &TestDb) {
+    let app = spawn_app(db).await;
+    app.running_run("run_resend").await;
+    assert_eq!(app.text_delta("run_resend", "f0", "a").await.status, 202);
+    let first = app.text_delta("run_resend", "f1", "b").await;
+    assert_eq!(first.status, 202, "{}", first.text);
+    assert_eq!(first.json["seq"], 3);
+    assert_eq!(app.text_delta("run_resend", "f2", "c").await.json["seq"], 4);
+    let resent = app.text_delta("run_resend", "f1", "b").await;
+    assert_eq!(resent.status, 200, "{}", resent.text);
+    let mut expected = first.json.clone();
+    expected["idempotent_replay"] = json!(true);
+    expected["idempotentReplay"] = json!(true);
+    assert_eq!(resent.json, expected);
+
+    let worker = "w_resend";
+    app.create_worker(json!({"worker_id": worker})).await;
+    let request = app
+        .worker_request(worker, "req_1", "turn/start", json!({"prompt": "hi"}))
+        .await;
+    assert_eq!(request.status, 200, "{}", request.text);
+    assert_eq!(request.json["data"]["seq"], 2);
+    app.worker_request(worker, "req_2", "turn/start", json!({}))
+        .await;
+    let resent = app
+        .worker_request(worker, "req_1", "turn/start", json!({"prompt": "hi"}))
+        .await;
+    assert_eq!(resent.status, 200, "{}", resent.text);
+    let mut expected = request.json.clone();
+    expected["data"]["idempotent_replay"] = json!(true);
+    expected["data"]["idempotentReplay"] = json!(true);
+    assert_eq!(resent.json, expected);
+}
+
+/// Issue #15: a path segment that percent-decodes to invalid UTF-8 was answered in plain text
+/// by axum's `Path` rejection instead of the JSON error envelope.
+async fn a_path_segment_that_is_not_utf8_gets_the_error_envelope(db: &TestDb) {
+    let app = spawn_app(db).await;
+    for (method, path) in [
+        ("GET", "/internal/v1/runs/%FF"),
+        ("GET", "/internal/v1/runs/%FF/snapshot?thread_id=t"),
+        ("GET", "/internal/v1/runs/%FF/stream?thread_id=t"),
+        ("POST", "/internal/v1/runs/%FF/frames"),
+        ("POST", "/internal/v1/runs/%C3%28/cancel"),
+        ("GET", "/internal/v1/runs/%FF/receipt"),
+        ("GET", "/internal/v1/runs/%FF/replay"),
+        ("GET", "/internal/v1/runs/%FF/audit-bundle"),
+        ("GET", "/internal/v1/audit/checkpoints/%FF"),
+        ("GET", "/internal/v1/codex/workers/%FF/snapshot"),
+        ("POST", "/internal/v1/codex/workers/%FF/heartbeat"),
+        ("GET", "/console/assets/%FF"),
+        ("GET", "/%FF"),
+    ] {
+        let request = if method == "GET" {
+            app.get(path)
+        } else {
+            app.post(path, json!({}))
+        };
+        let response = request.send().await;
+        response.assert_error(400, "invalid_request");
+        assert_eq!(response.reason(), "invalid_path", "{method} {path}");
+    }
 }
 
 async fn run_streams_follow_the_cursor_rules(db: &TestDb) {

@@ -229,7 +229,7 @@ async fn random_command(engine: &Engine, rng: &mut StdRng, tag: &str, i: usize) 
                 lease_ttl_ms: 60_000,
             },
             2 => WorkerCommand::Heartbeat {
-                lease_ttl_ms: 60_000,
+                lease_ttl_ms: Some(60_000),
             },
             3 | 4 => WorkerCommand::ReportEvent {
                 event_type: "worker.turn".into(),

@@ -18,6 +18,7 @@ use crate::support::{on_both_backends, read_all_settled, ts};
 
 on_both_backends!(
     a_worker_whose_lease_runs_out_is_marked_lost_by_the_running_sweeper,
+    a_heartbeat_without_a_lease_keeps_the_registered_lease,
     two_sweepers_on_one_journal_mark_a_worker_lost_once,
 );
 
@@ -62,6 +63,45 @@ async fn a_worker_whose_lease_runs_out_is_marked_lost_by_the_running_sweeper(db:
     // A lost worker can be reattached.
     let back = app.create_worker(json!({"worker_id": "w_short"})).await;
     assert_eq!(back.status, 202);
+}
+
+/// Issue #15: a heartbeat without `lease_ttl_ms` renewed to the server default (60 s), so a
+/// worker registered with a 1.5 s lease that heartbeats with `{}` was not lost for a minute.
+async fn a_heartbeat_without_a_lease_keeps_the_registered_lease(db: &TestDb) {
+    let app = spawn_app_with(
+        db,
+        Options {
+            manual_clock: true,
+            ..Options::default()
+        },
+    )
+    .await;
+    let clock = app.clock.clone().unwrap();
+    app.create_worker(json!({"worker_id": "w_brief", "lease_ttl_ms": 1500}))
+        .await;
+    let started = app.worker_heartbeat("w_brief", json!({})).await;
+    assert_eq!(started.status, 202, "{}", started.json);
+    clock.advance_millis(1_000);
+    // More than half of the 1.5 s lease is used: this one renews, again to 1.5 s.
+    let renewed = app.worker_heartbeat("w_brief", json!({})).await;
+    assert_eq!(renewed.status, 202, "{}", renewed.json);
+    let snapshot = app.worker_snapshot("w_brief").await;
+    let expires = ts(snapshot.json["data"]["lease_expires_at"].as_str().unwrap());
+    let heartbeat = ts(snapshot.json["data"]["last_heartbeat_at"].as_str().unwrap());
+    assert_eq!(expires.millis_since(heartbeat), 1_500, "{}", snapshot.json);
+    clock.advance_millis(5_000);
+    let mut status = String::new();
+    for _ in 0..1_200 {
+        status = app.worker_snapshot("w_brief").await.json["data"]["status"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        if status == "lost" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(status, "lost");
 }
 
 fn engine_on(db: &TestDb, clock: Arc<ManualClock>) -> Engine {
@@ -122,7 +162,7 @@ async fn two_sweepers_on_one_journal_mark_a_worker_lost_once(db: &TestDb) {
         .execute::<Worker>(
             "w3",
             WorkerCommand::Heartbeat {
-                lease_ttl_ms: 60_000,
+                lease_ttl_ms: Some(60_000),
             },
             &CommandContext::system("test"),
         )

@@ -92,12 +92,12 @@ pub struct Run {
     latest_seq: u64,
     updated_at: Timestamp,
     cancel_requested: bool,
-    /// frame_id -> payload hash of every stored frame, for idempotent re-sends.
-    frames: BTreeMap<FrameId, String>,
+    /// frame_id -> (payload hash, seq) of every stored frame, for idempotent re-sends.
+    frames: BTreeMap<FrameId, (String, u64)>,
 }
 
-/// Estimated bytes of one entry of a run's frame index (two `String`s and a map node).
-const FRAME_INDEX_ENTRY_BYTES: usize = 2 * 24 + 48 + 64 + 32;
+/// Estimated bytes of one entry of a run's frame index (two `String`s, a seq and a map node).
+const FRAME_INDEX_ENTRY_BYTES: usize = 2 * 24 + 8 + 48 + 64 + 32;
 
 /// A cheap view of a run for responses.
 #[derive(Clone, Debug, PartialEq)]
@@ -226,7 +226,7 @@ impl Run {
             } => {
                 validate_frame(&frame_type, &payload)?;
                 let payload_hash = frame_payload_hash(&frame_type, &payload);
-                if let Some(stored) = self.frames.get(&frame_id) {
+                if let Some((stored, _)) = self.frames.get(&frame_id) {
                     return if *stored == payload_hash {
                         Ok(None)
                     } else {
@@ -348,7 +348,8 @@ impl Aggregate for Run {
                 payload_hash,
                 ..
             } => {
-                self.frames.insert(frame_id, payload_hash);
+                self.frames
+                    .insert(frame_id, (payload_hash, self.latest_seq + 1));
             }
             RunEvent::CancelRequested { .. } => {
                 self.cancel_requested = true;
@@ -368,6 +369,17 @@ impl RuntimeAggregate for Run {
     /// grows with every frame: what makes a long run heavy in the cache.
     fn approx_bytes(&self) -> usize {
         std::mem::size_of::<Self>() + self.frames.len() * FRAME_INDEX_ENTRY_BYTES
+    }
+
+    /// A re-sent frame: the journal sequence of the stored one.
+    fn recorded_sequence(&self, action: &RunCommand) -> Option<u64> {
+        match action {
+            RunCommand::AppendFrame { frame_id, .. } => self
+                .frames
+                .get(frame_id)
+                .map(|(_, seq)| journal_sequence_of(*seq)),
+            _ => None,
+        }
     }
 
     fn summary(&self) -> RunSummary {

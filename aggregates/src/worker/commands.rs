@@ -21,7 +21,8 @@ pub enum WorkerCommand {
     },
     /// The worker is alive: starting → running, and the lease is extended. Renewals are only
     /// journaled once less than half the lease remains, so steady heartbeats cost little.
-    Heartbeat { lease_ttl_ms: u64 },
+    /// Without `lease_ttl_ms` the lease is the one the worker registered (or reattached) with.
+    Heartbeat { lease_ttl_ms: Option<u64> },
     /// A JSON-RPC-style request for the worker, idempotent by `request_id`.
     RecordRequest {
         request_id: RequestId,

@@ -107,16 +107,23 @@ pub struct Worker {
     status: Option<WorkerStatus>,
     latest_seq: u64,
     lease_expires_at: Timestamp,
+    /// The lease the worker registered (or last reattached) with: what a heartbeat without
+    /// `lease_ttl_ms` renews to. Folded from the registration
+    /// event (expiry minus registration time), so no event carries it; absent in states saved
+    /// before it existed, which fall back to [`DEFAULT_LEASE_TTL_MS`].
+    #[serde(default)]
+    lease_ttl_ms: Option<u64>,
     last_heartbeat_at: Option<Timestamp>,
     started_at: Option<Timestamp>,
     stopped_at: Option<Timestamp>,
     updated_at: Timestamp,
-    /// request_id -> request hash, for idempotent re-sends.
-    requests: BTreeMap<RequestId, String>,
+    /// request_id -> (request hash, seq of its `worker.request.received`), for idempotent
+    /// re-sends.
+    requests: BTreeMap<RequestId, (String, u64)>,
 }
 
 /// Estimated bytes of one request-index or metadata entry.
-const INDEX_ENTRY_BYTES: usize = 2 * 24 + 48 + 64 + 32;
+const INDEX_ENTRY_BYTES: usize = 2 * 24 + 8 + 48 + 64 + 32;
 
 /// A cheap view of a worker for responses.
 #[derive(Clone, Debug, PartialEq)]
@@ -171,13 +178,20 @@ impl Worker {
         self.status.ok_or(WorkerError::NotFound)
     }
 
-    /// A heartbeat: start a starting worker, renew a lease that is more than half used.
+    /// The lease the worker registered with.
+    fn registered_lease_ttl_ms(&self) -> u64 {
+        self.lease_ttl_ms.unwrap_or(DEFAULT_LEASE_TTL_MS)
+    }
+
+    /// A heartbeat: start a starting worker, renew a lease that is more than half used. Without
+    /// a `lease_ttl_ms` the lease is the one the worker registered with.
     fn heartbeat(
         &self,
         at: Timestamp,
         status: WorkerStatus,
-        lease_ttl_ms: u64,
+        lease_ttl_ms: Option<u64>,
     ) -> Result<Option<WorkerEvent>, WorkerError> {
+        let lease_ttl_ms = lease_ttl_ms.unwrap_or_else(|| self.registered_lease_ttl_ms());
         check_lease(lease_ttl_ms)?;
         let lease_expires_at = at.plus_millis(lease_ttl_ms);
         match status {
@@ -255,7 +269,7 @@ impl Worker {
                     )));
                 }
                 let hash = request_hash(&method, &params);
-                if let Some(stored) = self.requests.get(&request_id) {
+                if let Some((stored, _)) = self.requests.get(&request_id) {
                     return if *stored == hash {
                         Ok(None)
                     } else {
@@ -331,10 +345,7 @@ impl Worker {
                 "{event_type} is recorded by the runtime and cannot be reported"
             ))),
             "worker.heartbeat" => {
-                let ttl = payload
-                    .get("lease_ttl_ms")
-                    .and_then(Value::as_u64)
-                    .unwrap_or(crate::worker::DEFAULT_LEASE_TTL_MS);
+                let ttl = payload.get("lease_ttl_ms").and_then(Value::as_u64);
                 self.heartbeat(at, status, ttl)
             }
             "worker.started" | "worker.running" => match status {
@@ -411,8 +422,9 @@ impl Aggregate for Worker {
                 codex_home_ref,
                 metadata,
                 lease_expires_at,
-                ..
+                registered_at,
             } => {
+                self.lease_ttl_ms = Some(lease_expires_at.millis_since(registered_at));
                 self.identity = Some(Identity {
                     worker_id,
                     owner,
@@ -426,8 +438,11 @@ impl Aggregate for Worker {
                 self.started_at = Some(at);
             }
             WorkerEvent::WorkerReattached {
-                lease_expires_at, ..
+                lease_expires_at,
+                reattached_at,
+                ..
             } => {
+                self.lease_ttl_ms = Some(lease_expires_at.millis_since(reattached_at));
                 self.lease_expires_at = lease_expires_at;
                 self.started_at = Some(at);
                 self.stopped_at = None;
@@ -446,7 +461,8 @@ impl Aggregate for Worker {
                 request_hash,
                 ..
             } => {
-                self.requests.insert(request_id, request_hash);
+                self.requests
+                    .insert(request_id, (request_hash, self.latest_seq));
             }
             WorkerEvent::EventReported { .. } | WorkerEvent::WorkerStopping { .. } => {}
             WorkerEvent::WorkerStopped { .. }
@@ -465,6 +481,16 @@ impl RuntimeAggregate for Worker {
     fn approx_bytes(&self) -> usize {
         let metadata = self.identity.as_ref().map_or(0, |i| i.metadata.len());
         std::mem::size_of::<Self>() + (self.requests.len() + metadata) * INDEX_ENTRY_BYTES
+    }
+
+    /// A re-sent request: the seq (= journal sequence) of its `worker.request.received`.
+    fn recorded_sequence(&self, action: &WorkerCommand) -> Option<u64> {
+        match action {
+            WorkerCommand::RecordRequest { request_id, .. } => {
+                self.requests.get(request_id).map(|(_, seq)| *seq)
+            }
+            _ => None,
+        }
     }
 
     fn summary(&self) -> WorkerSummary {

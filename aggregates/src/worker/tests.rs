@@ -141,7 +141,7 @@ fn a_lease_outside_the_allowed_range_is_rejected() {
 fn commands_on_a_missing_worker_are_not_found() {
     for command in [
         WorkerCommand::Heartbeat {
-            lease_ttl_ms: 60_000,
+            lease_ttl_ms: Some(60_000),
         },
         request("r1", "turn/start"),
         report("worker.event", json!({})),
@@ -164,7 +164,7 @@ fn the_first_heartbeat_makes_a_starting_worker_running() {
         .when(cmd(
             10,
             WorkerCommand::Heartbeat {
-                lease_ttl_ms: 60_000,
+                lease_ttl_ms: Some(60_000),
             },
         ))
         .then_expect_events(vec![started()]);
@@ -178,7 +178,7 @@ fn a_heartbeat_early_in_the_lease_is_not_journaled() {
         .when(cmd(
             20,
             WorkerCommand::Heartbeat {
-                lease_ttl_ms: 60_000,
+                lease_ttl_ms: Some(60_000),
             },
         ))
         .then_expect_events(vec![]);
@@ -191,12 +191,71 @@ fn a_heartbeat_late_in_the_lease_renews_it() {
         .when(cmd(
             45,
             WorkerCommand::Heartbeat {
-                lease_ttl_ms: 60_000,
+                lease_ttl_ms: Some(60_000),
             },
         ))
         .then_expect_events(vec![WorkerEvent::LeaseRenewed {
             lease_expires_at: at(105),
             renewed_at: at(45),
+        }]);
+}
+
+/// A worker registered with a 2 s lease.
+fn brief_lease_events() -> Vec<WorkerEvent> {
+    let WorkerEvent::WorkerRegistered {
+        worker_id,
+        owner,
+        org_id,
+        adapter,
+        workspace_ref,
+        codex_home_ref,
+        metadata,
+        ..
+    } = registered()
+    else {
+        unreachable!()
+    };
+    vec![WorkerEvent::WorkerRegistered {
+        worker_id,
+        owner,
+        org_id,
+        adapter,
+        workspace_ref,
+        codex_home_ref,
+        metadata,
+        lease_expires_at: at(2),
+        registered_at: at(0),
+    }]
+}
+
+#[test]
+fn a_heartbeat_without_a_lease_renews_to_the_registered_lease() {
+    Fixture::with(())
+        .given(brief_lease_events())
+        .when(cmd(1, WorkerCommand::Heartbeat { lease_ttl_ms: None }))
+        .then_expect_events(vec![WorkerEvent::WorkerStarted {
+            reason: "heartbeat".into(),
+            lease_expires_at: at(3),
+            started_at: at(1),
+        }]);
+    // A reattach sets the lease anew.
+    let mut events = brief_lease_events();
+    events.push(WorkerEvent::WorkerLost {
+        lease_expired_at: at(2),
+        detected_at: at(4),
+    });
+    events.push(WorkerEvent::WorkerReattached {
+        previous_status: WorkerStatus::Lost,
+        lease_expires_at: at(15),
+        reattached_at: at(10),
+    });
+    Fixture::with(())
+        .given(events)
+        .when(cmd(11, report("worker.heartbeat", json!({}))))
+        .then_expect_events(vec![WorkerEvent::WorkerStarted {
+            reason: "heartbeat".into(),
+            lease_expires_at: at(16),
+            started_at: at(11),
         }]);
 }
 
@@ -207,7 +266,7 @@ fn a_heartbeat_from_a_stopped_or_lost_worker_is_rejected() {
         .when(cmd(
             45,
             WorkerCommand::Heartbeat {
-                lease_ttl_ms: 60_000,
+                lease_ttl_ms: Some(60_000),
             },
         ))
         .then_expect_error(WorkerError::NotActive {

@@ -7,7 +7,7 @@
 
 use aggregates::canonical::hash_canonical;
 use aggregates::ids::{FrameId, Owner, RunId, ThreadId, UserId};
-use aggregates::run::{Outcome as RunOutcome, Run, RunCommand, RunStatus};
+use aggregates::run::{Outcome as RunOutcome, Run, RunCommand, RunEvent, RunStatus};
 use aggregates::Timestamp;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
@@ -125,6 +125,40 @@ fn str_field(payload: &Map<String, Value>, key: &str) -> Option<String> {
     payload.get(key).and_then(Value::as_str).map(str::to_owned)
 }
 
+/// Which command re-emits a stream event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Emitter {
+    StartRun,
+    RequestCancel,
+    FinishRun,
+    AppendFrame,
+}
+
+/// The command that emitted `event`; `None` for `run.created`, the run's birth record, which is
+/// not part of its stream. Exhaustive over [`RunEvent`]: a new run event does not compile until
+/// replay says which command re-emits it (and [`emitter_for`] which stream type names it),
+/// instead of silently re-executing it as a frame of that type.
+fn emitter_of(event: &RunEvent) -> Option<Emitter> {
+    match event {
+        RunEvent::RunCreated { .. } => None,
+        RunEvent::RunStarted { .. } => Some(Emitter::StartRun),
+        RunEvent::FrameAppended { .. } => Some(Emitter::AppendFrame),
+        RunEvent::CancelRequested { .. } => Some(Emitter::RequestCancel),
+        RunEvent::RunFinished { .. } => Some(Emitter::FinishRun),
+    }
+}
+
+/// The command that emits a stream event of `event_type` (see [`RunEvent::runtime_view`]): the
+/// run's own `run.*` types, every other type is a frame.
+fn emitter_for(event_type: &str) -> Emitter {
+    match event_type {
+        "run.started" => Emitter::StartRun,
+        "run.cancel_requested" => Emitter::RequestCancel,
+        "run.finished" => Emitter::FinishRun,
+        _ => Emitter::AppendFrame,
+    }
+}
+
 /// The command that emits a stream event.
 ///
 /// # Errors
@@ -136,15 +170,15 @@ pub fn stream_command(
     idempotency_key: Option<&str>,
 ) -> Result<RunCommand, HistoryError> {
     let invalid = |m: String| HistoryError::Invalid(format!("seq {seq} ({event_type}): {m}"));
-    Ok(match event_type {
-        "run.started" => RunCommand::StartRun {
+    Ok(match emitter_for(event_type) {
+        Emitter::StartRun => RunCommand::StartRun {
             source: str_field(payload, "source").unwrap_or_else(|| "runtime".into()),
         },
-        "run.cancel_requested" => RunCommand::RequestCancel {
+        Emitter::RequestCancel => RunCommand::RequestCancel {
             reason: str_field(payload, "reason").unwrap_or_default(),
             requested_by: "replay".into(),
         },
-        "run.finished" => RunCommand::FinishRun {
+        Emitter::FinishRun => RunCommand::FinishRun {
             outcome: match payload.get("status").and_then(Value::as_str) {
                 Some("succeeded") => RunOutcome::Succeeded,
                 Some("failed") => RunOutcome::Failed,
@@ -155,14 +189,14 @@ pub fn stream_command(
             reason: str_field(payload, "reason"),
             error_code: str_field(payload, "error_code"),
         },
-        frame_type => RunCommand::AppendFrame {
+        Emitter::AppendFrame => RunCommand::AppendFrame {
             frame_id: FrameId::parse(
                 idempotency_key
                     .map(str::to_owned)
                     .unwrap_or_else(|| format!("replay-seq-{seq}")),
             )
             .map_err(|e| invalid(e.to_string()))?,
-            frame_type: frame_type.to_owned(),
+            frame_type: event_type.to_owned(),
             payload: payload.clone(),
             occurred_at: None,
             expected_seq: Some(seq),
@@ -245,10 +279,19 @@ pub async fn reexecute_stream(
                 event_type: step.event_type.to_owned(),
                 message: e.to_string(),
             })?;
-        if outcome.events.is_empty() {
+        let Some(emitted) = outcome.events.first() else {
             return Err(HistoryError::NoEvent {
                 seq: step.seq,
                 event_type: step.event_type.to_owned(),
+            });
+        };
+        let expected = emitter_for(step.event_type);
+        let actual = emitter_of(&emitted.payload);
+        if actual != Some(expected) {
+            return Err(HistoryError::Rejected {
+                seq: step.seq,
+                event_type: step.event_type.to_owned(),
+                message: format!("re-executed as {expected:?} but emitted {actual:?}"),
             });
         }
     }
@@ -300,4 +343,49 @@ pub async fn reexecute_history(
 /// the open status).
 pub fn status_name(status: RunStatus) -> &'static str {
     status.as_str()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_stream_event_is_re_executed_by_the_command_that_emitted_it() {
+        let at = Timestamp::from_unix_seconds(1_771_000_000).unwrap();
+        let events = [
+            RunEvent::RunStarted {
+                source: "runtime".into(),
+                started_at: at,
+            },
+            RunEvent::FrameAppended {
+                frame_id: FrameId::parse("f1").unwrap(),
+                frame_type: "text_delta".into(),
+                payload: Map::new(),
+                payload_hash: String::new(),
+                occurred_at: None,
+                appended_at: at,
+            },
+            RunEvent::CancelRequested {
+                reason: "stop".into(),
+                requested_by: "user".into(),
+                requested_at: at,
+            },
+            RunEvent::RunFinished {
+                status: RunStatus::Canceled,
+                reason_class: None,
+                reason: None,
+                error_code: None,
+                finished_at: at,
+            },
+        ];
+        for event in &events {
+            let view = event.runtime_view().expect("in the stream");
+            assert_eq!(
+                Some(emitter_for(&view.event_type)),
+                emitter_of(event),
+                "{}",
+                view.event_type
+            );
+        }
+    }
 }

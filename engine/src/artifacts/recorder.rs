@@ -228,7 +228,10 @@ pub async fn run_receipt_recorder(
     shutdown: tokio_util::sync::CancellationToken,
 ) -> anyhow::Result<()> {
     use crate::journal::Journal;
-    let mut backoff = std::time::Duration::from_millis(100);
+    let mut backoff = crate::backoff::Backoff::new(
+        std::time::Duration::from_millis(100),
+        std::time::Duration::from_secs(10),
+    );
     let mut appended = engine.notifier().appended();
     // Where the live follow starts, then the catch-up of everything before it.
     let mut cursor = loop {
@@ -243,15 +246,13 @@ pub async fn run_receipt_recorder(
             Ok(cursor) => break cursor,
             Err(e) => {
                 tracing::warn!(error.message = %e, "receipt recorder cannot start yet; retrying");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return Ok(()),
-                    _ = tokio::time::sleep(backoff) => {}
+                if !backoff.sleep(&shutdown).await {
+                    return Ok(());
                 }
-                backoff = (backoff * 2).min(std::time::Duration::from_secs(10));
             }
         }
     };
-    backoff = std::time::Duration::from_millis(100);
+    backoff.reset();
     loop {
         if shutdown.is_cancelled() {
             return Ok(());
@@ -260,15 +261,13 @@ pub async fn run_receipt_recorder(
             Ok(page) => page,
             Err(e) => {
                 tracing::warn!(error.message = %e, "receipt recorder cannot read the journal; retrying");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return Ok(()),
-                    _ = tokio::time::sleep(backoff) => {}
+                if !backoff.sleep(&shutdown).await {
+                    return Ok(());
                 }
-                backoff = (backoff * 2).min(std::time::Duration::from_secs(10));
                 continue;
             }
         };
-        backoff = std::time::Duration::from_millis(100);
+        backoff.reset();
         let full = page.len() == 500;
         for stored in &page {
             if stored.event.aggregate_type == "run" && stored.event.event_type == "run.finished" {

@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use super::checkpoint::{AuditKey, Checkpoint};
 use super::leaf::{disclose, event_leaf, RedactionKey};
 use super::merkle::{self, Hash, NodeId, Span};
+use crate::clock::now_ms;
 use crate::db::Database;
 use crate::journal::{AnyJournal, GlobalCursor, Journal, JournalError, StoredEvent};
 
@@ -93,10 +94,6 @@ macro_rules! on_pool {
 
 fn to_u64(value: i64, what: &str) -> Result<u64, StoreError> {
     u64::try_from(value).map_err(|_| StoreError::Corrupt(format!("negative {what}: {value}")))
-}
-
-fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
 }
 
 /// Computes leaves of stored events: redaction and the chain hash of rows that have none
@@ -907,7 +904,8 @@ pub async fn run_tree_maintainer(
     mut appended: tokio::sync::watch::Receiver<u64>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff =
+        crate::backoff::Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     loop {
         if shutdown.is_cancelled() {
             return Ok(());
@@ -925,7 +923,7 @@ pub async fn run_tree_maintainer(
         };
         match step.await {
             Ok(added) => {
-                backoff = Duration::from_millis(100);
+                backoff.reset();
                 metrics::counter!("audit_tree_leaves_added_total").increment(added);
                 if added as usize >= config.batch {
                     continue;
@@ -933,11 +931,9 @@ pub async fn run_tree_maintainer(
             }
             Err(e) => {
                 tracing::warn!(error.message = %e, error.cause_chain = ?e, "audit tree: extend failed; retrying");
-                tokio::select! {
-                    () = shutdown.cancelled() => return Ok(()),
-                    () = tokio::time::sleep(backoff) => {}
+                if !backoff.sleep(&shutdown).await {
+                    return Ok(());
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
                 continue;
             }
         }

@@ -34,6 +34,8 @@ use aggregates::payment::{
     SpendLedgerEvent,
 };
 use aggregates::Timestamp;
+use engine::backoff::Backoff;
+use engine::clock::now_ms;
 use engine::{CommandContext, CommandError, Engine, IdempotencyRequest, Journal, OutcomeKind};
 use serde::Serialize;
 use tokio::sync::watch;
@@ -237,10 +239,6 @@ pub struct PaymentExecutor {
     node_network: Mutex<Option<Network>>,
 }
 
-fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
-}
-
 /// The original executor's request fingerprint: wallet | host | invoice hash | max amount.
 pub fn request_fingerprint(
     wallet: &str,
@@ -396,7 +394,7 @@ impl PaymentExecutor {
     /// # Cancel safety
     /// Cancel-safe: it only reads and spawns drivers.
     pub async fn run_startup_reconcile(self: &Arc<Self>) {
-        let mut delay = Duration::from_millis(200);
+        let mut delay = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
         let mut pending: Option<std::collections::BTreeSet<String>> = None;
         loop {
             if self.shutdown.is_cancelled() {
@@ -455,13 +453,9 @@ impl PaymentExecutor {
         }
     }
 
-    /// Sleeps `delay` (or until shutdown) and doubles it up to 5 s.
-    async fn pause(&self, delay: &mut Duration) {
-        tokio::select! {
-            _ = self.shutdown.cancelled() => {}
-            _ = tokio::time::sleep(*delay) => {}
-        }
-        *delay = (*delay * 2).min(Duration::from_secs(5));
+    /// Sleeps the backoff's next delay (or until shutdown).
+    async fn pause(&self, delay: &mut Backoff) {
+        delay.sleep(&self.shutdown).await;
     }
 
     /// Ready when the start-up reconcile is done (and, see [`Self::update_ready`], the wallet's
@@ -1105,7 +1099,7 @@ impl PaymentExecutor {
         payment_hash: &str,
         state: &watch::Sender<DriverState>,
     ) -> anyhow::Result<()> {
-        let mut delay = Duration::from_millis(100);
+        let mut delay = Backoff::new(Duration::from_millis(100), TRACK_RETRY_MAX);
         loop {
             // Never start sending (or following) once shutdown began or the wallet's lease is
             // not ours: LND keeps what it has, and the lease holder reconciles it.
@@ -1186,11 +1180,9 @@ impl PaymentExecutor {
                     let _ = self.node_trouble(&error);
                 }
             }
-            tokio::select! {
-                _ = self.shutdown.cancelled() => return Ok(()),
-                _ = tokio::time::sleep(delay) => {}
+            if !delay.sleep(&self.shutdown).await {
+                return Ok(());
             }
-            delay = (delay * 2).min(TRACK_RETRY_MAX);
         }
     }
 

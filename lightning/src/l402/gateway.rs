@@ -21,6 +21,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
+use engine::clock::now_ms;
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -240,10 +241,6 @@ pub struct L402Gateway {
     http: reqwest::Client,
 }
 
-fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
-}
-
 impl L402Gateway {
     /// Creates the gateway, loading persisted deployments if a state file exists.
     ///
@@ -287,9 +284,10 @@ impl L402Gateway {
 
     fn persist(&self, state: &PersistedState) -> anyhow::Result<()> {
         if let Some(path) = &self.config.state_file {
-            let tmp = path.with_extension("tmp");
-            std::fs::write(&tmp, serde_json::to_vec_pretty(state)?)?;
-            std::fs::rename(&tmp, path)?;
+            // Durably: a crash right after a deploy must not come back with the old active
+            // config, or with a torn or empty state file.
+            engine::fs::replace_file(path, &serde_json::to_vec_pretty(state)?)
+                .map_err(|e| anyhow::anyhow!("write gateway state {}: {e}", path.display()))?;
         }
         Ok(())
     }

@@ -10,6 +10,7 @@ use std::fmt;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use engine::clock::now_ms;
 use engine::Database;
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
@@ -97,10 +98,6 @@ impl fmt::Debug for Revocations {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Revocations").finish_non_exhaustive()
     }
-}
-
-fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
 }
 
 impl Revocations {

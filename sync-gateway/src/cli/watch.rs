@@ -472,20 +472,22 @@ pub async fn watch(
         cursor: args.from.or(stored),
         updates: 0,
     };
-    let mut backoff = Duration::from_millis(250);
+    let mut backoff = engine::backoff::Backoff::new(Duration::from_millis(250), args.max_backoff);
     loop {
         let round = watcher.round(&shutdown).await?;
         let wait = match round {
             Round::Done => return Ok(()),
             Round::Rehydrate => {
                 watcher.cursor = None;
-                backoff = Duration::from_millis(250);
+                backoff.reset();
                 continue;
             }
             Round::Retry(error, hint) => {
-                let jitter = Duration::from_millis(rand::random::<u64>() % 250);
-                let wait = hint.unwrap_or(backoff) + jitter;
-                backoff = (backoff * 2).min(args.max_backoff);
+                let delay = backoff.next_delay();
+                // The server's hint is the same for every client: spread those retries too.
+                let wait = hint.map_or(delay, |hint| {
+                    hint + Duration::from_millis(rand::random::<u64>() % 250)
+                });
                 watcher
                     .emit(WatchEvent::Reconnecting {
                         error,
