@@ -7,6 +7,7 @@ use utoipa::{Modify, OpenApi};
 
 use crate::api::{error, health, runs, workers};
 use crate::audit::http as artifacts;
+use crate::audit::log_http as audit_log;
 
 struct Security;
 
@@ -39,6 +40,8 @@ impl Modify for Security {
         workers::create, workers::list, workers::snapshot, workers::request, workers::stop,
         workers::heartbeat, workers::report_event, workers::stream,
         artifacts::receipt, artifacts::replay, artifacts::audit_bundle,
+        audit_log::key, audit_log::latest, audit_log::at_size, audit_log::inclusion,
+        audit_log::consistency,
     ),
     components(schemas(error::ErrorEnvelope, error::ErrorBody, error::ErrorCode)),
     modifiers(&Security),
@@ -48,6 +51,7 @@ impl Modify for Security {
         (name = "runs", description = "Runs: frames, cancellation, lifecycle, streams"),
         (name = "workers", description = "Codex workers: registration, requests, leases, streams"),
         (name = "artifacts", description = "A run's receipt, REPLAY.jsonl and audit bundle (owner only)"),
+        (name = "audit", description = "The audit log: signed checkpoints of the Merkle tree over the journal, inclusion and consistency proofs"),
     )
 )]
 pub struct ApiDoc;

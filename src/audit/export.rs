@@ -5,13 +5,13 @@
 //! of rows, one chain head (~150 bytes) per aggregate, and the artifacts of the runs open at the
 //! same time (their REPLAY.jsonl text so far).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::io::Write as _;
 use std::sync::Arc;
 
 use aggregates::canonical::{hash_canonical, sha256_hex, write_json_string, PrefixedSha256};
 use aggregates::chain::{self, EventContent};
-use aggregates::run::Run;
+use aggregates::run::{Run, RunEvent, RUN_EVENT_VERSION};
 use aggregates::Timestamp;
 use anyhow::{anyhow, bail, Context};
 use cqrs_es::persist::SerializedEvent;
@@ -198,6 +198,56 @@ struct Head {
     chain_hash: String,
 }
 
+/// The heads of the aggregates seen so far, by type then id (looked up without building a key
+/// per event).
+#[derive(Default)]
+struct Heads {
+    by_type: HashMap<String, HashMap<String, Head>>,
+    len: u64,
+}
+
+impl Heads {
+    fn get(&self, aggregate_type: &str, aggregate_id: &str) -> Option<&Head> {
+        self.by_type.get(aggregate_type)?.get(aggregate_id)
+    }
+
+    /// `row` is the aggregate's latest event, with `chain_hash`.
+    fn advance(&mut self, row: &AuditRow, chain_hash: String) {
+        if let Some(head) = self
+            .by_type
+            .get_mut(&row.aggregate_type)
+            .and_then(|ids| ids.get_mut(&row.aggregate_id))
+        {
+            head.last_sequence = row.sequence;
+            head.chain_hash = chain_hash;
+            return;
+        }
+        self.by_type
+            .entry(row.aggregate_type.clone())
+            .or_default()
+            .insert(
+                row.aggregate_id.clone(),
+                Head {
+                    first_sequence: row.sequence,
+                    last_sequence: row.sequence,
+                    chain_hash,
+                },
+            );
+        self.len += 1;
+    }
+
+    /// Every head, sorted by type then id.
+    fn sorted(&self) -> Vec<(&String, &String, &Head)> {
+        let mut all: Vec<_> = self
+            .by_type
+            .iter()
+            .flat_map(|(t, ids)| ids.iter().map(move |(id, head)| (t, id, head)))
+            .collect();
+        all.sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        all
+    }
+}
+
 /// Writes a bundle of `options.scope` from `database` to `out`.
 ///
 /// # Errors
@@ -283,7 +333,7 @@ pub async fn export<W: AsyncWrite + Unpin>(
         Scope::TimeRange { since, until } => Some((*since, *until)),
         _ => None,
     };
-    let mut heads: BTreeMap<(String, String), Head> = BTreeMap::new();
+    let mut heads = Heads::default();
     let mut open_runs: HashMap<String, OpenRun> = HashMap::new();
     let mut first_position: Option<(i64, i64)> = None;
     let mut last_position: Option<(i64, i64)> = None;
@@ -345,8 +395,7 @@ pub async fn export<W: AsyncWrite + Unpin>(
             }
             let stored_content = take_str(&mut metadata, chain::CONTENT_HASH_KEY);
             let stored_chain = take_str(&mut metadata, chain::CHAIN_HASH_KEY);
-            let key = (row.aggregate_type.clone(), row.aggregate_id.clone());
-            let prev = match heads.get(&key) {
+            let prev = match heads.get(&row.aggregate_type, &row.aggregate_id) {
                 Some(head) => Some(head.chain_hash.clone()),
                 None if row.sequence <= 1 => None,
                 None => {
@@ -362,7 +411,7 @@ pub async fn export<W: AsyncWrite + Unpin>(
             // A run whose whole stream is in the bundle gets its receipt and replay, built while
             // its events stream past.
             let is_run = row.aggregate_type == "run";
-            if is_run && row.sequence == 1 && !heads.contains_key(&key) {
+            if is_run && row.sequence == 1 && heads.get("run", &row.aggregate_id).is_none() {
                 open_runs.insert(row.aggregate_id.clone(), OpenRun::default());
             }
             let builds_artifacts = is_run && open_runs.contains_key(&row.aggregate_id);
@@ -370,7 +419,9 @@ pub async fn export<W: AsyncWrite + Unpin>(
                 options.verify_stored || stored_content.is_none() || stored_chain.is_none();
             let multiline = row.payload.contains(['\n', '\r']);
             let secret = may_hold_secrets(&row.payload) || may_hold_secrets(&row.metadata);
-            let payload: Option<Value> = if hash_here || builds_artifacts || multiline || secret {
+            // The run's artifacts decode the stored text themselves (see `fold_run`): the value
+            // is only parsed when the event line or its hashes need it.
+            let payload: Option<Value> = if hash_here || multiline || secret {
                 Some(
                     serde_json::from_str(&row.payload)
                         .with_context(|| format!("payload of {}", name(&row)))?,
@@ -447,8 +498,8 @@ pub async fn export<W: AsyncWrite + Unpin>(
                 last_recorded = recorded_at;
             }
             if builds_artifacts {
-                let payload = payload.expect("parsed for the run's artifacts");
-                let finished = fold_run(&mut open_runs, &row, payload, &metadata);
+                let finished = run_event(&row, payload)?
+                    .and_then(|event| fold_run(&mut open_runs, &row, event, &metadata));
                 match finished {
                     Ok(false) => {}
                     Ok(true) => {
@@ -463,17 +514,7 @@ pub async fn export<W: AsyncWrite + Unpin>(
                     }
                 }
             }
-            heads
-                .entry(key)
-                .and_modify(|h| {
-                    h.last_sequence = row.sequence;
-                    h.chain_hash.clone_from(&chain_hash);
-                })
-                .or_insert(Head {
-                    first_sequence: row.sequence,
-                    last_sequence: row.sequence,
-                    chain_hash,
-                });
+            heads.advance(&row, chain_hash);
         }
     }
     bar.finish_and_clear();
@@ -486,7 +527,7 @@ pub async fn export<W: AsyncWrite + Unpin>(
             summary.runs += 1;
         }
     }
-    for ((aggregate_type, aggregate_id), head) in &heads {
+    for (aggregate_type, aggregate_id, head) in heads.sorted() {
         w.value_line(&json!({
             "type": "chain_head",
             "aggregate_type": aggregate_type,
@@ -497,7 +538,7 @@ pub async fn export<W: AsyncWrite + Unpin>(
         }))
         .await?;
     }
-    summary.aggregates = heads.len() as u64;
+    summary.aggregates = heads.len;
     w.flush().await?;
 
     let bundle_sha256 = w.finish_hash().await?;
@@ -577,17 +618,24 @@ fn name(row: &AuditRow) -> String {
     )
 }
 
-/// Folds one run event into its open run; `Ok(true)` when the run has reached a terminal state
-/// (its stream is complete: a terminal run accepts no further events).
-fn fold_run(
-    open_runs: &mut HashMap<String, OpenRun>,
-    row: &AuditRow,
-    payload: Value,
-    metadata: &Value,
-) -> anyhow::Result<bool> {
-    let run = open_runs
-        .get_mut(&row.aggregate_id)
-        .expect("only open runs are folded");
+/// The run event of `row` for its run's artifacts. `payload` is the parsed stored payload when
+/// the caller has it; otherwise a current-version event is deserialised straight from the stored
+/// text (what upcasting and decoding the parsed value give, without building the value first), and
+/// anything else, including text that does not deserialise that way, goes through
+/// [`engine::command::decode`] as before. The outer error is stored text that is not JSON (the
+/// export fails, as it always did); the inner one an event that does not decode (the run is
+/// exported without artifacts).
+fn run_event(row: &AuditRow, payload: Option<Value>) -> anyhow::Result<anyhow::Result<RunEvent>> {
+    if payload.is_none() && row.event_version == RUN_EVENT_VERSION {
+        if let Ok(event) = serde_json::from_str::<RunEvent>(&row.payload) {
+            return Ok(Ok(event));
+        }
+    }
+    let payload = match payload {
+        Some(payload) => payload,
+        None => serde_json::from_str(&row.payload)
+            .with_context(|| format!("payload of {}", name(row)))?,
+    };
     let serialized = SerializedEvent {
         aggregate_id: row.aggregate_id.clone(),
         sequence: row.sequence as usize,
@@ -598,10 +646,23 @@ fn fold_run(
         // Decoding reads the payload only; the run's metadata is read below, as stored.
         metadata: Value::Object(Map::new()),
     };
-    let envelope = engine::command::decode::<Run>(serialized, row.sequence as u64)?;
+    Ok(engine::command::decode::<Run>(serialized, row.sequence as u64).map(|e| e.payload))
+}
+
+/// Folds one run event into its open run; `Ok(true)` when the run has reached a terminal state
+/// (its stream is complete: a terminal run accepts no further events).
+fn fold_run(
+    open_runs: &mut HashMap<String, OpenRun>,
+    row: &AuditRow,
+    event: RunEvent,
+    metadata: &Value,
+) -> anyhow::Result<bool> {
+    let run = open_runs
+        .get_mut(&row.aggregate_id)
+        .expect("only open runs are folded");
     match run
         .record
-        .push(row.sequence as u64, &envelope.payload, metadata)?
+        .push_owned(row.sequence as u64, event, metadata)?
     {
         None => {
             let header = run.record.header().expect("set by run.created");

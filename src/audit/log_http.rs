@@ -24,7 +24,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::api::auth::Caller;
-use crate::api::error::{ApiError, ErrorCode};
+use crate::api::error::{ApiError, ErrorCode, ErrorEnvelope};
 use crate::api::extract::ApiQuery;
 
 /// What the routes need.
@@ -64,7 +64,11 @@ fn no_checkpoint(what: String) -> ApiError {
     ApiError::not_found(what).with_details(json!({"reason": "checkpoint_not_found"}))
 }
 
-async fn key(State(state): State<AuditLogState>, _caller: Caller) -> Json<Value> {
+#[utoipa::path(get, path = "/internal/v1/audit/key", tag = "audit",
+    responses(
+        (status = 200, description = "The audit public key (x-only, hex), its signature scheme and the checkpoint schema", content_type = "application/json", body = Object),
+        (status = 403, body = ErrorEnvelope)))]
+pub(crate) async fn key(State(state): State<AuditLogState>, _caller: Caller) -> Json<Value> {
     Json(json!({
         "public_key": state.public_key,
         "scheme": engine::artifacts::signature::SIGNATURE_SCHEME,
@@ -72,7 +76,12 @@ async fn key(State(state): State<AuditLogState>, _caller: Caller) -> Json<Value>
     }))
 }
 
-async fn latest(
+#[utoipa::path(get, path = "/internal/v1/audit/checkpoints/latest", tag = "audit",
+    responses(
+        (status = 200, description = "The latest signed checkpoint (openagents.audit_checkpoint.v1, docs/audit.md)", content_type = "application/json", body = Object),
+        (status = 400, body = ErrorEnvelope), (status = 403, body = ErrorEnvelope),
+        (status = 404, body = ErrorEnvelope), (status = 503, body = ErrorEnvelope)))]
+pub(crate) async fn latest(
     State(state): State<AuditLogState>,
     _caller: Caller,
 ) -> Result<Json<Checkpoint>, ApiError> {
@@ -89,7 +98,13 @@ fn parse_size(text: &str, field: &str) -> Result<u64, ApiError> {
     })
 }
 
-async fn at_size(
+#[utoipa::path(get, path = "/internal/v1/audit/checkpoints/{tree_size}", tag = "audit",
+    params(("tree_size" = u64, Path, description = "Tree size of a stored checkpoint")),
+    responses(
+        (status = 200, description = "The signed checkpoint of exactly this tree size", content_type = "application/json", body = Object),
+        (status = 400, body = ErrorEnvelope), (status = 403, body = ErrorEnvelope),
+        (status = 404, body = ErrorEnvelope), (status = 503, body = ErrorEnvelope)))]
+pub(crate) async fn at_size(
     State(state): State<AuditLogState>,
     _caller: Caller,
     Path(tree_size): Path<String>,
@@ -102,7 +117,8 @@ async fn at_size(
 }
 
 /// `?aggregate_type=&aggregate_id=&sequence=[&tree_size=]`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct InclusionQuery {
     pub aggregate_type: String,
     pub aggregate_id: String,
@@ -143,7 +159,13 @@ async fn may_read_event(
     }
 }
 
-async fn inclusion(
+#[utoipa::path(get, path = "/internal/v1/audit/proof/inclusion", tag = "audit",
+    params(InclusionQuery),
+    responses(
+        (status = 200, description = "The event's leaf and its inclusion proof against the checkpoint (the latest unless tree_size names one); the event's owner or an operator token", content_type = "application/json", body = Object),
+        (status = 400, body = ErrorEnvelope), (status = 403, body = ErrorEnvelope),
+        (status = 404, body = ErrorEnvelope), (status = 503, body = ErrorEnvelope)))]
+pub(crate) async fn inclusion(
     State(state): State<AuditLogState>,
     caller: Caller,
     ApiQuery(query): ApiQuery<InclusionQuery>,
@@ -193,13 +215,20 @@ async fn inclusion(
 }
 
 /// `?from=M&to=N`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ConsistencyQuery {
     pub from: u64,
     pub to: u64,
 }
 
-async fn consistency(
+#[utoipa::path(get, path = "/internal/v1/audit/proof/consistency", tag = "audit",
+    params(ConsistencyQuery),
+    responses(
+        (status = 200, description = "The consistency proof between the trees of two sizes, with their checkpoints", content_type = "application/json", body = Object),
+        (status = 400, body = ErrorEnvelope), (status = 403, body = ErrorEnvelope),
+        (status = 404, body = ErrorEnvelope), (status = 503, body = ErrorEnvelope)))]
+pub(crate) async fn consistency(
     State(state): State<AuditLogState>,
     _caller: Caller,
     ApiQuery(query): ApiQuery<ConsistencyQuery>,

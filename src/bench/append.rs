@@ -149,34 +149,14 @@ async fn measure(args: &AppendArgs, name: &str) -> anyhow::Result<()> {
         for client in 0..clients {
             create_run(&engine, &run_id(round, client)).await?;
         }
-        let text = Arc::new(text.clone());
-        let with_engine = phase(clients, warmup, duration, {
-            let engine = engine.clone();
-            move |client, n| {
-                let engine = engine.clone();
-                let text = text.clone();
-                async move {
-                    let mut payload = Map::new();
-                    payload.insert("delta".into(), Value::String(text.as_str().to_owned()));
-                    let action = RunCommand::AppendFrame {
-                        frame_id: FrameId::parse(format!("f{n}")).expect("valid frame id"),
-                        frame_type: "text_delta".into(),
-                        payload,
-                        occurred_at: None,
-                        expected_seq: None,
-                    };
-                    let context = CommandContext {
-                        actor: "user:bench".into(),
-                        ..CommandContext::default()
-                    };
-                    engine
-                        .execute::<Run>(&run_id(round, client), action, &context)
-                        .await
-                        .map(|_| ())
-                        .map_err(|e| anyhow::anyhow!("engine command failed: {e}"))
-                }
-            }
-        })
+        let with_engine = engine_phase(
+            &engine,
+            round,
+            clients,
+            warmup,
+            duration,
+            Arc::new(text.clone()),
+        )
         .await?;
         print_row(
             clients,
@@ -189,11 +169,51 @@ async fn measure(args: &AppendArgs, name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn run_id(round: usize, client: usize) -> String {
+/// The engine phase: `clients` loops appending a `text_delta` frame of `text` to their own run
+/// (`run_id(round, client)`, created beforehand with [`create_run`]) through `engine`.
+pub(crate) async fn engine_phase(
+    engine: &Arc<Engine>,
+    round: usize,
+    clients: usize,
+    warmup: Duration,
+    duration: Duration,
+    text: Arc<String>,
+) -> anyhow::Result<PhaseResult> {
+    phase(clients, warmup, duration, {
+        let engine = engine.clone();
+        move |client, n| {
+            let engine = engine.clone();
+            let text = text.clone();
+            async move {
+                let mut payload = Map::new();
+                payload.insert("delta".into(), Value::String(text.as_str().to_owned()));
+                let action = RunCommand::AppendFrame {
+                    frame_id: FrameId::parse(format!("f{n}")).expect("valid frame id"),
+                    frame_type: "text_delta".into(),
+                    payload,
+                    occurred_at: None,
+                    expected_seq: None,
+                };
+                let context = CommandContext {
+                    actor: "user:bench".into(),
+                    ..CommandContext::default()
+                };
+                engine
+                    .execute::<Run>(&run_id(round, client), action, &context)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| anyhow::anyhow!("engine command failed: {e}"))
+            }
+        }
+    })
+    .await
+}
+
+pub(crate) fn run_id(round: usize, client: usize) -> String {
     format!("bench-{round}-{client}")
 }
 
-async fn create_run(engine: &Engine, id: &str) -> anyhow::Result<()> {
+pub(crate) async fn create_run(engine: &Engine, id: &str) -> anyhow::Result<()> {
     let action = RunCommand::CreateRun {
         run_id: RunId::parse(id)?,
         thread_id: ThreadId::parse("bench")?,
@@ -238,7 +258,7 @@ fn sample_row(text: &str) -> (Arc<String>, Arc<String>) {
 }
 
 /// Runs `clients` loops of `op(client, n)` for `warmup`, then measures for `duration`.
-async fn phase<F, Fut>(
+pub(crate) async fn phase<F, Fut>(
     clients: usize,
     warmup: Duration,
     duration: Duration,

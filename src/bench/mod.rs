@@ -2,6 +2,7 @@
 //! measured in the same run; results and commands are recorded in `docs/BENCHMARKS.md`.
 
 pub mod append;
+pub mod checkpoint;
 pub mod project;
 
 use std::future::Future;

@@ -18,6 +18,10 @@ pub enum BenchCommand {
     Fanout(sync_gateway::bench::FanoutArgs),
     /// Audit export rate for a large journal, beside a plain COPY of the same rows to a file.
     Export(crate::audit::bench::BenchExportArgs),
+    /// Audit tree under the append workload: `bench append`'s engine phase on fresh scratch
+    /// journals with and without the `audit-tree` task (throughput ratio), the tree's lag during
+    /// the run and its catch-up time after it.
+    Checkpoint(crate::bench::checkpoint::CheckpointArgs),
     /// Fixture replay rate on the embedded journal, beside raw appends of the same events.
     Replay(crate::replay::bench::BenchReplayArgs),
 }
@@ -32,6 +36,7 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Project(args) => crate::bench::project::run(args).await,
         BenchCommand::Fanout(args) => sync_gateway::bench::run_fanout(args).await,
         BenchCommand::Export(args) => crate::audit::bench::run(args).await,
+        BenchCommand::Checkpoint(args) => crate::bench::checkpoint::run(args).await,
         BenchCommand::Replay(args) => crate::replay::bench::run(args).await,
     }
 }

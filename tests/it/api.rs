@@ -1100,6 +1100,11 @@ async fn the_openapi_document_describes_every_route(db: &TestDb) {
         "/internal/v1/runs/{run_id}/receipt",
         "/internal/v1/runs/{run_id}/replay",
         "/internal/v1/runs/{run_id}/audit-bundle",
+        "/internal/v1/audit/key",
+        "/internal/v1/audit/checkpoints/latest",
+        "/internal/v1/audit/checkpoints/{tree_size}",
+        "/internal/v1/audit/proof/inclusion",
+        "/internal/v1/audit/proof/consistency",
     ] {
         assert!(
             paths.contains_key(path),

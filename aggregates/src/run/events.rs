@@ -113,6 +113,24 @@ impl RunEvent {
         }
     }
 
+    /// [`RunEvent::runtime_view`], moving a frame's payload instead of cloning it (for callers
+    /// that are done with the event, such as a streaming export).
+    pub fn into_runtime_view(self) -> Option<RuntimeEventView> {
+        match self {
+            RunEvent::FrameAppended {
+                frame_id,
+                frame_type,
+                payload,
+                ..
+            } => Some(RuntimeEventView {
+                event_type: frame_type,
+                payload,
+                natural_key: Some(frame_id.to_string()),
+            }),
+            other => other.runtime_view(),
+        }
+    }
+
     /// The runtime-stream view of this event; `None` for `run.created`, which is the run's birth
     /// record and not part of its stream (it has no run `seq`).
     pub fn runtime_view(&self) -> Option<RuntimeEventView> {

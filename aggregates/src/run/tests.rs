@@ -511,6 +511,14 @@ fn events_have_stable_type_names_versions_and_stored_shape() {
 
 #[test]
 fn the_runtime_view_matches_the_original_contract_payloads() {
+    for event in [
+        created(),
+        started(),
+        cancel_requested(),
+        frame_appended("frm_1", "hi", 2),
+    ] {
+        assert_eq!(event.runtime_view(), event.clone().into_runtime_view());
+    }
     assert_eq!(created().runtime_view(), None);
     let view = started().runtime_view().unwrap();
     assert_eq!(view.event_type, "run.started");

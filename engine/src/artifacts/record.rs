@@ -1,7 +1,7 @@
 //! A run's runtime stream, decoded from its journal events: the view that trajectory hashes,
 //! REPLAY.jsonl and receipts are computed from.
 
-use aggregates::run::{run_seq_of, RunEvent, RunStatus};
+use aggregates::run::{run_seq_of, RunEvent, RunStatus, RuntimeEventView};
 use aggregates::Timestamp;
 use serde_json::{Map, Value};
 
@@ -143,6 +143,39 @@ impl RunRecordBuilder {
         event: &RunEvent,
         metadata: &M,
     ) -> Result<Option<RunStreamEvent>, ArtifactError> {
+        if !self.accept(sequence, event)? {
+            return Ok(None);
+        }
+        let view = event
+            .runtime_view()
+            .expect("every event but run.created has a runtime view");
+        Ok(Some(stream_event(sequence, view, event.at(), metadata)))
+    }
+
+    /// [`RunRecordBuilder::push`] of an event the caller is done with: its payload is moved into
+    /// the stream view rather than cloned.
+    ///
+    /// # Errors
+    /// As [`RunRecordBuilder::push`].
+    pub fn push_owned<M: MetadataLookup + ?Sized>(
+        &mut self,
+        sequence: u64,
+        event: RunEvent,
+        metadata: &M,
+    ) -> Result<Option<RunStreamEvent>, ArtifactError> {
+        if !self.accept(sequence, &event)? {
+            return Ok(None);
+        }
+        let at = event.at();
+        let view = event
+            .into_runtime_view()
+            .expect("every event but run.created has a runtime view");
+        Ok(Some(stream_event(sequence, view, at, metadata)))
+    }
+
+    /// Checks the sequence and folds the header and status; `false` for `run.created` (no stream
+    /// event).
+    fn accept(&mut self, sequence: u64, event: &RunEvent) -> Result<bool, ArtifactError> {
         if sequence != self.last_sequence + 1 {
             return Err(ArtifactError::Corrupt(format!(
                 "journal sequence {sequence} follows {}",
@@ -168,7 +201,7 @@ impl RunRecordBuilder {
                 run_metadata.clone(),
             ));
             self.status = Some(RunStatus::Created);
-            return Ok(None);
+            return Ok(false);
         }
         if self.header.is_none() {
             return Err(ArtifactError::Corrupt(
@@ -181,25 +214,7 @@ impl RunRecordBuilder {
             RunEvent::RunFinished { status, .. } => self.status = Some(*status),
             RunEvent::FrameAppended { .. } | RunEvent::RunCreated { .. } => {}
         }
-        let view = event
-            .runtime_view()
-            .expect("every event but run.created has a runtime view");
-        let recorded_at = metadata
-            .get_str(metadata_keys::RECORDED_AT)
-            .and_then(|s| s.parse::<Timestamp>().ok())
-            .unwrap_or_else(|| event.at());
-        let idempotency_key = view.natural_key.or_else(|| {
-            metadata
-                .get_str(metadata_keys::IDEMPOTENCY_KEY)
-                .map(str::to_owned)
-        });
-        Ok(Some(RunStreamEvent {
-            seq: run_seq_of(sequence).expect("sequence > 1 here"),
-            event_type: view.event_type,
-            payload: view.payload,
-            idempotency_key,
-            recorded_at,
-        }))
+        Ok(true)
     }
 
     pub fn header(&self) -> Option<&RunHeader> {
@@ -219,5 +234,30 @@ impl RunRecordBuilder {
             (Some(header), Some(status)) => Ok((header, status)),
             _ => Err(ArtifactError::NotFound),
         }
+    }
+}
+
+/// The stream event of a run event other than `run.created`, at journal `sequence` (> 1).
+fn stream_event<M: MetadataLookup + ?Sized>(
+    sequence: u64,
+    view: RuntimeEventView,
+    event_at: Timestamp,
+    metadata: &M,
+) -> RunStreamEvent {
+    let recorded_at = metadata
+        .get_str(metadata_keys::RECORDED_AT)
+        .and_then(|s| s.parse::<Timestamp>().ok())
+        .unwrap_or(event_at);
+    let idempotency_key = view.natural_key.or_else(|| {
+        metadata
+            .get_str(metadata_keys::IDEMPOTENCY_KEY)
+            .map(str::to_owned)
+    });
+    RunStreamEvent {
+        seq: run_seq_of(sequence).expect("sequence > 1 here"),
+        event_type: view.event_type,
+        payload: view.payload,
+        idempotency_key,
+        recorded_at,
     }
 }

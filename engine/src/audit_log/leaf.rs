@@ -54,13 +54,20 @@ pub fn is_secret_key(key: &str) -> bool {
     SECRET_KEYS.contains(&key)
 }
 
-/// Whether stored JSON text may hold a secret field (a cheap scan before parsing).
+/// Whether stored JSON text may hold a secret field (a cheap scan before parsing): whether one of
+/// [`SECRET_KEYS`] appears between two double quotes. One pass over the text, looking for the
+/// keys only right after each `"` (exports call this for every event's payload and metadata).
 pub fn may_hold_secrets(json_text: &str) -> bool {
-    SECRET_KEYS.iter().any(|key| {
-        json_text.match_indices(key).any(|(i, _)| {
-            json_text[..i].ends_with('"') && json_text[i + key.len()..].starts_with('"')
-        })
-    })
+    let mut rest = json_text.as_bytes();
+    while let Some(quote) = rest.iter().position(|b| *b == b'"') {
+        rest = &rest[quote + 1..];
+        let quoted =
+            |key: &&str| rest.get(key.len()) == Some(&b'"') && rest.starts_with(key.as_bytes());
+        if SECRET_KEYS.iter().any(quoted) {
+            return true;
+        }
+    }
+    false
 }
 
 /// Whether `value` holds a secret field not yet redacted.
@@ -330,6 +337,53 @@ mod tests {
         assert!(disclosed.redacted.is_none());
         assert!(!may_hold_secrets(&payload.to_string()));
         assert!(may_hold_secrets(r#"{"a":{"preimage_hex":"00"}}"#));
+    }
+
+    /// The scan as it was first written (a search per key), as the oracle of the one-pass scan.
+    fn may_hold_secrets_per_key(json_text: &str) -> bool {
+        SECRET_KEYS.iter().any(|key| {
+            json_text.match_indices(key).any(|(i, _)| {
+                json_text[..i].ends_with('"') && json_text[i + key.len()..].starts_with('"')
+            })
+        })
+    }
+
+    #[test]
+    fn the_secret_scan_finds_exactly_the_quoted_keys() {
+        let mut texts: Vec<String> = vec![
+            String::new(),
+            "\"".into(),
+            "\"\"".into(),
+            "\"secret".into(),
+            "secret\"".into(),
+            "\"secret\"".into(),
+            "\"\"secret\"\"".into(),
+            "\"secrets\"".into(),
+            "\"xsecret\"".into(),
+            r#"{"a":"b","password":1}"#.into(),
+            r#"{"a":"my password"}"#.into(),
+            r#"{"nested":{"api_key":"k"}}"#.into(),
+            r#"{"é":"\"private_key\""}"#.into(),
+            r#"{"delta":"Streaming a reasonably sized chunk of model output text."}"#.into(),
+            r#"{"a":"preimage_hex"}"#.into(),
+            r#"{"a":"preimage_he"}"#.into(),
+        ];
+        for key in SECRET_KEYS {
+            texts.push(format!("\"{key}\""));
+            texts.push(format!("\"{key}"));
+            texts.push(format!("{key}\""));
+            texts.push(format!("{{\"x\":\"\",\"{key}\":null}}"));
+            texts.push(format!("\"{}\"", &key[..key.len() - 1]));
+        }
+        for text in &texts {
+            assert_eq!(
+                may_hold_secrets(text),
+                may_hold_secrets_per_key(text),
+                "{text}"
+            );
+        }
+        assert!(may_hold_secrets(r#"{"a":"secret"}"#));
+        assert!(!may_hold_secrets(r#"{"a":"secrets"}"#));
     }
 
     #[test]
