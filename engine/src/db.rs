@@ -129,8 +129,15 @@ impl Database {
                     // A transaction left open stalls the journal's global read horizon for every
                     // reader (see docs/adr/0002-global-order.md); never let ours idle for long.
                     .options([("idle_in_transaction_session_timeout", "60s")]);
+                // No ping before every checkout (sqlx's default): it is one extra round trip
+                // per command. A connection that died while idle fails its next query, is
+                // dropped by the pool, and the caller's retry gets a fresh one; idle and
+                // lifetime limits retire connections long before a server's timeouts would.
                 let pool = PgPoolOptions::new()
                     .max_connections(*max_connections)
+                    .test_before_acquire(false)
+                    .idle_timeout(Duration::from_secs(300))
+                    .max_lifetime(Duration::from_secs(1800))
                     .acquire_timeout(Duration::from_secs(10))
                     .connect_with(options)
                     .await
@@ -138,35 +145,54 @@ impl Database {
                 Ok(Database::Postgres(pool))
             }
             DatabaseConfig::Sqlite { path } => {
-                if let Some(dir) = path.parent() {
-                    if !dir.as_os_str().is_empty() {
-                        std::fs::create_dir_all(dir).map_err(|source| DatabaseError::DataDir {
-                            path: dir.to_owned(),
-                            source,
-                        })?;
-                    }
-                }
-                let options = SqliteConnectOptions::new()
-                    .filename(path)
-                    .create_if_missing(true)
-                    .journal_mode(SqliteJournalMode::Wal)
-                    // FULL: a commit is on disk before it is acknowledged (survives power loss,
-                    // not just a killed process).
-                    .synchronous(SqliteSynchronous::Full)
-                    .busy_timeout(Duration::from_secs(10))
-                    .foreign_keys(true);
-                let pool = SqlitePoolOptions::new()
-                    .max_connections(8)
-                    .acquire_timeout(Duration::from_secs(10))
-                    .connect_with(options)
-                    .await
-                    .map_err(DatabaseError::Connect)?;
-                Ok(Database::Sqlite {
-                    pool,
-                    write_lock: Arc::new(Mutex::new(())),
-                })
+                // FULL: a commit is on disk before it is acknowledged (survives power loss, not
+                // just a killed process).
+                Self::open_sqlite(path, SqliteSynchronous::Full).await
             }
         }
+    }
+
+    /// Opens an embedded journal that needs no durability: a scratch journal a replay builds
+    /// and throws away (`replay --check`, `bench replay`). `synchronous=OFF`: commits are not
+    /// fsynced (a crash loses the scratch file, which nobody keeps). Never for `serve`.
+    ///
+    /// # Errors
+    /// As [`Database::connect`].
+    pub async fn connect_scratch_sqlite(path: &std::path::Path) -> Result<Self, DatabaseError> {
+        Self::open_sqlite(path, SqliteSynchronous::Off).await
+    }
+
+    async fn open_sqlite(
+        path: &std::path::Path,
+        synchronous: SqliteSynchronous,
+    ) -> Result<Self, DatabaseError> {
+        if let Some(dir) = path.parent() {
+            if !dir.as_os_str().is_empty() {
+                std::fs::create_dir_all(dir).map_err(|source| DatabaseError::DataDir {
+                    path: dir.to_owned(),
+                    source,
+                })?;
+            }
+        }
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(synchronous)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            // In-process connections do not go stale: no ping per checkout.
+            .test_before_acquire(false)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options)
+            .await
+            .map_err(DatabaseError::Connect)?;
+        Ok(Database::Sqlite {
+            pool,
+            write_lock: Arc::new(Mutex::new(())),
+        })
     }
 
     /// Applies pending migrations. Safe to run from several processes at once (sqlx takes a lock).

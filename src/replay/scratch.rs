@@ -55,11 +55,11 @@ impl ScratchDb {
         match target {
             ScratchTarget::Embedded => {
                 let dir = tempfile::tempdir().context("create a temporary directory")?;
-                let database = Database::connect(&DatabaseConfig::Sqlite {
-                    path: dir.path().join(engine::db::SQLITE_FILE),
-                })
-                .await
-                .context("open the scratch journal")?;
+                // A scratch journal is thrown away: no fsync per commit.
+                let database =
+                    Database::connect_scratch_sqlite(&dir.path().join(engine::db::SQLITE_FILE))
+                        .await
+                        .context("open the scratch journal")?;
                 database
                     .migrate()
                     .await

@@ -129,7 +129,16 @@ impl LeafBuilder {
             payload: &e.payload,
             metadata: &e.metadata,
         };
-        let content_hash = content.content_hash();
+        // The engine stores each event's content hash beside it (what its chain hash commits
+        // to); the tree reuses it rather than re-canonicalising and hashing every payload. A
+        // stored hash that does not match its content is caught where content is checked:
+        // export and `audit verify` recompute it, as does `replay --journal`. Legacy events
+        // without one are hashed here.
+        let content_hash = e
+            .metadata
+            .get(chain::CONTENT_HASH_KEY)
+            .and_then(Value::as_str)
+            .map_or_else(|| content.content_hash(), str::to_owned);
         let stored_chain = e
             .metadata
             .get(chain::CHAIN_HASH_KEY)
