@@ -438,9 +438,11 @@ impl AuditStore {
         sequence: u64,
     ) -> Result<Option<LeafRow>, StoreError> {
         let t = table(&self.database, "audit_tree_leaves");
+        // The journal's own key finds the event's position; the position index its leaf.
         let sql = format!(
-            "SELECT leaf_index, transaction_id, position, aggregate_type, aggregate_id, sequence FROM {t}
-              WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence = $3"
+            "SELECT l.leaf_index, l.transaction_id, l.position FROM events e
+               JOIN {t} l ON l.position = e.position
+              WHERE e.aggregate_type = $1 AND e.aggregate_id = $2 AND e.sequence = $3"
         );
         let row = on_pool!(&self.database, pool => {
             match sqlx::query(&sql)
@@ -454,25 +456,20 @@ impl AuditStore {
                     row.try_get::<i64, _>("leaf_index")?,
                     row.try_get::<i64, _>("transaction_id")?,
                     row.try_get::<i64, _>("position")?,
-                    row.try_get::<String, _>("aggregate_type")?,
-                    row.try_get::<String, _>("aggregate_id")?,
-                    row.try_get::<i64, _>("sequence")?,
                 )),
                 None => None,
             }
         });
-        row.map(
-            |(leaf_index, transaction_id, position, aggregate_type, aggregate_id, sequence)| {
-                Ok(LeafRow {
-                    leaf_index: to_u64(leaf_index, "leaf_index")?,
-                    transaction_id,
-                    position,
-                    aggregate_type,
-                    aggregate_id,
-                    sequence,
-                })
-            },
-        )
+        row.map(|(leaf_index, transaction_id, position)| {
+            Ok(LeafRow {
+                leaf_index: to_u64(leaf_index, "leaf_index")?,
+                transaction_id,
+                position,
+                aggregate_type: aggregate_type.to_owned(),
+                aggregate_id: aggregate_id.to_owned(),
+                sequence: sequence as i64,
+            })
+        })
         .transpose()
     }
 
@@ -663,21 +660,10 @@ impl AuditStore {
                 }
                 for chunk in leaves.chunks(INSERT_CHUNK) {
                     let values: Vec<String> = (0..chunk.len())
-                        .map(|i| {
-                            let b = 6 * i;
-                            format!(
-                                "(${}, ${}, ${}, ${}, ${}, ${})",
-                                b + 1,
-                                b + 2,
-                                b + 3,
-                                b + 4,
-                                b + 5,
-                                b + 6
-                            )
-                        })
+                        .map(|i| format!("(${}, ${}, ${})", 3 * i + 1, 3 * i + 2, 3 * i + 3))
                         .collect();
                     let sql = format!(
-                        "INSERT INTO {leaf_table} (leaf_index, transaction_id, position, aggregate_type, aggregate_id, sequence) VALUES {}",
+                        "INSERT INTO {leaf_table} (leaf_index, transaction_id, position) VALUES {}",
                         values.join(", ")
                     );
                     let mut query = sqlx::query(&sql);
@@ -685,10 +671,7 @@ impl AuditStore {
                         query = query
                             .bind(leaf.leaf_index as i64)
                             .bind(leaf.transaction_id)
-                            .bind(leaf.position)
-                            .bind(&leaf.aggregate_type)
-                            .bind(&leaf.aggregate_id)
-                            .bind(leaf.sequence);
+                            .bind(leaf.position);
                     }
                     query.execute(&mut *$tx).await?;
                 }
