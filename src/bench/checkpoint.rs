@@ -20,7 +20,6 @@ use engine::{Database, DatabaseConfig, Engine, EngineConfig};
 use tokio_util::sync::CancellationToken;
 
 use super::append::{create_run, engine_phase, run_id, PhaseResult};
-use crate::replay::scratch::{ScratchDb, ScratchTarget};
 
 /// A journal backend to measure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -236,8 +235,15 @@ async fn fresh_journal(
             ))
         }
         JournalKind::Sqlite => {
-            let scratch = ScratchDb::create(&ScratchTarget::Embedded).await?;
-            Ok((scratch.database.clone(), Scratch::Sqlite(scratch)))
+            // The write path as `serve` runs it (`synchronous=FULL`), not a replay's throwaway
+            // scratch journal (which skips fsync).
+            let dir = tempfile::tempdir().context("create a temporary directory")?;
+            let database = Database::connect(&DatabaseConfig::Sqlite {
+                path: dir.path().join(engine::db::SQLITE_FILE),
+            })
+            .await?;
+            database.migrate().await?;
+            Ok((database, Scratch::Sqlite(dir)))
         }
     }
 }
@@ -251,7 +257,7 @@ async fn admin(url: &str) -> anyhow::Result<sqlx::PgConnection> {
 
 enum Scratch {
     Postgres { url: String, name: String },
-    Sqlite(ScratchDb),
+    Sqlite(tempfile::TempDir),
 }
 
 impl Scratch {
@@ -267,7 +273,7 @@ impl Scratch {
                     .await;
                 }
             }
-            Scratch::Sqlite(scratch) => scratch.dispose().await,
+            Scratch::Sqlite(dir) => drop(dir),
         }
     }
 }
