@@ -206,9 +206,20 @@ async fn fresh_journal(
     journal: JournalKind,
     connections: u32,
 ) -> anyhow::Result<(Database, Scratch)> {
+    scratch_journal(args.database_url.as_deref(), journal, connections).await
+}
+
+/// A fresh, migrated journal of `journal`'s kind with a pool of `connections`, durable as
+/// `serve`'s: a scratch database on the PostgreSQL server at `database_url`, or an embedded file
+/// (`synchronous=FULL`) in a temporary directory. [`Scratch::dispose`] removes it.
+pub(crate) async fn scratch_journal(
+    database_url: Option<&str>,
+    journal: JournalKind,
+    connections: u32,
+) -> anyhow::Result<(Database, Scratch)> {
     match journal {
         JournalKind::Postgres => {
-            let Some(url) = args.database_url.as_deref() else {
+            let Some(url) = database_url else {
                 bail!("--journals postgres needs --database-url (or DATABASE_URL)")
             };
             let name = format!(
@@ -255,13 +266,13 @@ async fn admin(url: &str) -> anyhow::Result<sqlx::PgConnection> {
         .context("connect to PostgreSQL (--database-url)")
 }
 
-enum Scratch {
+pub(crate) enum Scratch {
     Postgres { url: String, name: String },
     Sqlite(tempfile::TempDir),
 }
 
 impl Scratch {
-    async fn dispose(self, database: &Database) {
+    pub(crate) async fn dispose(self, database: &Database) {
         database.close().await;
         match self {
             Scratch::Postgres { url, name } => {

@@ -3,6 +3,7 @@
 
 pub mod append;
 pub mod checkpoint;
+pub mod http;
 pub mod project;
 
 use std::future::Future;

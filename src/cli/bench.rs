@@ -22,6 +22,9 @@ pub enum BenchCommand {
     /// journals with and without the `audit-tree` task (throughput ratio), the tree's lag during
     /// the run and its catch-up time after it.
     Checkpoint(crate::bench::checkpoint::CheckpointArgs),
+    /// Signed HTTP commands end to end (a token minted per request, the real router and
+    /// engine over a socket), beside the engine path alone on the same journal, both journals.
+    Http(crate::bench::http::HttpArgs),
     /// Fixture replay rate on the embedded journal, beside raw appends of the same events.
     Replay(crate::replay::bench::BenchReplayArgs),
 }
@@ -37,6 +40,7 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Fanout(args) => sync_gateway::bench::run_fanout(args).await,
         BenchCommand::Export(args) => crate::audit::bench::run(args).await,
         BenchCommand::Checkpoint(args) => crate::bench::checkpoint::run(args).await,
+        BenchCommand::Http(args) => crate::bench::http::run(args).await,
         BenchCommand::Replay(args) => crate::replay::bench::run(args).await,
     }
 }
