@@ -22,6 +22,12 @@ impl Modify for Security {
                  mint one with `openagents-runtime token internal`",
             ))),
         );
+        components.add_security_scheme(
+            "sync_token",
+            SecurityScheme::Http(utoipa::openapi::security::Http::new(
+                utoipa::openapi::security::HttpAuthScheme::Bearer,
+            )),
+        );
     }
 }
 
@@ -42,6 +48,7 @@ impl Modify for Security {
         artifacts::receipt, artifacts::replay, artifacts::audit_bundle,
         audit_log::key, audit_log::latest, audit_log::at_size, audit_log::inclusion,
         audit_log::consistency,
+        sync_gateway::http::hydrate, sync_gateway::http::mint_token, sync_gateway::http::revoke,
     ),
     components(schemas(error::ErrorEnvelope, error::ErrorBody, error::ErrorCode)),
     modifiers(&Security),
@@ -51,6 +58,7 @@ impl Modify for Security {
         (name = "runs", description = "Runs: frames, cancellation, lifecycle, streams"),
         (name = "workers", description = "Codex workers: registration, requests, leases, streams"),
         (name = "artifacts", description = "A run's receipt, REPLAY.jsonl and audit bundle (owner only)"),
+        (name = "sync", description = "Khala over HTTP: hydration (sync token), sync token minting and revocation (internal token)"),
         (name = "audit", description = "The audit log: signed checkpoints of the Merkle tree over the journal, inclusion and consistency proofs"),
     )
 )]

@@ -162,6 +162,21 @@ pub struct HydrateResponse {
     pub next_after: Option<String>,
 }
 
+#[utoipa::path(get, path = "/sync/v1/topics/{topic}/docs", tag = "sync",
+    params(
+        ("topic" = String, Path, description = "A sync topic, e.g. `runtime.run_summaries`"),
+        ("doc_key" = Option<String>, Query, description = "Only this document"),
+        ("limit" = Option<u32>, Query, description = "Documents per page, 1–1000 (default 500)"),
+        ("after" = Option<String>, Query, description = "The previous page's `next_after` (with `watermark`)"),
+        ("watermark" = Option<u64>, Query, description = "The first page's watermark (with `after`)")),
+    security(("sync_token" = [])),
+    responses(
+        (status = 200, description = "`{topic, watermark, docs, next_after?}`: one page of the principal's documents and the watermark to subscribe from (docs/khala-protocol.md)", content_type = "application/json", body = Object),
+        (status = 400, description = "`invalid_request` (paging) or `invalid_cursor`", body = Object),
+        (status = 401, description = "`unauthorized` or `reauth_required`", body = Object),
+        (status = 403, description = "`forbidden_topic`", body = Object),
+        (status = 404, description = "`bad_topic`", body = Object),
+        (status = 503, description = "the sync source failed; retry with backoff", body = Object)))]
 pub async fn hydrate(
     State(gateway): State<Gateway>,
     Path(topic): Path<String>,
@@ -330,6 +345,17 @@ fn store_unavailable(e: impl std::error::Error) -> ApiError {
 /// inside its `oa_sync_scopes` when present; the operator mints for anyone, and each such mint
 /// is recorded through the operator log (the journal under `serve`). Session and device ids are bound to the subject they
 /// are first minted for (docs/security.md).
+#[utoipa::path(post, path = "/api/sync/token", tag = "sync",
+    request_body(content = Object, content_type = "application/json",
+        description = "`{subject, scopes, ttl_seconds?, org_id?, device_id?, session_id?}`"),
+    responses(
+        (status = 200, description = "The control plane's token response (`token`, `token_type`, `expires_in`, … `scopes`)", content_type = "application/json", body = Object),
+        (status = 400, description = "`malformed_json` or `invalid_request`", body = Object),
+        (status = 401, description = "no or a refused internal token", body = Object),
+        (status = 403, description = "`forbidden`: another principal, org or scope, or a credential id another principal owns", body = Object),
+        (status = 415, description = "`unsupported_media_type`", body = Object),
+        (status = 422, description = "`invalid_request` or `invalid_scope`", body = Object),
+        (status = 503, description = "`sync_token_unavailable` or the owner registry failed", body = Object)))]
 pub async fn mint_token(
     State(gateway): State<Gateway>,
     claims: Option<Extension<Arc<InternalClaims>>>,
@@ -470,6 +496,17 @@ pub struct RevokeResponse {
     pub revoked: Vec<Revocation>,
 }
 
+#[utoipa::path(post, path = "/internal/v1/sync/sessions/revoke", tag = "sync",
+    request_body(content = Object, content_type = "application/json",
+        description = "`{session_id?, device_id?, jti?, reason}` (at least one id)"),
+    responses(
+        (status = 200, description = "`{revoked: [...]}`", content_type = "application/json", body = Object),
+        (status = 400, description = "`malformed_json` or `invalid_request`", body = Object),
+        (status = 401, description = "no or a refused internal token", body = Object),
+        (status = 403, description = "`forbidden` (`not_owner`)", body = Object),
+        (status = 415, description = "`unsupported_media_type`", body = Object),
+        (status = 422, description = "`invalid_request`", body = Object),
+        (status = 503, description = "the revocation store failed", body = Object)))]
 pub async fn revoke(
     State(gateway): State<Gateway>,
     claims: Option<Extension<Arc<InternalClaims>>>,
