@@ -519,11 +519,7 @@ impl Engine {
             .load::<A>(aggregate_id, after_sequence)
             .await
             .map_err(CommandError::from_journal)?;
-        let mut events = Vec::with_capacity(stored.len());
-        for (expected, serialized) in (after_sequence + 1..).zip(stored) {
-            events.push(decode::<A>(serialized, expected).map_err(CommandError::Internal)?);
-        }
-        Ok(events)
+        decode_after::<A>(after_sequence, stored.into_iter())
     }
 
     /// At most `limit` of one aggregate's events with `sequence > after_sequence`, decoded, in
@@ -543,12 +539,21 @@ impl Engine {
             .load_stored(A::TYPE, aggregate_id, after_sequence, limit)
             .await
             .map_err(CommandError::from_journal)?;
-        let mut events = Vec::with_capacity(stored.len());
-        for (expected, stored) in (after_sequence + 1..).zip(stored) {
-            events.push(decode::<A>(stored.event, expected).map_err(CommandError::Internal)?);
-        }
-        Ok(events)
+        decode_after::<A>(after_sequence, stored.into_iter().map(|s| s.event))
     }
+}
+
+/// Decodes one aggregate's events that follow `after_sequence`, checking that their sequences
+/// continue it without a gap.
+fn decode_after<A: RuntimeAggregate>(
+    after_sequence: u64,
+    stored: impl ExactSizeIterator<Item = SerializedEvent>,
+) -> Result<Vec<EventEnvelope<A>>, CommandError<A::Error>> {
+    let mut events = Vec::with_capacity(stored.len());
+    for (expected, serialized) in (after_sequence + 1..).zip(stored) {
+        events.push(decode::<A>(serialized, expected).map_err(CommandError::Internal)?);
+    }
+    Ok(events)
 }
 
 fn event_metadata(at: Timestamp, context: &CommandContext) -> EventMetadata {

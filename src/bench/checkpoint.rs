@@ -200,15 +200,6 @@ async fn measure_journal(args: &CheckpointArgs, journal: JournalKind) -> anyhow:
     Ok(())
 }
 
-/// A fresh, migrated scratch journal with a pool of `connections`.
-async fn fresh_journal(
-    args: &CheckpointArgs,
-    journal: JournalKind,
-    connections: u32,
-) -> anyhow::Result<(Database, Scratch)> {
-    scratch_journal(args.database_url.as_deref(), journal, connections).await
-}
-
 /// A fresh, migrated journal of `journal`'s kind with a pool of `connections`, durable as
 /// `serve`'s: a scratch database on the PostgreSQL server at `database_url`, or an embedded file
 /// (`synchronous=FULL`) in a temporary directory. [`Scratch::dispose`] removes it.
@@ -317,7 +308,8 @@ async fn phase_on_fresh_journal(
     // The clients' connections, plus two for the sampler and the tree task (in both phases, so
     // the pool is the same size with and without the tree).
     let connections = u32::try_from(args.clients).unwrap_or(u32::MAX).max(2) + 2;
-    let (database, scratch) = fresh_journal(args, journal, connections).await?;
+    let (database, scratch) =
+        scratch_journal(args.database_url.as_deref(), journal, connections).await?;
     let result = phase_on(args, &database, with_tree).await;
     scratch.dispose(&database).await;
     result

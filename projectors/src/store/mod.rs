@@ -145,11 +145,17 @@ impl HydratePage<'_> {
         i64::try_from(self.limit.saturating_add(1)).unwrap_or(i64::MAX)
     }
 
-    /// Cuts `rows` (fetched with [`Self::fetch_limit`]) to the page and names the next page.
-    pub(crate) fn finish(&self, mut docs: Vec<DocRow>) -> (Vec<DocRow>, Option<String>) {
+    /// Cuts `docs` (fetched with [`Self::fetch_limit`], in key order) to the page and names the
+    /// next page: the last kept key when more followed. `key` reads a document's key (the
+    /// stores' rows and the gateway's in-memory documents are different types).
+    pub fn finish<T>(
+        &self,
+        mut docs: Vec<T>,
+        key: impl Fn(&T) -> &str,
+    ) -> (Vec<T>, Option<String>) {
         if docs.len() > self.limit {
             docs.truncate(self.limit);
-            let next = docs.last().map(|d| d.doc_key.clone());
+            let next = docs.last().map(|d| key(d).to_owned());
             (docs, next)
         } else {
             (docs, None)

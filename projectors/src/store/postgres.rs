@@ -866,7 +866,7 @@ impl PgStore {
                 docs.push(doc_row(row)?);
             }
         }
-        let (docs, next_after) = page.finish(docs);
+        let (docs, next_after) = page.finish(docs, |d| d.doc_key.as_str());
         Ok(Hydration {
             topic: spec.topic.to_owned(),
             watermark,

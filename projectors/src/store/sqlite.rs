@@ -821,7 +821,7 @@ impl SqliteStore {
         .await?;
         tx.commit().await?;
         let docs = rows.iter().map(doc_row).collect::<Result<_, _>>()?;
-        let (docs, next_after) = page.finish(docs);
+        let (docs, next_after) = page.finish(docs, |d| d.doc_key.as_str());
         Ok(Hydration {
             topic: spec.topic.to_owned(),
             watermark: to_u64(head.unwrap_or(0), "watermark")?,

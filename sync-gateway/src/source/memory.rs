@@ -286,7 +286,7 @@ impl SyncSource for MemorySource {
             });
         };
         // Keys iterate in byte order, the order the stores page in.
-        let mut docs: Vec<Doc> = t
+        let docs: Vec<Doc> = t
             .docs
             .values()
             .filter(|d| doc_key.is_none_or(|k| k == d.doc_key))
@@ -295,15 +295,12 @@ impl SyncSource for MemorySource {
             .take(page.limit.saturating_add(1))
             .cloned()
             .collect();
-        let next_after = (docs.len() > page.limit).then(|| {
-            docs.truncate(page.limit);
-            docs.last().map(|d| d.doc_key.clone())
-        });
+        let (docs, next_after) = page.finish(docs, |d| d.doc_key.as_str());
         Ok(Hydration {
             topic: topic.to_owned(),
             watermark: t.head,
             docs,
-            next_after: next_after.flatten(),
+            next_after,
         })
     }
 
