@@ -18,6 +18,7 @@ use cqrs_es::persist::SerializedEvent;
 use cqrs_es::{Aggregate, DomainEvent, EventEnvelope};
 use rand::Rng;
 
+use crate::auth::{NonceTicket, TicketState};
 use crate::cache::{AggregateCache, Loaded};
 use crate::clock::Stamps;
 use crate::journal::{
@@ -56,6 +57,9 @@ pub struct CommandContext {
     pub request_id: Option<String>,
     pub trace_id: Option<String>,
     pub idempotency: Option<IdempotencyRequest>,
+    /// The request token's nonce, recorded in the command's own append (the first append made
+    /// with this context records it; see `auth::NonceTicket`).
+    pub nonce: Option<Arc<NonceTicket>>,
 }
 
 impl CommandContext {
@@ -126,6 +130,9 @@ pub enum CommandError<E: std::error::Error> {
     /// The idempotency key was first used for a different request.
     #[error("idempotency key was already used for a different request")]
     IdempotencyKeyReused,
+    /// The request's token nonce was recorded by another request first: nothing was written.
+    #[error("the request's token nonce was already used")]
+    NonceReplayed,
     /// The journal could not be reached; the command may or may not have been applied.
     #[error("journal unavailable")]
     Unavailable(#[source] JournalError),
@@ -149,6 +156,7 @@ impl<E: std::error::Error> CommandError<E> {
             CommandError::Rejected(_) => "rejected",
             CommandError::Contended { .. } => "contended",
             CommandError::IdempotencyKeyReused => "idempotency_conflict",
+            CommandError::NonceReplayed => "nonce_replayed",
             CommandError::Unavailable(_) => "unavailable",
             CommandError::Internal(_) => "error",
         }
@@ -320,6 +328,8 @@ impl Engine {
                     return Err(CommandError::Internal(error));
                 }
             };
+            let ticket = context.nonce.as_deref();
+            let nonce = ticket.and_then(NonceTicket::pending);
             let appended = self
                 .journal
                 .append(AppendRequest {
@@ -328,8 +338,22 @@ impl Engine {
                     expected_sequence: expected,
                     events: &new_events,
                     idempotency: idempotency.as_ref(),
+                    nonce,
                 })
                 .await;
+            if let (Some(ticket), Some(_)) = (ticket, nonce) {
+                match &appended {
+                    Ok(_) => ticket.mark(TicketState::Recorded),
+                    // Rejected statements wrote nothing: the nonce is still pending.
+                    Err(
+                        JournalError::Conflict { .. }
+                        | JournalError::IdempotencyKeyTaken
+                        | JournalError::NonceTaken
+                        | JournalError::InvalidAppend(_),
+                    ) => {}
+                    Err(_) => ticket.mark(TicketState::Unknown),
+                }
+            }
             match appended {
                 Ok(appended) => {
                     loaded.version = appended.last_sequence;
@@ -372,6 +396,12 @@ impl Engine {
                     }
                     let jitter = rand::thread_rng().gen_range(0..=2 * u64::from(attempts));
                     tokio::time::sleep(Duration::from_millis(jitter)).await;
+                }
+                Err(JournalError::NonceTaken) => {
+                    // Another request with the same token won and nothing was written; the
+                    // handled events were applied to the cached state, so it goes.
+                    *guard = None;
+                    return Err(CommandError::NonceReplayed);
                 }
                 Err(JournalError::IdempotencyKeyTaken) => {
                     *guard = None;

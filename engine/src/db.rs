@@ -14,9 +14,8 @@ use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{PgPool, Row, SqlitePool};
-use tokio::sync::Mutex;
 
-use crate::journal::{AnyJournal, PgJournal, SqliteJournal};
+use crate::journal::{AnyJournal, PgJournal, SqliteJournal, SqliteWriter};
 
 /// Migrations for PostgreSQL (`migrations/postgres`).
 pub static PG_MIGRATOR: Migrator = sqlx::migrate!("../migrations/postgres");
@@ -106,9 +105,10 @@ pub enum Database {
     Postgres(PgPool),
     Sqlite {
         pool: SqlitePool,
-        /// Every writer to the SQLite file (journal appends, projector batches) holds this while
-        /// its transaction is open, so writers queue in-process instead of hitting SQLITE_BUSY.
-        write_lock: Arc<Mutex<()>>,
+        /// Every writer to the SQLite file (journal appends, projector batches) holds its lock
+        /// while its transaction is open, so writers queue in-process instead of hitting
+        /// SQLITE_BUSY; journal appends share its group commit.
+        write_lock: Arc<SqliteWriter>,
     },
 }
 
@@ -191,7 +191,7 @@ impl Database {
             .map_err(DatabaseError::Connect)?;
         Ok(Database::Sqlite {
             pool,
-            write_lock: Arc::new(Mutex::new(())),
+            write_lock: Arc::default(),
         })
     }
 
@@ -265,7 +265,7 @@ impl Database {
         match self {
             Database::Postgres(pool) => AnyJournal::Postgres(PgJournal::new(pool.clone())),
             Database::Sqlite { pool, write_lock } => {
-                AnyJournal::Sqlite(SqliteJournal::with_lock(pool.clone(), write_lock.clone()))
+                AnyJournal::Sqlite(SqliteJournal::with_writer(pool.clone(), write_lock.clone()))
             }
         }
     }

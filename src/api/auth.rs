@@ -1,7 +1,8 @@
 //! Internal signature auth for `/internal/v1/*` and the caller's principal.
 //!
-//! [`require_signature`] (a route layer) verifies `X-OA-RUNTIME-SIGNATURE`, consumes its nonce
-//! and checks the claims against what the request names (path `run_id`, query `thread_id`; a
+//! [`require_signature`] (a route layer) verifies `X-OA-RUNTIME-SIGNATURE`, makes its nonce single
+//! use (recorded up front, or — on the run and worker commands — in the command's own append, see
+//! [`nonce_rides_in_command`]) and checks the claims against what the request names (path `run_id`, query `thread_id`; a
 //! run- or thread-bound token only on run routes): missing/bad/expired/replayed tokens are `401`,
 //! contradictions `403`. Handlers then take a [`Caller`]: the principal the token binds
 //! (`engine::principal::resolve`: headers may only repeat it; without a claim exactly one
@@ -15,9 +16,10 @@ use aggregates::ids::{GuestScope, OrgId, Owner, ThreadId, UserId};
 use axum::extract::{FromRequestParts, MatchedPath, RawPathParams, Request, State};
 use axum::http::request::Parts;
 use axum::http::HeaderMap;
+use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use engine::auth::{AuthError, InternalClaims, SIGNATURE_HEADER};
+use engine::auth::{AuthError, InternalClaims, NonceReservation, NonceTicket, SIGNATURE_HEADER};
 use engine::principal::{self, PrincipalError};
 use engine::{CommandContext, IdempotencyRequest};
 use serde_json::json;
@@ -106,6 +108,22 @@ fn run_scoped_token_allowed(route: &str) -> bool {
         || route == "/internal/v1/openapi.json"
 }
 
+/// Whether a request's nonce is recorded by its command's own journal append rather than by a
+/// write of its own before the handler runs: the `POST` routes of runs and workers, whose only
+/// effect is engine commands issued with [`Caller::context`] (which carries the ticket). The
+/// first append records the nonce in its transaction (one commit for both); a request that
+/// appends nothing records it after the handler, before it is answered, and is answered `401
+/// replayed_nonce` if another process recorded it first (it had no effect). Every other route
+/// (reads and streams included, and anything with an effect outside the engine) records it up
+/// front. A new `POST` route under these prefixes must keep that rule (docs/security.md).
+fn nonce_rides_in_command(method: &Method, route: &str) -> bool {
+    method == Method::POST
+        && (route == "/internal/v1/runs"
+            || route.starts_with("/internal/v1/runs/")
+            || route == "/internal/v1/codex/workers"
+            || route.starts_with("/internal/v1/codex/workers/"))
+}
+
 /// Route layer guarding `/internal/v1/*` (and the other routes the root puts behind it).
 pub async fn require_signature(
     State(app): State<App>,
@@ -117,9 +135,21 @@ pub async fn require_signature(
         .headers()
         .get(SIGNATURE_HEADER)
         .map(|v| v.to_str().unwrap_or("\u{0}"));
-    let claims = match app.auth().authenticate(token, now_unix()).await {
-        Ok(claims) => claims,
-        Err(error) => return reject(error),
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_default();
+    let (claims, reservation) = if nonce_rides_in_command(request.method(), &route) {
+        match app.auth().admit(token, now_unix()).await {
+            Ok((claims, reservation)) => (claims, Some(reservation)),
+            Err(error) => return reject(error),
+        }
+    } else {
+        match app.auth().authenticate(token, now_unix()).await {
+            Ok(claims) => (claims, None),
+            Err(error) => return reject(error),
+        }
     };
     let path_run_id = params
         .iter()
@@ -135,11 +165,6 @@ pub async fn require_signature(
             return reject(AuthError::Forbidden { claim });
         }
     }
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_default();
     if !run_scoped_token_allowed(&route) {
         if claims.run_id.is_some() {
             return reject(AuthError::Forbidden { claim: "run_id" });
@@ -152,7 +177,20 @@ pub async fn require_signature(
     // Components outside this crate (the sync lane's mint and revoke) read the claims as is.
     request.extensions_mut().insert(claims.clone());
     request.extensions_mut().insert(Authenticated(claims));
-    next.run(request).await
+    let Some(reservation) = reservation else {
+        return next.run(request).await;
+    };
+    request.extensions_mut().insert(reservation.ticket());
+    let response = next.run(request).await;
+    settle(reservation, response).await
+}
+
+/// Records a deferred nonce before the response leaves (see [`nonce_rides_in_command`]).
+async fn settle(reservation: NonceReservation, response: Response) -> Response {
+    match reservation.settle(now_unix()).await {
+        Ok(()) => response,
+        Err(error) => reject(error),
+    }
 }
 
 fn reject(error: AuthError) -> Response {
@@ -218,6 +256,8 @@ pub struct Caller {
     pub org: Option<OrgId>,
     pub claims: Arc<InternalClaims>,
     pub meta: RequestMeta,
+    /// The token's nonce when it rides in this request's command (see `require_signature`).
+    pub nonce: Option<Arc<NonceTicket>>,
 }
 
 impl Caller {
@@ -254,6 +294,7 @@ impl Caller {
             request_id: self.meta.request_id.clone(),
             trace_id: self.meta.trace_id.clone(),
             idempotency,
+            nonce: self.nonce.clone(),
         }
     }
 }
@@ -299,6 +340,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
             org: resolved.org,
             claims,
             meta: RequestMeta::from_headers(&parts.headers),
+            nonce: parts.extensions.get::<Arc<NonceTicket>>().cloned(),
         })
     }
 }

@@ -182,6 +182,7 @@ fn from_command<E: std::error::Error + Send + Sync + 'static>(
             "Idempotency-Key was already used for a different request",
             "idempotency_key_reused",
         ),
+        CommandError::NonceReplayed => ApiError::from(AuthError::Replayed),
         CommandError::Unavailable(e) => ApiError::unavailable(&e),
         CommandError::Internal(e) => {
             let error: &(dyn std::error::Error + 'static) = e.as_ref();

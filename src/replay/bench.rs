@@ -83,6 +83,7 @@ pub async fn run(args: BenchReplayArgs) -> anyhow::Result<()> {
                 expected_sequence: i % 16,
                 events: std::slice::from_ref(&event),
                 idempotency: None,
+                nonce: None,
             })
             .await?;
     }

@@ -227,6 +227,7 @@ pub async fn check_journal(live: &Database, scratch: &Database) -> anyhow::Resul
                     expected_sequence: e.sequence as u64 - 1,
                     events: std::slice::from_ref(&copy),
                     idempotency: None,
+                    nonce: None,
                 })
                 .await
                 .with_context(|| format!("copy {where_}"))?;

@@ -142,6 +142,7 @@ async fn run_step(
     let engine_name = step.engine.clone().unwrap_or_else(|| "a".into());
     let actor = step.actor.clone().unwrap_or_else(|| "user:fixture".into());
     let context = CommandContext {
+        nonce: None,
         actor: actor.clone(),
         request_id: step.request_id.clone(),
         trace_id: None,
@@ -256,6 +257,7 @@ async fn append_raw(
             expected_sequence: expected,
             events: std::slice::from_ref(&event),
             idempotency: None,
+            nonce: None,
         })
         .await
         .context("append_raw")?;

@@ -136,6 +136,12 @@ pub async fn spawn_app(db: &TestDb) -> TestApp {
 }
 
 pub async fn spawn_app_with(db: &TestDb, options: Options) -> TestApp {
+    spawn_app_on(db, db.database.clone(), options).await
+}
+
+/// Like [`spawn_app_with`] on a database handle of its own (another pool, and for SQLite another
+/// writer lock, on the same database): a second runtime process as far as the database can tell.
+pub async fn spawn_app_on(db: &TestDb, database: engine::Database, options: Options) -> TestApp {
     init_test_logs();
     let mut config = RuntimeConfig::new(
         database_config(db),
@@ -165,7 +171,7 @@ pub async fn spawn_app_with(db: &TestDb, options: Options) -> TestApp {
             ids: Arc::new(engine::clock::UuidV7Ids),
         },
     };
-    let app = App::new(config, db.database.clone(), stamps);
+    let app = App::new(config, database, stamps);
     let server = Server::bind(app.clone()).await.expect("bind 127.0.0.1:0");
     let server = match (options.everything, options.artifacts) {
         (true, _) => {

@@ -63,6 +63,7 @@ pub async fn seed_raw(db: &TestDb, prefix: &str, count: usize, per_append: usize
                 expected_sequence: 0,
                 events: &events,
                 idempotency: None,
+                nonce: None,
             })
             .await
             .unwrap();

@@ -1,8 +1,9 @@
 //! Crash safety of the real binary: a child `openagents-runtime serve` under command load from
 //! several clients is killed with SIGKILL; after a restart on the same journal, every command
 //! that got a 2xx is in the journal, none twice, and retrying every command (acknowledged or
-//! not) still leaves each exactly once. The restarted child is then stopped with SIGTERM and must
-//! drain and exit 0.
+//! not) still leaves each exactly once. Each command's token nonce is recorded in the command's own
+//! append, so the token of every stored command (acknowledged or not) is refused as a replay after
+//! the restart. The restarted child is then stopped with SIGTERM and must drain and exit 0.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -12,7 +13,9 @@ use std::time::Duration;
 use engine::testing::TestDb;
 use serde_json::json;
 
-use crate::app::{claims, token};
+use engine::auth::InternalClaims;
+
+use crate::app::{now_unix, token};
 use crate::child::ServeChild;
 use crate::support::{on_both_backends, read_all_settled};
 
@@ -28,15 +31,37 @@ fn start_child(db: &TestDb, data_dir: &std::path::Path) -> ServeChild {
     ServeChild::start(db, data_dir, &[])
 }
 
+/// A token for user 1 that stays valid for the whole test (its replay after the restart must be
+/// refused as a replay, not as expired).
+fn long_token() -> String {
+    token(&InternalClaims {
+        user_id: Some("1".into()),
+        ..InternalClaims::new(now_unix(), 600)
+    })
+}
+
 async fn post_frame(
     http: &reqwest::Client,
     base: &str,
     run: &str,
     frame: &str,
 ) -> Result<u16, reqwest::Error> {
+    post_frame_with(http, base, run, frame, &long_token())
+        .await
+        .map(|(status, _)| status)
+}
+
+/// Posts a frame with `token`; the status and the error reason, if any.
+async fn post_frame_with(
+    http: &reqwest::Client,
+    base: &str,
+    run: &str,
+    frame: &str,
+    token: &str,
+) -> Result<(u16, String), reqwest::Error> {
     let response = http
         .post(format!("{base}/internal/v1/runs/{run}/frames"))
-        .header("x-oa-runtime-signature", token(&claims()))
+        .header("x-oa-runtime-signature", token)
         .header("x-oa-user-id", "1")
         .json(
             &json!({"thread_id": "thread_1", "frame_id": frame, "type": "text_delta",
@@ -45,7 +70,13 @@ async fn post_frame(
         .timeout(Duration::from_secs(20))
         .send()
         .await?;
-    Ok(response.status().as_u16())
+    let status = response.status().as_u16();
+    let body: serde_json::Value = response.json().await.unwrap_or_default();
+    let reason = body["error"]["details"]["reason"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    Ok((status, reason))
 }
 
 async fn acknowledged_commands_survive_sigkill_exactly_once(db: &TestDb) {
@@ -67,13 +98,14 @@ async fn acknowledged_commands_survive_sigkill_exactly_once(db: &TestDb) {
             for i in 0..PER_CLIENT {
                 let run = format!("crash_run_{}", (client + i) % RUNS);
                 let frame = format!("c{client}_{i}");
-                attempted.push((run.clone(), frame.clone()));
-                match post_frame(&http, &base, &run, &frame).await {
-                    Ok(status) if (200..300).contains(&status) => {
+                let token = long_token();
+                attempted.push((run.clone(), frame.clone(), token.clone()));
+                match post_frame_with(&http, &base, &run, &frame, &token).await {
+                    Ok((status, _)) if (200..300).contains(&status) => {
                         acked.push((run, frame));
                         acks.fetch_add(1, Ordering::Relaxed);
                     }
-                    Ok(status) => panic!("unexpected status {status} before the crash"),
+                    Ok((status, _)) => panic!("unexpected status {status} before the crash"),
                     // The server died under us: this command's outcome is unknown.
                     Err(_) => break,
                 }
@@ -113,11 +145,27 @@ async fn acknowledged_commands_survive_sigkill_exactly_once(db: &TestDb) {
         stored.values().all(|(_, n)| *n == 1),
         "a frame stored twice"
     );
-    let attempted_ids: HashSet<&String> = attempted.iter().map(|(_, f)| f).collect();
+    let attempted_ids: HashSet<&String> = attempted.iter().map(|(_, f, _)| f).collect();
     assert!(stored.keys().all(|f| attempted_ids.contains(f)));
 
+    // The token of every stored command was recorded with it: replaying it (same request, same
+    // token) is refused and appends nothing, whether or not the client saw the answer.
+    for (run, frame, token) in &attempted {
+        if !stored.contains_key(frame) {
+            continue;
+        }
+        let (status, reason) = post_frame_with(&http, &restarted.base, run, frame, token)
+            .await
+            .unwrap();
+        assert_eq!(
+            (status, reason.as_str()),
+            (401, "replayed_nonce"),
+            "the token of stored frame {frame} must be spent"
+        );
+    }
+
     // Retrying everything that was attempted (the clients' recovery) converges on exactly once.
-    for (run, frame) in &attempted {
+    for (run, frame, _) in &attempted {
         let status = post_frame(&http, &restarted.base, run, frame)
             .await
             .unwrap();

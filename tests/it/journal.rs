@@ -6,7 +6,9 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use aggregates::run::Run;
-use engine::journal::{AppendRequest, GlobalCursor, Journal, JournalError, NewIdempotencyRecord};
+use engine::journal::{
+    AppendRequest, GlobalCursor, Journal, JournalError, NewIdempotencyRecord, NewNonce,
+};
 use engine::testing::TestDb;
 
 use crate::support::{on_both_backends, raw_event, read_all_settled, ts};
@@ -15,9 +17,11 @@ on_both_backends!(
     appends_and_loads_one_aggregate_in_sequence_order,
     a_stale_expected_sequence_is_a_conflict_and_writes_nothing,
     an_idempotency_record_is_written_with_its_events_or_not_at_all,
+    a_token_nonce_is_written_with_its_events_or_not_at_all,
     read_all_returns_every_event_once_in_order_across_pages,
     events_survive_closing_and_reopening_the_database,
     concurrent_appenders_lose_nothing_and_duplicate_nothing,
+    appends_committed_together_fail_alone,
     an_open_write_transaction_is_never_skipped_by_the_global_reader,
 );
 
@@ -32,6 +36,7 @@ fn append<'a>(
         expected_sequence: expected,
         events,
         idempotency: None,
+        nonce: None,
     }
 }
 
@@ -172,6 +177,137 @@ async fn an_idempotency_record_is_written_with_its_events_or_not_at_all(db: &Tes
         .await
         .unwrap()
         .is_none());
+}
+
+async fn a_token_nonce_is_written_with_its_events_or_not_at_all(db: &TestDb) {
+    let journal = db.database.journal();
+    let nonce = NewNonce {
+        nonce: "nonce-j1".into(),
+        expires_at_unix: 4_000_000_000,
+    };
+    journal
+        .append(AppendRequest {
+            nonce: Some(&nonce),
+            ..append("r1", 0, &[raw_event("a")])
+        })
+        .await
+        .unwrap();
+    // The same nonce again, on another aggregate: refused, nothing written.
+    let error = journal
+        .append(AppendRequest {
+            nonce: Some(&nonce),
+            ..append("r2", 0, &[raw_event("b")])
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(error, JournalError::NonceTaken), "{error:?}");
+    assert!(journal.load::<Run>("r2", 0).await.unwrap().is_empty());
+    // The nonce store sees it as used.
+    let store = engine::auth::NonceStore::new(db.database.clone());
+    assert!(matches!(
+        store.consume("nonce-j1", 4_000_000_000, 1_000).await,
+        Err(engine::auth::AuthError::Replayed)
+    ));
+    // A conflicting append does not spend its nonce.
+    let fresh = NewNonce {
+        nonce: "nonce-j2".into(),
+        ..nonce
+    };
+    let error = journal
+        .append(AppendRequest {
+            nonce: Some(&fresh),
+            ..append("r1", 0, &[raw_event("late")])
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(error, JournalError::Conflict { .. }), "{error:?}");
+    store
+        .consume("nonce-j2", 4_000_000_000, 1_000)
+        .await
+        .unwrap();
+}
+
+/// Many appends at once (on SQLite they share group commits): the ones that fail their checks —
+/// a stale sequence, a taken idempotency key, a taken nonce — fail alone and write nothing; every
+/// other one is written exactly once.
+async fn appends_committed_together_fail_alone(db: &TestDb) {
+    let journal = db.database.journal();
+    let taken = NewNonce {
+        nonce: "nonce-taken".into(),
+        expires_at_unix: 4_000_000_000,
+    };
+    let key = NewIdempotencyRecord {
+        scope: "user:1".into(),
+        key: "key-taken".into(),
+        request_hash: "sha256:abc".into(),
+        created_at: ts("2026-02-01T00:00:00Z"),
+    };
+    let event = [raw_event("x")];
+    journal
+        .append(AppendRequest {
+            nonce: Some(&taken),
+            idempotency: Some(&key),
+            ..append("seed", 0, &event)
+        })
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..120 {
+        let journal = journal.clone();
+        let (taken, key) = (taken.clone(), key.clone());
+        tasks.push(tokio::spawn(async move {
+            let id = format!("g{i}");
+            let event = [raw_event(&id)];
+            let request = match i % 4 {
+                // Everyone races for the same new aggregate: one wins.
+                0 => append("contested", 0, &event),
+                1 => AppendRequest {
+                    nonce: Some(&taken),
+                    ..append(&id, 0, &event)
+                },
+                2 => AppendRequest {
+                    idempotency: Some(&key),
+                    ..append(&id, 0, &event)
+                },
+                _ => append(&id, 0, &event),
+            };
+            (i % 4, journal.append(request).await)
+        }));
+    }
+    let mut outcomes = HashMap::<(usize, &'static str), usize>::new();
+    for task in tasks {
+        let (kind, result) = task.await.unwrap();
+        let label = match result {
+            Ok(_) => "ok",
+            Err(JournalError::Conflict { .. }) => "conflict",
+            Err(JournalError::NonceTaken) => "nonce",
+            Err(JournalError::IdempotencyKeyTaken) => "key",
+            Err(other) => panic!("unexpected {other:?}"),
+        };
+        *outcomes.entry((kind, label)).or_default() += 1;
+    }
+    let expected: HashMap<(usize, &'static str), usize> = [
+        ((0, "ok"), 1),
+        ((0, "conflict"), 29),
+        ((1, "nonce"), 30),
+        ((2, "key"), 30),
+        ((3, "ok"), 30),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(outcomes, expected);
+    let stored = read_all_settled(&journal).await;
+    assert_eq!(
+        stored.len(),
+        1 + 1 + 30,
+        "seed, contested, 30 plain appends"
+    );
+    let ids: HashSet<&str> = stored
+        .iter()
+        .map(|e| e.event.aggregate_id.as_str())
+        .collect();
+    assert_eq!(ids.len(), 32);
+    assert_eq!(journal.load::<Run>("contested", 0).await.unwrap().len(), 1);
 }
 
 async fn read_all_returns_every_event_once_in_order_across_pages(db: &TestDb) {

@@ -316,6 +316,7 @@ async fn every_appended_event_carries_a_recomputable_chain_link() {
             expected_sequence: 0,
             events: &[legacy],
             idempotency: None,
+            nonce: None,
         })
         .await
         .unwrap();

@@ -12,6 +12,7 @@
 mod any;
 mod postgres;
 mod sqlite;
+mod sqlite_writer;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -25,6 +26,7 @@ use serde::{Deserialize, Serialize};
 pub use any::AnyJournal;
 pub use postgres::PgJournal;
 pub use sqlite::SqliteJournal;
+pub use sqlite_writer::{SqliteWriter, MAX_BATCH as MAX_GROUP_COMMIT};
 
 /// A point in the journal's global order: `(transaction, position)`, compared lexicographically.
 ///
@@ -124,6 +126,16 @@ pub struct NewIdempotencyRecord {
     pub created_at: Timestamp,
 }
 
+/// A request's single-use token nonce, recorded in the same transaction as the events the request
+/// appended (see `engine::auth::NonceTicket`): the command and the proof that its token was used
+/// become durable together, with one commit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewNonce {
+    pub nonce: String,
+    /// Unix seconds after which the token can no longer pass verification (the row may go).
+    pub expires_at_unix: i64,
+}
+
 /// A stored `Idempotency-Key` record: which request used the key and which events it appended.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IdempotencyRecord {
@@ -147,6 +159,8 @@ pub struct AppendRequest<'a> {
     pub expected_sequence: u64,
     pub events: &'a [NewEvent],
     pub idempotency: Option<&'a NewIdempotencyRecord>,
+    /// The request's token nonce, if it rides in this append.
+    pub nonce: Option<&'a NewNonce>,
 }
 
 /// What a successful append wrote.
@@ -171,6 +185,9 @@ pub enum JournalError {
     /// The idempotency key was recorded by another request first. Look the record up.
     #[error("idempotency key already recorded")]
     IdempotencyKeyTaken,
+    /// The token nonce riding in the append was already used: nothing was written.
+    #[error("token nonce already used")]
+    NonceTaken,
     /// The request itself is malformed (e.g. no events); a bug in the caller.
     #[error("invalid append: {0}")]
     InvalidAppend(&'static str),
@@ -211,11 +228,12 @@ pub struct JournalHead {
 /// Methods are generic futures rather than `async_trait` objects: the runtime picks a backend
 /// through [`AnyJournal`] (an enum), so nothing needs `dyn Journal`.
 pub trait Journal: Send + Sync {
-    /// Appends events (and the optional idempotency record) atomically.
+    /// Appends events (and the optional idempotency record and token nonce) atomically.
     ///
     /// # Errors
     /// [`JournalError::Conflict`] if the aggregate is no longer at `expected_sequence`;
-    /// [`JournalError::IdempotencyKeyTaken`] if the key exists; nothing is written in either case.
+    /// [`JournalError::IdempotencyKeyTaken`] if the key exists; [`JournalError::NonceTaken`] if
+    /// the nonce was used; nothing is written in any of these cases.
     ///
     /// # Cancel safety
     /// Not cancel safe: dropping the future mid-flight leaves the outcome unknown (like a crash).

@@ -1,6 +1,6 @@
 //! PostgreSQL journal: postgres-es's `events` table, with a gap-safe global read.
 //!
-//! Appends are one statement (events and idempotency record together, autocommit), so a command
+//! Appends are one statement (events, idempotency record and token nonce together, autocommit), so a command
 //! costs one round trip and one durable commit. Aggregate loads go through postgres-es's own
 //! repository. The global read orders by `(transaction_id, position)` and stops below the oldest
 //! running transaction (`pg_snapshot_xmin`), see `docs/adr/0002-global-order.md`.
@@ -23,6 +23,10 @@ WITH idem AS (
          first_sequence, last_sequence, created_at)
     SELECT $8::text, $9::text, $10::text, $1::text, $2::text, $11::bigint, $12::bigint, $13::timestamptz
     WHERE $9::text IS NOT NULL
+), nonce AS (
+    INSERT INTO runtime.auth_nonces (nonce, expires_at)
+    SELECT $14::text, to_timestamp($15::float8)
+    WHERE $14::text IS NOT NULL
 )
 INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
 SELECT $1::text, $2::text, e.sequence, e.event_type, e.event_version, e.payload::json, e.metadata::json
@@ -117,6 +121,7 @@ fn classify(error: sqlx::Error, request: &AppendRequest<'_>) -> JournalError {
         if db.code().as_deref() == Some("23505") {
             return match db.constraint() {
                 Some("idempotency_keys_pkey") => JournalError::IdempotencyKeyTaken,
+                Some("auth_nonces_pkey") => JournalError::NonceTaken,
                 _ => JournalError::Conflict {
                     aggregate_type: request.aggregate_type.to_owned(),
                     aggregate_id: request.aggregate_id.to_owned(),
@@ -164,6 +169,8 @@ impl Journal for PgJournal {
             .bind(to_i64(first, "sequence out of range")?)
             .bind(to_i64(last, "sequence out of range")?)
             .bind(idem.map(|r| r.created_at.as_datetime()))
+            .bind(request.nonce.map(|n| n.nonce.as_str()))
+            .bind(request.nonce.map(|n| n.expires_at_unix as f64))
             .fetch_all(&self.pool)
             .await
             .map_err(|e| classify(e, &request))?;

@@ -2,16 +2,18 @@
 //!
 //! SQLite has one writer at a time; `BEGIN IMMEDIATE` takes the write lock up front, so
 //! `position` values are handed out in commit order and a plain `position > cursor` read is
-//! gap-safe. An in-process mutex queues this process's writers so they wait on a cheap lock
-//! instead of spinning on `SQLITE_BUSY`; other processes are held off by the busy timeout.
+//! gap-safe. Appends go through the file's [`SqliteWriter`] (group commit: concurrent appends share
+//! one transaction and one fsync, each acknowledged only once durable); its in-process lock queues
+//! this process's writers so they wait on a cheap lock instead of spinning on `SQLITE_BUSY`; other
+//! processes are held off by the busy timeout.
 
 use cqrs_es::persist::SerializedEvent;
 use cqrs_es::Aggregate;
 use sqlx::sqlite::SqliteRow;
 use sqlx::{Row, SqlitePool};
 use std::sync::Arc;
-use tokio::sync::Mutex;
 
+use super::sqlite_writer::{OwnedAppend, SqliteWriter};
 use super::{
     metadata_json, to_i64, to_u64, AppendRequest, Appended, GlobalCursor, IdempotencyRecord,
     Journal, JournalError, JournalHead, StoredEvent,
@@ -21,30 +23,29 @@ use super::{
 #[derive(Clone)]
 pub struct SqliteJournal {
     pool: SqlitePool,
-    /// Serialises this process's write transactions. Held for the length of one append; dropping
-    /// the guard lets the next writer in. Shared with the other writers of the same file (the
-    /// projection store) through [`crate::Database`].
-    write_lock: Arc<Mutex<()>>,
+    /// The file's writer: group commit for appends, and the lock shared with the other writers
+    /// of the same file (the projection store) through [`crate::Database`].
+    writer: Arc<SqliteWriter>,
 }
 
 impl SqliteJournal {
     /// Wraps a pool whose database has had `engine::SQLITE_MIGRATOR` applied.
     pub fn new(pool: SqlitePool) -> Self {
-        Self::with_lock(pool, Arc::new(Mutex::new(())))
+        Self::with_writer(pool, Arc::default())
     }
 
-    /// Like [`SqliteJournal::new`], sharing `write_lock` with the other writers of the file.
-    pub fn with_lock(pool: SqlitePool, write_lock: Arc<Mutex<()>>) -> Self {
-        Self { pool, write_lock }
+    /// Like [`SqliteJournal::new`], sharing `writer` with the other writers of the file.
+    pub fn with_writer(pool: SqlitePool, writer: Arc<SqliteWriter>) -> Self {
+        Self { pool, writer }
     }
 
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
     }
 
-    /// The in-process writer lock; every writer to this database file should hold it.
-    pub fn write_lock(&self) -> Arc<Mutex<()>> {
-        self.write_lock.clone()
+    /// The file's writer; every writer to this database file should hold its lock.
+    pub fn writer(&self) -> Arc<SqliteWriter> {
+        self.writer.clone()
     }
 }
 
@@ -78,14 +79,6 @@ fn stored_event(row: &SqliteRow) -> Result<StoredEvent, JournalError> {
     })
 }
 
-fn is_unique_violation(error: &sqlx::Error) -> bool {
-    match error {
-        // 2067 SQLITE_CONSTRAINT_UNIQUE, 1555 SQLITE_CONSTRAINT_PRIMARYKEY
-        sqlx::Error::Database(db) => matches!(db.code().as_deref(), Some("2067") | Some("1555")),
-        _ => false,
-    }
-}
-
 impl Journal for SqliteJournal {
     async fn append(&self, request: AppendRequest<'_>) -> Result<Appended, JournalError> {
         if request.events.is_empty() {
@@ -93,75 +86,26 @@ impl Journal for SqliteJournal {
                 "an append needs at least one event",
             ));
         }
-        let first = request.expected_sequence + 1;
-        let last = request.expected_sequence + request.events.len() as u64;
-        let _writer = self.write_lock.lock().await;
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(JournalError::Database)?;
-        if let Some(idem) = request.idempotency {
-            let inserted = sqlx::query(
-                "INSERT INTO runtime_idempotency_keys
-                    (scope, idempotency_key, request_hash, aggregate_type, aggregate_id,
-                     first_sequence, last_sequence, created_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-            )
-            .bind(&idem.scope)
-            .bind(&idem.key)
-            .bind(&idem.request_hash)
-            .bind(request.aggregate_type)
-            .bind(request.aggregate_id)
-            .bind(to_i64(first, "sequence out of range")?)
-            .bind(to_i64(last, "sequence out of range")?)
-            .bind(idem.created_at.to_rfc3339())
-            .execute(&mut *tx)
-            .await;
-            match inserted {
-                Ok(_) => {}
-                Err(e) if is_unique_violation(&e) => return Err(JournalError::IdempotencyKeyTaken),
-                Err(e) => return Err(JournalError::Database(e)),
-            }
-        }
-        let mut cursors = Vec::with_capacity(request.events.len());
-        for (offset, event) in request.events.iter().enumerate() {
-            let sequence = first + offset as u64;
-            let row = sqlx::query(
-                "INSERT INTO events
-                    (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)
-                 RETURNING position",
-            )
-            .bind(request.aggregate_type)
-            .bind(request.aggregate_id)
-            .bind(to_i64(sequence, "sequence out of range")?)
-            .bind(&event.event_type)
-            .bind(&event.event_version)
-            .bind(event.payload.to_string())
-            .bind(metadata_json(&event.metadata))
-            .fetch_one(&mut *tx)
-            .await;
-            match row {
-                Ok(row) => {
-                    let position: i64 = row.try_get(0).map_err(decode)?;
-                    cursors.push(GlobalCursor::new(0, to_u64(position, "position")?));
-                }
-                Err(e) if is_unique_violation(&e) => {
-                    return Err(JournalError::Conflict {
-                        aggregate_type: request.aggregate_type.to_owned(),
-                        aggregate_id: request.aggregate_id.to_owned(),
-                        expected_sequence: request.expected_sequence,
-                    })
-                }
-                Err(e) => return Err(JournalError::Database(e)),
-            }
-        }
-        tx.commit().await.map_err(JournalError::Database)?;
-        Ok(Appended {
-            last_sequence: last,
-            cursors,
-        })
+        let append = OwnedAppend {
+            aggregate_type: request.aggregate_type.to_owned(),
+            aggregate_id: request.aggregate_id.to_owned(),
+            expected_sequence: request.expected_sequence,
+            events: request
+                .events
+                .iter()
+                .map(|e| {
+                    (
+                        e.event_type.clone(),
+                        e.event_version.clone(),
+                        e.payload.to_string(),
+                        metadata_json(&e.metadata),
+                    )
+                })
+                .collect(),
+            idempotency: request.idempotency.cloned(),
+            nonce: request.nonce.cloned(),
+        };
+        self.writer.append(&self.pool, append).await
     }
 
     async fn load<A: Aggregate>(

@@ -99,7 +99,7 @@ impl WalletLease {
                     .await?
             }
             AnyJournal::Sqlite(journal) => {
-                let lock = journal.write_lock();
+                let lock = journal.writer();
                 let _guard = lock.lock().await;
                 sqlx::query_scalar(UPSERT)
                     .bind(&self.wallet_id)
@@ -129,7 +129,7 @@ impl WalletLease {
                     .await?;
             }
             AnyJournal::Sqlite(journal) => {
-                let lock = journal.write_lock();
+                let lock = journal.writer();
                 let _guard = lock.lock().await;
                 sqlx::query(RELEASE)
                     .bind(&self.wallet_id)

@@ -8,7 +8,7 @@ use engine::journal::GlobalCursor;
 use serde_json::json;
 use sqlx::sqlite::SqliteRow;
 use sqlx::{Row, Sqlite, SqlitePool, Transaction};
-use tokio::sync::{Mutex, OwnedMutexGuard};
+use tokio::sync::OwnedMutexGuard;
 
 use super::{
     epoch_marker_key, to_i64, to_u64, BatchCommit, Checkpoint, Committed, DocRow, DocWrite,
@@ -32,7 +32,7 @@ const OWNER_CLAUSE: &str = "($3 OR ((x.owner_user_id = $4 OR x.owner_guest_scope
 #[derive(Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
-    write_lock: Arc<Mutex<()>>,
+    write_lock: Arc<engine::journal::SqliteWriter>,
 }
 
 fn table(spec: &ProjectorSpec, target: Target) -> String {
@@ -284,7 +284,7 @@ fn rebuild_missing(spec: &ProjectorSpec) -> StoreError {
 }
 
 impl SqliteStore {
-    pub fn new(pool: SqlitePool, write_lock: Arc<Mutex<()>>) -> Self {
+    pub fn new(pool: SqlitePool, write_lock: Arc<engine::journal::SqliteWriter>) -> Self {
         Self { pool, write_lock }
     }
 

@@ -4,12 +4,17 @@
 //! A token is `v1.<b64url(claims JSON)>.<b64url(HMAC-SHA256(claims segment, secret))>`, unpadded
 //! base64url, where the MAC covers the *encoded* claims segment. [`mint`] makes one, [`verify`]
 //! checks signature and time window (pure), and [`NonceStore`] makes each nonce single use across
-//! every process sharing the database. [`InternalAuth`] ties them together for servers.
+//! every process sharing the database. [`InternalAuth`] ties them together for servers: either
+//! consuming the nonce up front ([`InternalAuth::authenticate`]) or admitting the request with a
+//! [`NonceTicket`] whose nonce is recorded in the transaction of the command it carries
+//! ([`InternalAuth::admit`], see `docs/adr/0118-nonce-rides-in-the-command.md`).
 //!
 //! Secrets never appear in `Debug` output, logs or errors.
 
+mod nonces;
+
 use std::fmt;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
 
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
 use base64::engine::DecodePaddingMode;
@@ -19,6 +24,8 @@ use serde::{Deserialize, Deserializer, Serialize};
 use sha2::Sha256;
 
 use crate::db::Database;
+
+pub use nonces::{NonceReservation, NonceStore, NonceTicket, TicketState, PRUNE_EVERY_SECS};
 
 /// The HTTP header carrying the token.
 pub const SIGNATURE_HEADER: &str = "x-oa-runtime-signature";
@@ -277,116 +284,17 @@ pub fn verify(
     Ok(claims)
 }
 
-/// Single-use nonces, persisted in `runtime.auth_nonces` (PostgreSQL) or `runtime_auth_nonces`
-/// (SQLite) so every process on the database shares them. A nonce is kept until its token could
-/// no longer pass the time check (`exp + skew`), then pruned.
-pub struct NonceStore {
-    database: Database,
-    /// Unix seconds of the last prune; pruning runs at most once per [`PRUNE_EVERY_SECS`].
-    last_prune: AtomicI64,
-}
-
-/// How often expired nonces are deleted (piggy-backed on `consume`).
-pub const PRUNE_EVERY_SECS: i64 = 60;
-
-impl NonceStore {
-    pub fn new(database: Database) -> Self {
-        Self {
-            database,
-            last_prune: AtomicI64::new(0),
-        }
-    }
-
-    /// Records `nonce` as used until `expires_at_unix`.
-    ///
-    /// # Errors
-    /// [`AuthError::Replayed`] if it was already recorded; [`AuthError::Store`] if the database
-    /// failed (the nonce may or may not be recorded).
-    pub async fn consume(
-        &self,
-        nonce: &str,
-        expires_at_unix: i64,
-        now_unix: i64,
-    ) -> Result<(), AuthError> {
-        let inserted = match &self.database {
-            Database::Postgres(pool) => sqlx::query(
-                "INSERT INTO runtime.auth_nonces (nonce, expires_at)
-                 VALUES ($1, to_timestamp($2)) ON CONFLICT (nonce) DO NOTHING",
-            )
-            .bind(nonce)
-            .bind(expires_at_unix as f64)
-            .execute(pool)
-            .await
-            .map_err(AuthError::Store)?
-            .rows_affected(),
-            Database::Sqlite { pool, write_lock } => {
-                let _writer = write_lock.lock().await;
-                sqlx::query(
-                    "INSERT INTO runtime_auth_nonces (nonce, expires_at) VALUES ($1, $2)
-                     ON CONFLICT (nonce) DO NOTHING",
-                )
-                .bind(nonce)
-                .bind(expires_at_unix)
-                .execute(pool)
-                .await
-                .map_err(AuthError::Store)?
-                .rows_affected()
-            }
-        };
-        if inserted == 0 {
-            return Err(AuthError::Replayed);
-        }
-        let last = self.last_prune.load(Ordering::Relaxed);
-        if now_unix - last >= PRUNE_EVERY_SECS
-            && self
-                .last_prune
-                .compare_exchange(last, now_unix, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
-            if let Err(error) = self.prune(now_unix).await {
-                tracing::warn!(error.message = %error, "pruning expired nonces failed");
-            }
-        }
-        Ok(())
-    }
-
-    /// Deletes nonces whose tokens can no longer pass verification. Returns how many.
-    ///
-    /// # Errors
-    /// [`AuthError::Store`] when the database fails.
-    pub async fn prune(&self, now_unix: i64) -> Result<u64, AuthError> {
-        let deleted = match &self.database {
-            Database::Postgres(pool) => {
-                sqlx::query("DELETE FROM runtime.auth_nonces WHERE expires_at < to_timestamp($1)")
-                    .bind(now_unix as f64)
-                    .execute(pool)
-                    .await
-                    .map(|r| r.rows_affected())
-            }
-            Database::Sqlite { pool, write_lock } => {
-                let _writer = write_lock.lock().await;
-                sqlx::query("DELETE FROM runtime_auth_nonces WHERE expires_at < $1")
-                    .bind(now_unix)
-                    .execute(pool)
-                    .await
-                    .map(|r| r.rows_affected())
-            }
-        };
-        deleted.map_err(AuthError::Store)
-    }
-}
-
 /// A server's view of internal auth: the secret plus the shared nonce store.
 pub struct InternalAuth {
     secret: SigningSecret,
-    nonces: NonceStore,
+    nonces: Arc<NonceStore>,
 }
 
 impl InternalAuth {
     pub fn new(secret: SigningSecret, database: Database) -> Self {
         Self {
             secret,
-            nonces: NonceStore::new(database),
+            nonces: Arc::new(NonceStore::new(database)),
         }
     }
 
@@ -394,7 +302,8 @@ impl InternalAuth {
         &self.secret
     }
 
-    /// Verifies `token` at `now_unix` and consumes its nonce.
+    /// Verifies `token` at `now_unix` and consumes its nonce (one durable write) before anything
+    /// else happens.
     ///
     /// # Errors
     /// See [`verify`] and [`NonceStore::consume`].
@@ -406,18 +315,42 @@ impl InternalAuth {
         let token = token.ok_or(AuthError::Missing)?;
         let claims = verify(&self.secret, token, now_unix)?;
         self.nonces
-            .consume(
-                &claims.nonce,
-                claims.exp.saturating_add(CLOCK_SKEW_SECS),
-                now_unix,
-            )
+            .consume(&claims.nonce, nonce_expiry(&claims), now_unix)
             .await?;
         Ok(claims)
+    }
+
+    /// Verifies `token` at `now_unix`, checks that its nonce is unused (a read, no write) and
+    /// reserves it in this process, without consuming it yet. The caller must settle the
+    /// returned reservation ([`NonceReservation::settle`]) before it answers: the nonce is then
+    /// recorded either by the command that carried its [`NonceTicket`] (in the same
+    /// transaction) or by `settle` itself. Two processes admitting the same token both run; the
+    /// database's key on the nonce lets exactly one of them record it.
+    ///
+    /// # Errors
+    /// See [`verify`]; [`AuthError::Replayed`] if the nonce is recorded or in flight here.
+    pub async fn admit(
+        &self,
+        token: Option<&str>,
+        now_unix: i64,
+    ) -> Result<(InternalClaims, NonceReservation), AuthError> {
+        let token = token.ok_or(AuthError::Missing)?;
+        let claims = verify(&self.secret, token, now_unix)?;
+        let reservation = self
+            .nonces
+            .reserve(&claims.nonce, nonce_expiry(&claims), now_unix)
+            .await?;
+        Ok((claims, reservation))
     }
 
     pub fn nonces(&self) -> &NonceStore {
         &self.nonces
     }
+}
+
+/// Until when a token's nonce must be remembered: past this it fails the time check anyway.
+fn nonce_expiry(claims: &InternalClaims) -> i64 {
+    claims.exp.saturating_add(CLOCK_SKEW_SECS)
 }
 
 #[cfg(test)]
