@@ -27,6 +27,10 @@ const CHECKPOINT_COLUMNS: &str = "projector, topic, projection_version, cursor_t
     rebuild_version, rebuild_cursor_transaction, rebuild_cursor_position, rebuild_events, \
     rebuild_started_at_ms, last_rebuilt_at_ms, updated_at_ms";
 
+/// The columns a document table is written with, in the order its inserts list them.
+const DOC_TABLE_COLUMNS: &str = "doc_key, doc_version, payload, payload_hash, watermark, \
+    owner_user_id, owner_guest_scope, owner_org_id, projected_at_ms, updated_at_ms";
+
 /// The columns of a stream row or a document (the payload as its JSON text).
 const ROW_COLUMNS: &str = "doc_key, doc_version, CAST(payload AS TEXT) AS payload, payload_hash, \
     watermark, owner_user_id, owner_guest_scope, owner_org_id, projected_at_ms";
@@ -74,20 +78,59 @@ impl<D: Dialect> WriteTx<D> {
     }
 }
 
+/// What a write needs of the checkpoint row it locks (and no more: it is read under the lock).
+const LOCKED_COLUMNS: &str = "lease_owner, cursor_transaction, cursor_position, \
+    rebuild_version, rebuild_cursor_transaction, rebuild_cursor_position";
+
+/// A locked checkpoint row ([`LOCKED_COLUMNS`]).
+struct Locked {
+    lease_owner: Option<String>,
+    cursor: GlobalCursor,
+    rebuild: Option<Rebuilding>,
+}
+
+/// A full rebuild in progress: the version it builds and its cursor.
+struct Rebuilding {
+    version: u32,
+    cursor: GlobalCursor,
+}
+
+fn rebuilding(row: &impl Columns) -> Result<Option<Rebuilding>, StoreError> {
+    let Some(version) = row.opt_int32("rebuild_version")? else {
+        return Ok(None);
+    };
+    let part = |column: &str| -> Result<u64, StoreError> {
+        super::to_u64(row.opt_int(column)?.unwrap_or(0), column)
+    };
+    Ok(Some(Rebuilding {
+        version: u32::try_from(version).unwrap_or_default(),
+        cursor: GlobalCursor::new(
+            part("rebuild_cursor_transaction")?,
+            part("rebuild_cursor_position")?,
+        ),
+    }))
+}
+
+fn cursor(row: &impl Columns) -> Result<GlobalCursor, StoreError> {
+    Ok(GlobalCursor::new(
+        row.uint("cursor_transaction")?,
+        row.uint("cursor_position")?,
+    ))
+}
+
+fn locked(row: &impl Columns) -> Result<Locked, StoreError> {
+    Ok(Locked {
+        lease_owner: row.opt_text("lease_owner")?,
+        cursor: cursor(row)?,
+        rebuild: rebuilding(row)?,
+    })
+}
+
 fn checkpoint(row: &impl Columns) -> Result<Checkpoint, StoreError> {
-    let rebuild = match row.opt_int32("rebuild_version")? {
-        Some(version) => Some(RebuildState {
-            version: u32::try_from(version).unwrap_or_default(),
-            cursor: GlobalCursor::new(
-                super::to_u64(
-                    row.opt_int("rebuild_cursor_transaction")?.unwrap_or(0),
-                    "cursor",
-                )?,
-                super::to_u64(
-                    row.opt_int("rebuild_cursor_position")?.unwrap_or(0),
-                    "cursor",
-                )?,
-            ),
+    let rebuild = match rebuilding(row)? {
+        Some(Rebuilding { version, cursor }) => Some(RebuildState {
+            version,
+            cursor,
             events: row.uint("rebuild_events")?,
             started_at_ms: row.opt_int("rebuild_started_at_ms")?.unwrap_or(0),
         }),
@@ -97,10 +140,7 @@ fn checkpoint(row: &impl Columns) -> Result<Checkpoint, StoreError> {
         projector: row.text("projector")?,
         topic: row.text("topic")?,
         projection_version: u32::try_from(row.int32("projection_version")?).unwrap_or_default(),
-        cursor: GlobalCursor::new(
-            row.uint("cursor_transaction")?,
-            row.uint("cursor_position")?,
-        ),
+        cursor: cursor(row)?,
         events_projected: row.uint("events_projected")?,
         lease_owner: row.opt_text("lease_owner")?,
         lease_expires_at_ms: row.int("lease_expires_at_ms")?,
@@ -248,9 +288,9 @@ impl<D: Dialect> SqlStore<D> {
         &self,
         w: &mut WriteTx<D>,
         projector: &str,
-    ) -> Result<Checkpoint, StoreError> {
+    ) -> Result<Locked, StoreError> {
         let sql = format!(
-            "SELECT {CHECKPOINT_COLUMNS} FROM {} WHERE projector = $1{}",
+            "SELECT {LOCKED_COLUMNS} FROM {} WHERE projector = $1{}",
             self.checkpoints,
             D::FOR_UPDATE
         );
@@ -258,7 +298,7 @@ impl<D: Dialect> SqlStore<D> {
         let row = rows
             .first()
             .ok_or_else(|| StoreError::UnknownProjector(projector.to_owned()))?;
-        checkpoint(row)
+        locked(row)
     }
 
     /// Allocates `n` watermarks of `topic` (under its row lock); returns the first.
@@ -318,9 +358,7 @@ impl<D: Dialect> SqlStore<D> {
     ) -> Result<(), StoreError> {
         // `WHERE true` keeps SQLite from reading ON CONFLICT as a join constraint.
         let sql = format!(
-            "INSERT INTO {table}
-                (doc_key, doc_version, payload, payload_hash, watermark,
-                 owner_user_id, owner_guest_scope, owner_org_id, projected_at_ms, updated_at_ms)
+            "INSERT INTO {table} ({DOC_TABLE_COLUMNS})
              SELECT r.k, r.v, CAST(r.p AS {}), r.h, r.w, r.u, r.g, r.o, r.t, $1
                FROM {} WHERE true
              ON CONFLICT (doc_key) DO UPDATE SET
@@ -615,9 +653,7 @@ impl<D: Dialect> SqlStore<D> {
         let shadow = Self::docs(spec, Target::Rebuild);
         w.execute(&format!("DELETE FROM {live}"), &[]).await?;
         let sql = format!(
-            "INSERT INTO {live}
-                (doc_key, doc_version, payload, payload_hash, watermark,
-                 owner_user_id, owner_guest_scope, owner_org_id, projected_at_ms, updated_at_ms)
+            "INSERT INTO {live} ({DOC_TABLE_COLUMNS})
              SELECT doc_key, doc_version, payload, payload_hash, $1,
                     owner_user_id, owner_guest_scope, owner_org_id, projected_at_ms, updated_at_ms
                FROM {shadow}"
