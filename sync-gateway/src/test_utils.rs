@@ -58,7 +58,7 @@ pub trait TestStream: Send + Sync {
     /// Rebuilds the topic (a new epoch).
     async fn rebuild(&self, topic: &str);
     /// Makes reads fail (sabotage), or work again.
-    fn set_unavailable(&self, unavailable: bool);
+    async fn set_unavailable(&self, unavailable: bool);
 }
 
 #[async_trait]
@@ -72,7 +72,7 @@ impl TestStream for MemorySource {
     async fn rebuild(&self, topic: &str) {
         MemorySource::rebuild(self, topic);
     }
-    fn set_unavailable(&self, unavailable: bool) {
+    async fn set_unavailable(&self, unavailable: bool) {
         MemorySource::set_unavailable(self, unavailable);
     }
 }

@@ -1,31 +1,293 @@
-//! Khala's gateway: real WebSockets and real HTTP against a gateway served on 127.0.0.1:0 over
-//! the in-memory source (which follows the store's epoch and retention rules), so protocol edge
-//! cases are driven row by row. The same behaviour over the real pipeline (commands → journal
-//! → projectors → store → gateway, on both backends) is in `khala_e2e.rs`, and across two
+//! Khala's gateway: real WebSockets and real HTTP against a gateway served on 127.0.0.1:0, so
+//! protocol edge cases are driven row by row. Every case runs three times, over each sync
+//! source the gateway can read: the in-memory source (`memory::*`), and the projectors' store on
+//! SQLite (`sqlite::*`) and on PostgreSQL (`postgres::*`; skipped when PostgreSQL is unreachable,
+//! a failure when `CI` is set), written through `SyncStore::commit`, `prune`, and a full rebuild
+//! exactly as the projector runner writes it. The same behaviour over the real pipeline
+//! (commands → journal → projectors → store → gateway) is in `khala_e2e.rs`, and across two
 //! `serve` processes in `khala_nodes.rs`.
 //!
-//! The source is chosen in one place, [`app`]; every test writes the stream through
-//! `TestStream`.
+//! The source is chosen in one place, [`sources`]; every case writes the stream through
+//! `TestStream`. No case depends on a MemorySource-only hook: the sabotage switch
+//! (`TestStream::set_unavailable`) is a real failure on the store (its topic table is renamed
+//! away and back).
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use async_trait::async_trait;
+use engine::journal::GlobalCursor;
+use engine::testing::TestDb;
+use projectors::runner::{all_specs, now_ms};
+use projectors::store::{BatchCommit, DocWrite, NewRow, ProjectorSpec, Target};
+use projectors::{SyncNotifier, SyncStore};
 use serde_json::{json, Value};
 use sync_gateway::auth::mint::MintRequest;
 use sync_gateway::auth::{KeySet, Revocations};
 use sync_gateway::client::{ClientError, KhalaClient, Push};
 use sync_gateway::config::{GatewayConfig, TopicPolicy};
 use sync_gateway::protocol::{ErrorCode, Update};
-use sync_gateway::source::DocOwner;
-use sync_gateway::test_utils::{auth_config, memory_source, now_secs, sign_claims, TestApp};
+use sync_gateway::source::{DocOwner, StoreSource, SyncSource};
+use sync_gateway::test_utils::{
+    auth_config, memory_source, now_secs, sign_claims, TestApp, TestStream,
+};
 use tokio_tungstenite::tungstenite::Message;
 
 const RUNS: &str = "runtime.run_summaries";
 const WORKERS: &str = "runtime.codex_worker_summaries";
 const EVENTS: &str = "runtime.codex_worker_events";
 
-/// The one place that picks the sync source for these tests.
-async fn app(config: GatewayConfig) -> TestApp {
-    TestApp::spawn(config).await
+/// Defines `memory::<case>`, `sqlite::<case>` and `postgres::<case>` tests that run
+/// `<case>(Source)` over each source.
+macro_rules! on_every_source {
+    ($($name:ident),* $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Source::Memory).await;
+                }
+            )*
+        }
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let db = engine::testing::TestDb::sqlite().await;
+                    super::$name(super::Source::Store(&db)).await;
+                    db.cleanup().await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let Some(db) = engine::testing::TestDb::postgres().await else { return };
+                    super::$name(super::Source::Store(&db)).await;
+                    db.cleanup().await;
+                }
+            )*
+        }
+    };
+}
+
+on_every_source!(
+    join_lists_allowed_topics_and_subscribe_replays_then_streams_live,
+    replay_then_live_switches_without_gap_or_duplicate,
+    a_client_reconnects_and_resumes_from_its_last_watermark,
+    stale_cursors_are_refused_with_the_full_payload,
+    a_live_session_that_falls_behind_a_rebuild_gets_stale_cursor_mid_stream,
+    unknown_and_unscoped_topics_are_forbidden_and_other_channels_are_bad_topics,
+    bad_tokens_are_refused_at_the_upgrade_with_403,
+    garbage_frames_get_errors_and_oversized_frames_close_the_socket,
+    a_slow_consumer_is_disconnected_while_others_keep_receiving,
+    the_outbound_queue_is_bounded_by_bytes_not_only_by_frames,
+    two_gateways_on_one_source_both_deliver_and_share_revocations,
+    two_users_on_one_topic_never_see_each_others_docs,
+    hydration_then_subscribe_from_its_watermark_misses_nothing,
+    oversized_docs_go_out_as_pointers_and_large_batches_are_split,
+    a_subscribe_naming_thousands_of_topics_is_refused_by_count_before_any_topic_work,
+    subscribe_rate_topic_count_and_connection_limits_are_enforced,
+    payload_hashes_on_the_wire_match_the_compat_vectors,
+    the_khala_frame_envelope_matches_the_compat_shape,
+    the_token_endpoint_mints_control_plane_shaped_tokens,
+    session_revocation_ends_live_channels_and_refuses_their_rejoin,
+    shutdown_closes_sockets_with_1001,
+    a_failing_source_yields_internal_errors_not_panics,
+);
+
+/// The sync source a case runs over.
+#[derive(Clone, Copy)]
+enum Source<'a> {
+    Memory,
+    /// The projectors' store in this database.
+    Store(&'a TestDb),
+}
+
+/// The one place that picks the sync source (and its writer) for these tests.
+async fn sources(source: Source<'_>) -> (Arc<dyn SyncSource>, Arc<dyn TestStream>) {
+    match source {
+        Source::Memory => memory_source(),
+        Source::Store(db) => {
+            let store = SyncStore::new(&db.database, all_specs());
+            let notifier = Arc::new(SyncNotifier::new());
+            let stream = StoreStream::new(db, store.clone(), notifier.clone()).await;
+            (
+                Arc::new(StoreSource::new(store, notifier)),
+                Arc::new(stream),
+            )
+        }
+    }
+}
+
+async fn app(source: Source<'_>, config: GatewayConfig) -> TestApp {
+    let (source, stream) = sources(source).await;
+    TestApp::spawn_with(config, source, stream, Revocations::in_memory()).await
+}
+
+/// The lease holder the store-backed writer commits as.
+const WRITER: &str = "khala-test-writer";
+const LEASE_MS: i64 = 3_600_000;
+
+/// The projectors' store as the tests' writer: an append is one projector commit (one stream
+/// row and its document, the next version), a prune and a rebuild are the runner's own store
+/// calls, each followed by the wake-up the runner sends. It holds every projector's lease.
+struct StoreStream {
+    database: engine::Database,
+    store: SyncStore,
+    notifier: Arc<SyncNotifier>,
+    /// One writer at a time, as one lease holder per projector commits.
+    writing: tokio::sync::Mutex<()>,
+}
+
+impl StoreStream {
+    async fn new(db: &TestDb, store: SyncStore, notifier: Arc<SyncNotifier>) -> Self {
+        for spec in all_specs() {
+            store.register(&spec, now_ms()).await.unwrap();
+            let lease = store.try_acquire(spec.name, WRITER, now_ms(), LEASE_MS);
+            assert!(lease.await.unwrap().is_some(), "a fresh store's lease");
+        }
+        Self {
+            database: db.database.clone(),
+            store,
+            notifier,
+            writing: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    fn spec(&self, topic: &str) -> ProjectorSpec {
+        self.store
+            .spec_of_topic(topic)
+            .cloned()
+            .expect("tests write projectors' topics")
+    }
+
+    async fn cursor(&self, spec: &ProjectorSpec) -> GlobalCursor {
+        let checkpoint = self.store.checkpoint(spec.name).await.unwrap();
+        checkpoint.expect("registered").cursor
+    }
+}
+
+#[async_trait]
+impl TestStream for StoreStream {
+    async fn append(&self, topic: &str, doc_key: &str, payload: Value, owner: DocOwner) -> u64 {
+        let spec = self.spec(topic);
+        let writing = self.writing.lock().await;
+        let from = self.cursor(&spec).await;
+        let keys = [doc_key.to_owned()];
+        let stored = self
+            .store
+            .load_docs(&spec, Target::Live, &keys)
+            .await
+            .unwrap();
+        let version = stored.first().map_or(1, |d| d.doc_version + 1);
+        let now = now_ms();
+        let row = NewRow {
+            doc_key: doc_key.to_owned(),
+            doc_version: version,
+            payload: payload.to_string(),
+            payload_hash: aggregates::canonical::hash_canonical(&payload),
+            owner,
+            projected_at_ms: now,
+        };
+        let doc = DocWrite {
+            doc_key: row.doc_key.clone(),
+            doc_version: version,
+            payload: row.payload.clone(),
+            payload_hash: row.payload_hash.clone(),
+            owner: row.owner.clone(),
+            projected_at_ms: now,
+            last_row: Some(0),
+        };
+        let committed = self.store.commit(BatchCommit {
+            spec: &spec,
+            target: Target::Live,
+            owner: WRITER,
+            from,
+            to: GlobalCursor::new(from.transaction() + 1, 0),
+            events: 1,
+            rows: vec![row],
+            docs: vec![doc],
+            now_ms: now,
+            lease_ttl_ms: LEASE_MS,
+        });
+        let watermark = committed.await.unwrap().first_watermark.unwrap();
+        drop(writing);
+        self.notifier.committed(topic);
+        watermark
+    }
+
+    /// Every row is older than the cutoff, so the count alone stops the prune at `through`.
+    async fn prune_through(&self, topic: &str, through: u64) {
+        let spec = self.spec(topic);
+        let writing = self.writing.lock().await;
+        let states = self.store.topic_states(&[topic]).await.unwrap();
+        let floor = states[0].retention_floor;
+        if through > floor {
+            let pruned = self.store.prune(&spec, i64::MAX, through - floor, now_ms());
+            pruned.await.unwrap();
+        }
+        drop(writing);
+        self.notifier.committed(topic);
+    }
+
+    /// A full rebuild of an unchanged journal: the shadow gets the same documents.
+    async fn rebuild(&self, topic: &str) {
+        let spec = self.spec(topic);
+        let writing = self.writing.lock().await;
+        let now = now_ms();
+        self.store.begin_rebuild(&spec, WRITER, now).await.unwrap();
+        let docs = self.store.all_docs(&spec).await.unwrap();
+        let shadow = BatchCommit {
+            spec: &spec,
+            target: Target::Rebuild,
+            owner: WRITER,
+            from: GlobalCursor::START,
+            to: self.cursor(&spec).await,
+            events: 0,
+            rows: Vec::new(),
+            docs: docs
+                .into_iter()
+                .map(|d| DocWrite {
+                    doc_key: d.doc_key,
+                    doc_version: d.doc_version,
+                    payload: d.payload,
+                    payload_hash: d.payload_hash,
+                    owner: d.owner,
+                    projected_at_ms: d.projected_at_ms,
+                    last_row: None,
+                })
+                .collect(),
+            now_ms: now,
+            lease_ttl_ms: LEASE_MS,
+        };
+        self.store.commit(shadow).await.unwrap();
+        self.store.finish_rebuild(&spec, WRITER, now).await.unwrap();
+        drop(writing);
+        self.notifier.committed(topic);
+    }
+
+    /// Renames the topic table away (every read of the store fails) and back.
+    async fn set_unavailable(&self, unavailable: bool) {
+        let (from, to) = if unavailable {
+            ("sync_topic_sequences", "sync_topic_sequences_off")
+        } else {
+            ("sync_topic_sequences_off", "sync_topic_sequences")
+        };
+        let _writing = self.writing.lock().await;
+        match &self.database {
+            engine::Database::Postgres(pool) => {
+                let sql = format!("ALTER TABLE runtime.{from} RENAME TO {to}");
+                sqlx::query(&sql).execute(pool).await.unwrap();
+            }
+            engine::Database::Sqlite { pool, write_lock } => {
+                let _lock = write_lock.lock().await;
+                let sql = format!("ALTER TABLE runtime_{from} RENAME TO runtime_{to}");
+                sqlx::query(&sql).execute(pool).await.unwrap();
+            }
+        }
+    }
 }
 
 fn user(id: &str) -> DocOwner {
@@ -56,9 +318,8 @@ fn watermarks(updates: &[Update]) -> Vec<u64> {
     updates.iter().map(|u| u.watermark).collect()
 }
 
-#[tokio::test]
-async fn join_lists_allowed_topics_and_subscribe_replays_then_streams_live() {
-    let app = app(GatewayConfig::default()).await;
+async fn join_lists_allowed_topics_and_subscribe_replays_then_streams_live(source: Source<'_>) {
+    let app = app(source, GatewayConfig::default()).await;
     for i in 1..=3 {
         app.stream
             .append(
@@ -130,9 +391,8 @@ async fn join_lists_allowed_topics_and_subscribe_replays_then_streams_live() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn replay_then_live_switches_without_gap_or_duplicate() {
-    let app = app(GatewayConfig::default()).await;
+async fn replay_then_live_switches_without_gap_or_duplicate(source: Source<'_>) {
+    let app = app(source, GatewayConfig::default()).await;
     for i in 0..600 {
         let owner = if i % 3 == 0 { "bob" } else { "alice" };
         app.stream
@@ -197,9 +457,8 @@ async fn replay_then_live_switches_without_gap_or_duplicate() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn a_client_reconnects_and_resumes_from_its_last_watermark() {
-    let app = app(GatewayConfig::default()).await;
+async fn a_client_reconnects_and_resumes_from_its_last_watermark(source: Source<'_>) {
+    let app = app(source, GatewayConfig::default()).await;
     let token = app.token("user:alice", &[RUNS]);
     let mut client = app.joined(&token).await;
     client
@@ -231,8 +490,7 @@ async fn a_client_reconnects_and_resumes_from_its_last_watermark() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn stale_cursors_are_refused_with_the_full_payload() {
+async fn stale_cursors_are_refused_with_the_full_payload(source: Source<'_>) {
     let config = GatewayConfig {
         topics: vec![
             TopicPolicy::new(RUNS, Duration::from_secs(3600), 20_000),
@@ -240,7 +498,7 @@ async fn stale_cursors_are_refused_with_the_full_payload() {
         ],
         ..GatewayConfig::default()
     };
-    let app = app(config).await;
+    let app = app(source, config).await;
     for i in 0..10 {
         app.stream
             .append(RUNS, &format!("d{}", i % 4), json!({"i": i}), user("alice"))
@@ -319,9 +577,10 @@ async fn stale_cursors_are_refused_with_the_full_payload() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn a_live_session_that_falls_behind_a_rebuild_gets_stale_cursor_mid_stream() {
-    let app = app(GatewayConfig::default()).await;
+async fn a_live_session_that_falls_behind_a_rebuild_gets_stale_cursor_mid_stream(
+    source: Source<'_>,
+) {
+    let app = app(source, GatewayConfig::default()).await;
     let mut client = app.joined(&app.token("user:alice", &[RUNS])).await;
     client
         .subscribe_from(&[(RUNS, Some(0))])
@@ -362,9 +621,10 @@ async fn a_live_session_that_falls_behind_a_rebuild_gets_stale_cursor_mid_stream
     app.stop().await;
 }
 
-#[tokio::test]
-async fn unknown_and_unscoped_topics_are_forbidden_and_other_channels_are_bad_topics() {
-    let app = app(GatewayConfig::default()).await;
+async fn unknown_and_unscoped_topics_are_forbidden_and_other_channels_are_bad_topics(
+    source: Source<'_>,
+) {
+    let app = app(source, GatewayConfig::default()).await;
     let mut client = app
         .connect(&app.token("user:alice", &[RUNS]))
         .await
@@ -418,9 +678,8 @@ async fn unknown_and_unscoped_topics_are_forbidden_and_other_channels_are_bad_to
     app.stop().await;
 }
 
-#[tokio::test]
-async fn bad_tokens_are_refused_at_the_upgrade_with_403() {
-    let app = app(GatewayConfig::default()).await;
+async fn bad_tokens_are_refused_at_the_upgrade_with_403(source: Source<'_>) {
+    let app = app(source, GatewayConfig::default()).await;
     let now = now_secs();
     let base = json!({
         "iss": "https://openagents.com", "aud": "openagents-sync", "sub": "user:alice",
@@ -457,13 +716,12 @@ async fn bad_tokens_are_refused_at_the_upgrade_with_403() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn garbage_frames_get_errors_and_oversized_frames_close_the_socket() {
+async fn garbage_frames_get_errors_and_oversized_frames_close_the_socket(source: Source<'_>) {
     let config = GatewayConfig {
         max_inbound_frame_bytes: 4096,
         ..GatewayConfig::default()
     };
-    let app = app(config).await;
+    let app = app(source, config).await;
     let mut client = app.joined(&app.token("user:alice", &[RUNS])).await;
     for garbage in [
         "not json",
@@ -517,8 +775,7 @@ async fn garbage_frames_get_errors_and_oversized_frames_close_the_socket() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn a_slow_consumer_is_disconnected_while_others_keep_receiving() {
+async fn a_slow_consumer_is_disconnected_while_others_keep_receiving(source: Source<'_>) {
     // The grace is generous so a merely busy reader (a loaded CI machine) is never struck;
     // only a client that stops reading for seconds is.
     let config = GatewayConfig {
@@ -527,7 +784,7 @@ async fn a_slow_consumer_is_disconnected_while_others_keep_receiving() {
         slow_consumer_max_strikes: 3,
         ..GatewayConfig::default()
     };
-    let app = app(config).await;
+    let app = app(source, config).await;
     let token = app.token("user:alice", &[RUNS]);
     let mut slow = app.joined(&token).await;
     slow.subscribe_from(&[(RUNS, None)]).await.unwrap().unwrap();
@@ -586,8 +843,7 @@ async fn a_slow_consumer_is_disconnected_while_others_keep_receiving() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn the_outbound_queue_is_bounded_by_bytes_not_only_by_frames() {
+async fn the_outbound_queue_is_bounded_by_bytes_not_only_by_frames(source: Source<'_>) {
     // A frame limit the test never reaches: only the byte bound can stop the gateway from
     // queueing ~30 MB for a client that does not read.
     let config = GatewayConfig {
@@ -597,7 +853,7 @@ async fn the_outbound_queue_is_bounded_by_bytes_not_only_by_frames() {
         slow_consumer_max_strikes: 2,
         ..GatewayConfig::default()
     };
-    let app = app(config).await;
+    let app = app(source, config).await;
     let token = app.token("user:alice", &[RUNS]);
     let mut slow = app.joined(&token).await;
     slow.subscribe_from(&[(RUNS, None)]).await.unwrap().unwrap();
@@ -626,14 +882,13 @@ async fn the_outbound_queue_is_bounded_by_bytes_not_only_by_frames() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn two_gateways_on_one_source_both_deliver_and_share_revocations() {
+async fn two_gateways_on_one_source_both_deliver_and_share_revocations(source: Source<'_>) {
     let db = engine::testing::TestDb::sqlite().await;
     let config = GatewayConfig {
         revocation_poll_interval: Duration::from_millis(100),
         ..GatewayConfig::default()
     };
-    let (source, stream) = memory_source();
+    let (source, stream) = sources(source).await;
     let a = TestApp::spawn_with(
         config.clone(),
         source.clone(),
@@ -706,9 +961,8 @@ async fn two_gateways_on_one_source_both_deliver_and_share_revocations() {
     db.cleanup().await;
 }
 
-#[tokio::test]
-async fn two_users_on_one_topic_never_see_each_others_docs() {
-    let app = app(GatewayConfig::default()).await;
+async fn two_users_on_one_topic_never_see_each_others_docs(source: Source<'_>) {
+    let app = app(source, GatewayConfig::default()).await;
     let owners = [
         DocOwner {
             user_id: Some("alice".into()),
@@ -800,9 +1054,8 @@ async fn two_users_on_one_topic_never_see_each_others_docs() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn hydration_then_subscribe_from_its_watermark_misses_nothing() {
-    let app = app(GatewayConfig::default()).await;
+async fn hydration_then_subscribe_from_its_watermark_misses_nothing(source: Source<'_>) {
+    let app = app(source, GatewayConfig::default()).await;
     for i in 0..10 {
         app.stream
             .append(
@@ -899,14 +1152,13 @@ async fn hydration_then_subscribe_from_its_watermark_misses_nothing() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn oversized_docs_go_out_as_pointers_and_large_batches_are_split() {
+async fn oversized_docs_go_out_as_pointers_and_large_batches_are_split(source: Source<'_>) {
     let config = GatewayConfig {
         max_update_bytes: 1024,
         max_batch_bytes: 16 * 1024,
         ..GatewayConfig::default()
     };
-    let app = app(config).await;
+    let app = app(source, config).await;
     let token = app.token("user:alice", &[RUNS]);
     let big = json!({"blob": "y".repeat(5000)});
     app.stream
@@ -965,9 +1217,10 @@ async fn oversized_docs_go_out_as_pointers_and_large_batches_are_split() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn a_subscribe_naming_thousands_of_topics_is_refused_by_count_before_any_topic_work() {
-    let app = app(GatewayConfig::default()).await;
+async fn a_subscribe_naming_thousands_of_topics_is_refused_by_count_before_any_topic_work(
+    source: Source<'_>,
+) {
+    let app = app(source, GatewayConfig::default()).await;
     let token = app.token("user:alice", &[RUNS]);
     let mut client = app.joined(&token).await;
     // Unknown names: before the count came first, each was checked and the reply was a
@@ -986,8 +1239,7 @@ async fn a_subscribe_naming_thousands_of_topics_is_refused_by_count_before_any_t
     app.stop().await;
 }
 
-#[tokio::test]
-async fn subscribe_rate_topic_count_and_connection_limits_are_enforced() {
+async fn subscribe_rate_topic_count_and_connection_limits_are_enforced(source: Source<'_>) {
     let config = GatewayConfig {
         subscribe_burst: 2,
         subscribe_per_second: 0.5,
@@ -995,7 +1247,7 @@ async fn subscribe_rate_topic_count_and_connection_limits_are_enforced() {
         max_connections: 2,
         ..GatewayConfig::default()
     };
-    let app = app(config).await;
+    let app = app(source, config).await;
     let token = app.token("user:alice", &[RUNS, WORKERS]);
     let mut client = app.joined(&token).await;
     let too_many = client
@@ -1029,13 +1281,12 @@ async fn subscribe_rate_topic_count_and_connection_limits_are_enforced() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn payload_hashes_on_the_wire_match_the_compat_vectors() {
+async fn payload_hashes_on_the_wire_match_the_compat_vectors(source: Source<'_>) {
     let vectors: Value = serde_json::from_str(include_str!(
         "../fixtures/compat/khala_payload_hash_vectors.v1.json"
     ))
     .unwrap();
-    let app = app(GatewayConfig::default()).await;
+    let app = app(source, GatewayConfig::default()).await;
     let mut client = app.joined(&app.token("user:alice", &[RUNS])).await;
     client
         .subscribe_from(&[(RUNS, None)])
@@ -1069,13 +1320,12 @@ async fn payload_hashes_on_the_wire_match_the_compat_vectors() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn the_khala_frame_envelope_matches_the_compat_shape() {
+async fn the_khala_frame_envelope_matches_the_compat_shape(source: Source<'_>) {
     use base64::Engine as _;
     let fixture: Value =
         serde_json::from_str(include_str!("../fixtures/compat/khala-frame-v1.json")).unwrap();
     let replay = &fixture["fixtures"][0]["frame"];
-    let app = app(GatewayConfig::default()).await;
+    let app = app(source, GatewayConfig::default()).await;
     for i in 0..45u64 {
         app.stream
             .append(
@@ -1140,9 +1390,8 @@ async fn the_khala_frame_envelope_matches_the_compat_shape() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn the_token_endpoint_mints_control_plane_shaped_tokens() {
-    let app = app(GatewayConfig::default()).await;
+async fn the_token_endpoint_mints_control_plane_shaped_tokens(source: Source<'_>) {
+    let app = app(source, GatewayConfig::default()).await;
     let http = reqwest::Client::new();
     let url = format!("{}/api/sync/token", app.base_url);
     let response = http
@@ -1214,7 +1463,7 @@ async fn the_token_endpoint_mints_control_plane_shaped_tokens() {
     app.stop().await;
 
     // A node that only verifies (asymmetric public key) cannot mint.
-    let (source, stream) = memory_source();
+    let (source, stream) = sources(source).await;
     let verify_only = auth_config_without_signing();
     let app = TestApp::spawn_full(
         GatewayConfig::default(),
@@ -1246,9 +1495,8 @@ fn auth_config_without_signing() -> sync_gateway::auth::AuthConfig {
     config
 }
 
-#[tokio::test]
-async fn session_revocation_ends_live_channels_and_refuses_their_rejoin() {
-    let app = app(GatewayConfig::default()).await;
+async fn session_revocation_ends_live_channels_and_refuses_their_rejoin(source: Source<'_>) {
+    let app = app(source, GatewayConfig::default()).await;
     let mint = |session: &str| {
         app.token_with(MintRequest {
             subject: "user:alice".into(),
@@ -1334,9 +1582,8 @@ async fn session_revocation_ends_live_channels_and_refuses_their_rejoin() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn shutdown_closes_sockets_with_1001() {
-    let app = app(GatewayConfig::default()).await;
+async fn shutdown_closes_sockets_with_1001(source: Source<'_>) {
+    let app = app(source, GatewayConfig::default()).await;
     let mut client = app.joined(&app.token("user:alice", &[RUNS])).await;
     client
         .subscribe_from(&[(RUNS, None)])
@@ -1362,12 +1609,11 @@ async fn shutdown_closes_sockets_with_1001() {
         .unwrap();
 }
 
-#[tokio::test]
-async fn a_failing_source_yields_internal_errors_not_panics() {
-    let app = app(GatewayConfig::default()).await;
+async fn a_failing_source_yields_internal_errors_not_panics(source: Source<'_>) {
+    let app = app(source, GatewayConfig::default()).await;
     let token = app.token("user:alice", &[RUNS]);
     let mut client = app.joined(&token).await;
-    app.stream.set_unavailable(true);
+    app.stream.set_unavailable(true).await;
     let error = client
         .subscribe_from(&[(RUNS, Some(0))])
         .await
@@ -1385,7 +1631,7 @@ async fn a_failing_source_yields_internal_errors_not_panics() {
         response.json::<Value>().await.unwrap()["error"]["code"],
         "internal"
     );
-    app.stream.set_unavailable(false);
+    app.stream.set_unavailable(false).await;
     client
         .subscribe_from(&[(RUNS, Some(0))])
         .await
@@ -1396,6 +1642,12 @@ async fn a_failing_source_yields_internal_errors_not_panics() {
 
 mod watch_client {
     use super::*;
+
+    on_every_source!(
+        watch_hydrates_subscribes_persists_and_resumes_from_its_state_file,
+        watch_rehydrates_when_its_cursor_is_stale,
+        watch_reconnects_and_resumes_without_gaps_when_the_server_drops_it,
+    );
     use sync_gateway::cli::{watch, WatchArgs, WatchEvent, WatchState};
     use tokio::sync::mpsc;
     use tokio_util::sync::CancellationToken;
@@ -1446,9 +1698,10 @@ mod watch_client {
             .collect()
     }
 
-    #[tokio::test]
-    async fn watch_hydrates_subscribes_persists_and_resumes_from_its_state_file() {
-        let app = app(GatewayConfig::default()).await;
+    async fn watch_hydrates_subscribes_persists_and_resumes_from_its_state_file(
+        source: Source<'_>,
+    ) {
+        let app = app(source, GatewayConfig::default()).await;
         let dir = tempfile::tempdir().unwrap();
         let state = dir.path().join("watch.json");
         for i in 0..3 {
@@ -1521,9 +1774,8 @@ mod watch_client {
         app.stop().await;
     }
 
-    #[tokio::test]
-    async fn watch_rehydrates_when_its_cursor_is_stale() {
-        let app = app(GatewayConfig::default()).await;
+    async fn watch_rehydrates_when_its_cursor_is_stale(source: Source<'_>) {
+        let app = app(source, GatewayConfig::default()).await;
         let dir = tempfile::tempdir().unwrap();
         let state = dir.path().join("watch.json");
         WatchState {
@@ -1556,12 +1808,16 @@ mod watch_client {
         app.stop().await;
     }
 
-    #[tokio::test]
-    async fn watch_reconnects_and_resumes_without_gaps_when_the_server_drops_it() {
-        let app = app(GatewayConfig {
-            channel_idle_timeout: Duration::from_millis(400),
-            ..GatewayConfig::default()
-        })
+    async fn watch_reconnects_and_resumes_without_gaps_when_the_server_drops_it(
+        source: Source<'_>,
+    ) {
+        let app = app(
+            source,
+            GatewayConfig {
+                channel_idle_timeout: Duration::from_millis(400),
+                ..GatewayConfig::default()
+            },
+        )
         .await;
         let dir = tempfile::tempdir().unwrap();
         let state = dir.path().join("watch.json");
@@ -1599,6 +1855,8 @@ mod watch_client {
 
 pub(crate) mod phoenix_js {
     use super::*;
+
+    on_every_source!(the_official_phoenix_js_client_joins_subscribes_and_receives_update_batches);
     use std::path::PathBuf;
     use std::process::Stdio;
     use tokio::io::{AsyncBufReadExt, BufReader};
@@ -1633,10 +1891,11 @@ pub(crate) mod phoenix_js {
         Some(dir)
     }
 
-    #[tokio::test]
-    async fn the_official_phoenix_js_client_joins_subscribes_and_receives_update_batches() {
+    async fn the_official_phoenix_js_client_joins_subscribes_and_receives_update_batches(
+        source: Source<'_>,
+    ) {
         let Some(dir) = js_dir().await else { return };
-        let app = app(GatewayConfig::default()).await;
+        let app = app(source, GatewayConfig::default()).await;
         app.stream
             .append(
                 RUNS,

@@ -26,5 +26,6 @@ mod lightning;
 mod projection;
 mod replay;
 mod soak;
+mod store;
 mod sweeper;
 mod trust;

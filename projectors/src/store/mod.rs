@@ -10,9 +10,12 @@
 //!
 //! Reads for the gateway ([`SyncStore::read_stream`], [`SyncStore::hydrate`]) see one snapshot:
 //! the topic's floor and head together with its rows or documents.
+//!
+//! The SQL is written once (`sql.rs`), generic over a dialect (`dialect.rs`) that spells the few
+//! differences between PostgreSQL and SQLite.
 
-mod postgres;
-mod sqlite;
+mod dialect;
+mod sql;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -23,8 +26,7 @@ use serde::Serialize;
 
 use crate::model::{DocOwner, OwnerFilter};
 
-pub use postgres::PgStore;
-pub use sqlite::SqliteStore;
+use sql::SqlStore;
 
 /// What the store needs to know about a projector: its checkpoint name, its topic and its
 /// document table.
@@ -316,8 +318,8 @@ pub struct SyncStore {
 
 #[derive(Clone)]
 enum Backend {
-    Postgres(PgStore),
-    Sqlite(SqliteStore),
+    Postgres(SqlStore<sqlx::Postgres>),
+    Sqlite(SqlStore<sqlx::Sqlite>),
 }
 
 macro_rules! dispatch {
@@ -342,9 +344,9 @@ impl SyncStore {
     pub fn new(database: &Database, specs: impl IntoIterator<Item = ProjectorSpec>) -> Self {
         let topics = specs.into_iter().map(|s| (s.topic, s)).collect();
         let backend = match database {
-            Database::Postgres(pool) => Backend::Postgres(PgStore::new(pool.clone())),
+            Database::Postgres(pool) => Backend::Postgres(SqlStore::new(pool.clone(), None)),
             Database::Sqlite { pool, write_lock } => {
-                Backend::Sqlite(SqliteStore::new(pool.clone(), write_lock.clone()))
+                Backend::Sqlite(SqlStore::new(pool.clone(), Some(write_lock.clone())))
             }
         };
         Self {
