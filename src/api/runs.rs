@@ -24,6 +24,7 @@ use utoipa::{IntoParams, ToSchema};
 use crate::api::auth::Caller;
 use crate::api::error::{ApiError, ErrorEnvelope};
 use crate::api::extract::{check_metadata, ApiJson, ApiQuery, IdempotencyKey, PathId};
+use crate::api::openapi::ApiId;
 use crate::api::stream::{resolve_start, sse, Batch, PAGE_EVENTS};
 use crate::app::App;
 
@@ -119,9 +120,9 @@ pub struct RunCommandResponse {
 pub struct CreateRunRequest {
     /// The run's id; generated (`run_…`) when absent. Creating an existing run for the same
     /// thread and principal is an idempotent replay.
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<ApiId>)]
     pub run_id: Option<RunId>,
-    #[schema(value_type = String)]
+    #[schema(value_type = ApiId)]
     pub thread_id: ThreadId,
     #[serde(default)]
     #[schema(value_type = Object)]
@@ -131,20 +132,26 @@ pub struct CreateRunRequest {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FrameRequest {
-    #[schema(value_type = String)]
+    #[schema(value_type = ApiId)]
     pub thread_id: ThreadId,
     /// Idempotency key of the frame, unique per run.
-    #[schema(value_type = String)]
+    #[schema(value_type = ApiId)]
     pub frame_id: FrameId,
-    /// `user_message`, `text_delta`, `tool_call`, `tool_result`, `usage` or any typed frame.
+    /// `user_message`, `text_delta`, `tool_call`, `tool_result`, `usage` or any typed frame
+    /// (letters, digits and `_ - . : /`). The well-known types need payload fields: `text`
+    /// (`user_message`), `delta` (`text_delta`), `tool_call_id` and `name` (`tool_call`),
+    /// `tool_call_id` (`tool_result`), all strings; `usage` values are non-negative numbers,
+    /// strings or null.
     #[serde(rename = "type")]
+    #[schema(min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9_.:/-]+$")]
     pub frame_type: String,
     #[schema(value_type = Object)]
     pub payload: Map<String, Value>,
     /// When the producer says the frame happened (RFC 3339).
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub occurred_at: Option<Timestamp>,
     /// Optimistic check: the frame must get exactly this seq.
+    #[serde(default, deserialize_with = "aggregates::number::opt_whole_u64")]
     pub expected_seq: Option<u64>,
 }
 
@@ -169,8 +176,10 @@ pub struct FrameResponse {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CancelRequest {
-    #[schema(value_type = String)]
+    #[schema(value_type = ApiId)]
     pub thread_id: ThreadId,
+    /// At most 1024 bytes (default `cancel_requested`).
+    #[schema(max_length = 1024)]
     pub reason: Option<String>,
 }
 
@@ -192,9 +201,10 @@ pub struct CancelResponse {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StartRequest {
-    #[schema(value_type = String)]
+    #[schema(value_type = ApiId)]
     pub thread_id: ThreadId,
-    /// Who started it (default `runtime`).
+    /// Who started it (default `runtime`); at most 1024 bytes.
+    #[schema(max_length = 1024)]
     pub source: Option<String>,
 }
 
@@ -209,36 +219,53 @@ pub enum FinishStatus {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FinishRequest {
-    #[schema(value_type = String)]
+    #[schema(value_type = ApiId)]
     pub thread_id: ThreadId,
     pub status: FinishStatus,
-    /// Defaults by status: `completed`, `execution_failed`, `cancel_requested`.
+    /// Defaults by status: `completed`, `execution_failed`, `cancel_requested`. Each of these
+    /// strings is at most 1024 bytes.
+    #[schema(max_length = 1024)]
     pub reason_class: Option<String>,
+    #[schema(max_length = 1024)]
     pub reason: Option<String>,
+    #[schema(max_length = 1024)]
     pub error_code: Option<String>,
 }
 
+// Query values stay strings in Rust (the handlers answer a bad one with a precise
+// `invalid_request`); the document states the rules the handlers check.
+
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ThreadQuery {
     /// The thread the run belongs to (required).
+    #[param(value_type = ApiId, required = true)]
     pub thread_id: Option<String>,
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct StreamQuery {
     /// The thread the run belongs to (required).
+    #[param(value_type = ApiId, required = true)]
     pub thread_id: Option<String>,
-    /// Resume after this seq (same as `Last-Event-ID`).
+    /// Resume after this seq (same as `Last-Event-ID`; both must agree when both are sent).
+    #[param(value_type = Option<u64>)]
     pub cursor: Option<String>,
-    /// How long to keep the stream open waiting for events, in milliseconds.
+    /// How long to keep the stream open waiting for events, in milliseconds (at most the
+    /// server's configured maximum, written into the served document).
+    #[param(value_type = Option<u64>, minimum = 1)]
     pub tail_ms: Option<String>,
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// The thread whose runs to list (required).
+    #[param(value_type = ApiId, required = true)]
     pub thread_id: Option<String>,
     /// At most this many runs (1–200, default 50), newest first.
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 200)]
     pub limit: Option<String>,
 }
 
@@ -364,7 +391,7 @@ fn command_response(outcome: &Outcome<Run>) -> RunCommandResponse {
 /// Create a run (additive).
 #[utoipa::path(post, path = "/internal/v1/runs", tag = "runs",
     request_body = CreateRunRequest,
-    params(("Idempotency-Key" = Option<String>, Header, description = "Retry key for a generated run_id")),
+    params(IdempotencyKey),
     responses(
         (status = 201, description = "Created", body = RunCommandResponse),
         (status = 200, description = "Already existed for this thread and principal", body = RunCommandResponse),
@@ -454,8 +481,8 @@ pub(crate) async fn list_runs(
 }
 
 /// The run's status and latest seq (original contract).
-#[utoipa::path(get, path = "/internal/v1/runs/{run_id}/snapshot", tag = "runs",
-    params(("run_id" = String, Path), ThreadQuery),
+#[utoipa::path(get, path = "/internal/v1/runs/{run_id}/snapshot", operation_id = "run_snapshot", tag = "runs",
+    params(("run_id" = ApiId, Path), ThreadQuery),
     responses((status = 200, body = RunView), (status = 403, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope)))]
 pub(crate) async fn snapshot(
     State(app): State<App>,
@@ -471,7 +498,7 @@ pub(crate) async fn snapshot(
 /// Append a frame (original contract). A frame for a run the runtime has not seen creates the
 /// run for the caller and thread first.
 #[utoipa::path(post, path = "/internal/v1/runs/{run_id}/frames", tag = "runs",
-    params(("run_id" = String, Path)),
+    params(("run_id" = ApiId, Path), IdempotencyKey),
     request_body = FrameRequest,
     responses(
         (status = 202, description = "Accepted", body = FrameResponse),
@@ -542,8 +569,8 @@ pub(crate) async fn append_frame(
 }
 
 /// Request cancellation (original contract): a durable `run.cancel_requested`.
-#[utoipa::path(post, path = "/internal/v1/runs/{run_id}/cancel", tag = "runs",
-    params(("run_id" = String, Path)),
+#[utoipa::path(post, path = "/internal/v1/runs/{run_id}/cancel", operation_id = "cancel_run", tag = "runs",
+    params(("run_id" = ApiId, Path), IdempotencyKey),
     request_body = CancelRequest,
     responses(
         (status = 202, description = "Cancellation requested", body = CancelResponse),
@@ -587,8 +614,8 @@ pub(crate) async fn cancel(
 }
 
 /// created → running (additive).
-#[utoipa::path(post, path = "/internal/v1/runs/{run_id}/start", tag = "runs",
-    params(("run_id" = String, Path)), request_body = StartRequest,
+#[utoipa::path(post, path = "/internal/v1/runs/{run_id}/start", operation_id = "start_run", tag = "runs",
+    params(("run_id" = ApiId, Path), IdempotencyKey), request_body = StartRequest,
     responses((status = 202, body = RunCommandResponse), (status = 200, body = RunCommandResponse), (status = 409, body = ErrorEnvelope)))]
 pub(crate) async fn start(
     State(app): State<App>,
@@ -615,8 +642,8 @@ pub(crate) async fn start(
 }
 
 /// Record the terminal outcome (additive).
-#[utoipa::path(post, path = "/internal/v1/runs/{run_id}/finish", tag = "runs",
-    params(("run_id" = String, Path)), request_body = FinishRequest,
+#[utoipa::path(post, path = "/internal/v1/runs/{run_id}/finish", operation_id = "finish_run", tag = "runs",
+    params(("run_id" = ApiId, Path), IdempotencyKey), request_body = FinishRequest,
     responses((status = 202, body = RunCommandResponse), (status = 200, body = RunCommandResponse), (status = 409, body = ErrorEnvelope)))]
 pub(crate) async fn finish(
     State(app): State<App>,
@@ -654,11 +681,11 @@ pub(crate) async fn finish(
 
 /// The run's events as Server-Sent Events (original contract). `id:` is the seq; a terminal run
 /// ends with `data: [DONE]`.
-#[utoipa::path(get, path = "/internal/v1/runs/{run_id}/stream", tag = "runs",
-    params(("run_id" = String, Path), StreamQuery,
-        ("Last-Event-ID" = Option<String>, Header, description = "Resume after this seq")),
+#[utoipa::path(get, path = "/internal/v1/runs/{run_id}/stream", operation_id = "run_stream", tag = "runs",
+    params(("run_id" = ApiId, Path), StreamQuery,
+        crate::api::stream::LastEventId),
     responses(
-        (status = 200, description = "text/event-stream: `event: run.event`, `id: <seq>`, `data: {runId, seq, type, payload}`; `data: [DONE]` after a terminal event", content_type = "text/event-stream", body = String),
+        (status = 200, description = "text/event-stream: `event: run.event`, `id: <seq>`, `data: {runId, seq, type, payload}`; `data: [DONE]` after a terminal event", content_type = "text/event-stream", body = crate::api::stream::SseEvent),
         (status = 400, body = ErrorEnvelope), (status = 410, description = "Cursor below the retention floor", body = ErrorEnvelope),
     ))]
 pub(crate) async fn stream(

@@ -18,6 +18,7 @@ use utoipa::{IntoParams, ToSchema};
 use crate::api::auth::Caller;
 use crate::api::error::{ApiError, ErrorEnvelope};
 use crate::api::extract::{check_metadata, ApiJson, ApiQuery, IdempotencyKey, PathId};
+use crate::api::openapi::ApiId;
 use crate::api::runs::{idempotency, respond};
 use crate::api::stream::{resolve_start, sse, Batch, PAGE_EVENTS};
 use crate::app::App;
@@ -134,16 +135,22 @@ pub struct WorkerCommandResponse {
 #[serde(deny_unknown_fields)]
 pub struct CreateWorkerRequest {
     /// Reattach to this worker, or create it; generated (`codexw_…`) when absent.
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<ApiId>)]
     pub worker_id: Option<WorkerId>,
+    /// At most 1024 bytes (like `codex_home_ref` and `adapter`).
+    #[schema(max_length = 1024)]
     pub workspace_ref: Option<String>,
+    #[schema(max_length = 1024)]
     pub codex_home_ref: Option<String>,
     /// Default `in_memory`.
+    #[schema(max_length = 1024)]
     pub adapter: Option<String>,
     #[serde(default)]
     #[schema(value_type = Object)]
     pub metadata: Map<String, Value>,
     /// Lease length in milliseconds (1000–3600000; default from configuration).
+    #[serde(default, deserialize_with = "aggregates::number::opt_whole_u64")]
+    #[schema(minimum = 1000, maximum = 3600000)]
     pub lease_ttl_ms: Option<u64>,
 }
 
@@ -157,8 +164,10 @@ pub struct WorkerRequestEnvelope {
 #[serde(deny_unknown_fields)]
 pub struct WorkerRequestBody {
     /// Idempotency key of the request per worker; generated when absent.
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<ApiId>)]
     pub request_id: Option<RequestId>,
+    /// 1 to 128 bytes, not only whitespace.
+    #[schema(min_length = 1, max_length = 128, pattern = "\\S")]
     pub method: String,
     #[serde(default)]
     #[schema(value_type = Object)]
@@ -183,7 +192,8 @@ pub struct WorkerRequestResult {
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StopRequest {
-    /// Default `stop_requested`.
+    /// Default `stop_requested`; at most 1024 bytes.
+    #[schema(max_length = 1024)]
     pub reason: Option<String>,
 }
 
@@ -191,7 +201,9 @@ pub struct StopRequest {
 #[serde(deny_unknown_fields)]
 pub struct HeartbeatRequest {
     /// Lease length to extend to, in milliseconds (default: the lease the worker registered
-    /// or last reattached with).
+    /// or last reattached with). 1000–3600000.
+    #[serde(default, deserialize_with = "aggregates::number::opt_whole_u64")]
+    #[schema(minimum = 1000, maximum = 3600000)]
     pub lease_ttl_ms: Option<u64>,
 }
 
@@ -205,29 +217,62 @@ pub struct ReportEventRequest {
 #[serde(deny_unknown_fields)]
 pub struct ReportedEvent {
     /// `worker.*`: lifecycle types (`worker.started`, `worker.stopping`, `worker.stopped`,
-    /// `worker.failed`, `worker.heartbeat`) move the status; others are stream frames.
+    /// `worker.failed`, `worker.heartbeat`) move the status; others are stream frames. At most
+    /// 128 bytes. `worker.registered`, `worker.reattached`, `worker.lost` and
+    /// `worker.request.received` are the runtime's own and are refused.
+    #[schema(max_length = 128, pattern = "^worker\\.")]
     pub event_type: String,
     #[serde(default)]
     #[schema(value_type = Object)]
     pub payload: Map<String, Value>,
 }
 
+// Query values stay strings in Rust (the handlers answer a bad one with a precise
+// `invalid_request`); the document states the rules the handlers check.
+
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct WorkerStreamQuery {
-    /// Resume after this seq (same as `Last-Event-ID`).
+    /// Resume after this seq (same as `Last-Event-ID`; both must agree when both are sent).
+    #[param(value_type = Option<u64>)]
     pub cursor: Option<String>,
-    /// How long to keep the stream open waiting for events, in milliseconds.
+    /// How long to keep the stream open waiting for events, in milliseconds (at most the
+    /// server's configured maximum, written into the served document).
+    #[param(value_type = Option<u64>, minimum = 1)]
     pub tail_ms: Option<String>,
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct WorkerListQuery {
-    /// Only workers in this status.
+    /// Only workers in this status (empty: any).
+    #[param(value_type = Option<StatusFilter>)]
     pub status: Option<String>,
     /// Only workers with this workspace.
     pub workspace_ref: Option<String>,
     /// At most this many (1–200, default 50), most recently registered first.
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 200)]
     pub limit: Option<String>,
+}
+
+/// The schema of the list's `status` filter: a [`WorkerStatus`] or empty (any), from
+/// `WorkerStatus::ALL`.
+pub struct StatusFilter;
+
+impl utoipa::PartialSchema for StatusFilter {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        let values = std::iter::once("").chain(WorkerStatus::ALL.iter().map(|s| s.as_str()));
+        utoipa::openapi::schema::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .enum_values(Some(values))
+            .into()
+    }
+}
+
+impl ToSchema for StatusFilter {
+    fn name() -> std::borrow::Cow<'static, str> {
+        std::borrow::Cow::Borrowed("WorkerStatusFilter")
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -284,8 +329,9 @@ fn path(worker_id: &WorkerId, action: &str) -> String {
 // Handlers
 
 /// Create a worker, or reattach to one (original contract).
-#[utoipa::path(post, path = "/internal/v1/codex/workers", tag = "workers",
-    request_body = CreateWorkerRequest,
+#[utoipa::path(post, path = "/internal/v1/codex/workers", operation_id = "create_worker", tag = "workers",
+    params(IdempotencyKey),
+    request_body(content = Option<CreateWorkerRequest>, description = "Optional: an empty body is `{}`"),
     responses(
         (status = 202, description = "Registered, or reattached after stop/failure/loss", body = Data<WorkerCommandResponse>),
         (status = 200, description = "Already active: idempotent replay", body = Data<WorkerCommandResponse>),
@@ -335,7 +381,7 @@ pub(crate) async fn create(
 }
 
 /// The caller's workers (original contract's list).
-#[utoipa::path(get, path = "/internal/v1/codex/workers", tag = "workers", params(WorkerListQuery),
+#[utoipa::path(get, path = "/internal/v1/codex/workers", operation_id = "list_workers", tag = "workers", params(WorkerListQuery),
     responses((status = 200, body = Data<Vec<WorkerView>>)))]
 pub(crate) async fn list(
     State(app): State<App>,
@@ -406,8 +452,8 @@ pub(crate) async fn list(
 }
 
 /// Durable worker status and latest seq (original contract).
-#[utoipa::path(get, path = "/internal/v1/codex/workers/{worker_id}/snapshot", tag = "workers",
-    params(("worker_id" = String, Path)),
+#[utoipa::path(get, path = "/internal/v1/codex/workers/{worker_id}/snapshot", operation_id = "worker_snapshot", tag = "workers",
+    params(("worker_id" = ApiId, Path)),
     responses((status = 200, body = Data<WorkerView>), (status = 403, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope)))]
 pub(crate) async fn snapshot(
     State(app): State<App>,
@@ -422,8 +468,8 @@ pub(crate) async fn snapshot(
 
 /// Submit a JSON-RPC-style request to the worker (original contract); idempotent by
 /// `request_id`, recorded as `worker.request.received`.
-#[utoipa::path(post, path = "/internal/v1/codex/workers/{worker_id}/requests", tag = "workers",
-    params(("worker_id" = String, Path)), request_body = WorkerRequestEnvelope,
+#[utoipa::path(post, path = "/internal/v1/codex/workers/{worker_id}/requests", operation_id = "worker_request", tag = "workers",
+    params(("worker_id" = ApiId, Path), IdempotencyKey), request_body = WorkerRequestEnvelope,
     responses((status = 200, body = Data<WorkerRequestResult>), (status = 409, body = ErrorEnvelope)))]
 pub(crate) async fn request(
     State(app): State<App>,
@@ -475,8 +521,8 @@ pub(crate) async fn request(
 }
 
 /// Ask the worker to stop (original contract): a durable `worker.stopped`.
-#[utoipa::path(post, path = "/internal/v1/codex/workers/{worker_id}/stop", tag = "workers",
-    params(("worker_id" = String, Path)), request_body = StopRequest,
+#[utoipa::path(post, path = "/internal/v1/codex/workers/{worker_id}/stop", operation_id = "stop_worker", tag = "workers",
+    params(("worker_id" = ApiId, Path), IdempotencyKey), request_body(content = Option<StopRequest>, description = "Optional: an empty body is `{}`"),
     responses((status = 202, body = Data<WorkerCommandResponse>), (status = 200, description = "Already stopped", body = Data<WorkerCommandResponse>)))]
 pub(crate) async fn stop(
     State(app): State<App>,
@@ -503,8 +549,8 @@ pub(crate) async fn stop(
 
 /// The worker is alive (additive): starting → running, and the lease is extended. Renewals are
 /// journaled only once less than half the lease remains (`200` with `idempotentReplay` before).
-#[utoipa::path(post, path = "/internal/v1/codex/workers/{worker_id}/heartbeat", tag = "workers",
-    params(("worker_id" = String, Path)), request_body = HeartbeatRequest,
+#[utoipa::path(post, path = "/internal/v1/codex/workers/{worker_id}/heartbeat", operation_id = "worker_heartbeat", tag = "workers",
+    params(("worker_id" = ApiId, Path), IdempotencyKey), request_body(content = Option<HeartbeatRequest>, description = "Optional: an empty body is `{}`"),
     responses((status = 202, body = Data<WorkerCommandResponse>), (status = 200, body = Data<WorkerCommandResponse>), (status = 409, body = ErrorEnvelope)))]
 pub(crate) async fn heartbeat(
     State(app): State<App>,
@@ -532,8 +578,8 @@ pub(crate) async fn heartbeat(
 }
 
 /// An event the worker reports (additive).
-#[utoipa::path(post, path = "/internal/v1/codex/workers/{worker_id}/events", tag = "workers",
-    params(("worker_id" = String, Path)), request_body = ReportEventRequest,
+#[utoipa::path(post, path = "/internal/v1/codex/workers/{worker_id}/events", operation_id = "report_worker_event", tag = "workers",
+    params(("worker_id" = ApiId, Path), IdempotencyKey), request_body = ReportEventRequest,
     responses((status = 202, body = Data<WorkerCommandResponse>), (status = 200, body = Data<WorkerCommandResponse>), (status = 400, body = ErrorEnvelope), (status = 409, body = ErrorEnvelope)))]
 pub(crate) async fn report_event(
     State(app): State<App>,
@@ -561,11 +607,11 @@ pub(crate) async fn report_event(
 
 /// The worker's events as Server-Sent Events (original contract): `event: codex.worker.event`,
 /// `id:` = seq.
-#[utoipa::path(get, path = "/internal/v1/codex/workers/{worker_id}/stream", tag = "workers",
-    params(("worker_id" = String, Path), WorkerStreamQuery,
-        ("Last-Event-ID" = Option<String>, Header, description = "Resume after this seq")),
+#[utoipa::path(get, path = "/internal/v1/codex/workers/{worker_id}/stream", operation_id = "worker_stream", tag = "workers",
+    params(("worker_id" = ApiId, Path), WorkerStreamQuery,
+        crate::api::stream::LastEventId),
     responses(
-        (status = 200, description = "text/event-stream: `event: codex.worker.event`, `id: <seq>`, `data: {workerId, seq, eventType, payload, occurredAt}`", content_type = "text/event-stream", body = String),
+        (status = 200, description = "text/event-stream: `event: codex.worker.event`, `id: <seq>`, `data: {workerId, seq, eventType, payload, occurredAt}`", content_type = "text/event-stream", body = crate::api::stream::SseEvent),
         (status = 400, body = ErrorEnvelope), (status = 410, body = ErrorEnvelope),
     ))]
 pub(crate) async fn stream(

@@ -102,6 +102,8 @@ pub fn with_artifacts_audited(
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ArtifactQuery {
+    /// When given, the run's thread.
+    #[param(value_type = Option<crate::api::openapi::ApiId>)]
     pub thread_id: Option<String>,
     /// Bundles only: also carry the consistency proof from this tree size to the bundle's
     /// checkpoint (for `audit verify --checkpoint OLD.json`).
@@ -173,7 +175,7 @@ fn run_not_found() -> ApiError {
 
 /// The run's `openagents.receipt.v1` (signed when the runtime has a receipt key).
 #[utoipa::path(get, path = "/internal/v1/runs/{run_id}/receipt", tag = "artifacts",
-    params(("run_id" = String, Path), ArtifactQuery),
+    params(("run_id" = crate::api::openapi::ApiId, Path), ArtifactQuery),
     responses(
         (status = 200, description = "The receipt (docs/receipts-and-replay.md)", content_type = "application/json", body = Object),
         (status = 400, body = ErrorEnvelope), (status = 403, body = ErrorEnvelope),
@@ -191,7 +193,7 @@ pub(crate) async fn receipt(
 
 /// The run's REPLAY.jsonl v1, one JSON object per line.
 #[utoipa::path(get, path = "/internal/v1/runs/{run_id}/replay", tag = "artifacts",
-    params(("run_id" = String, Path), ArtifactQuery),
+    params(("run_id" = crate::api::openapi::ApiId, Path), ArtifactQuery),
     responses(
         (status = 200, description = "REPLAY.jsonl v1 (docs/receipts-and-replay.md)", content_type = "application/x-ndjson", body = String),
         (status = 400, body = ErrorEnvelope), (status = 403, body = ErrorEnvelope),
@@ -217,7 +219,7 @@ pub(crate) async fn replay(
 /// The run's audit bundle (JSON lines, streamed as it is written; verify it with
 /// `openagents-runtime audit verify`).
 #[utoipa::path(get, path = "/internal/v1/runs/{run_id}/audit-bundle", tag = "artifacts",
-    params(("run_id" = String, Path), ArtifactQuery),
+    params(("run_id" = crate::api::openapi::ApiId, Path), ArtifactQuery),
     responses(
         (status = 200, description = "The audit bundle (docs/receipts-and-replay.md)", content_type = "application/x-ndjson", body = String),
         (status = 400, body = ErrorEnvelope), (status = 403, body = ErrorEnvelope),
