@@ -1,6 +1,10 @@
 //! The OpenAPI document of the HTTP API, generated from the handlers' annotations (utoipa) and
 //! served at `GET /internal/v1/openapi.json`.
 //!
+//! Its operations come from the same declarations that mount the routes: each component's
+//! `OpenApiRouter` (`utoipa_axum::routes!` over the handlers' `#[utoipa::path]`), so a path is
+//! written once ([`api_doc`]).
+//!
 //! The document must be valid (tests/it/openapi.rs checks it with an independent validator) and
 //! true (the same test runs the Schemathesis fuzzer against a real server). Three things keep it
 //! true without repeating the server's rules by hand:
@@ -23,7 +27,7 @@ use utoipa::{Modify, OpenApi, PartialSchema, ToSchema};
 
 use crate::app::App;
 
-use crate::api::{error, health, runs, workers};
+use crate::api::{error, workers};
 use crate::audit::http as artifacts;
 use crate::audit::log_http as audit_log;
 
@@ -204,22 +208,11 @@ impl Modify for Security {
                        Every route needs an `X-OA-RUNTIME-SIGNATURE` token. Errors use the envelope \
                        `{\"error\": {\"code\", \"message\", \"details\"}}`."
     ),
-    paths(
-        health::internal_health,
-        runs::create_run, runs::list_runs, runs::snapshot, runs::append_frame, runs::cancel,
-        runs::start, runs::finish, runs::stream,
-        workers::create, workers::list, workers::snapshot, workers::request, workers::stop,
-        workers::heartbeat, workers::report_event, workers::stream,
-        artifacts::receipt, artifacts::replay, artifacts::audit_bundle,
-        audit_log::key, audit_log::latest, audit_log::at_size, audit_log::inclusion,
-        audit_log::consistency,
-        sync_gateway::http::hydrate, sync_gateway::http::mint_token, sync_gateway::http::revoke,
-    ),
     components(schemas(
         error::ErrorEnvelope, error::ErrorBody, error::ErrorCode, ApiId, workers::StatusFilter,
         crate::api::stream::SseEvent,
     )),
-    modifiers(&Security, &OptionalBodies, &CommonResponses),
+    modifiers(&Security),
     security(("runtime_signature" = [])),
     tags(
         (name = "health", description = "Probes"),
@@ -232,9 +225,24 @@ impl Modify for Security {
 )]
 pub struct ApiDoc;
 
+/// The document of every API route `serve` can mount, whether this process mounts it or not:
+/// [`ApiDoc`]'s info, security and shared components, plus the operations of each component's
+/// route declarations (the runtime's own, the run artifacts, the audit log, Khala's HTTP routes).
+pub fn api_doc() -> utoipa::openapi::OpenApi {
+    let mut doc = ApiDoc::openapi();
+    doc.merge(crate::api::internal_routes().into_openapi());
+    doc.merge(artifacts::routes().into_openapi());
+    doc.merge(audit_log::routes().into_openapi());
+    doc.merge(sync_gateway::server::openapi());
+    OptionalBodies.modify(&mut doc);
+    CommonResponses.modify(&mut doc);
+    doc
+}
+
 /// `GET /internal/v1/openapi.json`: the document, with this process's configured limits.
 pub async fn document(State(app): State<App>) -> Json<serde_json::Value> {
-    let mut doc = ApiDoc::openapi();
+    static DOC: std::sync::OnceLock<utoipa::openapi::OpenApi> = std::sync::OnceLock::new();
+    let mut doc = DOC.get_or_init(api_doc).clone();
     let tail_max = u64::try_from(app.config().http.stream_tail_max.as_millis()).unwrap_or(u64::MAX);
     set_parameter_maximum(&mut doc, "tail_ms", tail_max);
     let mut doc = serde_json::to_value(doc).unwrap_or_default();

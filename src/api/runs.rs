@@ -11,17 +11,19 @@ use aggregates::run::{
 };
 use aggregates::Timestamp;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::Event;
-use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
-use engine::{IdempotencyRequest, Outcome, OutcomeKind};
+use axum::response::Response;
+use axum::Json;
+use engine::{Outcome, OutcomeKind};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::api::auth::Caller;
+use crate::api::command::{command, Command, CommandRoute};
 use crate::api::error::{ApiError, ErrorEnvelope};
 use crate::api::extract::{check_metadata, ApiJson, ApiQuery, IdempotencyKey, PathId};
 use crate::api::openapi::ApiId;
@@ -33,15 +35,17 @@ const MAX_TEXT: usize = 1024;
 /// Most runs one list call returns.
 const MAX_LIST: usize = 200;
 
-pub fn router() -> Router<App> {
-    Router::new()
-        .route("/internal/v1/runs", post(create_run).get(list_runs))
-        .route("/internal/v1/runs/{run_id}/snapshot", get(snapshot))
-        .route("/internal/v1/runs/{run_id}/frames", post(append_frame))
-        .route("/internal/v1/runs/{run_id}/cancel", post(cancel))
-        .route("/internal/v1/runs/{run_id}/start", post(start))
-        .route("/internal/v1/runs/{run_id}/finish", post(finish))
-        .route("/internal/v1/runs/{run_id}/stream", get(stream))
+/// The run routes, each mounted at the path of its handler's `#[utoipa::path]` (which also puts
+/// it in the OpenAPI document).
+pub fn router() -> OpenApiRouter<App> {
+    OpenApiRouter::new()
+        .routes(routes!(create_run, list_runs))
+        .routes(routes!(snapshot))
+        .routes(routes!(append_frame))
+        .routes(routes!(cancel))
+        .routes(routes!(start))
+        .routes(routes!(finish))
+        .routes(routes!(stream))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -295,51 +299,6 @@ fn bounded(text: Option<String>, field: &str, default: &str) -> Result<String, A
     Ok(text)
 }
 
-/// Builds the engine's idempotency request from the `Idempotency-Key` header, scoped to the
-/// principal and bound to the method, path and canonical body.
-pub(crate) fn idempotency(
-    caller: &Caller,
-    key: IdempotencyKey,
-    method: &str,
-    path: &str,
-    body: &Value,
-) -> Option<IdempotencyRequest> {
-    key.0.map(|key| IdempotencyRequest {
-        scope: caller.principal.reference(),
-        key,
-        request_hash: aggregates::canonical::hash_canonical(
-            &json!({ "method": method, "path": path, "body": body }),
-        ),
-    })
-}
-
-/// The response status for a command outcome: `created` on first application (and on an
-/// `Idempotency-Key` replay of it), `200` when nothing changed.
-pub(crate) fn status_of<A: aggregates::RuntimeAggregate>(
-    outcome: &Outcome<A>,
-    created: StatusCode,
-) -> StatusCode {
-    match outcome.kind {
-        OutcomeKind::Appended | OutcomeKind::Replayed => created,
-        OutcomeKind::Unchanged => StatusCode::OK,
-    }
-}
-
-/// `(status, body)` plus `Idempotent-Replayed: true` on an `Idempotency-Key` replay.
-pub(crate) fn respond<A: aggregates::RuntimeAggregate, T: Serialize>(
-    outcome: &Outcome<A>,
-    created: StatusCode,
-    body: T,
-) -> Response {
-    let mut response = (status_of(outcome, created), Json(body)).into_response();
-    if outcome.kind == OutcomeKind::Replayed {
-        response
-            .headers_mut()
-            .insert("idempotent-replayed", HeaderValue::from_static("true"));
-    }
-    response
-}
-
 /// Loads the run and checks that the caller may act on it for `thread_id`.
 pub(crate) async fn authorize(
     app: &App,
@@ -401,11 +360,11 @@ pub(crate) async fn create_run(
     State(app): State<App>,
     caller: Caller,
     key: IdempotencyKey,
+    route: CommandRoute,
     ApiJson { value: body, raw }: ApiJson<CreateRunRequest>,
 ) -> Result<Response, ApiError> {
     caller.check_thread(&body.thread_id)?;
     check_metadata(&body.metadata, app.config().http.metadata_limit_bytes)?;
-    let idem = idempotency(&caller, key, "POST", "/internal/v1/runs", &raw);
     // The body's id, else the id the token is bound to, else a fresh one.
     let run_id = match (body.run_id, &caller.claims.run_id) {
         (Some(id), _) => id,
@@ -426,15 +385,21 @@ pub(crate) async fn create_run(
         org_id: caller.org.clone(),
         metadata: body.metadata,
     };
-    let outcome = app
-        .engine()
-        .execute::<Run>(run_id.as_str(), action, &caller.context(idem))
-        .await?;
-    Ok(respond(
-        &outcome,
+    let cmd = Command {
+        app: &app,
+        caller: &caller,
+        key,
+        route,
+        body: &raw,
+    };
+    command(
+        cmd,
+        run_id.as_str(),
+        action,
         StatusCode::CREATED,
-        command_response(&outcome),
-    ))
+        command_response,
+    )
+    .await
 }
 
 /// Runs of one thread owned by the caller, newest first (additive).
@@ -511,6 +476,7 @@ pub(crate) async fn append_frame(
     caller: Caller,
     PathId(run_id): PathId<RunId>,
     key: IdempotencyKey,
+    route: CommandRoute,
     ApiJson { value: body, raw }: ApiJson<FrameRequest>,
 ) -> Result<Response, ApiError> {
     caller.check_thread(&body.thread_id)?;
@@ -533,8 +499,6 @@ pub(crate) async fn append_frame(
             .execute::<Run>(run_id.as_str(), create, &caller.context(None))
             .await?;
     }
-    let path = format!("/internal/v1/runs/{run_id}/frames");
-    let idem = idempotency(&caller, key, "POST", &path, &raw);
     let frame_id = body.frame_id.clone();
     let action = RunCommand::AppendFrame {
         frame_id: body.frame_id,
@@ -543,29 +507,40 @@ pub(crate) async fn append_frame(
         occurred_at: body.occurred_at,
         expected_seq: body.expected_seq,
     };
-    let outcome = app
-        .engine()
-        .execute::<Run>(run_id.as_str(), action, &caller.context(idem))
-        .await?;
-    let replay = outcome.kind == OutcomeKind::Unchanged;
-    // A re-sent frame answers with the seq the original got, like the first answer did.
-    let seq = outcome
-        .events
-        .first()
-        .map(|e| e.sequence as u64)
-        .or(outcome.recorded_sequence)
-        .and_then(run_seq_of);
-    let body = FrameResponse {
-        run_id: run_id.to_string(),
-        run_id_alias: run_id.to_string(),
-        frame_id: frame_id.to_string(),
-        frame_id_alias: frame_id.to_string(),
-        status: "accepted".into(),
-        seq,
-        idempotent_replay: replay,
-        idempotent_replay_alias: replay,
+    let cmd = Command {
+        app: &app,
+        caller: &caller,
+        key,
+        route,
+        body: &raw,
     };
-    Ok(respond(&outcome, StatusCode::ACCEPTED, body))
+    command(
+        cmd,
+        run_id.as_str(),
+        action,
+        StatusCode::ACCEPTED,
+        |outcome: &Outcome<Run>| {
+            let replay = outcome.kind == OutcomeKind::Unchanged;
+            // A re-sent frame answers with the seq the original got, like the first answer did.
+            let seq = outcome
+                .events
+                .first()
+                .map(|e| e.sequence as u64)
+                .or(outcome.recorded_sequence)
+                .and_then(run_seq_of);
+            FrameResponse {
+                run_id: run_id.to_string(),
+                run_id_alias: run_id.to_string(),
+                frame_id: frame_id.to_string(),
+                frame_id_alias: frame_id.to_string(),
+                status: "accepted".into(),
+                seq,
+                idempotent_replay: replay,
+                idempotent_replay_alias: replay,
+            }
+        },
+    )
+    .await
 }
 
 /// Request cancellation (original contract): a durable `run.cancel_requested`.
@@ -582,35 +557,45 @@ pub(crate) async fn cancel(
     caller: Caller,
     PathId(run_id): PathId<RunId>,
     key: IdempotencyKey,
+    route: CommandRoute,
     ApiJson { value: body, raw }: ApiJson<CancelRequest>,
 ) -> Result<Response, ApiError> {
     authorize(&app, &caller, &run_id, &body.thread_id).await?;
-    let path = format!("/internal/v1/runs/{run_id}/cancel");
-    let idem = idempotency(&caller, key, "POST", &path, &raw);
     let action = RunCommand::RequestCancel {
         reason: bounded(body.reason, "reason", "cancel_requested")?,
         requested_by: caller.principal.reference(),
     };
-    let outcome = app
-        .engine()
-        .execute::<Run>(run_id.as_str(), action, &caller.context(idem))
-        .await?;
-    let replay = outcome.kind == OutcomeKind::Unchanged;
-    let summary = &outcome.summary;
-    let body = CancelResponse {
-        run_id: run_id.to_string(),
-        run_id_alias: run_id.to_string(),
-        status: summary
-            .status
-            .unwrap_or(RunStatus::Canceling)
-            .as_str()
-            .to_owned(),
-        cancel_requested: summary.cancel_requested,
-        cancel_requested_alias: summary.cancel_requested,
-        idempotent_replay: replay,
-        idempotent_replay_alias: replay,
+    let cmd = Command {
+        app: &app,
+        caller: &caller,
+        key,
+        route,
+        body: &raw,
     };
-    Ok(respond(&outcome, StatusCode::ACCEPTED, body))
+    command(
+        cmd,
+        run_id.as_str(),
+        action,
+        StatusCode::ACCEPTED,
+        |outcome: &Outcome<Run>| {
+            let replay = outcome.kind == OutcomeKind::Unchanged;
+            let summary = &outcome.summary;
+            CancelResponse {
+                run_id: run_id.to_string(),
+                run_id_alias: run_id.to_string(),
+                status: summary
+                    .status
+                    .unwrap_or(RunStatus::Canceling)
+                    .as_str()
+                    .to_owned(),
+                cancel_requested: summary.cancel_requested,
+                cancel_requested_alias: summary.cancel_requested,
+                idempotent_replay: replay,
+                idempotent_replay_alias: replay,
+            }
+        },
+    )
+    .await
 }
 
 /// created → running (additive).
@@ -622,23 +607,28 @@ pub(crate) async fn start(
     caller: Caller,
     PathId(run_id): PathId<RunId>,
     key: IdempotencyKey,
+    route: CommandRoute,
     ApiJson { value: body, raw }: ApiJson<StartRequest>,
 ) -> Result<Response, ApiError> {
     authorize(&app, &caller, &run_id, &body.thread_id).await?;
-    let path = format!("/internal/v1/runs/{run_id}/start");
-    let idem = idempotency(&caller, key, "POST", &path, &raw);
     let action = RunCommand::StartRun {
         source: bounded(body.source, "source", "runtime")?,
     };
-    let outcome = app
-        .engine()
-        .execute::<Run>(run_id.as_str(), action, &caller.context(idem))
-        .await?;
-    Ok(respond(
-        &outcome,
+    let cmd = Command {
+        app: &app,
+        caller: &caller,
+        key,
+        route,
+        body: &raw,
+    };
+    command(
+        cmd,
+        run_id.as_str(),
+        action,
         StatusCode::ACCEPTED,
-        command_response(&outcome),
-    ))
+        command_response,
+    )
+    .await
 }
 
 /// Record the terminal outcome (additive).
@@ -650,11 +640,10 @@ pub(crate) async fn finish(
     caller: Caller,
     PathId(run_id): PathId<RunId>,
     key: IdempotencyKey,
+    route: CommandRoute,
     ApiJson { value: body, raw }: ApiJson<FinishRequest>,
 ) -> Result<Response, ApiError> {
     authorize(&app, &caller, &run_id, &body.thread_id).await?;
-    let path = format!("/internal/v1/runs/{run_id}/finish");
-    let idem = idempotency(&caller, key, "POST", &path, &raw);
     let check = |value: Option<String>, field: &str| -> Result<Option<String>, ApiError> {
         value.map(|v| bounded(Some(v), field, "")).transpose()
     };
@@ -668,15 +657,21 @@ pub(crate) async fn finish(
         reason: check(body.reason, "reason")?,
         error_code: check(body.error_code, "error_code")?,
     };
-    let outcome = app
-        .engine()
-        .execute::<Run>(run_id.as_str(), action, &caller.context(idem))
-        .await?;
-    Ok(respond(
-        &outcome,
+    let cmd = Command {
+        app: &app,
+        caller: &caller,
+        key,
+        route,
+        body: &raw,
+    };
+    command(
+        cmd,
+        run_id.as_str(),
+        action,
         StatusCode::ACCEPTED,
-        command_response(&outcome),
-    ))
+        command_response,
+    )
+    .await
 }
 
 /// The run's events as Server-Sent Events (original contract). `id:` is the seq; a terminal run

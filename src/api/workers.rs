@@ -8,18 +8,19 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::Event;
 use axum::response::Response;
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use engine::{Outcome, OutcomeKind};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::api::auth::Caller;
+use crate::api::command::{command, Command, CommandRoute};
 use crate::api::error::{ApiError, ErrorEnvelope};
 use crate::api::extract::{check_metadata, ApiJson, ApiQuery, IdempotencyKey, PathId};
 use crate::api::openapi::ApiId;
-use crate::api::runs::{idempotency, respond};
 use crate::api::stream::{resolve_start, sse, Batch, PAGE_EVENTS};
 use crate::app::App;
 
@@ -28,27 +29,17 @@ const MAX_TEXT: usize = 1024;
 /// Most workers one list call returns.
 const MAX_LIST: usize = 200;
 
-pub fn router() -> Router<App> {
-    Router::new()
-        .route("/internal/v1/codex/workers", post(create).get(list))
-        .route(
-            "/internal/v1/codex/workers/{worker_id}/snapshot",
-            get(snapshot),
-        )
-        .route(
-            "/internal/v1/codex/workers/{worker_id}/requests",
-            post(request),
-        )
-        .route("/internal/v1/codex/workers/{worker_id}/stream", get(stream))
-        .route("/internal/v1/codex/workers/{worker_id}/stop", post(stop))
-        .route(
-            "/internal/v1/codex/workers/{worker_id}/heartbeat",
-            post(heartbeat),
-        )
-        .route(
-            "/internal/v1/codex/workers/{worker_id}/events",
-            post(report_event),
-        )
+/// The worker routes, each mounted at the path of its handler's `#[utoipa::path]` (which also
+/// puts it in the OpenAPI document).
+pub fn router() -> OpenApiRouter<App> {
+    OpenApiRouter::new()
+        .routes(routes!(create, list))
+        .routes(routes!(snapshot))
+        .routes(routes!(request))
+        .routes(routes!(stream))
+        .routes(routes!(stop))
+        .routes(routes!(heartbeat))
+        .routes(routes!(report_event))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -321,10 +312,6 @@ fn command_response(app: &App, outcome: &Outcome<Worker>) -> Data<WorkerCommandR
     }
 }
 
-fn path(worker_id: &WorkerId, action: &str) -> String {
-    format!("/internal/v1/codex/workers/{worker_id}/{action}")
-}
-
 // ---------------------------------------------------------------------------------------------
 // Handlers
 
@@ -341,10 +328,10 @@ pub(crate) async fn create(
     State(app): State<App>,
     caller: Caller,
     key: IdempotencyKey,
+    route: CommandRoute,
     ApiJson { value: body, raw }: ApiJson<CreateWorkerRequest>,
 ) -> Result<Response, ApiError> {
     check_metadata(&body.metadata, app.config().http.metadata_limit_bytes)?;
-    let idem = idempotency(&caller, key, "POST", "/internal/v1/codex/workers", &raw);
     let worker_id = match body.worker_id {
         Some(id) => {
             let (summary, _) = app.engine().load::<Worker>(id.as_str()).await?;
@@ -369,15 +356,21 @@ pub(crate) async fn create(
             .lease_ttl_ms
             .unwrap_or(app.config().workers.default_lease_ttl_ms),
     };
-    let outcome = app
-        .engine()
-        .execute::<Worker>(worker_id.as_str(), action, &caller.context(idem))
-        .await?;
-    Ok(respond(
-        &outcome,
+    let cmd = Command {
+        app: &app,
+        caller: &caller,
+        key,
+        route,
+        body: &raw,
+    };
+    command(
+        cmd,
+        worker_id.as_str(),
+        action,
         StatusCode::ACCEPTED,
-        command_response(&app, &outcome),
-    ))
+        |outcome: &Outcome<Worker>| command_response(&app, outcome),
+    )
+    .await
 }
 
 /// The caller's workers (original contract's list).
@@ -476,10 +469,10 @@ pub(crate) async fn request(
     caller: Caller,
     PathId(worker_id): PathId<WorkerId>,
     key: IdempotencyKey,
+    route: CommandRoute,
     ApiJson { value: body, raw }: ApiJson<WorkerRequestEnvelope>,
 ) -> Result<Response, ApiError> {
     authorize(&app, &caller, &worker_id).await?;
-    let idem = idempotency(&caller, key, "POST", &path(&worker_id, "requests"), &raw);
     let request = body.request;
     let request_id = match request.request_id {
         Some(id) => id,
@@ -496,28 +489,39 @@ pub(crate) async fn request(
         method: request.method,
         params,
     };
-    let outcome = app
-        .engine()
-        .execute::<Worker>(worker_id.as_str(), action, &caller.context(idem))
-        .await?;
-    let replay = outcome.kind == OutcomeKind::Unchanged;
-    let body = Data {
-        data: WorkerRequestResult {
-            worker_id: worker_id.to_string(),
-            request_id: request_id.to_string(),
-            ok: true,
-            response: json!({ "status": "accepted", "method": method }),
-            // A re-sent request answers with the seq the original got.
-            seq: outcome
-                .events
-                .first()
-                .map(|e| e.sequence as u64)
-                .or(outcome.recorded_sequence),
-            idempotent_replay: replay,
-            idempotent_replay_alias: replay,
-        },
+    let cmd = Command {
+        app: &app,
+        caller: &caller,
+        key,
+        route,
+        body: &raw,
     };
-    Ok(respond(&outcome, StatusCode::OK, body))
+    command(
+        cmd,
+        worker_id.as_str(),
+        action,
+        StatusCode::OK,
+        |outcome: &Outcome<Worker>| {
+            let replay = outcome.kind == OutcomeKind::Unchanged;
+            Data {
+                data: WorkerRequestResult {
+                    worker_id: worker_id.to_string(),
+                    request_id: request_id.to_string(),
+                    ok: true,
+                    response: json!({ "status": "accepted", "method": method }),
+                    // A re-sent request answers with the seq the original got.
+                    seq: outcome
+                        .events
+                        .first()
+                        .map(|e| e.sequence as u64)
+                        .or(outcome.recorded_sequence),
+                    idempotent_replay: replay,
+                    idempotent_replay_alias: replay,
+                },
+            }
+        },
+    )
+    .await
 }
 
 /// Ask the worker to stop (original contract): a durable `worker.stopped`.
@@ -529,22 +533,28 @@ pub(crate) async fn stop(
     caller: Caller,
     PathId(worker_id): PathId<WorkerId>,
     key: IdempotencyKey,
+    route: CommandRoute,
     ApiJson { value: body, raw }: ApiJson<StopRequest>,
 ) -> Result<Response, ApiError> {
     authorize(&app, &caller, &worker_id).await?;
-    let idem = idempotency(&caller, key, "POST", &path(&worker_id, "stop"), &raw);
     let action = WorkerCommand::RequestStop {
         reason: bounded(body.reason, "reason")?.unwrap_or_else(|| "stop_requested".into()),
     };
-    let outcome = app
-        .engine()
-        .execute::<Worker>(worker_id.as_str(), action, &caller.context(idem))
-        .await?;
-    Ok(respond(
-        &outcome,
+    let cmd = Command {
+        app: &app,
+        caller: &caller,
+        key,
+        route,
+        body: &raw,
+    };
+    command(
+        cmd,
+        worker_id.as_str(),
+        action,
         StatusCode::ACCEPTED,
-        command_response(&app, &outcome),
-    ))
+        |outcome: &Outcome<Worker>| command_response(&app, outcome),
+    )
+    .await
 }
 
 /// The worker is alive (additive): starting → running, and the lease is extended. Renewals are
@@ -557,24 +567,30 @@ pub(crate) async fn heartbeat(
     caller: Caller,
     PathId(worker_id): PathId<WorkerId>,
     key: IdempotencyKey,
+    route: CommandRoute,
     ApiJson { value: body, raw }: ApiJson<HeartbeatRequest>,
 ) -> Result<Response, ApiError> {
     authorize(&app, &caller, &worker_id).await?;
-    let idem = idempotency(&caller, key, "POST", &path(&worker_id, "heartbeat"), &raw);
     // Without `lease_ttl_ms` the worker keeps the lease it registered with (not the server
     // default, which would stretch or shrink a lease the worker chose).
     let action = WorkerCommand::Heartbeat {
         lease_ttl_ms: body.lease_ttl_ms,
     };
-    let outcome = app
-        .engine()
-        .execute::<Worker>(worker_id.as_str(), action, &caller.context(idem))
-        .await?;
-    Ok(respond(
-        &outcome,
+    let cmd = Command {
+        app: &app,
+        caller: &caller,
+        key,
+        route,
+        body: &raw,
+    };
+    command(
+        cmd,
+        worker_id.as_str(),
+        action,
         StatusCode::ACCEPTED,
-        command_response(&app, &outcome),
-    ))
+        |outcome: &Outcome<Worker>| command_response(&app, outcome),
+    )
+    .await
 }
 
 /// An event the worker reports (additive).
@@ -586,23 +602,29 @@ pub(crate) async fn report_event(
     caller: Caller,
     PathId(worker_id): PathId<WorkerId>,
     key: IdempotencyKey,
+    route: CommandRoute,
     ApiJson { value: body, raw }: ApiJson<ReportEventRequest>,
 ) -> Result<Response, ApiError> {
     authorize(&app, &caller, &worker_id).await?;
-    let idem = idempotency(&caller, key, "POST", &path(&worker_id, "events"), &raw);
     let action = WorkerCommand::ReportEvent {
         event_type: body.event.event_type,
         payload: body.event.payload,
     };
-    let outcome = app
-        .engine()
-        .execute::<Worker>(worker_id.as_str(), action, &caller.context(idem))
-        .await?;
-    Ok(respond(
-        &outcome,
+    let cmd = Command {
+        app: &app,
+        caller: &caller,
+        key,
+        route,
+        body: &raw,
+    };
+    command(
+        cmd,
+        worker_id.as_str(),
+        action,
         StatusCode::ACCEPTED,
-        command_response(&app, &outcome),
-    ))
+        |outcome: &Outcome<Worker>| command_response(&app, outcome),
+    )
+    .await
 }
 
 /// The worker's events as Server-Sent Events (original contract): `event: codex.worker.event`,

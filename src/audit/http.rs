@@ -16,7 +16,6 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use axum::{Json, Router};
 use engine::artifacts::recorder::{receipt_for, RecordError};
 use engine::artifacts::{load_run_record, render_replay, ReceiptSigner, RunRecord};
@@ -25,6 +24,8 @@ use engine::{Database, Engine};
 use serde::Deserialize;
 use serde_json::json;
 use tokio_util::io::ReaderStream;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::bundle::Scope;
 use super::export::{export, Cut, ExportOptions};
@@ -49,14 +50,19 @@ pub struct ArtifactState {
     pub audit_key: Option<AuditKey>,
 }
 
-/// The routes, with their full `/internal/v1/...` paths. Merge them into the internal router
-/// (`Server::merge_internal`): they rely on its signature auth and take a [`Caller`].
+/// The routes, each at the full `/internal/v1/...` path of its handler's `#[utoipa::path]`
+/// (which also puts it in the OpenAPI document).
+pub fn routes() -> OpenApiRouter<ArtifactState> {
+    OpenApiRouter::new()
+        .routes(routes!(receipt))
+        .routes(routes!(replay))
+        .routes(routes!(audit_bundle))
+}
+
+/// [`routes`] with their state. Merge them into the internal router (`Server::merge_internal`):
+/// they rely on its signature auth and take a [`Caller`].
 pub fn router(state: ArtifactState) -> Router {
-    Router::new()
-        .route("/internal/v1/runs/{run_id}/receipt", get(receipt))
-        .route("/internal/v1/runs/{run_id}/replay", get(replay))
-        .route("/internal/v1/runs/{run_id}/audit-bundle", get(audit_bundle))
-        .with_state(state)
+    routes().with_state(state).into()
 }
 
 /// Mounts the artifact routes on `server`'s internal router and adds the task that records each

@@ -162,7 +162,7 @@ pub struct HydrateResponse {
     pub next_after: Option<String>,
 }
 
-#[utoipa::path(get, path = "/sync/v1/topics/{topic}/docs", tag = "sync",
+#[utoipa::path(get, path = HYDRATE_PATH, tag = "sync",
     params(
         ("topic" = String, Path, description = "A sync topic, e.g. `runtime.run_summaries`"),
         ("doc_key" = Option<String>, Query, description = "Only this document"),
@@ -345,7 +345,7 @@ fn store_unavailable(e: impl std::error::Error) -> ApiError {
 /// inside its `oa_sync_scopes` when present; the operator mints for anyone, and each such mint
 /// is recorded through the operator log (the journal under `serve`). Session and device ids are bound to the subject they
 /// are first minted for (docs/security.md).
-#[utoipa::path(post, path = "/api/sync/token", tag = "sync",
+#[utoipa::path(post, path = MINT_PATH, tag = "sync",
     request_body(content = crate::auth::mint::MintRequest, content_type = "application/json"),
     responses(
         (status = 200, description = "The control plane's token response (`token`, `token_type`, `expires_in`, … `scopes`)", content_type = "application/json", body = Object),
@@ -495,7 +495,7 @@ pub struct RevokeResponse {
     pub revoked: Vec<Revocation>,
 }
 
-#[utoipa::path(post, path = "/internal/v1/sync/sessions/revoke", tag = "sync",
+#[utoipa::path(post, path = REVOKE_PATH, tag = "sync",
     request_body(content = RevokeRequest, content_type = "application/json",
         description = "At least one id; `reason` must not be blank (else `422`)"),
     responses(
