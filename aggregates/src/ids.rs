@@ -7,6 +7,9 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 /// Longest id accepted, in bytes.
 pub const MAX_ID_LEN: usize = 128;
+/// The characters an id may hold besides ASCII letters and digits (the API's OpenAPI document
+/// builds its id `pattern` from this).
+pub const ID_PUNCTUATION: &str = "-_.:@/+=~";
 
 /// Why a string is not a valid identifier.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -28,7 +31,7 @@ fn validate(kind: &'static str, value: &str) -> Result<(), IdError> {
     }
     if let Some(found) = value
         .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || "-_.:@/+=~".contains(*c)))
+        .find(|c| !(c.is_ascii_alphanumeric() || ID_PUNCTUATION.contains(*c)))
     {
         return Err(IdError::BadCharacter { kind, found });
     }

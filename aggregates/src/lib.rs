@@ -10,6 +10,7 @@
 //! - [`run`]: the Run aggregate (created → running → succeeded | failed | canceled).
 //! - [`worker`]: the Worker aggregate (starting → running → stopping → stopped | failed | lost).
 //! - [`canonical`]: canonical JSON and `sha256:` content hashes.
+//! - [`number`]: whole numbers in JSON bodies (`1841.0` is the integer 1841).
 //! - [`chain`]: the per-aggregate event hash chain (`openagents.event_chain.v1`).
 //! - [`receipt`]: the RunReceipt aggregate (a run's recorded `openagents.receipt.v1`).
 #![forbid(unsafe_code)]
@@ -18,6 +19,7 @@ pub mod aggregate;
 pub mod canonical;
 pub mod chain;
 pub mod ids;
+pub mod number;
 pub mod operator;
 pub mod payment;
 pub mod receipt;

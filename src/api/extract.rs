@@ -202,6 +202,33 @@ impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
     }
 }
 
+/// `Idempotency-Key` as an OpenAPI header parameter, with the rules the extractor checks.
+impl utoipa::IntoParams for IdempotencyKey {
+    fn into_params(
+        _parameter_in: impl Fn() -> Option<utoipa::openapi::path::ParameterIn>,
+    ) -> Vec<utoipa::openapi::path::Parameter> {
+        use utoipa::openapi::path::{ParameterBuilder, ParameterIn};
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        vec![ParameterBuilder::new()
+            .name("Idempotency-Key")
+            .parameter_in(ParameterIn::Header)
+            .required(utoipa::openapi::Required::False)
+            .description(Some(
+                "Retry key: a repeat with the same key and request answers like the first time \
+                 (`Idempotent-Replayed: true`); the same key with another request is `409 \
+                 idempotency_key_reused`",
+            ))
+            .schema(Some(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .min_length(Some(1))
+                    .max_length(Some(MAX_IDEMPOTENCY_KEY_LEN))
+                    .pattern(Some("^[!-~]+$")),
+            ))
+            .build()]
+    }
+}
+
 /// `400 metadata_too_large` when a `metadata` object's JSON is longer than `limit` bytes.
 pub fn check_metadata(
     metadata: &serde_json::Map<String, Value>,

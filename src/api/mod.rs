@@ -4,17 +4,22 @@
 //! - [`runs`], [`workers`], [`health`]: one file per resource, each with its routes, wire types
 //!   and handlers.
 //! - [`auth`]: internal signature middleware and the [`auth::Caller`] extractor.
+//! - [`command`]: the idempotency → execute → respond end every command handler shares, and the
+//!   route its `Idempotency-Key` is bound to.
 //! - [`error`]: the error envelope and every failure's status and code.
 //! - [`extract`]: extractors whose rejections use the envelope (bodies, ids, queries, headers).
 //! - [`stream`]: Server-Sent Events with the contract's cursor rules.
 //! - [`openapi`]: the OpenAPI document.
 //!
-//! [`internal_router`] holds the `/internal/v1` routes (signature auth applies to each matched
-//! route); [`ops_router`] the unauthenticated operations endpoints; [`compose`] stacks the
+//! Every API route is declared once, by its handler's `#[utoipa::path]`: `utoipa_axum::routes!`
+//! mounts the handler at that path and adds it to the OpenAPI document ([`openapi::api_doc`]).
+//! [`internal_routes`] holds the runtime's own `/internal/v1` routes and [`internal_router`]
+//! mounts them (signature auth applies to each matched route); [`ops_router`] the unauthenticated operations endpoints; [`compose`] stacks the
 //! process-wide layers (request ids, trace spans, metrics, body limit, panic catcher, envelope
 //! fallbacks) over both.
 
 pub mod auth;
+pub mod command;
 pub mod error;
 pub mod extract;
 pub mod health;
@@ -35,18 +40,27 @@ use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::app::App;
 
-/// The `/internal/v1` routes of the runtime itself ([`compose`] puts them, and every other
-/// component's internal routes, behind internal signature auth).
-pub fn internal_router(app: App) -> Router {
-    Router::new()
-        .route("/internal/v1/health", get(health::internal_health))
-        .route("/internal/v1/openapi.json", get(openapi::document))
+/// The runtime's own documented `/internal/v1` routes: health, runs and workers.
+pub fn internal_routes() -> OpenApiRouter<App> {
+    OpenApiRouter::new()
+        .routes(routes!(health::internal_health))
         .merge(runs::router())
         .merge(workers::router())
+}
+
+/// The `/internal/v1` routes of the runtime itself, and the document itself (not an operation of
+/// the document). [`compose`] puts them, and every other component's internal routes, behind
+/// internal signature auth.
+pub fn internal_router(app: App) -> Router {
+    internal_routes()
+        .route("/internal/v1/openapi.json", get(openapi::document))
         .with_state(app)
+        .into()
 }
 
 /// Unauthenticated operations endpoints: `/healthz`, `/readyz`, `/metrics`.

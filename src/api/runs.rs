@@ -11,19 +11,22 @@ use aggregates::run::{
 };
 use aggregates::Timestamp;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::Event;
-use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
-use engine::{IdempotencyRequest, Outcome, OutcomeKind};
+use axum::response::Response;
+use axum::Json;
+use engine::{Outcome, OutcomeKind};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::api::auth::Caller;
+use crate::api::command::{command, Command, CommandRoute};
 use crate::api::error::{ApiError, ErrorEnvelope};
 use crate::api::extract::{check_metadata, ApiJson, ApiQuery, IdempotencyKey, PathId};
+use crate::api::openapi::ApiId;
 use crate::api::stream::{resolve_start, sse, Batch, PAGE_EVENTS};
 use crate::app::App;
 
@@ -32,15 +35,17 @@ const MAX_TEXT: usize = 1024;
 /// Most runs one list call returns.
 const MAX_LIST: usize = 200;
 
-pub fn router() -> Router<App> {
-    Router::new()
-        .route("/internal/v1/runs", post(create_run).get(list_runs))
-        .route("/internal/v1/runs/{run_id}/snapshot", get(snapshot))
-        .route("/internal/v1/runs/{run_id}/frames", post(append_frame))
-        .route("/internal/v1/runs/{run_id}/cancel", post(cancel))
-        .route("/internal/v1/runs/{run_id}/start", post(start))
-        .route("/internal/v1/runs/{run_id}/finish", post(finish))
-        .route("/internal/v1/runs/{run_id}/stream", get(stream))
+/// The run routes, each mounted at the path of its handler's `#[utoipa::path]` (which also puts
+/// it in the OpenAPI document).
+pub fn router() -> OpenApiRouter<App> {
+    OpenApiRouter::new()
+        .routes(routes!(create_run, list_runs))
+        .routes(routes!(snapshot))
+        .routes(routes!(append_frame))
+        .routes(routes!(cancel))
+        .routes(routes!(start))
+        .routes(routes!(finish))
+        .routes(routes!(stream))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -119,9 +124,9 @@ pub struct RunCommandResponse {
 pub struct CreateRunRequest {
     /// The run's id; generated (`run_…`) when absent. Creating an existing run for the same
     /// thread and principal is an idempotent replay.
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<ApiId>)]
     pub run_id: Option<RunId>,
-    #[schema(value_type = String)]
+    #[schema(value_type = ApiId)]
     pub thread_id: ThreadId,
     #[serde(default)]
     #[schema(value_type = Object)]
@@ -131,20 +136,26 @@ pub struct CreateRunRequest {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FrameRequest {
-    #[schema(value_type = String)]
+    #[schema(value_type = ApiId)]
     pub thread_id: ThreadId,
     /// Idempotency key of the frame, unique per run.
-    #[schema(value_type = String)]
+    #[schema(value_type = ApiId)]
     pub frame_id: FrameId,
-    /// `user_message`, `text_delta`, `tool_call`, `tool_result`, `usage` or any typed frame.
+    /// `user_message`, `text_delta`, `tool_call`, `tool_result`, `usage` or any typed frame
+    /// (letters, digits and `_ - . : /`). The well-known types need payload fields: `text`
+    /// (`user_message`), `delta` (`text_delta`), `tool_call_id` and `name` (`tool_call`),
+    /// `tool_call_id` (`tool_result`), all strings; `usage` values are non-negative numbers,
+    /// strings or null.
     #[serde(rename = "type")]
+    #[schema(min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9_.:/-]+$")]
     pub frame_type: String,
     #[schema(value_type = Object)]
     pub payload: Map<String, Value>,
     /// When the producer says the frame happened (RFC 3339).
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub occurred_at: Option<Timestamp>,
     /// Optimistic check: the frame must get exactly this seq.
+    #[serde(default, deserialize_with = "aggregates::number::opt_whole_u64")]
     pub expected_seq: Option<u64>,
 }
 
@@ -169,8 +180,10 @@ pub struct FrameResponse {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CancelRequest {
-    #[schema(value_type = String)]
+    #[schema(value_type = ApiId)]
     pub thread_id: ThreadId,
+    /// At most 1024 bytes (default `cancel_requested`).
+    #[schema(max_length = 1024)]
     pub reason: Option<String>,
 }
 
@@ -192,9 +205,10 @@ pub struct CancelResponse {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StartRequest {
-    #[schema(value_type = String)]
+    #[schema(value_type = ApiId)]
     pub thread_id: ThreadId,
-    /// Who started it (default `runtime`).
+    /// Who started it (default `runtime`); at most 1024 bytes.
+    #[schema(max_length = 1024)]
     pub source: Option<String>,
 }
 
@@ -209,36 +223,53 @@ pub enum FinishStatus {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FinishRequest {
-    #[schema(value_type = String)]
+    #[schema(value_type = ApiId)]
     pub thread_id: ThreadId,
     pub status: FinishStatus,
-    /// Defaults by status: `completed`, `execution_failed`, `cancel_requested`.
+    /// Defaults by status: `completed`, `execution_failed`, `cancel_requested`. Each of these
+    /// strings is at most 1024 bytes.
+    #[schema(max_length = 1024)]
     pub reason_class: Option<String>,
+    #[schema(max_length = 1024)]
     pub reason: Option<String>,
+    #[schema(max_length = 1024)]
     pub error_code: Option<String>,
 }
 
+// Query values stay strings in Rust (the handlers answer a bad one with a precise
+// `invalid_request`); the document states the rules the handlers check.
+
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ThreadQuery {
     /// The thread the run belongs to (required).
+    #[param(value_type = ApiId, required = true)]
     pub thread_id: Option<String>,
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct StreamQuery {
     /// The thread the run belongs to (required).
+    #[param(value_type = ApiId, required = true)]
     pub thread_id: Option<String>,
-    /// Resume after this seq (same as `Last-Event-ID`).
+    /// Resume after this seq (same as `Last-Event-ID`; both must agree when both are sent).
+    #[param(value_type = Option<u64>)]
     pub cursor: Option<String>,
-    /// How long to keep the stream open waiting for events, in milliseconds.
+    /// How long to keep the stream open waiting for events, in milliseconds (at most the
+    /// server's configured maximum, written into the served document).
+    #[param(value_type = Option<u64>, minimum = 1)]
     pub tail_ms: Option<String>,
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// The thread whose runs to list (required).
+    #[param(value_type = ApiId, required = true)]
     pub thread_id: Option<String>,
     /// At most this many runs (1–200, default 50), newest first.
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 200)]
     pub limit: Option<String>,
 }
 
@@ -266,51 +297,6 @@ fn bounded(text: Option<String>, field: &str, default: &str) -> Result<String, A
         );
     }
     Ok(text)
-}
-
-/// Builds the engine's idempotency request from the `Idempotency-Key` header, scoped to the
-/// principal and bound to the method, path and canonical body.
-pub(crate) fn idempotency(
-    caller: &Caller,
-    key: IdempotencyKey,
-    method: &str,
-    path: &str,
-    body: &Value,
-) -> Option<IdempotencyRequest> {
-    key.0.map(|key| IdempotencyRequest {
-        scope: caller.principal.reference(),
-        key,
-        request_hash: aggregates::canonical::hash_canonical(
-            &json!({ "method": method, "path": path, "body": body }),
-        ),
-    })
-}
-
-/// The response status for a command outcome: `created` on first application (and on an
-/// `Idempotency-Key` replay of it), `200` when nothing changed.
-pub(crate) fn status_of<A: aggregates::RuntimeAggregate>(
-    outcome: &Outcome<A>,
-    created: StatusCode,
-) -> StatusCode {
-    match outcome.kind {
-        OutcomeKind::Appended | OutcomeKind::Replayed => created,
-        OutcomeKind::Unchanged => StatusCode::OK,
-    }
-}
-
-/// `(status, body)` plus `Idempotent-Replayed: true` on an `Idempotency-Key` replay.
-pub(crate) fn respond<A: aggregates::RuntimeAggregate, T: Serialize>(
-    outcome: &Outcome<A>,
-    created: StatusCode,
-    body: T,
-) -> Response {
-    let mut response = (status_of(outcome, created), Json(body)).into_response();
-    if outcome.kind == OutcomeKind::Replayed {
-        response
-            .headers_mut()
-            .insert("idempotent-replayed", HeaderValue::from_static("true"));
-    }
-    response
 }
 
 /// Loads the run and checks that the caller may act on it for `thread_id`.
@@ -364,7 +350,7 @@ fn command_response(outcome: &Outcome<Run>) -> RunCommandResponse {
 /// Create a run (additive).
 #[utoipa::path(post, path = "/internal/v1/runs", tag = "runs",
     request_body = CreateRunRequest,
-    params(("Idempotency-Key" = Option<String>, Header, description = "Retry key for a generated run_id")),
+    params(IdempotencyKey),
     responses(
         (status = 201, description = "Created", body = RunCommandResponse),
         (status = 200, description = "Already existed for this thread and principal", body = RunCommandResponse),
@@ -374,11 +360,11 @@ pub(crate) async fn create_run(
     State(app): State<App>,
     caller: Caller,
     key: IdempotencyKey,
+    route: CommandRoute,
     ApiJson { value: body, raw }: ApiJson<CreateRunRequest>,
 ) -> Result<Response, ApiError> {
     caller.check_thread(&body.thread_id)?;
     check_metadata(&body.metadata, app.config().http.metadata_limit_bytes)?;
-    let idem = idempotency(&caller, key, "POST", "/internal/v1/runs", &raw);
     // The body's id, else the id the token is bound to, else a fresh one.
     let run_id = match (body.run_id, &caller.claims.run_id) {
         (Some(id), _) => id,
@@ -399,15 +385,21 @@ pub(crate) async fn create_run(
         org_id: caller.org.clone(),
         metadata: body.metadata,
     };
-    let outcome = app
-        .engine()
-        .execute::<Run>(run_id.as_str(), action, &caller.context(idem))
-        .await?;
-    Ok(respond(
-        &outcome,
+    let cmd = Command {
+        app: &app,
+        caller: &caller,
+        key,
+        route,
+        body: &raw,
+    };
+    command(
+        cmd,
+        run_id.as_str(),
+        action,
         StatusCode::CREATED,
-        command_response(&outcome),
-    ))
+        command_response,
+    )
+    .await
 }
 
 /// Runs of one thread owned by the caller, newest first (additive).
@@ -454,8 +446,8 @@ pub(crate) async fn list_runs(
 }
 
 /// The run's status and latest seq (original contract).
-#[utoipa::path(get, path = "/internal/v1/runs/{run_id}/snapshot", tag = "runs",
-    params(("run_id" = String, Path), ThreadQuery),
+#[utoipa::path(get, path = "/internal/v1/runs/{run_id}/snapshot", operation_id = "run_snapshot", tag = "runs",
+    params(("run_id" = ApiId, Path), ThreadQuery),
     responses((status = 200, body = RunView), (status = 403, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope)))]
 pub(crate) async fn snapshot(
     State(app): State<App>,
@@ -471,7 +463,7 @@ pub(crate) async fn snapshot(
 /// Append a frame (original contract). A frame for a run the runtime has not seen creates the
 /// run for the caller and thread first.
 #[utoipa::path(post, path = "/internal/v1/runs/{run_id}/frames", tag = "runs",
-    params(("run_id" = String, Path)),
+    params(("run_id" = ApiId, Path), IdempotencyKey),
     request_body = FrameRequest,
     responses(
         (status = 202, description = "Accepted", body = FrameResponse),
@@ -484,6 +476,7 @@ pub(crate) async fn append_frame(
     caller: Caller,
     PathId(run_id): PathId<RunId>,
     key: IdempotencyKey,
+    route: CommandRoute,
     ApiJson { value: body, raw }: ApiJson<FrameRequest>,
 ) -> Result<Response, ApiError> {
     caller.check_thread(&body.thread_id)?;
@@ -506,8 +499,6 @@ pub(crate) async fn append_frame(
             .execute::<Run>(run_id.as_str(), create, &caller.context(None))
             .await?;
     }
-    let path = format!("/internal/v1/runs/{run_id}/frames");
-    let idem = idempotency(&caller, key, "POST", &path, &raw);
     let frame_id = body.frame_id.clone();
     let action = RunCommand::AppendFrame {
         frame_id: body.frame_id,
@@ -516,34 +507,45 @@ pub(crate) async fn append_frame(
         occurred_at: body.occurred_at,
         expected_seq: body.expected_seq,
     };
-    let outcome = app
-        .engine()
-        .execute::<Run>(run_id.as_str(), action, &caller.context(idem))
-        .await?;
-    let replay = outcome.kind == OutcomeKind::Unchanged;
-    // A re-sent frame answers with the seq the original got, like the first answer did.
-    let seq = outcome
-        .events
-        .first()
-        .map(|e| e.sequence as u64)
-        .or(outcome.recorded_sequence)
-        .and_then(run_seq_of);
-    let body = FrameResponse {
-        run_id: run_id.to_string(),
-        run_id_alias: run_id.to_string(),
-        frame_id: frame_id.to_string(),
-        frame_id_alias: frame_id.to_string(),
-        status: "accepted".into(),
-        seq,
-        idempotent_replay: replay,
-        idempotent_replay_alias: replay,
+    let cmd = Command {
+        app: &app,
+        caller: &caller,
+        key,
+        route,
+        body: &raw,
     };
-    Ok(respond(&outcome, StatusCode::ACCEPTED, body))
+    command(
+        cmd,
+        run_id.as_str(),
+        action,
+        StatusCode::ACCEPTED,
+        |outcome: &Outcome<Run>| {
+            let replay = outcome.kind == OutcomeKind::Unchanged;
+            // A re-sent frame answers with the seq the original got, like the first answer did.
+            let seq = outcome
+                .events
+                .first()
+                .map(|e| e.sequence as u64)
+                .or(outcome.recorded_sequence)
+                .and_then(run_seq_of);
+            FrameResponse {
+                run_id: run_id.to_string(),
+                run_id_alias: run_id.to_string(),
+                frame_id: frame_id.to_string(),
+                frame_id_alias: frame_id.to_string(),
+                status: "accepted".into(),
+                seq,
+                idempotent_replay: replay,
+                idempotent_replay_alias: replay,
+            }
+        },
+    )
+    .await
 }
 
 /// Request cancellation (original contract): a durable `run.cancel_requested`.
-#[utoipa::path(post, path = "/internal/v1/runs/{run_id}/cancel", tag = "runs",
-    params(("run_id" = String, Path)),
+#[utoipa::path(post, path = "/internal/v1/runs/{run_id}/cancel", operation_id = "cancel_run", tag = "runs",
+    params(("run_id" = ApiId, Path), IdempotencyKey),
     request_body = CancelRequest,
     responses(
         (status = 202, description = "Cancellation requested", body = CancelResponse),
@@ -555,79 +557,93 @@ pub(crate) async fn cancel(
     caller: Caller,
     PathId(run_id): PathId<RunId>,
     key: IdempotencyKey,
+    route: CommandRoute,
     ApiJson { value: body, raw }: ApiJson<CancelRequest>,
 ) -> Result<Response, ApiError> {
     authorize(&app, &caller, &run_id, &body.thread_id).await?;
-    let path = format!("/internal/v1/runs/{run_id}/cancel");
-    let idem = idempotency(&caller, key, "POST", &path, &raw);
     let action = RunCommand::RequestCancel {
         reason: bounded(body.reason, "reason", "cancel_requested")?,
         requested_by: caller.principal.reference(),
     };
-    let outcome = app
-        .engine()
-        .execute::<Run>(run_id.as_str(), action, &caller.context(idem))
-        .await?;
-    let replay = outcome.kind == OutcomeKind::Unchanged;
-    let summary = &outcome.summary;
-    let body = CancelResponse {
-        run_id: run_id.to_string(),
-        run_id_alias: run_id.to_string(),
-        status: summary
-            .status
-            .unwrap_or(RunStatus::Canceling)
-            .as_str()
-            .to_owned(),
-        cancel_requested: summary.cancel_requested,
-        cancel_requested_alias: summary.cancel_requested,
-        idempotent_replay: replay,
-        idempotent_replay_alias: replay,
+    let cmd = Command {
+        app: &app,
+        caller: &caller,
+        key,
+        route,
+        body: &raw,
     };
-    Ok(respond(&outcome, StatusCode::ACCEPTED, body))
+    command(
+        cmd,
+        run_id.as_str(),
+        action,
+        StatusCode::ACCEPTED,
+        |outcome: &Outcome<Run>| {
+            let replay = outcome.kind == OutcomeKind::Unchanged;
+            let summary = &outcome.summary;
+            CancelResponse {
+                run_id: run_id.to_string(),
+                run_id_alias: run_id.to_string(),
+                status: summary
+                    .status
+                    .unwrap_or(RunStatus::Canceling)
+                    .as_str()
+                    .to_owned(),
+                cancel_requested: summary.cancel_requested,
+                cancel_requested_alias: summary.cancel_requested,
+                idempotent_replay: replay,
+                idempotent_replay_alias: replay,
+            }
+        },
+    )
+    .await
 }
 
 /// created → running (additive).
-#[utoipa::path(post, path = "/internal/v1/runs/{run_id}/start", tag = "runs",
-    params(("run_id" = String, Path)), request_body = StartRequest,
+#[utoipa::path(post, path = "/internal/v1/runs/{run_id}/start", operation_id = "start_run", tag = "runs",
+    params(("run_id" = ApiId, Path), IdempotencyKey), request_body = StartRequest,
     responses((status = 202, body = RunCommandResponse), (status = 200, body = RunCommandResponse), (status = 409, body = ErrorEnvelope)))]
 pub(crate) async fn start(
     State(app): State<App>,
     caller: Caller,
     PathId(run_id): PathId<RunId>,
     key: IdempotencyKey,
+    route: CommandRoute,
     ApiJson { value: body, raw }: ApiJson<StartRequest>,
 ) -> Result<Response, ApiError> {
     authorize(&app, &caller, &run_id, &body.thread_id).await?;
-    let path = format!("/internal/v1/runs/{run_id}/start");
-    let idem = idempotency(&caller, key, "POST", &path, &raw);
     let action = RunCommand::StartRun {
         source: bounded(body.source, "source", "runtime")?,
     };
-    let outcome = app
-        .engine()
-        .execute::<Run>(run_id.as_str(), action, &caller.context(idem))
-        .await?;
-    Ok(respond(
-        &outcome,
+    let cmd = Command {
+        app: &app,
+        caller: &caller,
+        key,
+        route,
+        body: &raw,
+    };
+    command(
+        cmd,
+        run_id.as_str(),
+        action,
         StatusCode::ACCEPTED,
-        command_response(&outcome),
-    ))
+        command_response,
+    )
+    .await
 }
 
 /// Record the terminal outcome (additive).
-#[utoipa::path(post, path = "/internal/v1/runs/{run_id}/finish", tag = "runs",
-    params(("run_id" = String, Path)), request_body = FinishRequest,
+#[utoipa::path(post, path = "/internal/v1/runs/{run_id}/finish", operation_id = "finish_run", tag = "runs",
+    params(("run_id" = ApiId, Path), IdempotencyKey), request_body = FinishRequest,
     responses((status = 202, body = RunCommandResponse), (status = 200, body = RunCommandResponse), (status = 409, body = ErrorEnvelope)))]
 pub(crate) async fn finish(
     State(app): State<App>,
     caller: Caller,
     PathId(run_id): PathId<RunId>,
     key: IdempotencyKey,
+    route: CommandRoute,
     ApiJson { value: body, raw }: ApiJson<FinishRequest>,
 ) -> Result<Response, ApiError> {
     authorize(&app, &caller, &run_id, &body.thread_id).await?;
-    let path = format!("/internal/v1/runs/{run_id}/finish");
-    let idem = idempotency(&caller, key, "POST", &path, &raw);
     let check = |value: Option<String>, field: &str| -> Result<Option<String>, ApiError> {
         value.map(|v| bounded(Some(v), field, "")).transpose()
     };
@@ -641,24 +657,30 @@ pub(crate) async fn finish(
         reason: check(body.reason, "reason")?,
         error_code: check(body.error_code, "error_code")?,
     };
-    let outcome = app
-        .engine()
-        .execute::<Run>(run_id.as_str(), action, &caller.context(idem))
-        .await?;
-    Ok(respond(
-        &outcome,
+    let cmd = Command {
+        app: &app,
+        caller: &caller,
+        key,
+        route,
+        body: &raw,
+    };
+    command(
+        cmd,
+        run_id.as_str(),
+        action,
         StatusCode::ACCEPTED,
-        command_response(&outcome),
-    ))
+        command_response,
+    )
+    .await
 }
 
 /// The run's events as Server-Sent Events (original contract). `id:` is the seq; a terminal run
 /// ends with `data: [DONE]`.
-#[utoipa::path(get, path = "/internal/v1/runs/{run_id}/stream", tag = "runs",
-    params(("run_id" = String, Path), StreamQuery,
-        ("Last-Event-ID" = Option<String>, Header, description = "Resume after this seq")),
+#[utoipa::path(get, path = "/internal/v1/runs/{run_id}/stream", operation_id = "run_stream", tag = "runs",
+    params(("run_id" = ApiId, Path), StreamQuery,
+        crate::api::stream::LastEventId),
     responses(
-        (status = 200, description = "text/event-stream: `event: run.event`, `id: <seq>`, `data: {runId, seq, type, payload}`; `data: [DONE]` after a terminal event", content_type = "text/event-stream", body = String),
+        (status = 200, description = "text/event-stream: `event: run.event`, `id: <seq>`, `data: {runId, seq, type, payload}`; `data: [DONE]` after a terminal event", content_type = "text/event-stream", body = crate::api::stream::SseEvent),
         (status = 400, body = ErrorEnvelope), (status = 410, description = "Cursor below the retention floor", body = ErrorEnvelope),
     ))]
 pub(crate) async fn stream(

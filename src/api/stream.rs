@@ -23,6 +23,29 @@ use crate::api::error::{ApiError, ErrorCode};
 use crate::app::App;
 use crate::config::HttpConfig;
 
+/// One event of a `text/event-stream` body as a client parses it: the schema the OpenAPI document
+/// gives stream responses. `data` is the event's JSON (or `[DONE]` at the end of a terminal
+/// run's stream); keep-alive comments carry no event.
+#[derive(Debug, utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct SseEvent {
+    /// `run.event` or `codex.worker.event` (`message` for `[DONE]`).
+    pub event: Option<String>,
+    /// The event's seq.
+    pub id: Option<String>,
+    pub data: String,
+}
+
+/// The stream routes' `Last-Event-ID` header, for the document ([`resolve_start`] reads it).
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)]
+pub struct LastEventId {
+    /// Resume after this seq (same as `?cursor=`; both must agree when both are sent).
+    #[param(rename = "Last-Event-ID", value_type = Option<u64>)]
+    pub last_event_id: Option<String>,
+}
+
 /// How often a waiting stream re-reads the journal even without a notification (notifications
 /// are wake-ups only and can be lost, e.g. between processes on one SQLite file).
 const FALLBACK_POLL: Duration = Duration::from_secs(1);

@@ -8,17 +8,19 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::Event;
 use axum::response::Response;
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use engine::{Outcome, OutcomeKind};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::api::auth::Caller;
+use crate::api::command::{command, Command, CommandRoute};
 use crate::api::error::{ApiError, ErrorEnvelope};
 use crate::api::extract::{check_metadata, ApiJson, ApiQuery, IdempotencyKey, PathId};
-use crate::api::runs::{idempotency, respond};
+use crate::api::openapi::ApiId;
 use crate::api::stream::{resolve_start, sse, Batch, PAGE_EVENTS};
 use crate::app::App;
 
@@ -27,27 +29,17 @@ const MAX_TEXT: usize = 1024;
 /// Most workers one list call returns.
 const MAX_LIST: usize = 200;
 
-pub fn router() -> Router<App> {
-    Router::new()
-        .route("/internal/v1/codex/workers", post(create).get(list))
-        .route(
-            "/internal/v1/codex/workers/{worker_id}/snapshot",
-            get(snapshot),
-        )
-        .route(
-            "/internal/v1/codex/workers/{worker_id}/requests",
-            post(request),
-        )
-        .route("/internal/v1/codex/workers/{worker_id}/stream", get(stream))
-        .route("/internal/v1/codex/workers/{worker_id}/stop", post(stop))
-        .route(
-            "/internal/v1/codex/workers/{worker_id}/heartbeat",
-            post(heartbeat),
-        )
-        .route(
-            "/internal/v1/codex/workers/{worker_id}/events",
-            post(report_event),
-        )
+/// The worker routes, each mounted at the path of its handler's `#[utoipa::path]` (which also
+/// puts it in the OpenAPI document).
+pub fn router() -> OpenApiRouter<App> {
+    OpenApiRouter::new()
+        .routes(routes!(create, list))
+        .routes(routes!(snapshot))
+        .routes(routes!(request))
+        .routes(routes!(stream))
+        .routes(routes!(stop))
+        .routes(routes!(heartbeat))
+        .routes(routes!(report_event))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -134,16 +126,22 @@ pub struct WorkerCommandResponse {
 #[serde(deny_unknown_fields)]
 pub struct CreateWorkerRequest {
     /// Reattach to this worker, or create it; generated (`codexw_…`) when absent.
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<ApiId>)]
     pub worker_id: Option<WorkerId>,
+    /// At most 1024 bytes (like `codex_home_ref` and `adapter`).
+    #[schema(max_length = 1024)]
     pub workspace_ref: Option<String>,
+    #[schema(max_length = 1024)]
     pub codex_home_ref: Option<String>,
     /// Default `in_memory`.
+    #[schema(max_length = 1024)]
     pub adapter: Option<String>,
     #[serde(default)]
     #[schema(value_type = Object)]
     pub metadata: Map<String, Value>,
     /// Lease length in milliseconds (1000–3600000; default from configuration).
+    #[serde(default, deserialize_with = "aggregates::number::opt_whole_u64")]
+    #[schema(minimum = 1000, maximum = 3600000)]
     pub lease_ttl_ms: Option<u64>,
 }
 
@@ -157,8 +155,10 @@ pub struct WorkerRequestEnvelope {
 #[serde(deny_unknown_fields)]
 pub struct WorkerRequestBody {
     /// Idempotency key of the request per worker; generated when absent.
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<ApiId>)]
     pub request_id: Option<RequestId>,
+    /// 1 to 128 bytes, not only whitespace.
+    #[schema(min_length = 1, max_length = 128, pattern = "\\S")]
     pub method: String,
     #[serde(default)]
     #[schema(value_type = Object)]
@@ -183,7 +183,8 @@ pub struct WorkerRequestResult {
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StopRequest {
-    /// Default `stop_requested`.
+    /// Default `stop_requested`; at most 1024 bytes.
+    #[schema(max_length = 1024)]
     pub reason: Option<String>,
 }
 
@@ -191,7 +192,9 @@ pub struct StopRequest {
 #[serde(deny_unknown_fields)]
 pub struct HeartbeatRequest {
     /// Lease length to extend to, in milliseconds (default: the lease the worker registered
-    /// or last reattached with).
+    /// or last reattached with). 1000–3600000.
+    #[serde(default, deserialize_with = "aggregates::number::opt_whole_u64")]
+    #[schema(minimum = 1000, maximum = 3600000)]
     pub lease_ttl_ms: Option<u64>,
 }
 
@@ -205,29 +208,62 @@ pub struct ReportEventRequest {
 #[serde(deny_unknown_fields)]
 pub struct ReportedEvent {
     /// `worker.*`: lifecycle types (`worker.started`, `worker.stopping`, `worker.stopped`,
-    /// `worker.failed`, `worker.heartbeat`) move the status; others are stream frames.
+    /// `worker.failed`, `worker.heartbeat`) move the status; others are stream frames. At most
+    /// 128 bytes. `worker.registered`, `worker.reattached`, `worker.lost` and
+    /// `worker.request.received` are the runtime's own and are refused.
+    #[schema(max_length = 128, pattern = "^worker\\.")]
     pub event_type: String,
     #[serde(default)]
     #[schema(value_type = Object)]
     pub payload: Map<String, Value>,
 }
 
+// Query values stay strings in Rust (the handlers answer a bad one with a precise
+// `invalid_request`); the document states the rules the handlers check.
+
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct WorkerStreamQuery {
-    /// Resume after this seq (same as `Last-Event-ID`).
+    /// Resume after this seq (same as `Last-Event-ID`; both must agree when both are sent).
+    #[param(value_type = Option<u64>)]
     pub cursor: Option<String>,
-    /// How long to keep the stream open waiting for events, in milliseconds.
+    /// How long to keep the stream open waiting for events, in milliseconds (at most the
+    /// server's configured maximum, written into the served document).
+    #[param(value_type = Option<u64>, minimum = 1)]
     pub tail_ms: Option<String>,
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct WorkerListQuery {
-    /// Only workers in this status.
+    /// Only workers in this status (empty: any).
+    #[param(value_type = Option<StatusFilter>)]
     pub status: Option<String>,
     /// Only workers with this workspace.
     pub workspace_ref: Option<String>,
     /// At most this many (1–200, default 50), most recently registered first.
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 200)]
     pub limit: Option<String>,
+}
+
+/// The schema of the list's `status` filter: a [`WorkerStatus`] or empty (any), from
+/// `WorkerStatus::ALL`.
+pub struct StatusFilter;
+
+impl utoipa::PartialSchema for StatusFilter {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        let values = std::iter::once("").chain(WorkerStatus::ALL.iter().map(|s| s.as_str()));
+        utoipa::openapi::schema::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .enum_values(Some(values))
+            .into()
+    }
+}
+
+impl ToSchema for StatusFilter {
+    fn name() -> std::borrow::Cow<'static, str> {
+        std::borrow::Cow::Borrowed("WorkerStatusFilter")
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -276,16 +312,13 @@ fn command_response(app: &App, outcome: &Outcome<Worker>) -> Data<WorkerCommandR
     }
 }
 
-fn path(worker_id: &WorkerId, action: &str) -> String {
-    format!("/internal/v1/codex/workers/{worker_id}/{action}")
-}
-
 // ---------------------------------------------------------------------------------------------
 // Handlers
 
 /// Create a worker, or reattach to one (original contract).
-#[utoipa::path(post, path = "/internal/v1/codex/workers", tag = "workers",
-    request_body = CreateWorkerRequest,
+#[utoipa::path(post, path = "/internal/v1/codex/workers", operation_id = "create_worker", tag = "workers",
+    params(IdempotencyKey),
+    request_body(content = Option<CreateWorkerRequest>, description = "Optional: an empty body is `{}`"),
     responses(
         (status = 202, description = "Registered, or reattached after stop/failure/loss", body = Data<WorkerCommandResponse>),
         (status = 200, description = "Already active: idempotent replay", body = Data<WorkerCommandResponse>),
@@ -295,10 +328,10 @@ pub(crate) async fn create(
     State(app): State<App>,
     caller: Caller,
     key: IdempotencyKey,
+    route: CommandRoute,
     ApiJson { value: body, raw }: ApiJson<CreateWorkerRequest>,
 ) -> Result<Response, ApiError> {
     check_metadata(&body.metadata, app.config().http.metadata_limit_bytes)?;
-    let idem = idempotency(&caller, key, "POST", "/internal/v1/codex/workers", &raw);
     let worker_id = match body.worker_id {
         Some(id) => {
             let (summary, _) = app.engine().load::<Worker>(id.as_str()).await?;
@@ -323,19 +356,25 @@ pub(crate) async fn create(
             .lease_ttl_ms
             .unwrap_or(app.config().workers.default_lease_ttl_ms),
     };
-    let outcome = app
-        .engine()
-        .execute::<Worker>(worker_id.as_str(), action, &caller.context(idem))
-        .await?;
-    Ok(respond(
-        &outcome,
+    let cmd = Command {
+        app: &app,
+        caller: &caller,
+        key,
+        route,
+        body: &raw,
+    };
+    command(
+        cmd,
+        worker_id.as_str(),
+        action,
         StatusCode::ACCEPTED,
-        command_response(&app, &outcome),
-    ))
+        |outcome: &Outcome<Worker>| command_response(&app, outcome),
+    )
+    .await
 }
 
 /// The caller's workers (original contract's list).
-#[utoipa::path(get, path = "/internal/v1/codex/workers", tag = "workers", params(WorkerListQuery),
+#[utoipa::path(get, path = "/internal/v1/codex/workers", operation_id = "list_workers", tag = "workers", params(WorkerListQuery),
     responses((status = 200, body = Data<Vec<WorkerView>>)))]
 pub(crate) async fn list(
     State(app): State<App>,
@@ -406,8 +445,8 @@ pub(crate) async fn list(
 }
 
 /// Durable worker status and latest seq (original contract).
-#[utoipa::path(get, path = "/internal/v1/codex/workers/{worker_id}/snapshot", tag = "workers",
-    params(("worker_id" = String, Path)),
+#[utoipa::path(get, path = "/internal/v1/codex/workers/{worker_id}/snapshot", operation_id = "worker_snapshot", tag = "workers",
+    params(("worker_id" = ApiId, Path)),
     responses((status = 200, body = Data<WorkerView>), (status = 403, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope)))]
 pub(crate) async fn snapshot(
     State(app): State<App>,
@@ -422,18 +461,18 @@ pub(crate) async fn snapshot(
 
 /// Submit a JSON-RPC-style request to the worker (original contract); idempotent by
 /// `request_id`, recorded as `worker.request.received`.
-#[utoipa::path(post, path = "/internal/v1/codex/workers/{worker_id}/requests", tag = "workers",
-    params(("worker_id" = String, Path)), request_body = WorkerRequestEnvelope,
+#[utoipa::path(post, path = "/internal/v1/codex/workers/{worker_id}/requests", operation_id = "worker_request", tag = "workers",
+    params(("worker_id" = ApiId, Path), IdempotencyKey), request_body = WorkerRequestEnvelope,
     responses((status = 200, body = Data<WorkerRequestResult>), (status = 409, body = ErrorEnvelope)))]
 pub(crate) async fn request(
     State(app): State<App>,
     caller: Caller,
     PathId(worker_id): PathId<WorkerId>,
     key: IdempotencyKey,
+    route: CommandRoute,
     ApiJson { value: body, raw }: ApiJson<WorkerRequestEnvelope>,
 ) -> Result<Response, ApiError> {
     authorize(&app, &caller, &worker_id).await?;
-    let idem = idempotency(&caller, key, "POST", &path(&worker_id, "requests"), &raw);
     let request = body.request;
     let request_id = match request.request_id {
         Some(id) => id,
@@ -450,122 +489,151 @@ pub(crate) async fn request(
         method: request.method,
         params,
     };
-    let outcome = app
-        .engine()
-        .execute::<Worker>(worker_id.as_str(), action, &caller.context(idem))
-        .await?;
-    let replay = outcome.kind == OutcomeKind::Unchanged;
-    let body = Data {
-        data: WorkerRequestResult {
-            worker_id: worker_id.to_string(),
-            request_id: request_id.to_string(),
-            ok: true,
-            response: json!({ "status": "accepted", "method": method }),
-            // A re-sent request answers with the seq the original got.
-            seq: outcome
-                .events
-                .first()
-                .map(|e| e.sequence as u64)
-                .or(outcome.recorded_sequence),
-            idempotent_replay: replay,
-            idempotent_replay_alias: replay,
-        },
+    let cmd = Command {
+        app: &app,
+        caller: &caller,
+        key,
+        route,
+        body: &raw,
     };
-    Ok(respond(&outcome, StatusCode::OK, body))
+    command(
+        cmd,
+        worker_id.as_str(),
+        action,
+        StatusCode::OK,
+        |outcome: &Outcome<Worker>| {
+            let replay = outcome.kind == OutcomeKind::Unchanged;
+            Data {
+                data: WorkerRequestResult {
+                    worker_id: worker_id.to_string(),
+                    request_id: request_id.to_string(),
+                    ok: true,
+                    response: json!({ "status": "accepted", "method": method }),
+                    // A re-sent request answers with the seq the original got.
+                    seq: outcome
+                        .events
+                        .first()
+                        .map(|e| e.sequence as u64)
+                        .or(outcome.recorded_sequence),
+                    idempotent_replay: replay,
+                    idempotent_replay_alias: replay,
+                },
+            }
+        },
+    )
+    .await
 }
 
 /// Ask the worker to stop (original contract): a durable `worker.stopped`.
-#[utoipa::path(post, path = "/internal/v1/codex/workers/{worker_id}/stop", tag = "workers",
-    params(("worker_id" = String, Path)), request_body = StopRequest,
+#[utoipa::path(post, path = "/internal/v1/codex/workers/{worker_id}/stop", operation_id = "stop_worker", tag = "workers",
+    params(("worker_id" = ApiId, Path), IdempotencyKey), request_body(content = Option<StopRequest>, description = "Optional: an empty body is `{}`"),
     responses((status = 202, body = Data<WorkerCommandResponse>), (status = 200, description = "Already stopped", body = Data<WorkerCommandResponse>)))]
 pub(crate) async fn stop(
     State(app): State<App>,
     caller: Caller,
     PathId(worker_id): PathId<WorkerId>,
     key: IdempotencyKey,
+    route: CommandRoute,
     ApiJson { value: body, raw }: ApiJson<StopRequest>,
 ) -> Result<Response, ApiError> {
     authorize(&app, &caller, &worker_id).await?;
-    let idem = idempotency(&caller, key, "POST", &path(&worker_id, "stop"), &raw);
     let action = WorkerCommand::RequestStop {
         reason: bounded(body.reason, "reason")?.unwrap_or_else(|| "stop_requested".into()),
     };
-    let outcome = app
-        .engine()
-        .execute::<Worker>(worker_id.as_str(), action, &caller.context(idem))
-        .await?;
-    Ok(respond(
-        &outcome,
+    let cmd = Command {
+        app: &app,
+        caller: &caller,
+        key,
+        route,
+        body: &raw,
+    };
+    command(
+        cmd,
+        worker_id.as_str(),
+        action,
         StatusCode::ACCEPTED,
-        command_response(&app, &outcome),
-    ))
+        |outcome: &Outcome<Worker>| command_response(&app, outcome),
+    )
+    .await
 }
 
 /// The worker is alive (additive): starting → running, and the lease is extended. Renewals are
 /// journaled only once less than half the lease remains (`200` with `idempotentReplay` before).
-#[utoipa::path(post, path = "/internal/v1/codex/workers/{worker_id}/heartbeat", tag = "workers",
-    params(("worker_id" = String, Path)), request_body = HeartbeatRequest,
+#[utoipa::path(post, path = "/internal/v1/codex/workers/{worker_id}/heartbeat", operation_id = "worker_heartbeat", tag = "workers",
+    params(("worker_id" = ApiId, Path), IdempotencyKey), request_body(content = Option<HeartbeatRequest>, description = "Optional: an empty body is `{}`"),
     responses((status = 202, body = Data<WorkerCommandResponse>), (status = 200, body = Data<WorkerCommandResponse>), (status = 409, body = ErrorEnvelope)))]
 pub(crate) async fn heartbeat(
     State(app): State<App>,
     caller: Caller,
     PathId(worker_id): PathId<WorkerId>,
     key: IdempotencyKey,
+    route: CommandRoute,
     ApiJson { value: body, raw }: ApiJson<HeartbeatRequest>,
 ) -> Result<Response, ApiError> {
     authorize(&app, &caller, &worker_id).await?;
-    let idem = idempotency(&caller, key, "POST", &path(&worker_id, "heartbeat"), &raw);
     // Without `lease_ttl_ms` the worker keeps the lease it registered with (not the server
     // default, which would stretch or shrink a lease the worker chose).
     let action = WorkerCommand::Heartbeat {
         lease_ttl_ms: body.lease_ttl_ms,
     };
-    let outcome = app
-        .engine()
-        .execute::<Worker>(worker_id.as_str(), action, &caller.context(idem))
-        .await?;
-    Ok(respond(
-        &outcome,
+    let cmd = Command {
+        app: &app,
+        caller: &caller,
+        key,
+        route,
+        body: &raw,
+    };
+    command(
+        cmd,
+        worker_id.as_str(),
+        action,
         StatusCode::ACCEPTED,
-        command_response(&app, &outcome),
-    ))
+        |outcome: &Outcome<Worker>| command_response(&app, outcome),
+    )
+    .await
 }
 
 /// An event the worker reports (additive).
-#[utoipa::path(post, path = "/internal/v1/codex/workers/{worker_id}/events", tag = "workers",
-    params(("worker_id" = String, Path)), request_body = ReportEventRequest,
+#[utoipa::path(post, path = "/internal/v1/codex/workers/{worker_id}/events", operation_id = "report_worker_event", tag = "workers",
+    params(("worker_id" = ApiId, Path), IdempotencyKey), request_body = ReportEventRequest,
     responses((status = 202, body = Data<WorkerCommandResponse>), (status = 200, body = Data<WorkerCommandResponse>), (status = 400, body = ErrorEnvelope), (status = 409, body = ErrorEnvelope)))]
 pub(crate) async fn report_event(
     State(app): State<App>,
     caller: Caller,
     PathId(worker_id): PathId<WorkerId>,
     key: IdempotencyKey,
+    route: CommandRoute,
     ApiJson { value: body, raw }: ApiJson<ReportEventRequest>,
 ) -> Result<Response, ApiError> {
     authorize(&app, &caller, &worker_id).await?;
-    let idem = idempotency(&caller, key, "POST", &path(&worker_id, "events"), &raw);
     let action = WorkerCommand::ReportEvent {
         event_type: body.event.event_type,
         payload: body.event.payload,
     };
-    let outcome = app
-        .engine()
-        .execute::<Worker>(worker_id.as_str(), action, &caller.context(idem))
-        .await?;
-    Ok(respond(
-        &outcome,
+    let cmd = Command {
+        app: &app,
+        caller: &caller,
+        key,
+        route,
+        body: &raw,
+    };
+    command(
+        cmd,
+        worker_id.as_str(),
+        action,
         StatusCode::ACCEPTED,
-        command_response(&app, &outcome),
-    ))
+        |outcome: &Outcome<Worker>| command_response(&app, outcome),
+    )
+    .await
 }
 
 /// The worker's events as Server-Sent Events (original contract): `event: codex.worker.event`,
 /// `id:` = seq.
-#[utoipa::path(get, path = "/internal/v1/codex/workers/{worker_id}/stream", tag = "workers",
-    params(("worker_id" = String, Path), WorkerStreamQuery,
-        ("Last-Event-ID" = Option<String>, Header, description = "Resume after this seq")),
+#[utoipa::path(get, path = "/internal/v1/codex/workers/{worker_id}/stream", operation_id = "worker_stream", tag = "workers",
+    params(("worker_id" = ApiId, Path), WorkerStreamQuery,
+        crate::api::stream::LastEventId),
     responses(
-        (status = 200, description = "text/event-stream: `event: codex.worker.event`, `id: <seq>`, `data: {workerId, seq, eventType, payload, occurredAt}`", content_type = "text/event-stream", body = String),
+        (status = 200, description = "text/event-stream: `event: codex.worker.event`, `id: <seq>`, `data: {workerId, seq, eventType, payload, occurredAt}`", content_type = "text/event-stream", body = crate::api::stream::SseEvent),
         (status = 400, body = ErrorEnvelope), (status = 410, body = ErrorEnvelope),
     ))]
 pub(crate) async fn stream(

@@ -16,7 +16,6 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use axum::{Json, Router};
 use engine::artifacts::recorder::{receipt_for, RecordError};
 use engine::artifacts::{load_run_record, render_replay, ReceiptSigner, RunRecord};
@@ -25,6 +24,8 @@ use engine::{Database, Engine};
 use serde::Deserialize;
 use serde_json::json;
 use tokio_util::io::ReaderStream;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::bundle::Scope;
 use super::export::{export, Cut, ExportOptions};
@@ -49,14 +50,19 @@ pub struct ArtifactState {
     pub audit_key: Option<AuditKey>,
 }
 
-/// The routes, with their full `/internal/v1/...` paths. Merge them into the internal router
-/// (`Server::merge_internal`): they rely on its signature auth and take a [`Caller`].
+/// The routes, each at the full `/internal/v1/...` path of its handler's `#[utoipa::path]`
+/// (which also puts it in the OpenAPI document).
+pub fn routes() -> OpenApiRouter<ArtifactState> {
+    OpenApiRouter::new()
+        .routes(routes!(receipt))
+        .routes(routes!(replay))
+        .routes(routes!(audit_bundle))
+}
+
+/// [`routes`] with their state. Merge them into the internal router (`Server::merge_internal`):
+/// they rely on its signature auth and take a [`Caller`].
 pub fn router(state: ArtifactState) -> Router {
-    Router::new()
-        .route("/internal/v1/runs/{run_id}/receipt", get(receipt))
-        .route("/internal/v1/runs/{run_id}/replay", get(replay))
-        .route("/internal/v1/runs/{run_id}/audit-bundle", get(audit_bundle))
-        .with_state(state)
+    routes().with_state(state).into()
 }
 
 /// Mounts the artifact routes on `server`'s internal router and adds the task that records each
@@ -102,6 +108,8 @@ pub fn with_artifacts_audited(
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ArtifactQuery {
+    /// When given, the run's thread.
+    #[param(value_type = Option<crate::api::openapi::ApiId>)]
     pub thread_id: Option<String>,
     /// Bundles only: also carry the consistency proof from this tree size to the bundle's
     /// checkpoint (for `audit verify --checkpoint OLD.json`).
@@ -173,7 +181,7 @@ fn run_not_found() -> ApiError {
 
 /// The run's `openagents.receipt.v1` (signed when the runtime has a receipt key).
 #[utoipa::path(get, path = "/internal/v1/runs/{run_id}/receipt", tag = "artifacts",
-    params(("run_id" = String, Path), ArtifactQuery),
+    params(("run_id" = crate::api::openapi::ApiId, Path), ArtifactQuery),
     responses(
         (status = 200, description = "The receipt (docs/receipts-and-replay.md)", content_type = "application/json", body = Object),
         (status = 400, body = ErrorEnvelope), (status = 403, body = ErrorEnvelope),
@@ -191,7 +199,7 @@ pub(crate) async fn receipt(
 
 /// The run's REPLAY.jsonl v1, one JSON object per line.
 #[utoipa::path(get, path = "/internal/v1/runs/{run_id}/replay", tag = "artifacts",
-    params(("run_id" = String, Path), ArtifactQuery),
+    params(("run_id" = crate::api::openapi::ApiId, Path), ArtifactQuery),
     responses(
         (status = 200, description = "REPLAY.jsonl v1 (docs/receipts-and-replay.md)", content_type = "application/x-ndjson", body = String),
         (status = 400, body = ErrorEnvelope), (status = 403, body = ErrorEnvelope),
@@ -217,7 +225,7 @@ pub(crate) async fn replay(
 /// The run's audit bundle (JSON lines, streamed as it is written; verify it with
 /// `openagents-runtime audit verify`).
 #[utoipa::path(get, path = "/internal/v1/runs/{run_id}/audit-bundle", tag = "artifacts",
-    params(("run_id" = String, Path), ArtifactQuery),
+    params(("run_id" = crate::api::openapi::ApiId, Path), ArtifactQuery),
     responses(
         (status = 200, description = "The audit bundle (docs/receipts-and-replay.md)", content_type = "application/x-ndjson", body = String),
         (status = 400, body = ErrorEnvelope), (status = 403, body = ErrorEnvelope),

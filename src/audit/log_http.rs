@@ -15,13 +15,14 @@ use std::sync::Arc;
 use aggregates::run::Run;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::get;
 use axum::{Json, Router};
 use engine::audit_log::store::StoreError;
 use engine::audit_log::{AuditStore, Checkpoint};
 use engine::Engine;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::api::auth::Caller;
 use crate::api::error::{ApiError, ErrorCode, ErrorEnvelope};
@@ -38,13 +39,18 @@ pub struct AuditLogState {
 
 /// The routes with their full paths; merge into the internal router.
 pub fn router(state: AuditLogState) -> Router {
-    Router::new()
-        .route("/internal/v1/audit/key", get(key))
-        .route("/internal/v1/audit/checkpoints/latest", get(latest))
-        .route("/internal/v1/audit/checkpoints/{tree_size}", get(at_size))
-        .route("/internal/v1/audit/proof/inclusion", get(inclusion))
-        .route("/internal/v1/audit/proof/consistency", get(consistency))
-        .with_state(state)
+    routes().with_state(state).into()
+}
+
+/// The routes, each at the path of its handler's `#[utoipa::path]` (which also puts it in the
+/// OpenAPI document).
+pub fn routes() -> OpenApiRouter<AuditLogState> {
+    OpenApiRouter::new()
+        .routes(routes!(key))
+        .routes(routes!(latest))
+        .routes(routes!(at_size))
+        .routes(routes!(inclusion))
+        .routes(routes!(consistency))
 }
 
 fn store_error(e: StoreError) -> ApiError {

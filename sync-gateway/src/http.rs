@@ -162,11 +162,11 @@ pub struct HydrateResponse {
     pub next_after: Option<String>,
 }
 
-#[utoipa::path(get, path = "/sync/v1/topics/{topic}/docs", tag = "sync",
+#[utoipa::path(get, path = HYDRATE_PATH, tag = "sync",
     params(
         ("topic" = String, Path, description = "A sync topic, e.g. `runtime.run_summaries`"),
         ("doc_key" = Option<String>, Query, description = "Only this document"),
-        ("limit" = Option<u32>, Query, description = "Documents per page, 1–1000 (default 500)"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "Documents per page, 1–1000 (default 500)"),
         ("after" = Option<String>, Query, description = "The previous page's `next_after` (with `watermark`)"),
         ("watermark" = Option<u64>, Query, description = "The first page's watermark (with `after`)")),
     security(("sync_token" = [])),
@@ -345,9 +345,8 @@ fn store_unavailable(e: impl std::error::Error) -> ApiError {
 /// inside its `oa_sync_scopes` when present; the operator mints for anyone, and each such mint
 /// is recorded through the operator log (the journal under `serve`). Session and device ids are bound to the subject they
 /// are first minted for (docs/security.md).
-#[utoipa::path(post, path = "/api/sync/token", tag = "sync",
-    request_body(content = Object, content_type = "application/json",
-        description = "`{subject, scopes, ttl_seconds?, org_id?, device_id?, session_id?}`"),
+#[utoipa::path(post, path = MINT_PATH, tag = "sync",
+    request_body(content = crate::auth::mint::MintRequest, content_type = "application/json"),
     responses(
         (status = 200, description = "The control plane's token response (`token`, `token_type`, `expires_in`, … `scopes`)", content_type = "application/json", body = Object),
         (status = 400, description = "`malformed_json` or `invalid_request`", body = Object),
@@ -478,8 +477,8 @@ pub async fn mint_token(
     Ok((StatusCode::OK, Json(minted)).into_response())
 }
 
-/// `POST /internal/v1/sync/sessions/revoke`.
-#[derive(Debug, Deserialize)]
+/// `POST /internal/v1/sync/sessions/revoke`: at least one of the ids, and a non-blank reason.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RevokeRequest {
     #[serde(default)]
@@ -496,9 +495,9 @@ pub struct RevokeResponse {
     pub revoked: Vec<Revocation>,
 }
 
-#[utoipa::path(post, path = "/internal/v1/sync/sessions/revoke", tag = "sync",
-    request_body(content = Object, content_type = "application/json",
-        description = "`{session_id?, device_id?, jti?, reason}` (at least one id)"),
+#[utoipa::path(post, path = REVOKE_PATH, tag = "sync",
+    request_body(content = RevokeRequest, content_type = "application/json",
+        description = "At least one id; `reason` must not be blank (else `422`)"),
     responses(
         (status = 200, description = "`{revoked: [...]}`", content_type = "application/json", body = Object),
         (status = 400, description = "`malformed_json` or `invalid_request`", body = Object),

@@ -9,11 +9,13 @@ use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::Router;
 use futures::StreamExt;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::connection::InboundError;
 use crate::gateway::Gateway;
@@ -31,30 +33,54 @@ const READ_BUFFER: usize = 4 * 1024;
 /// Per-socket write buffer target before a write reaches the socket.
 const WRITE_BUFFER: usize = 32 * 1024;
 
+// Each HTTP route is declared once, by its handler's `#[utoipa::path]`: `routes!` mounts the
+// handler at that path and adds the operation to the router's OpenAPI document ([`openapi`]).
+
+/// HTTP hydration (sync-token auth).
+fn hydration() -> OpenApiRouter<Gateway> {
+    OpenApiRouter::new().routes(routes!(http::hydrate))
+}
+
+/// Session revocation (internal-signature auth, applied by the root).
+fn revocation() -> OpenApiRouter<Gateway> {
+    OpenApiRouter::new()
+        .routes(routes!(http::revoke))
+        .layer(axum::extract::DefaultBodyLimit::max(16 * 1024))
+}
+
+/// Sync token minting (internal-signature auth, applied by the root).
+fn minting() -> OpenApiRouter<Gateway> {
+    OpenApiRouter::new()
+        .routes(routes!(http::mint_token))
+        .layer(axum::extract::DefaultBodyLimit::max(16 * 1024))
+}
+
+/// The OpenAPI operations of every HTTP route above (the socket is not an HTTP API route).
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    let mut doc = hydration().into_openapi();
+    doc.merge(revocation().into_openapi());
+    doc.merge(minting().into_openapi());
+    doc
+}
+
 /// Public routes authorised by sync tokens: the socket and HTTP hydration.
 pub fn routes(gateway: Gateway) -> Router {
-    Router::new()
+    hydration()
         .route(SOCKET_PATH, get(upgrade))
-        .route(http::HYDRATE_PATH, get(http::hydrate))
         .with_state(gateway)
+        .into()
 }
 
 /// `POST /internal/v1/sync/sessions/revoke`: the root mounts it under its internal-signature
 /// auth like every `/internal/v1` route.
 pub fn internal_routes(gateway: Gateway) -> Router {
-    Router::new()
-        .route(http::REVOKE_PATH, post(http::revoke))
-        .layer(axum::extract::DefaultBodyLimit::max(16 * 1024))
-        .with_state(gateway)
+    revocation().with_state(gateway).into()
 }
 
 /// `POST /api/sync/token`: token minting for deployments without a control plane. The root
 /// must put it behind the internal-signature auth (it is not under `/internal/v1`).
 pub fn token_routes(gateway: Gateway) -> Router {
-    Router::new()
-        .route(http::MINT_PATH, post(http::mint_token))
-        .layer(axum::extract::DefaultBodyLimit::max(16 * 1024))
-        .with_state(gateway)
+    minting().with_state(gateway).into()
 }
 
 fn refuse(status: StatusCode, code: &str, message: impl Into<String>) -> Response {

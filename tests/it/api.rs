@@ -602,6 +602,36 @@ async fn idempotency_keys_replay_the_original_response(db: &TestDb) {
     // Exactly one run was created by the two create-1 requests of user 1.
     let listed = app.get("/internal/v1/runs?thread_id=thread_1").send().await;
     assert_eq!(listed.json["data"].as_array().unwrap().len(), 1);
+    // The key is bound to the matched route with its decoded id: the same command through a
+    // percent-encoded path is the same request; the same body for another run is not.
+    let finish = json!({"thread_id": "thread_1", "status": "succeeded"});
+    let encoded = format!(
+        "/internal/v1/runs/{}/finish",
+        run_id.replacen('_', "%5F", 1)
+    );
+    assert_ne!(encoded, path);
+    let retry = app
+        .post(&encoded, finish.clone())
+        .idempotency_key("fin")
+        .send()
+        .await;
+    assert_eq!(retry.status, 202, "{}", retry.text);
+    assert_eq!(retry.header("idempotent-replayed"), Some("true"));
+    assert_eq!(retry.json, done.json);
+    app.post(
+        "/internal/v1/runs",
+        json!({"run_id": "run_other", "thread_id": "thread_1"}),
+    )
+    .send()
+    .await;
+    app.start_run("run_other", "thread_1").await;
+    let other_run = app
+        .post("/internal/v1/runs/run_other/finish", finish)
+        .idempotency_key("fin")
+        .send()
+        .await;
+    other_run.assert_error(409, "conflict");
+    assert_eq!(other_run.reason(), "idempotency_key_reused");
 }
 
 /// Issue #15: a re-sent frame or worker request (a client retrying after a timeout) was answered

@@ -23,6 +23,7 @@ mod khala_bench;
 mod khala_e2e;
 mod khala_nodes;
 mod lightning;
+mod openapi;
 mod projection;
 mod replay;
 mod soak;

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::{Audience, AuthConfig, Scopes, SyncClaims, CLAIMS_VERSION};
 
 /// What to mint.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MintRequest {
     /// `user:<id>` or a guest principal (`guest:<scope>`).
@@ -16,7 +16,7 @@ pub struct MintRequest {
     /// Topics the token may read.
     pub scopes: Vec<String>,
     /// Lifetime in seconds; default 300, clamped into 60–900.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "aggregates::number::opt_whole_u64")]
     pub ttl_seconds: Option<u64>,
     #[serde(default)]
     pub org_id: Option<String>,
