@@ -758,6 +758,9 @@ async fn claims_bind_and_tenancy_fails_closed_in_the_reported_scenarios(db: &Tes
         "the body limit of the test app: {}",
         huge.text
     );
+    // The unread rest of the body makes the connection unusable: the answer says so, so the
+    // client opens a fresh one for the next request instead of failing on the closed one.
+    assert_eq!(huge.header("connection"), Some("close"));
     let over = app
         .post(
             "/internal/v1/runs",

@@ -408,7 +408,10 @@ export class KhalaClient {
     this.socket = null;
     this.subscribed.clear();
     if (socket) {
-      socket.onopen = socket.onmessage = socket.onclose = socket.onerror = null;
+      socket.onopen = socket.onmessage = socket.onclose = null;
+      // Closing a socket that is still connecting makes it emit an error; with no handler left,
+      // Node's `ws` treats that as unhandled. The socket is abandoned, so the error is swallowed.
+      socket.onerror = () => {};
       try {
         socket.close(code);
       } catch {

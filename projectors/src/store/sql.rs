@@ -248,7 +248,10 @@ fn one_row(
 }
 
 impl<D: Dialect> SqlStore<D> {
-    pub(super) fn new(pool: Pool<D>, write_lock: Option<Arc<engine::journal::SqliteWriter>>) -> Self {
+    pub(super) fn new(
+        pool: Pool<D>,
+        write_lock: Option<Arc<engine::journal::SqliteWriter>>,
+    ) -> Self {
         Self {
             pool,
             write_lock,
