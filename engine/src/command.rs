@@ -535,6 +535,29 @@ impl Engine {
         Ok(answer)
     }
 
+    /// The aggregate's summary as this process's cache holds it, without reading the journal,
+    /// when it is cached and `settled` accepts it; otherwise as [`Engine::load`]. A cached
+    /// summary may lag other processes' appends: `settled` must accept only summaries whose facts
+    /// the caller reads can no longer change (e.g. an existing run's owner, thread and tenant).
+    ///
+    /// # Errors
+    /// As [`Engine::load`].
+    pub async fn load_settled<A: RuntimeAggregate>(
+        &self,
+        aggregate_id: &str,
+        settled: impl FnOnce(&A::Summary) -> bool,
+    ) -> Result<A::Summary, CommandError<A::Error>> {
+        let cached = {
+            let slot = self.cache.slot::<A>(A::TYPE, aggregate_id);
+            let guard = slot.lock().await;
+            guard.as_ref().map(|loaded| loaded.aggregate.summary())
+        };
+        match cached {
+            Some(summary) if settled(&summary) => Ok(summary),
+            _ => Ok(self.load::<A>(aggregate_id).await?.0),
+        }
+    }
+
     /// The aggregate's events with journal sequence greater than `after_sequence`, decoded.
     ///
     /// # Errors

@@ -308,6 +308,31 @@ pub(crate) async fn authorize(
 ) -> Result<RunSummary, ApiError> {
     caller.check_thread(thread_id)?;
     let (summary, _) = app.engine().load::<Run>(run_id.as_str()).await?;
+    check_existing(caller, summary, thread_id)
+}
+
+/// [`authorize`] for a command: what it checks (the run's owner, thread and tenant) never
+/// changes once the run exists, so this process's cached summary of an existing run will do and
+/// saves a journal read; the command itself then runs against the journal's current state.
+async fn authorize_command(
+    app: &App,
+    caller: &Caller,
+    run_id: &RunId,
+    thread_id: &ThreadId,
+) -> Result<(), ApiError> {
+    caller.check_thread(thread_id)?;
+    let summary = app
+        .engine()
+        .load_settled::<Run>(run_id.as_str(), RunSummary::exists)
+        .await?;
+    check_existing(caller, summary, thread_id).map(drop)
+}
+
+fn check_existing(
+    caller: &Caller,
+    summary: RunSummary,
+    thread_id: &ThreadId,
+) -> Result<RunSummary, ApiError> {
     if !summary.exists() {
         return Err(ApiError::not_found("run not found").with_details(json!({
             "reason": "run_not_found"
@@ -483,7 +508,10 @@ pub(crate) async fn append_frame(
     // Checked before a run is implicitly created, so an invalid frame writes nothing at all.
     aggregates::run::validate_frame(&body.frame_type, &body.payload)
         .map_err(|e| ApiError::from(engine::CommandError::Rejected(e)))?;
-    let (summary, _) = app.engine().load::<Run>(run_id.as_str()).await?;
+    let summary = app
+        .engine()
+        .load_settled::<Run>(run_id.as_str(), RunSummary::exists)
+        .await?;
     if summary.exists() {
         check_owner(&caller, &summary, &body.thread_id)?;
     } else {
@@ -560,7 +588,7 @@ pub(crate) async fn cancel(
     route: CommandRoute,
     ApiJson { value: body, raw }: ApiJson<CancelRequest>,
 ) -> Result<Response, ApiError> {
-    authorize(&app, &caller, &run_id, &body.thread_id).await?;
+    authorize_command(&app, &caller, &run_id, &body.thread_id).await?;
     let action = RunCommand::RequestCancel {
         reason: bounded(body.reason, "reason", "cancel_requested")?,
         requested_by: caller.principal.reference(),
@@ -610,7 +638,7 @@ pub(crate) async fn start(
     route: CommandRoute,
     ApiJson { value: body, raw }: ApiJson<StartRequest>,
 ) -> Result<Response, ApiError> {
-    authorize(&app, &caller, &run_id, &body.thread_id).await?;
+    authorize_command(&app, &caller, &run_id, &body.thread_id).await?;
     let action = RunCommand::StartRun {
         source: bounded(body.source, "source", "runtime")?,
     };
@@ -643,7 +671,7 @@ pub(crate) async fn finish(
     route: CommandRoute,
     ApiJson { value: body, raw }: ApiJson<FinishRequest>,
 ) -> Result<Response, ApiError> {
-    authorize(&app, &caller, &run_id, &body.thread_id).await?;
+    authorize_command(&app, &caller, &run_id, &body.thread_id).await?;
     let check = |value: Option<String>, field: &str| -> Result<Option<String>, ApiError> {
         value.map(|v| bounded(Some(v), field, "")).transpose()
     };

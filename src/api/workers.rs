@@ -285,6 +285,25 @@ pub(crate) async fn authorize(
     worker_id: &WorkerId,
 ) -> Result<WorkerSummary, ApiError> {
     let (summary, _) = app.engine().load::<Worker>(worker_id.as_str()).await?;
+    check_existing(caller, summary)
+}
+
+/// [`authorize`] for a command: what it checks (the worker's owner and tenant) never changes
+/// once the worker exists, so this process's cached summary of an existing worker will do and
+/// saves a journal read; the command itself then runs against the journal's current state.
+async fn authorize_command(
+    app: &App,
+    caller: &Caller,
+    worker_id: &WorkerId,
+) -> Result<(), ApiError> {
+    let summary = app
+        .engine()
+        .load_settled::<Worker>(worker_id.as_str(), WorkerSummary::exists)
+        .await?;
+    check_existing(caller, summary).map(drop)
+}
+
+fn check_existing(caller: &Caller, summary: WorkerSummary) -> Result<WorkerSummary, ApiError> {
     if !summary.exists() {
         return Err(ApiError::not_found("worker not found")
             .with_details(json!({ "reason": "worker_not_found" })));
@@ -472,7 +491,7 @@ pub(crate) async fn request(
     route: CommandRoute,
     ApiJson { value: body, raw }: ApiJson<WorkerRequestEnvelope>,
 ) -> Result<Response, ApiError> {
-    authorize(&app, &caller, &worker_id).await?;
+    authorize_command(&app, &caller, &worker_id).await?;
     let request = body.request;
     let request_id = match request.request_id {
         Some(id) => id,
@@ -536,7 +555,7 @@ pub(crate) async fn stop(
     route: CommandRoute,
     ApiJson { value: body, raw }: ApiJson<StopRequest>,
 ) -> Result<Response, ApiError> {
-    authorize(&app, &caller, &worker_id).await?;
+    authorize_command(&app, &caller, &worker_id).await?;
     let action = WorkerCommand::RequestStop {
         reason: bounded(body.reason, "reason")?.unwrap_or_else(|| "stop_requested".into()),
     };
@@ -570,7 +589,7 @@ pub(crate) async fn heartbeat(
     route: CommandRoute,
     ApiJson { value: body, raw }: ApiJson<HeartbeatRequest>,
 ) -> Result<Response, ApiError> {
-    authorize(&app, &caller, &worker_id).await?;
+    authorize_command(&app, &caller, &worker_id).await?;
     // Without `lease_ttl_ms` the worker keeps the lease it registered with (not the server
     // default, which would stretch or shrink a lease the worker chose).
     let action = WorkerCommand::Heartbeat {
@@ -605,7 +624,7 @@ pub(crate) async fn report_event(
     route: CommandRoute,
     ApiJson { value: body, raw }: ApiJson<ReportEventRequest>,
 ) -> Result<Response, ApiError> {
-    authorize(&app, &caller, &worker_id).await?;
+    authorize_command(&app, &caller, &worker_id).await?;
     let action = WorkerCommand::ReportEvent {
         event_type: body.event.event_type,
         payload: body.event.payload,

@@ -1,6 +1,7 @@
 //! Many HTTP clients commanding the same and different runs at once: every acknowledged frame is
 //! in the journal exactly once, each run's seqs are gapless, and concurrent duplicates of one
-//! frame are accepted once.
+//! frame are accepted once. Two processes on one journal: a command authorised from one
+//! process's cache never acts on a stale view of another's runs.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -8,14 +9,56 @@ use std::sync::Arc;
 use engine::journal::GlobalCursor;
 use engine::testing::TestDb;
 
-use crate::app::{spawn_app, TestApp};
+use crate::app::{database_config, spawn_app, spawn_app_on, Options, TestApp};
 use crate::support::{on_both_backends, read_all_settled};
 
 on_both_backends!(
     concurrent_commands_lose_nothing_and_duplicate_nothing,
     concurrent_duplicates_of_one_frame_are_accepted_once,
     shutdown_ends_open_streams_and_drains_cleanly,
+    commands_authorised_from_a_cache_see_other_processes_runs,
 );
+
+/// Commands check ownership against this process's cached summary when the run is known to
+/// exist (owner, thread and tenant never change); a cached "does not exist" is never trusted.
+async fn commands_authorised_from_a_cache_see_other_processes_runs(db: &TestDb) {
+    let first = spawn_app(db).await;
+    let other = engine::Database::connect(&database_config(db))
+        .await
+        .unwrap();
+    let second = spawn_app_on(db, other.clone(), Options::default()).await;
+    // The first process looks the run up before it exists (and caches that).
+    let missing = first.run_snapshot("run_two_procs", "thread_1").await;
+    assert_eq!(missing.status, 404, "{}", missing.text);
+    let missing = first.cancel_run("run_two_procs", "thread_1", "early").await;
+    assert_eq!(missing.status, 404, "{}", missing.text);
+    // The second process creates and starts it; the first commands it at once.
+    assert!(second.create_run("run_two_procs", "thread_1").await.status < 300);
+    assert!(second.start_run("run_two_procs", "thread_1").await.status < 300);
+    let cancel = first.cancel_run("run_two_procs", "thread_1", "now").await;
+    assert!(cancel.status < 300, "{}", cancel.text);
+    // Another principal is still refused by the process that has it cached.
+    let foreign = first
+        .post(
+            "/internal/v1/runs/run_two_procs/cancel",
+            serde_json::json!({"thread_id": "thread_1", "reason": "x"}),
+        )
+        .user("2")
+        .send()
+        .await;
+    assert_eq!(foreign.status, 403, "{}", foreign.text);
+    assert_eq!(foreign.reason(), "not_owner");
+    // The second process sees the first's cancellation when it finishes the run.
+    let finished = second
+        .finish_run("run_two_procs", "thread_1", "canceled")
+        .await;
+    assert!(finished.status < 300, "{}", finished.text);
+    let snapshot = second.run_snapshot("run_two_procs", "thread_1").await;
+    assert_eq!(snapshot.json["status"], "canceled", "{}", snapshot.text);
+    first.shutdown().await.unwrap();
+    second.shutdown().await.unwrap();
+    other.close().await;
+}
 
 const TASKS: usize = 12;
 const PER_TASK: usize = 15;
