@@ -111,9 +111,10 @@ fn run_scoped_token_allowed(route: &str) -> bool {
 /// Whether a request's nonce is recorded by its command's own journal append rather than by a
 /// write of its own before the handler runs: the `POST` routes of runs and workers, whose only
 /// effect is engine commands issued with [`Caller::context`] (which carries the ticket). The
-/// first append records the nonce in its transaction (one commit for both); a request that
-/// appends nothing records it after the handler, before it is answered, and is answered `401
-/// replayed_nonce` if another process recorded it first (it had no effect). Every other route
+/// first append records the nonce in its transaction (one commit for both; a replayed token's
+/// append fails on the nonce's key and writes nothing); a request that appends nothing records it
+/// after the handler, before it is answered, and is answered `401 replayed_nonce` if it was
+/// recorded before (it had no effect). No read of the nonce table precedes the handler. Every other route
 /// (reads and streams included, and anything with an effect outside the engine) records it up
 /// front. A new `POST` route under these prefixes must keep that rule (docs/security.md).
 fn nonce_rides_in_command(method: &Method, route: &str) -> bool {

@@ -320,15 +320,15 @@ impl InternalAuth {
         Ok(claims)
     }
 
-    /// Verifies `token` at `now_unix`, checks that its nonce is unused (a read, no write) and
-    /// reserves it in this process, without consuming it yet. The caller must settle the
+    /// Verifies `token` at `now_unix` and reserves its nonce in this process, without reading or
+    /// writing the nonce table yet. The caller must settle the
     /// returned reservation ([`NonceReservation::settle`]) before it answers: the nonce is then
     /// recorded either by the command that carried its [`NonceTicket`] (in the same
     /// transaction) or by `settle` itself. Two processes admitting the same token both run; the
     /// database's key on the nonce lets exactly one of them record it.
     ///
     /// # Errors
-    /// See [`verify`]; [`AuthError::Replayed`] if the nonce is recorded or in flight here.
+    /// See [`verify`]; [`AuthError::Replayed`] if a request of this process holds the nonce.
     pub async fn admit(
         &self,
         token: Option<&str>,

@@ -3,8 +3,8 @@
 //!
 //! Two ways to use a nonce, both leaving at most one request with an effect per nonce:
 //! - [`NonceStore::consume`] records it up front (one durable write of its own);
-//! - [`NonceStore::reserve`] checks it is unrecorded (a read) and reserves it in this process; the
-//!   request's command then carries the [`NonceTicket`] into its journal append, so the events and
+//! - [`NonceStore::reserve`] reserves it in this process (no database access); the request's
+//!   command then carries the [`NonceTicket`] into its journal append, so the events and
 //!   the nonce commit together, and [`NonceReservation::settle`] records the nonce afterwards only
 //!   when no append did (a rejected, unchanged or idempotently replayed command). Across processes
 //!   the table's key on the nonce decides: the second append carrying it fails and writes nothing.
@@ -84,33 +84,13 @@ impl NonceStore {
         Ok(())
     }
 
-    /// Whether `nonce` is recorded (a read; no write, no fsync).
-    async fn is_recorded(&self, nonce: &str) -> Result<bool, AuthError> {
-        let found = match &self.database {
-            Database::Postgres(pool) => {
-                sqlx::query("SELECT 1 FROM runtime.auth_nonces WHERE nonce = $1")
-                    .bind(nonce)
-                    .fetch_optional(pool)
-                    .await
-                    .map(|row| row.is_some())
-            }
-            Database::Sqlite { pool, .. } => {
-                sqlx::query("SELECT 1 FROM runtime_auth_nonces WHERE nonce = $1")
-                    .bind(nonce)
-                    .fetch_optional(pool)
-                    .await
-                    .map(|row| row.is_some())
-            }
-        };
-        found.map_err(AuthError::Store)
-    }
-
-    /// Checks that `nonce` is neither recorded nor in flight in this process and reserves it;
-    /// see [`NonceReservation`].
+    /// Reserves `nonce` in this process for a request whose only effects are appends that carry
+    /// it; see [`NonceReservation`]. Nothing is read: a nonce already recorded is caught by the
+    /// table's key when such an append or [`NonceReservation::settle`] records it, and the
+    /// request is then answered as a replay, having had no effect.
     ///
     /// # Errors
-    /// [`AuthError::Replayed`] if it is recorded or in flight; [`AuthError::Store`] if the table
-    /// cannot be read.
+    /// [`AuthError::Replayed`] if a request of this process holds it right now.
     pub async fn reserve(
         self: &Arc<Self>,
         nonce: &str,
@@ -125,7 +105,6 @@ impl NonceStore {
         {
             return Err(AuthError::Replayed);
         }
-        // From here on the reservation releases the in-flight entry when dropped.
         let reservation = NonceReservation {
             store: self.clone(),
             ticket: Arc::new(NonceTicket::new(NewNonce {
@@ -133,9 +112,6 @@ impl NonceStore {
                 expires_at_unix,
             })),
         };
-        if self.is_recorded(nonce).await? {
-            return Err(AuthError::Replayed);
-        }
         self.maybe_prune(now_unix).await;
         Ok(reservation)
     }
@@ -246,8 +222,9 @@ impl NonceReservation {
     /// [`NonceStore::consume`]).
     ///
     /// # Errors
-    /// [`AuthError::Replayed`] when another process recorded the nonce first while no append of
-    /// this request did: this request had no effect and must be answered as a replay.
+    /// [`AuthError::Replayed`] when the nonce was recorded before (by an earlier request, here or
+    /// in another process) and no append of this request did: this request had no effect and
+    /// must be answered as a replay.
     /// [`AuthError::Store`] when the table cannot be written (the request had no effect either).
     /// After an append of unknown outcome the nonce is recorded best-effort and `Ok` returned:
     /// the request's own answer (unavailable) stands.
