@@ -322,13 +322,23 @@ async fn concurrent_writers_and_restarting_projectors_keep_every_invariant(db: &
         Fleet::start(db, &engine, 7).await,
         Fleet::start(db, &engine, 7).await,
     ];
+    // Writers keep going until the fleets have been replaced a few times, however fast the
+    // journal commits (at least 150 commands each, at most 5,000).
+    const MIN_RESTARTS: usize = 4;
+    let restarted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let writers: Vec<_> = (0..6)
         .map(|w| {
             let engine = engine.clone();
+            let restarted = restarted.clone();
             tokio::spawn(async move {
                 let mut rng = StdRng::seed_from_u64(0x5eed + w);
-                for i in 0..150 {
+                let mut i = 0;
+                while i < 150
+                    || (restarted.load(std::sync::atomic::Ordering::Relaxed) < MIN_RESTARTS
+                        && i < 5_000)
+                {
                     random_command(&engine, &mut rng, &format!("w{w}"), i).await;
+                    i += 1;
                 }
             })
         })
@@ -345,6 +355,7 @@ async fn concurrent_writers_and_restarting_projectors_keep_every_invariant(db: &
         }
         fleets.push(Fleet::start(db, &engine, chaos.gen_range(1..50)).await);
         restarts += 1;
+        restarted.store(restarts, std::sync::atomic::Ordering::Relaxed);
     }
     for w in writers {
         w.await.unwrap();
@@ -353,7 +364,7 @@ async fn concurrent_writers_and_restarting_projectors_keep_every_invariant(db: &
         fleet.stop().await;
     }
     assert!(
-        restarts >= 3,
+        restarts >= MIN_RESTARTS,
         "the fleets must have been restarted while writing"
     );
     settle(db, &engine).await;
