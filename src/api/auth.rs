@@ -2,8 +2,8 @@
 //!
 //! [`require_signature`] (a route layer) verifies `X-OA-RUNTIME-SIGNATURE`, makes its nonce single
 //! use (recorded up front, or — on the run and worker commands — in the command's own append, see
-//! [`nonce_rides_in_command`]) and checks the claims against what the request names (path `run_id`, query `thread_id`; a
-//! run- or thread-bound token only on run routes): missing/bad/expired/replayed tokens are `401`,
+//! [`nonce_rides_in_command`]) and checks the claims against what the request names (path
+//! `run_id`, query `thread_id`; a run- or thread-bound token only on run routes): missing/bad/expired/replayed tokens are `401`,
 //! contradictions `403`. Handlers then take a [`Caller`]: the principal the token binds
 //! (`engine::principal::resolve`: headers may only repeat it; without a claim exactly one
 //! principal header), the tenant from `oa_org_id` (fails closed), and the claims themselves for
@@ -114,9 +114,9 @@ fn run_scoped_token_allowed(route: &str) -> bool {
 /// first append records the nonce in its transaction (one commit for both; a replayed token's
 /// append fails on the nonce's key and writes nothing); a request that appends nothing records it
 /// after the handler, before it is answered, and is answered `401 replayed_nonce` if it was
-/// recorded before (it had no effect). No read of the nonce table precedes the handler. Every other route
-/// (reads and streams included, and anything with an effect outside the engine) records it up
-/// front. A new `POST` route under these prefixes must keep that rule (docs/security.md).
+/// recorded before (it had no effect); so does a request refused before its handler. No read of
+/// the nonce table precedes the handler. Every other route (reads and streams included, and
+/// anything with an effect outside the engine) records it up front. A new `POST` route under these prefixes must keep that rule (docs/security.md).
 fn nonce_rides_in_command(method: &Method, route: &str) -> bool {
     method == Method::POST
         && (route == "/internal/v1/runs"
@@ -157,22 +157,17 @@ pub async fn require_signature(
         .find(|(name, _)| *name == "run_id")
         .map(|(_, value)| value.to_owned());
     let query_thread_id = query_param(request.uri().query(), "thread_id");
-    let checks = [
-        ("run_id", &claims.run_id, path_run_id.as_deref()),
-        ("thread_id", &claims.thread_id, query_thread_id.as_deref()),
-    ];
-    for (claim, value, requested) in checks {
-        if contradicts(value, requested) {
-            return reject(AuthError::Forbidden { claim });
-        }
-    }
-    if !run_scoped_token_allowed(&route) {
-        if claims.run_id.is_some() {
-            return reject(AuthError::Forbidden { claim: "run_id" });
-        }
-        if claims.thread_id.is_some() {
-            return reject(AuthError::Forbidden { claim: "thread_id" });
-        }
+    if let Err(error) = check_claims(
+        &claims,
+        &route,
+        path_run_id.as_deref(),
+        query_thread_id.as_deref(),
+    ) {
+        // A refused request spends its token like any other.
+        return match reservation {
+            Some(reservation) => settle(reservation, reject(error)).await,
+            None => reject(error),
+        };
     }
     let claims = Arc::new(claims);
     // Components outside this crate (the sync lane's mint and revoke) read the claims as is.
@@ -184,6 +179,34 @@ pub async fn require_signature(
     request.extensions_mut().insert(reservation.ticket());
     let response = next.run(request).await;
     settle(reservation, response).await
+}
+
+/// `403` when a claim contradicts what the request names, or a run- or thread-bound token is
+/// used outside the run routes.
+fn check_claims(
+    claims: &InternalClaims,
+    route: &str,
+    path_run_id: Option<&str>,
+    query_thread_id: Option<&str>,
+) -> Result<(), AuthError> {
+    let checks = [
+        ("run_id", &claims.run_id, path_run_id),
+        ("thread_id", &claims.thread_id, query_thread_id),
+    ];
+    for (claim, value, requested) in checks {
+        if contradicts(value, requested) {
+            return Err(AuthError::Forbidden { claim });
+        }
+    }
+    if !run_scoped_token_allowed(route) {
+        if claims.run_id.is_some() {
+            return Err(AuthError::Forbidden { claim: "run_id" });
+        }
+        if claims.thread_id.is_some() {
+            return Err(AuthError::Forbidden { claim: "thread_id" });
+        }
+    }
+    Ok(())
 }
 
 /// Records a deferred nonce before the response leaves (see [`nonce_rides_in_command`]).

@@ -4,7 +4,7 @@
 //! nothing is appended, and one effect per token however many requests (in one process or two)
 //! carry it at once.
 
-use engine::auth::{AuthError, NonceStore};
+use engine::auth::{AuthError, InternalClaims, NonceStore};
 use engine::testing::TestDb;
 use serde_json::json;
 
@@ -148,6 +148,23 @@ async fn a_command_that_appends_nothing_still_spends_its_token(db: &TestDb) {
         .send()
         .await;
     assert_eq!(replayed.reason(), "replayed_nonce");
+
+    // Refused before its handler (a token bound to another run): spent as well.
+    let claims_r = claims();
+    let bound = token(&InternalClaims {
+        run_id: Some("run_other".into()),
+        ..claims_r.clone()
+    });
+    let refused = app
+        .post(
+            "/internal/v1/runs/run_nonce_none/cancel",
+            json!({"thread_id": "thread_1"}),
+        )
+        .token(Some(&bound))
+        .send()
+        .await;
+    assert_eq!(refused.status, 403, "{}", refused.text);
+    assert_eq!(nonce_rows(db, &claims_r.nonce).await, 1);
 
     // Unchanged (a re-sent frame) and an idempotent replay append nothing either.
     assert!(app.text_delta("run_nonce_2", "f1", "f1").await.status < 300);
