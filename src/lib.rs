@@ -15,18 +15,18 @@
 //! - [`sync`]: the sync lane: projector runners, the stream-head relay and Khala.
 //! - [`telemetry`]: tracing and the Prometheus recorder.
 //! - [`cli`]: the `openagents-runtime` command line (one file per subcommand).
-//! - [`bench`]: benchmarks run by `openagents-runtime bench …`.
 //! - [`replay`]: deterministic replay of fixtures, REPLAY.jsonl files and compat histories; the
-//!   `--journal` drift check; `bench replay`.
+//!   `--journal` drift check.
 //! - [`console`]: the live read-only console at `/console` (embedded assets, login codes, the
 //!   `/ops/v1/status` snapshot).
-//! - [`audit`]: audit bundles (export, verify), the run artifact HTTP routes, `bench export`.
+//! - [`audit`]: audit bundles (export, verify), the run artifact HTTP routes.
+//!
+//! Benchmarks live in their own crate, `bench/` (`openagents-bench`), which depends on this one.
 #![forbid(unsafe_code)]
 
 pub mod api;
 pub mod app;
 pub mod audit;
-pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod console;

@@ -14,9 +14,7 @@
 //!   [`with_artifacts`], which mounts them with the receipt recorder.
 //! - [`log`]: the audit log in `serve` (audit key, tree maintainer and checkpointer task);
 //!   [`log_http`]: its routes (checkpoints, inclusion and consistency proofs).
-//! - [`bench`]: `bench export`.
 
-pub mod bench;
 pub mod bundle;
 pub mod export;
 pub mod http;

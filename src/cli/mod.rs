@@ -2,7 +2,6 @@
 //! adding a subcommand is a variant here, an arm in [`run`], and its own file with an `Args` type
 //! and an `async fn run(args) -> anyhow::Result<()>`.
 
-pub mod bench;
 pub mod migrate;
 pub mod reproject;
 pub mod serve;
@@ -39,9 +38,6 @@ pub enum Command {
     /// Mint tokens for tests and operators.
     #[command(subcommand)]
     Token(token::TokenCommand),
-    /// Benchmarks (release builds only give meaningful numbers).
-    #[command(subcommand)]
-    Bench(bench::BenchCommand),
     /// Rebuild read models from the journal: everything (a new epoch per topic) or one run,
     /// worker or payment; --status shows the projectors' checkpoints.
     Reproject(reproject::ReprojectArgs),
@@ -77,7 +73,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(args) => serve::run(*args).await,
         Command::Migrate(args) => migrate::run(args).await,
         Command::Token(command) => token::run(command).await,
-        Command::Bench(command) => bench::run(command).await,
         Command::Reproject(args) => reproject::run(args).await,
         Command::Replay(args) => crate::replay::run(args).await,
         Command::Audit(command) => crate::audit::run(command).await,

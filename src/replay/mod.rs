@@ -19,9 +19,7 @@
 //! - [`scratch`]: throwaway journals.
 //! - [`journal_check`]: the `--journal` drift check.
 //! - [`read_model_drift`]: its comparison of the live read models with their rebuild.
-//! - [`bench`]: `bench replay`.
 
-pub mod bench;
 pub mod diff;
 pub mod fixture;
 pub mod journal_check;

@@ -18,14 +18,11 @@
 //! - [`server`]: the upgrade handler, routers and a standalone `serve`.
 //! - [`http`]: hydration, token minting and revocation handlers.
 //! - [`config`]: configuration and its `clap` flags.
-//! - [`client`]: a Phoenix/Khala client (the watch command, tests, the bench).
+//! - [`client`]: a Phoenix/Khala client (the watch command, tests, the `openagents-bench` crate).
 //! - [`cli`]: `watch` and `token mint` commands (`Args` + `run`).
-//! - [`bench`]: the `bench fanout` harness (the real pipeline through a `serve` child, or the
-//!   gateway alone over the in-memory source).
 #![forbid(unsafe_code)]
 
 pub mod auth;
-pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod config;

@@ -22,7 +22,6 @@ fn every_subcommand_has_help() {
         vec!["serve", "--help"],
         vec!["migrate", "--help"],
         vec!["token", "internal", "--help"],
-        vec!["bench", "append", "--help"],
     ] {
         let output = binary().args(&args).output().unwrap();
         assert!(output.status.success(), "{args:?}");

@@ -19,7 +19,6 @@ mod crash;
 mod fuzz;
 mod journal;
 mod khala;
-mod khala_bench;
 mod khala_e2e;
 mod khala_nodes;
 mod lightning;

@@ -1,10 +1,10 @@
-//! `openagents-runtime bench fanout`: N WebSocket clients subscribed to one topic while commands
+//! `openagents-bench fanout`: N WebSocket clients subscribed to one topic while commands
 //! commit at a steady rate; reports deliveries/s, commit → client latency p50/p99 and server
 //! memory per idle connection, beside a raw baseline measured in the same run (a bare
 //! tokio-tungstenite broadcast of the same frames), plus the replay catch-up rate to one client.
 //!
 //! Two sources (`--source`):
-//! - `pipeline` (default): the real runtime. A `serve` child (this binary, or `--runtime-bin`;
+//! - `pipeline` (default): the real runtime. A `serve` child (this binary's `runtime serve`, or `--runtime-bin`;
 //!   embedded SQLite, or PostgreSQL with `--database-url`) runs engine → journal → projectors →
 //!   store → Khala; this process commits `text_delta` frames over HTTP and measures from each
 //!   command's 2xx. The baseline broadcasts the very updates Khala sent (captured in the run).
@@ -31,8 +31,8 @@ use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
 use anyhow::{bail, Context as _};
 
-use crate::config::parse_duration;
 pub use load::LoadReport;
+use sync_gateway::config::parse_duration;
 
 /// Set in the child's environment.
 pub const ROLE_ENV: &str = "OA_BENCH_FANOUT_ROLE";
@@ -79,7 +79,8 @@ pub struct FanoutArgs {
     /// SQLite journal in a temporary directory.
     #[arg(long)]
     pub database_url: Option<String>,
-    /// (pipeline) The `openagents-runtime` binary to run `serve` with (default: this binary).
+    /// (pipeline) An `openagents-runtime` binary to run `serve` with (default: this binary's
+    /// `runtime serve`, the same library).
     #[arg(long)]
     pub runtime_bin: Option<std::path::PathBuf>,
     /// (pipeline) Runs the steady commits are spread over (each run's commits in order).
@@ -527,10 +528,10 @@ pub(crate) const BENCH_USER: &str = "bench";
 pub(crate) const BENCH_SYNC_KEY: &str = "bench=fanout-bench-secret-0123456789";
 
 /// The bench's token key.
-pub(crate) fn bench_auth() -> crate::auth::AuthConfig {
+pub(crate) fn bench_auth() -> sync_gateway::auth::AuthConfig {
     let (kid, secret) = BENCH_SYNC_KEY.split_once('=').expect("kid=secret");
-    crate::auth::AuthConfig::new(
-        crate::auth::KeySet::new()
+    sync_gateway::auth::AuthConfig::new(
+        sync_gateway::auth::KeySet::new()
             .with_active_hs256(kid, secret)
             .expect("bench key is valid"),
     )

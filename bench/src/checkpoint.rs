@@ -19,7 +19,7 @@ use engine::notify::JournalNotifier;
 use engine::{Database, DatabaseConfig, Engine, EngineConfig};
 use tokio_util::sync::CancellationToken;
 
-use super::append::{create_run, engine_phase, run_id, PhaseResult};
+use crate::append::{create_run, engine_phase, run_id, PhaseResult};
 
 /// A journal backend to measure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -98,7 +98,7 @@ pub async fn run(args: CheckpointArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.clients > 0, "--clients must be positive");
     anyhow::ensure!(args.rounds > 0, "--rounds must be positive");
     anyhow::ensure!(!args.journals.is_empty(), "--journals needs a journal");
-    let config = crate::audit::log::AuditLogArgs::default().maintainer_config();
+    let config = openagents_runtime::audit::log::AuditLogArgs::default().maintainer_config();
     println!(
         "bench checkpoint: {} clients, {} bytes of frame text per command, {}s per phase after {}s warm-up, {} round(s); \
          audit-tree task as in serve (batch {}, checkpoint every {} events or {} ms, poll {} ms)",
@@ -223,7 +223,7 @@ pub(crate) async fn scratch_journal(
                 .await
                 .context("create the scratch database (the role needs CREATEDB)")?;
             let database = Database::connect(&DatabaseConfig::Postgres {
-                url: super::with_database(url, &name),
+                url: crate::scratch::with_database(url, &name),
                 max_connections: connections,
             })
             .await?;
@@ -339,7 +339,7 @@ async fn phase_on(
         tokio::spawn(run_tree_maintainer(
             store.clone(),
             key,
-            crate::audit::log::AuditLogArgs::default().maintainer_config(),
+            openagents_runtime::audit::log::AuditLogArgs::default().maintainer_config(),
             notifier.appended(),
             stop_tree.clone(),
         ))

@@ -1,5 +1,6 @@
-//! `openagents-runtime bench fanout` over the real pipeline, at a tiny size: the real binary
-//! starts its `serve` child, commits frames over HTTP, and every client receives every commit
+//! The bench binary works: every benchmark has help, and `openagents-bench fanout` runs over the
+//! real pipeline at a tiny size: the bench starts its `serve` child (the runtime's command line
+//! from the same library), commits frames over HTTP, and every client receives every commit
 //! exactly once, beside the raw baseline; then a replay seeded through the pipeline. Speed is
 //! not asserted here (benchmarks measure it, see docs/BENCHMARKS.md); this keeps the bench
 //! working.
@@ -8,8 +9,8 @@ use std::process::Command;
 
 #[test]
 fn bench_fanout_delivers_every_commit_through_the_real_pipeline() {
-    let output = Command::new(env!("CARGO_BIN_EXE_openagents-runtime"))
-        .args(["bench", "fanout"])
+    let output = Command::new(env!("CARGO_BIN_EXE_openagents-bench"))
+        .arg("fanout")
         .args(["--connections", "20"])
         .args(["--rate", "20"])
         .args(["--duration", "1s"])
@@ -45,4 +46,32 @@ fn bench_fanout_delivers_every_commit_through_the_real_pipeline() {
     // 300 rows: four seed runs created and started, and 292 frames.
     assert!(replay.contains("300 rows"), "{replay}");
     assert!(replay.contains("raw baseline"), "{replay}");
+}
+
+#[test]
+fn every_benchmark_has_help_and_the_runtime_command_line_is_inside() {
+    for args in [
+        vec!["--help"],
+        vec!["append", "--help"],
+        vec!["http", "--help"],
+        vec!["checkpoint", "--help"],
+        vec!["project", "--help"],
+        vec!["export", "--help"],
+        vec!["replay", "--help"],
+        vec!["fanout", "--help"],
+        vec!["store-replay", "--help"],
+        vec!["runtime", "serve", "--help"],
+    ] {
+        let output = Command::new(env!("CARGO_BIN_EXE_openagents-bench"))
+            .args(&args)
+            .output()
+            .expect("run the bench binary");
+        assert!(output.status.success(), "{args:?}");
+        assert!(!output.stdout.is_empty(), "{args:?}");
+    }
+    let output = Command::new(env!("CARGO_BIN_EXE_openagents-bench"))
+        .arg("no-such-bench")
+        .output()
+        .expect("run the bench binary");
+    assert!(!output.status.success());
 }

@@ -15,11 +15,11 @@ use engine::auth::{mint, InternalClaims, SigningSecret};
 use engine::clock::Stamps;
 use serde_json::json;
 
-use super::append::{create_run, engine_phase, phase, run_id, PhaseResult};
-use super::checkpoint::{scratch_journal, JournalKind};
-use crate::app::App;
-use crate::config::RuntimeConfig;
-use crate::server::Server;
+use crate::append::{create_run, engine_phase, phase, run_id, PhaseResult};
+use crate::checkpoint::{scratch_journal, JournalKind};
+use openagents_runtime::app::App;
+use openagents_runtime::config::RuntimeConfig;
+use openagents_runtime::server::Server;
 
 #[derive(Debug, Args)]
 pub struct HttpArgs {

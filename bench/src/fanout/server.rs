@@ -17,12 +17,12 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
 use super::{bench_auth, now_ns, FanoutArgs, BENCH_USER, FANOUT_TOPIC, REPLAY_TOPIC};
-use crate::auth::{Revocations, Verifier};
-use crate::config::{GatewayConfig, TopicPolicy};
-use crate::gateway::Gateway;
-use crate::hub::PreparedRow;
-use crate::server;
-use crate::source::{DocOwner, MemorySource, StreamRow};
+use sync_gateway::auth::{Revocations, Verifier};
+use sync_gateway::config::{GatewayConfig, TopicPolicy};
+use sync_gateway::gateway::Gateway;
+use sync_gateway::hub::PreparedRow;
+use sync_gateway::server;
+use sync_gateway::source::{DocOwner, MemorySource, StreamRow};
 
 /// Resident set size of this process in bytes.
 fn rss_bytes() -> u64 {

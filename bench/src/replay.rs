@@ -10,11 +10,11 @@ use engine::journal::{AppendRequest, EventMetadata, NewEvent};
 use engine::Journal;
 use serde_json::json;
 
-use super::fixture::Fixture;
-use super::scratch::{ScratchDb, ScratchTarget};
-use super::{expand_inputs, runner};
+use openagents_runtime::replay::fixture::Fixture;
+use openagents_runtime::replay::scratch::{ScratchDb, ScratchTarget};
+use openagents_runtime::replay::{expand_inputs, runner};
 
-/// `openagents-runtime bench replay`.
+/// `openagents-bench replay`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchReplayArgs {
     /// Fixture files or directories.
@@ -42,7 +42,9 @@ pub async fn run(args: BenchReplayArgs) -> anyhow::Result<()> {
         let text = std::fs::read_to_string(&path)?;
         let value: serde_json::Value =
             serde_json::from_str(&text).with_context(|| path.display().to_string())?;
-        if value.get("schema").and_then(|s| s.as_str()) == Some(super::FIXTURE_SCHEMA) {
+        if value.get("schema").and_then(|s| s.as_str())
+            == Some(openagents_runtime::replay::FIXTURE_SCHEMA)
+        {
             fixtures.push(serde_json::from_value::<Fixture>(value)?);
         }
     }

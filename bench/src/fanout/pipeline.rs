@@ -23,7 +23,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use super::load::{client_config, token, LoadReport};
 use super::{FanoutArgs, BENCH_USER, FANOUT_TOPIC};
-use crate::client::socket_url;
+use sync_gateway::client::socket_url;
 
 /// The signature secret the bench and its `serve` child share.
 const SIGNATURE_SECRET: &str = "fanout-bench-signature-secret-0123456789";
@@ -42,9 +42,13 @@ pub(crate) struct Runtime {
 impl Runtime {
     /// Starts `<runtime-bin> serve` on port 0 and waits for its "listening on" line.
     pub(crate) async fn spawn(args: &FanoutArgs) -> anyhow::Result<Self> {
-        let bin = match &args.runtime_bin {
-            Some(path) => path.clone(),
-            None => std::env::current_exe().context("locate the current executable")?,
+        // This binary's hidden `runtime` subcommand is the runtime's own command line.
+        let (bin, prefix): (_, &[&str]) = match &args.runtime_bin {
+            Some(path) => (path.clone(), &[]),
+            None => (
+                std::env::current_exe().context("locate the current executable")?,
+                &["runtime"],
+            ),
         };
         let data_dir = tempfile::Builder::new()
             .prefix("oa-bench-fanout-")
@@ -52,6 +56,7 @@ impl Runtime {
             .context("create a data directory")?;
         let mut command = Command::new(&bin);
         command
+            .args(prefix)
             .arg("serve")
             .args(["--listen", "127.0.0.1:0"])
             .arg("--data-dir")
@@ -92,8 +97,7 @@ impl Runtime {
                 }
             }
             bail!(
-                "{} serve exited before listening (is it the openagents-runtime binary? \
-                 pass --runtime-bin)",
+                "{} serve exited before listening (is --runtime-bin the openagents-runtime binary?)",
                 bin.display()
             )
         })

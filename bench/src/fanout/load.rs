@@ -15,8 +15,8 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::{bench_auth, now_ns, ServerProcess, BENCH_USER, FANOUT_TOPIC, REPLAY_TOPIC};
-use crate::auth::mint::{mint, MintRequest};
-use crate::client::socket_url;
+use sync_gateway::auth::mint::{mint, MintRequest};
+use sync_gateway::client::socket_url;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Target {

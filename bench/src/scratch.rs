@@ -1,10 +1,4 @@
-//! Benchmarks behind `openagents-runtime bench …`. Each prints its figures beside a raw baseline
-//! measured in the same run; results and commands are recorded in `docs/BENCHMARKS.md`.
-
-pub mod append;
-pub mod checkpoint;
-pub mod http;
-pub mod project;
+//! Scratch PostgreSQL databases for the benchmarks that need a fresh one per run.
 
 use std::future::Future;
 

@@ -62,9 +62,11 @@ pub async fn run(args: AppendArgs) -> anyhow::Result<()> {
         "--clients needs positive counts"
     );
     let args = &args;
-    super::with_scratch_database(&args.database_url, args.keep_database, |name| async move {
-        measure(args, &name).await
-    })
+    crate::scratch::with_scratch_database(
+        &args.database_url,
+        args.keep_database,
+        |name| async move { measure(args, &name).await },
+    )
     .await
 }
 
@@ -72,7 +74,7 @@ async fn measure(args: &AppendArgs, name: &str) -> anyhow::Result<()> {
     let max_clients = *args.clients.iter().max().expect("checked non-empty");
     let pool_size = u32::try_from(max_clients).unwrap_or(u32::MAX).max(2);
     let database = Database::connect(&DatabaseConfig::Postgres {
-        url: super::with_database(&args.database_url, name),
+        url: crate::scratch::with_database(&args.database_url, name),
         max_connections: pool_size,
     })
     .await?;

@@ -21,12 +21,12 @@ use serde_json::{json, Map, Value};
 use sqlx::postgres::PgPoolCopyExt;
 use tokio::io::AsyncWriteExt;
 
-use super::export::{export, ExportOptions};
-use super::verify::{verify_bundle, VerifyOptions};
-use super::{Scope, RUNTIME_VERSION};
-use crate::replay::scratch::{ScratchDb, ScratchTarget};
+use openagents_runtime::audit::export::{export, ExportOptions};
+use openagents_runtime::audit::verify::{verify_bundle, VerifyOptions};
+use openagents_runtime::audit::{Scope, RUNTIME_VERSION};
+use openagents_runtime::replay::scratch::{ScratchDb, ScratchTarget};
 
-/// `openagents-runtime bench export`.
+/// `openagents-bench export`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchExportArgs {
     /// PostgreSQL server on which a scratch database is created (the role needs CREATEDB).
@@ -260,7 +260,7 @@ async fn bench(
             exported_at: Timestamp::from_datetime(chrono::Utc::now()),
             progress: false,
             verify_stored,
-            cut: super::export::Cut::IntegrityOnly,
+            cut: openagents_runtime::audit::export::Cut::IntegrityOnly,
             consistency_from: None,
         };
         let started = Instant::now();

@@ -100,15 +100,17 @@ pub async fn run(args: ProjectArgs) -> anyhow::Result<()> {
         "--rate and --latency-runs must be positive"
     );
     let args = &args;
-    super::with_scratch_database(&args.database_url, args.keep_database, |name| async move {
-        measure(args, &name).await
-    })
+    crate::scratch::with_scratch_database(
+        &args.database_url,
+        args.keep_database,
+        |name| async move { measure(args, &name).await },
+    )
     .await
 }
 
 async fn measure(args: &ProjectArgs, name: &str) -> anyhow::Result<()> {
     let database = Database::connect(&DatabaseConfig::Postgres {
-        url: super::with_database(&args.database_url, name),
+        url: crate::scratch::with_database(&args.database_url, name),
         max_connections: 16,
     })
     .await?;

@@ -7,20 +7,20 @@
 //! - a whole replay: the gateway over `StoreSource` on 127.0.0.1, one WebSocket client in this
 //!   process subscribing from watermark 0 with `replay_batch_size` = the page size.
 //!
-//! `cargo run --release -p sync-gateway --example store_replay -- --rows 200000`
+//! `cargo run --release -p openagents-bench -- store-replay --rows 200000`
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use clap::Parser;
 use engine::journal::GlobalCursor;
 use projectors::store::{BatchCommit, NewRow, SyncStore, Target};
 use projectors::{DocOwner, OwnerFilter, SyncNotifier};
 use sync_gateway::hub::PreparedRow;
 use sync_gateway::source::{StoreSource, SyncSource};
 
-#[derive(Parser)]
-struct Cli {
+/// `openagents-bench store-replay`.
+#[derive(Debug, clap::Args)]
+pub struct StoreReplayArgs {
     /// Rows to seed and replay.
     #[arg(long, default_value_t = 200_000)]
     rows: u64,
@@ -57,9 +57,11 @@ fn rate(rows: usize, elapsed: Duration) -> String {
     )
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+/// Seeds the store, measures the three stages and prints them.
+///
+/// # Errors
+/// When the store cannot be opened or seeded, or the replay fails.
+pub async fn run(cli: StoreReplayArgs) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let config = engine::DatabaseConfig::from_parts(cli.database_url.as_deref(), dir.path(), 8);
     let database = engine::Database::connect(&config).await?;
