@@ -19,6 +19,9 @@
 //!    projectors' stream-head notices. Baseline: the same rate of single-row INSERTs of a
 //!    comparable row, each followed by an in-process wake-up of a reader that selects the new
 //!    rows — the minimal commit → visible path without a projector hop.
+//!
+//! One file over ~600 lines on purpose: its two measurements share the scratch journal, the
+//! seeding and the report, and read best top to bottom beside each other.
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -5,6 +5,9 @@
 //! measured from the moment the command's HTTP 2xx returned to the moment a client read the
 //! update carrying that frame (identified by the run and its `latest_seq`), both on this
 //! process's monotonic clock.
+//!
+//! One file over ~600 lines on purpose: the child, the commit driver and the clients' latency
+//! join are one measurement whose parts only make sense together.
 
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
