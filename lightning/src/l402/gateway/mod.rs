@@ -11,7 +11,7 @@
 //! - this file: [`GatewayConfig`] and [`L402Gateway`];
 //! - `state`: deployments (parse, deploy, rollback, the state file);
 //! - `paywall`: the `402` challenge and the check of an `L402` credential;
-//! - `proxy`: the reverse proxy to a route's upstream;
+//! - `proxy`: the streaming reverse proxy to a route's upstream (ADR 0121);
 //! - `routes`: the `axum::Router` (`/healthz`, `/ops/*`, and route matching for everything else).
 
 mod paywall;
