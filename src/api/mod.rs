@@ -1,7 +1,7 @@
 //! The HTTP API (axum).
 //!
 //! # Layout
-//! - [`runs`], [`workers`], [`health`]: one file per resource, each with its routes, wire types
+//! - [`runs`], [`workers`], [`health`]: one module per resource, each with its routes, wire types
 //!   and handlers.
 //! - [`auth`]: internal signature middleware and the [`auth::Caller`] extractor.
 //! - [`command`]: the idempotency → execute → respond end every command handler shares, and the
