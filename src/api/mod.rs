@@ -10,6 +10,7 @@
 //! - [`extract`]: extractors whose rejections use the envelope (bodies, ids, queries, headers).
 //! - [`stream`]: Server-Sent Events with the contract's cursor rules.
 //! - [`openapi`]: the OpenAPI document.
+//! - [`schema`]: schemas the route declarations share (ids).
 //!
 //! Every API route is declared once, by its handler's `#[utoipa::path]`: `utoipa_axum::routes!`
 //! mounts the handler at that path and adds it to the OpenAPI document ([`openapi::api_doc`]).
@@ -25,6 +26,7 @@ pub mod extract;
 pub mod health;
 pub mod openapi;
 pub mod runs;
+pub mod schema;
 pub mod stream;
 pub mod workers;
 

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use utoipa::{IntoParams, ToSchema};
 
-use crate::api::openapi::ApiId;
+use crate::api::schema::ApiId;
 
 /// A run as the API shows it.
 #[derive(Debug, Serialize, ToSchema)]

@@ -13,7 +13,7 @@ use crate::api::auth::Caller;
 use crate::api::command::{command, Command, CommandRoute};
 use crate::api::error::{ApiError, ErrorEnvelope};
 use crate::api::extract::{check_metadata, ApiJson, IdempotencyKey, PathId};
-use crate::api::openapi::ApiId;
+use crate::api::schema::ApiId;
 use crate::app::App;
 
 use super::{

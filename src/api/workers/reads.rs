@@ -12,7 +12,7 @@ use serde_json::json;
 use crate::api::auth::Caller;
 use crate::api::error::{ApiError, ErrorEnvelope};
 use crate::api::extract::{ApiQuery, PathId};
-use crate::api::openapi::ApiId;
+use crate::api::schema::ApiId;
 use crate::api::stream::{resolve_start, sse, Batch, PAGE_EVENTS};
 use crate::app::App;
 

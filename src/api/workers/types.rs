@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use utoipa::{IntoParams, ToSchema};
 
-use crate::api::openapi::ApiId;
+use crate::api::schema::ApiId;
 
 /// `{"data": …}`.
 #[derive(Debug, Serialize, ToSchema)]
