@@ -15,10 +15,10 @@ use crate::api::extract::{check_metadata, ApiJson, IdempotencyKey, PathId};
 use crate::api::schema::ApiId;
 use crate::app::App;
 
-use super::{
-    authorize_command, bounded, check_owner, command_response, CancelRequest, CancelResponse,
-    CreateRunRequest, FinishRequest, FinishStatus, FrameRequest, FrameResponse, RunCommandResponse,
-    StartRequest,
+use super::helpers::{authorize_command, bounded, check_owner, command_response};
+use super::types::{
+    CancelRequest, CancelResponse, CreateRunRequest, FinishRequest, FinishStatus, FrameRequest,
+    FrameResponse, RunCommandResponse, StartRequest,
 };
 
 /// Create a run (additive).

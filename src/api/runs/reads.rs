@@ -16,9 +16,8 @@ use crate::api::schema::ApiId;
 use crate::api::stream::{resolve_start, sse, Batch, PAGE_EVENTS};
 use crate::app::App;
 
-use super::{
-    authorize, required_thread, ListQuery, RunList, RunView, StreamQuery, ThreadQuery, MAX_LIST,
-};
+use super::helpers::{authorize, required_thread, MAX_LIST};
+use super::types::{ListQuery, RunList, RunView, StreamQuery, ThreadQuery};
 
 /// Runs of one thread owned by the caller, newest first (additive).
 #[utoipa::path(get, path = "/internal/v1/runs", tag = "runs", params(ListQuery),

@@ -16,10 +16,10 @@ use crate::api::extract::{check_metadata, ApiJson, IdempotencyKey, PathId};
 use crate::api::schema::ApiId;
 use crate::app::App;
 
-use super::{
-    authorize_command, bounded, command_response, CreateWorkerRequest, Data, HeartbeatRequest,
-    ReportEventRequest, StopRequest, WorkerCommandResponse, WorkerRequestEnvelope,
-    WorkerRequestResult,
+use super::helpers::{authorize_command, bounded, command_response};
+use super::types::{
+    CreateWorkerRequest, Data, HeartbeatRequest, ReportEventRequest, StopRequest,
+    WorkerCommandResponse, WorkerRequestEnvelope, WorkerRequestResult,
 };
 
 /// Create a worker, or reattach to one (original contract).

@@ -16,7 +16,8 @@ use crate::api::schema::ApiId;
 use crate::api::stream::{resolve_start, sse, Batch, PAGE_EVENTS};
 use crate::app::App;
 
-use super::{authorize, Data, WorkerListQuery, WorkerStreamQuery, WorkerView, MAX_LIST};
+use super::helpers::{authorize, MAX_LIST};
+use super::types::{Data, WorkerListQuery, WorkerStreamQuery, WorkerView};
 
 /// The caller's workers (original contract's list).
 #[utoipa::path(get, path = "/internal/v1/codex/workers", operation_id = "list_workers", tag = "workers", params(WorkerListQuery),

@@ -125,3 +125,11 @@ pub(super) fn take_str(metadata: &mut Map<String, Value>, key: &str) -> Option<S
         None => None,
     }
 }
+
+/// `aggregate_type/aggregate_id#sequence` of a row, for messages.
+pub(super) fn name(row: &AuditRow) -> String {
+    format!(
+        "{}/{}#{}",
+        row.aggregate_type, row.aggregate_id, row.sequence
+    )
+}

@@ -6,13 +6,15 @@
 //! same time (their REPLAY.jsonl text so far).
 //!
 //! # Layout
-//! - this file: the options, the summary and [`export`], the loop over the journal's rows;
+//! - this file: [`export`], the loop over the journal's rows;
+//! - `options.rs`: [`ExportOptions`], [`Cut`] and the [`ExportSummary`];
 //! - `proofs.rs`: the checkpoint the bundle is cut at, and each page's leaves and proofs;
 //! - `heads.rs`: chain hashes (stored or recomputed) and the per-aggregate heads;
 //! - `runs.rs`: each run folded into its receipt and replay, and their lines;
 //! - `writer.rs`: the buffered, hashing line writer and the event line's fixed field order.
 
 mod heads;
+mod options;
 mod proofs;
 mod runs;
 mod writer;
@@ -23,72 +25,20 @@ use aggregates::canonical::{hash_canonical, sha256_hex};
 use aggregates::chain;
 use aggregates::Timestamp;
 use anyhow::{anyhow, Context};
-use engine::artifacts::ReceiptSigner;
 use engine::audit_log::leaf::{disclose, may_hold_secrets};
-use engine::audit_log::{AuditKey, AuditStore, Checkpoint};
+use engine::audit_log::AuditStore;
 use engine::Database;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::{json, Map, Value};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
-use self::heads::{chain_through, content_of, take_str, Heads};
+use self::heads::{chain_through, content_of, name, take_str, Heads};
+pub use self::options::{Cut, ExportOptions, ExportSummary};
 use self::proofs::{cut, prove_page};
 use self::runs::{fold_run, run_event, write_artifacts, OpenRun};
 use self::writer::{write_event_line, EventProof, LineWriter};
 use super::bundle::{Scope, BUNDLE_SCHEMA};
-use super::source::{AuditRow, RowFilter, RowPages};
-
-/// How to export.
-#[derive(Clone, Debug)]
-pub struct ExportOptions {
-    pub scope: Scope,
-    /// Signs the receipts and the manifest.
-    pub signer: Option<ReceiptSigner>,
-    /// `CARGO_PKG_VERSION` of the exporting binary.
-    pub runtime_version: String,
-    pub exported_at: Timestamp,
-    /// Draw a progress bar on stderr (only when it is a terminal).
-    pub progress: bool,
-    /// Recompute every event's content hash and chain link while exporting and count stored
-    /// hashes that do not match (the bundle always carries the stored values, so `audit verify`
-    /// names them too).
-    pub verify_stored: bool,
-    /// Which checkpoint the bundle is cut at and proven against.
-    pub cut: Cut,
-    /// Also carry the consistency proof from this tree size to the bundle's checkpoint (what
-    /// `audit verify --checkpoint OLD.json` needs for a bundle that is not the whole journal).
-    pub consistency_from: Option<u64>,
-}
-
-/// Which checkpoint an export is cut at.
-#[derive(Clone, Debug)]
-pub enum Cut {
-    /// Catch the tree up with the journal and sign a checkpoint of it now (needs the audit key):
-    /// the bundle holds every event committed when it began.
-    Fresh(AuditKey),
-    /// The latest stored checkpoint: events after it are left out.
-    Latest,
-    /// No checkpoint and no proofs: the bundle only agrees with itself.
-    IntegrityOnly,
-}
-
-/// What an export wrote.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct ExportSummary {
-    pub events: u64,
-    pub aggregates: u64,
-    pub runs: u64,
-    /// Stored hashes that do not match their recomputation (with `verify_stored`).
-    pub stored_hash_mismatches: u64,
-    pub bundle_sha256: String,
-    pub bytes: u64,
-    /// Runs whose events could not be decoded: exported without receipt and replay.
-    pub runs_without_artifacts: u64,
-    /// Events whose secret fields were replaced by commitments.
-    pub redacted_events: u64,
-    /// The checkpoint the bundle was cut at.
-    pub checkpoint: Option<Checkpoint>,
-}
+use super::source::{RowFilter, RowPages};
 
 /// Writes a bundle of `options.scope` from `database` to `out`.
 ///
@@ -361,13 +311,6 @@ pub fn manifest_digest(manifest: &Value) -> String {
     }
     let prefixed = hash_canonical(&unsigned);
     prefixed.trim_start_matches("sha256:").to_owned()
-}
-
-fn name(row: &AuditRow) -> String {
-    format!(
-        "{}/{}#{}",
-        row.aggregate_type, row.aggregate_id, row.sequence
-    )
 }
 
 /// Hex SHA-256 of `bytes` (re-exported for the verifier's messages).

@@ -7,7 +7,7 @@ use anyhow::{bail, Context};
 use engine::audit_log::{AuditStore, Checkpoint};
 use serde_json::{json, Value};
 
-use super::{Cut, ExportOptions};
+use super::options::{Cut, ExportOptions};
 use crate::audit::source::AuditRow;
 
 /// The checkpoint the bundle is cut at (`options.cut`) and, with `options.consistency_from`, the

@@ -11,8 +11,9 @@ use engine::artifacts::{RunArtifactsBuilder, RunRecordBuilder};
 use serde_json::{Map, Value};
 use tokio::io::AsyncWrite;
 
+use super::heads::name;
+use super::options::ExportOptions;
 use super::writer::LineWriter;
-use super::{name, ExportOptions};
 use crate::audit::source::AuditRow;
 
 /// A run being exported whose stream started in the bundle.
