@@ -25,6 +25,7 @@ pub mod error;
 pub mod extract;
 pub mod health;
 pub mod openapi;
+mod routes;
 pub mod runs;
 pub mod schema;
 pub mod stream;
@@ -42,18 +43,10 @@ use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
-use utoipa_axum::router::OpenApiRouter;
-use utoipa_axum::routes;
 
 use crate::app::App;
 
-/// The runtime's own documented `/internal/v1` routes: health, runs and workers.
-pub fn internal_routes() -> OpenApiRouter<App> {
-    OpenApiRouter::new()
-        .routes(routes!(health::internal_health))
-        .merge(runs::router())
-        .merge(workers::router())
-}
+pub use routes::internal_routes;
 
 /// The `/internal/v1` routes of the runtime itself, and the document itself (not an operation of
 /// the document). [`compose`] puts them, and every other component's internal routes, behind

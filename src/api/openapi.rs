@@ -195,7 +195,7 @@ pub struct ApiDoc;
 /// route declarations (the runtime's own, the run artifacts, the audit log, Khala's HTTP routes).
 pub fn api_doc() -> utoipa::openapi::OpenApi {
     let mut doc = ApiDoc::openapi();
-    doc.merge(crate::api::internal_routes().into_openapi());
+    doc.merge(crate::api::routes::internal_routes().into_openapi());
     doc.merge(artifacts::routes().into_openapi());
     doc.merge(audit_log::routes().into_openapi());
     doc.merge(sync_gateway::server::openapi());
