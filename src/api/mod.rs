@@ -1,7 +1,7 @@
 //! The HTTP API (axum).
 //!
 //! # Layout
-//! - [`runs`], [`workers`], [`health`]: one file per resource, each with its routes, wire types
+//! - [`runs`], [`workers`], [`health`]: one module per resource, each with its routes, wire types
 //!   and handlers.
 //! - [`auth`]: internal signature middleware and the [`auth::Caller`] extractor.
 //! - [`command`]: the idempotency → execute → respond end every command handler shares, and the
@@ -10,6 +10,7 @@
 //! - [`extract`]: extractors whose rejections use the envelope (bodies, ids, queries, headers).
 //! - [`stream`]: Server-Sent Events with the contract's cursor rules.
 //! - [`openapi`]: the OpenAPI document.
+//! - [`schema`]: schemas the route declarations share (ids).
 //!
 //! Every API route is declared once, by its handler's `#[utoipa::path]`: `utoipa_axum::routes!`
 //! mounts the handler at that path and adds it to the OpenAPI document ([`openapi::api_doc`]).
@@ -24,7 +25,9 @@ pub mod error;
 pub mod extract;
 pub mod health;
 pub mod openapi;
+mod routes;
 pub mod runs;
+pub mod schema;
 pub mod stream;
 pub mod workers;
 
@@ -40,18 +43,10 @@ use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
-use utoipa_axum::router::OpenApiRouter;
-use utoipa_axum::routes;
 
 use crate::app::App;
 
-/// The runtime's own documented `/internal/v1` routes: health, runs and workers.
-pub fn internal_routes() -> OpenApiRouter<App> {
-    OpenApiRouter::new()
-        .routes(routes!(health::internal_health))
-        .merge(runs::router())
-        .merge(workers::router())
-}
+pub use routes::internal_routes;
 
 /// The `/internal/v1` routes of the runtime itself, and the document itself (not an operation of
 /// the document). [`compose`] puts them, and every other component's internal routes, behind

@@ -14,55 +14,20 @@
 //!   only what the handler itself decides;
 //! - [`document`] writes the serving process's configured limits (`tail_ms`) into the document.
 
-use std::borrow::Cow;
-
-use aggregates::ids::{ID_PUNCTUATION, MAX_ID_LEN};
 use axum::extract::State;
 use axum::Json;
 use utoipa::openapi::path::Operation;
-use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
+use utoipa::openapi::schema::{Schema, Type};
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
-use utoipa::{Modify, OpenApi, PartialSchema, ToSchema};
+use utoipa::{Modify, OpenApi};
 
 use crate::app::App;
 
+use crate::api::schema::ApiId;
 use crate::api::{error, workers};
-use crate::audit::http as artifacts;
+use crate::audit::artifacts_http as artifacts;
 use crate::audit::log_http as audit_log;
-
-/// The schema of an id in a path, query or body: what `aggregates::ids` accepts (1 to
-/// [`MAX_ID_LEN`] ASCII letters, digits and [`ID_PUNCTUATION`]). Use it as
-/// `value_type = ApiId` on fields and parameters whose Rust type is an id or a string parsed
-/// into one.
-pub struct ApiId;
-
-/// The `pattern` of [`ApiId`], from the same character set the parser uses.
-pub fn id_pattern() -> String {
-    // `-` goes last in the class, where it is a literal in every regex dialect.
-    let (dash, rest): (String, String) = ID_PUNCTUATION.chars().partition(|c| *c == '-');
-    format!("^[A-Za-z0-9{rest}{dash}]+$")
-}
-
-impl PartialSchema for ApiId {
-    fn schema() -> RefOr<Schema> {
-        ObjectBuilder::new()
-            .schema_type(Type::String)
-            .min_length(Some(1))
-            .max_length(Some(MAX_ID_LEN))
-            .pattern(Some(id_pattern()))
-            .description(Some(format!(
-                "1 to {MAX_ID_LEN} ASCII letters, digits and `{ID_PUNCTUATION}`"
-            )))
-            .into()
-    }
-}
-
-impl ToSchema for ApiId {
-    fn name() -> Cow<'static, str> {
-        Cow::Borrowed("Id")
-    }
-}
 
 /// The answers every route gives because of the layers in front of its handler, added to each
 /// operation that does not describe them itself:
@@ -230,7 +195,7 @@ pub struct ApiDoc;
 /// route declarations (the runtime's own, the run artifacts, the audit log, Khala's HTTP routes).
 pub fn api_doc() -> utoipa::openapi::OpenApi {
     let mut doc = ApiDoc::openapi();
-    doc.merge(crate::api::internal_routes().into_openapi());
+    doc.merge(crate::api::routes::internal_routes().into_openapi());
     doc.merge(artifacts::routes().into_openapi());
     doc.merge(audit_log::routes().into_openapi());
     doc.merge(sync_gateway::server::openapi());

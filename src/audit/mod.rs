@@ -10,11 +10,13 @@
 //! - [`export`]: writing a bundle (streaming).
 //! - [`verify`]: checking a bundle (against a trusted checkpoint, or `--integrity-only`).
 //! - [`witness`]: `audit witness`, following a runtime's checkpoints.
-//! - [`http`]: `GET /internal/v1/runs/{run_id}/receipt | replay | audit-bundle` (owner only), and
-//!   [`with_artifacts`], which mounts them with the receipt recorder.
+//! - [`artifacts_http`]: `GET /internal/v1/runs/{run_id}/receipt | replay | audit-bundle` (owner
+//!   only), a router that knows nothing of the server; [`http`]: [`with_artifacts`], which mounts
+//!   them on a [`crate::Server`] with the receipt recorder.
 //! - [`log`]: the audit log in `serve` (audit key, tree maintainer and checkpointer task);
 //!   [`log_http`]: its routes (checkpoints, inclusion and consistency proofs).
 
+pub mod artifacts_http;
 pub mod bundle;
 pub mod export;
 pub mod http;
@@ -32,9 +34,10 @@ use anyhow::{bail, Context};
 use engine::artifacts::ReceiptSigner;
 use engine::{Database, DatabaseConfig};
 
+pub use artifacts_http::{router, ArtifactState};
 pub use bundle::Scope;
 pub use export::{export, Cut, ExportOptions, ExportSummary};
-pub use http::{router, with_artifacts, ArtifactState};
+pub use http::with_artifacts;
 pub use verify::{verify_bundle, Finding, FindingKind, VerifyOptions, VerifyReport};
 
 /// The runtime version written into bundles.

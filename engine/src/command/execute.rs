@@ -1,211 +1,25 @@
-//! The command engine: load an aggregate, let it decide, append what it decided.
-//!
-//! [`Engine::execute`] stamps the command with the clock, runs `handle` against the cached (or
-//! freshly loaded) aggregate and appends the resulting events with optimistic concurrency. A
-//! conflicting append (another process moved the aggregate) is retried a bounded number of times
-//! after reloading; then it is reported as [`CommandError::Contended`]. An `Idempotency-Key` is
-//! checked before handling and recorded in the same statement as the events.
+//! The write path: [`Engine::execute`] stamps a command, lets the aggregate decide, and appends
+//! what it decided with optimistic concurrency, an idempotency record and the request's nonce.
 
 use std::collections::HashMap;
-use std::num::NonZeroUsize;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aggregates::chain::{self, EventContent};
 use aggregates::{RuntimeAggregate, Stamped, Timestamp};
 use cqrs_es::event_sink::EventSink;
-use cqrs_es::persist::SerializedEvent;
 use cqrs_es::{Aggregate, DomainEvent, EventEnvelope};
 use rand::Rng;
 
-use crate::auth::{NonceTicket, TicketState};
-use crate::cache::{AggregateCache, Loaded};
-use crate::clock::Stamps;
-use crate::journal::{
-    metadata_keys, AnyJournal, AppendRequest, EventMetadata, IdempotencyRecord, Journal,
-    JournalError, NewEvent, NewIdempotencyRecord,
+use super::{
+    decode, CommandContext, CommandError, Engine, IdempotencyRequest, Outcome, OutcomeKind,
 };
-use crate::notify::JournalNotifier;
-
-/// Tunables of the engine.
-#[derive(Clone, Debug)]
-pub struct EngineConfig {
-    /// How many times a conflicting append is retried (after reloading) before giving up.
-    pub max_conflict_retries: u32,
-    /// How many aggregates stay cached in memory.
-    pub cache_capacity: NonZeroUsize,
-    /// How many bytes the cached aggregates may weigh together
-    /// (`RuntimeAggregate::approx_bytes`); least recently used ones are evicted beyond it.
-    pub cache_bytes: usize,
-}
-
-impl Default for EngineConfig {
-    fn default() -> Self {
-        Self {
-            max_conflict_retries: 5,
-            cache_capacity: NonZeroUsize::new(10_000).expect("non-zero"),
-            cache_bytes: 64 * 1024 * 1024,
-        }
-    }
-}
-
-/// Who issued a command and how it can be traced; copied into every event's metadata.
-#[derive(Clone, Debug, Default)]
-pub struct CommandContext {
-    /// `user:<id>`, `guest:<scope>` or `system:<component>`.
-    pub actor: String,
-    pub request_id: Option<String>,
-    pub trace_id: Option<String>,
-    pub idempotency: Option<IdempotencyRequest>,
-    /// The request token's nonce, recorded in the command's own append (the first append made
-    /// with this context records it; see `auth::NonceTicket`).
-    pub nonce: Option<Arc<NonceTicket>>,
-}
-
-impl CommandContext {
-    /// A context for commands the runtime issues itself (e.g. the lease sweeper).
-    pub fn system(component: &str) -> Self {
-        Self {
-            actor: format!("system:{component}"),
-            ..Self::default()
-        }
-    }
-}
-
-/// A client's `Idempotency-Key` for this command.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct IdempotencyRequest {
-    /// Keys are unique per scope (the principal).
-    pub scope: String,
-    pub key: String,
-    /// Hash of what the request asked for; the same key with another hash is a conflict.
-    pub request_hash: String,
-}
-
-/// What a command did.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum OutcomeKind {
-    /// Events were appended.
-    Appended,
-    /// The command was valid and changed nothing (e.g. a re-sent frame).
-    Unchanged,
-    /// A retried `Idempotency-Key`: the first request's outcome, re-read from the journal.
-    Replayed,
-}
-
-/// The result of a successful command.
-#[derive(Debug)]
-pub struct Outcome<A: RuntimeAggregate> {
-    pub kind: OutcomeKind,
-    /// The aggregate the command acted on (for a replay, the one the original request used).
-    pub aggregate_id: String,
-    /// The events the command appended (or, for a replay, had appended).
-    pub events: Vec<EventEnvelope<A>>,
-    /// The aggregate after the command (for a replay, right after the original command).
-    pub summary: A::Summary,
-    /// The aggregate's journal version after the command.
-    pub version: u64,
-    /// For an `Unchanged` natural-key duplicate (a frame or request re-sent with the same id):
-    /// the journal sequence of the event that recorded the original, so the answer can say
-    /// where it landed. `None` otherwise (the events carry it).
-    pub recorded_sequence: Option<u64>,
-}
-
-impl<A: RuntimeAggregate> Outcome<A> {
-    /// True unless this request appended new events.
-    pub fn is_replay(&self) -> bool {
-        self.kind != OutcomeKind::Appended
-    }
-}
-
-/// Why a command failed. Callers branch on these.
-#[derive(Debug, thiserror::Error)]
-pub enum CommandError<E: std::error::Error> {
-    /// The aggregate refused the command (a business rule).
-    #[error(transparent)]
-    Rejected(E),
-    /// Other writers kept winning the race for this aggregate.
-    #[error("the aggregate kept changing underneath the command ({attempts} attempts)")]
-    Contended { attempts: u32 },
-    /// The idempotency key was first used for a different request.
-    #[error("idempotency key was already used for a different request")]
-    IdempotencyKeyReused,
-    /// The request's token nonce was recorded by another request first: nothing was written.
-    #[error("the request's token nonce was already used")]
-    NonceReplayed,
-    /// The journal could not be reached; the command may or may not have been applied.
-    #[error("journal unavailable")]
-    Unavailable(#[source] JournalError),
-    /// Anything else (corrupt data, a bug). Logged where handled; clients see an opaque error.
-    #[error("internal error")]
-    Internal(#[source] anyhow::Error),
-}
-
-impl<E: std::error::Error> CommandError<E> {
-    fn from_journal(error: JournalError) -> Self {
-        if error.is_unavailable() {
-            CommandError::Unavailable(error)
-        } else {
-            CommandError::Internal(anyhow::Error::new(error))
-        }
-    }
-
-    /// A short label for metrics.
-    pub fn label(&self) -> &'static str {
-        match self {
-            CommandError::Rejected(_) => "rejected",
-            CommandError::Contended { .. } => "contended",
-            CommandError::IdempotencyKeyReused => "idempotency_conflict",
-            CommandError::NonceReplayed => "nonce_replayed",
-            CommandError::Unavailable(_) => "unavailable",
-            CommandError::Internal(_) => "error",
-        }
-    }
-}
-
-/// The command engine. One per process; cheap to share behind an `Arc`.
-pub struct Engine {
-    journal: AnyJournal,
-    stamps: Stamps,
-    cache: AggregateCache,
-    notifier: Arc<JournalNotifier>,
-    config: EngineConfig,
-}
+use crate::auth::{NonceTicket, TicketState};
+use crate::journal::{
+    metadata_keys, AppendRequest, EventMetadata, IdempotencyRecord, Journal, JournalError,
+    NewEvent, NewIdempotencyRecord,
+};
 
 impl Engine {
-    pub fn new(
-        journal: AnyJournal,
-        stamps: Stamps,
-        notifier: Arc<JournalNotifier>,
-        config: EngineConfig,
-    ) -> Self {
-        Self {
-            journal,
-            stamps,
-            cache: AggregateCache::new(config.cache_capacity, config.cache_bytes),
-            notifier,
-            config,
-        }
-    }
-
-    pub fn journal(&self) -> &AnyJournal {
-        &self.journal
-    }
-
-    pub fn notifier(&self) -> &Arc<JournalNotifier> {
-        &self.notifier
-    }
-
-    /// The engine's clock.
-    pub fn now(&self) -> Timestamp {
-        self.stamps.clock.now()
-    }
-
-    /// A fresh id from the engine's id source.
-    pub fn next_id(&self, prefix: &str) -> String {
-        self.stamps.ids.next_id(prefix)
-    }
-
     /// Executes `action` against aggregate `aggregate_id`.
     ///
     /// # Errors
@@ -431,41 +245,6 @@ impl Engine {
         }
     }
 
-    /// Folds the journal's newer events into the slot (or loads from scratch if it is empty).
-    async fn catch_up<A: RuntimeAggregate>(
-        &self,
-        aggregate_id: &str,
-        slot: &mut Option<Loaded<A>>,
-    ) -> Result<(), CommandError<A::Error>> {
-        let Loaded {
-            mut aggregate,
-            version,
-            mut chain_head,
-        } = slot.take().unwrap_or(Loaded {
-            aggregate: A::default(),
-            version: 0,
-            chain_head: None,
-        });
-        let stored = self
-            .journal
-            .load::<A>(aggregate_id, version)
-            .await
-            .map_err(CommandError::from_journal)?;
-        let mut version = version;
-        for serialized in stored {
-            chain_head = Some(stored_chain_hash(&serialized, chain_head.as_deref()));
-            let envelope = decode::<A>(serialized, version + 1).map_err(CommandError::Internal)?;
-            aggregate.apply(envelope.payload);
-            version += 1;
-        }
-        *slot = Some(Loaded {
-            aggregate,
-            version,
-            chain_head,
-        });
-        Ok(())
-    }
-
     async fn replay<A: RuntimeAggregate>(
         &self,
         record: IdempotencyRecord,
@@ -509,104 +288,6 @@ impl Engine {
             recorded_sequence: None,
         })
     }
-
-    /// What the cached aggregates weigh together (bounded by `EngineConfig::cache_bytes`).
-    pub fn cache_bytes(&self) -> usize {
-        self.cache.bytes()
-    }
-
-    /// The aggregate's current summary and version, read through to the journal (so it reflects
-    /// appends by other processes).
-    ///
-    /// # Errors
-    /// [`CommandError::Unavailable`] or [`CommandError::Internal`].
-    pub async fn load<A: RuntimeAggregate>(
-        &self,
-        aggregate_id: &str,
-    ) -> Result<(A::Summary, u64), CommandError<A::Error>> {
-        let slot = self.cache.slot::<A>(A::TYPE, aggregate_id);
-        let mut guard = slot.lock().await;
-        self.catch_up::<A>(aggregate_id, &mut guard).await?;
-        let loaded = guard.as_ref().expect("loaded by catch_up");
-        let loaded_bytes = loaded.aggregate.approx_bytes();
-        let answer = (loaded.aggregate.summary(), loaded.version);
-        drop(guard);
-        self.cache.weigh(A::TYPE, aggregate_id, loaded_bytes);
-        Ok(answer)
-    }
-
-    /// The aggregate's summary as this process's cache holds it, without reading the journal,
-    /// when it is cached and `settled` accepts it; otherwise as [`Engine::load`]. A cached
-    /// summary may lag other processes' appends: `settled` must accept only summaries whose facts
-    /// the caller reads can no longer change (e.g. an existing run's owner, thread and tenant).
-    ///
-    /// # Errors
-    /// As [`Engine::load`].
-    pub async fn load_settled<A: RuntimeAggregate>(
-        &self,
-        aggregate_id: &str,
-        settled: impl FnOnce(&A::Summary) -> bool,
-    ) -> Result<A::Summary, CommandError<A::Error>> {
-        let cached = {
-            let slot = self.cache.slot::<A>(A::TYPE, aggregate_id);
-            let guard = slot.lock().await;
-            guard.as_ref().map(|loaded| loaded.aggregate.summary())
-        };
-        match cached {
-            Some(summary) if settled(&summary) => Ok(summary),
-            _ => Ok(self.load::<A>(aggregate_id).await?.0),
-        }
-    }
-
-    /// The aggregate's events with journal sequence greater than `after_sequence`, decoded.
-    ///
-    /// # Errors
-    /// [`CommandError::Unavailable`] or [`CommandError::Internal`].
-    pub async fn events_after<A: RuntimeAggregate>(
-        &self,
-        aggregate_id: &str,
-        after_sequence: u64,
-    ) -> Result<Vec<EventEnvelope<A>>, CommandError<A::Error>> {
-        let stored = self
-            .journal
-            .load::<A>(aggregate_id, after_sequence)
-            .await
-            .map_err(CommandError::from_journal)?;
-        decode_after::<A>(after_sequence, stored.into_iter())
-    }
-
-    /// At most `limit` of one aggregate's events with `sequence > after_sequence`, decoded, in
-    /// sequence order: what a reader that streams an aggregate (SSE) reads per step, so a long
-    /// history is never held in memory at once.
-    ///
-    /// # Errors
-    /// As [`Self::events_after`].
-    pub async fn events_page<A: RuntimeAggregate>(
-        &self,
-        aggregate_id: &str,
-        after_sequence: u64,
-        limit: usize,
-    ) -> Result<Vec<EventEnvelope<A>>, CommandError<A::Error>> {
-        let stored = self
-            .journal
-            .load_stored(A::TYPE, aggregate_id, after_sequence, limit)
-            .await
-            .map_err(CommandError::from_journal)?;
-        decode_after::<A>(after_sequence, stored.into_iter().map(|s| s.event))
-    }
-}
-
-/// Decodes one aggregate's events that follow `after_sequence`, checking that their sequences
-/// continue it without a gap.
-fn decode_after<A: RuntimeAggregate>(
-    after_sequence: u64,
-    stored: impl ExactSizeIterator<Item = SerializedEvent>,
-) -> Result<Vec<EventEnvelope<A>>, CommandError<A::Error>> {
-    let mut events = Vec::with_capacity(stored.len());
-    for (expected, serialized) in (after_sequence + 1..).zip(stored) {
-        events.push(decode::<A>(serialized, expected).map_err(CommandError::Internal)?);
-    }
-    Ok(events)
 }
 
 fn event_metadata(at: Timestamp, context: &CommandContext) -> EventMetadata {
@@ -667,57 +348,4 @@ fn to_new_events<A: Aggregate>(
     }
     let head = head.ok_or_else(|| anyhow::anyhow!("an append needs at least one event"))?;
     Ok((out, head))
-}
-
-/// The chain hash of a stored event: the one in its metadata, or (for rows written before the
-/// chain existed, or by another writer such as the stock postgres-es repository) the one computed
-/// from its content and `prev_chain_hash`.
-pub fn stored_chain_hash(event: &SerializedEvent, prev_chain_hash: Option<&str>) -> String {
-    if let Some(stored) = event
-        .metadata
-        .get(chain::CHAIN_HASH_KEY)
-        .and_then(|v| v.as_str())
-    {
-        return stored.to_owned();
-    }
-    chain::link(prev_chain_hash, &stored_content(event)).1
-}
-
-/// The chain content of a stored event.
-pub fn stored_content(event: &SerializedEvent) -> EventContent<'_> {
-    EventContent {
-        aggregate_type: &event.aggregate_type,
-        aggregate_id: &event.aggregate_id,
-        sequence: event.sequence as u64,
-        event_type: &event.event_type,
-        event_version: &event.event_version,
-        payload: &event.payload,
-        metadata: &event.metadata,
-    }
-}
-
-/// Upcasts and deserialises one stored event, checking it sits at `expected_sequence`.
-pub fn decode<A: RuntimeAggregate>(
-    serialized: SerializedEvent,
-    expected_sequence: u64,
-) -> anyhow::Result<EventEnvelope<A>> {
-    if serialized.sequence as u64 != expected_sequence {
-        anyhow::bail!(
-            "{}/{} has sequence {} where {} was expected",
-            serialized.aggregate_type,
-            serialized.aggregate_id,
-            serialized.sequence,
-            expected_sequence
-        );
-    }
-    let upcast = A::upcast(serialized);
-    let context = format!(
-        "decode {} v{} at {}/{}#{}",
-        upcast.event_type,
-        upcast.event_version,
-        upcast.aggregate_type,
-        upcast.aggregate_id,
-        upcast.sequence
-    );
-    EventEnvelope::<A>::try_from(upcast).map_err(|e| anyhow::anyhow!("{context}: {e}"))
 }

@@ -1,0 +1,164 @@
+//! Writing bundle lines: a buffered writer that hashes each chunk on a blocking thread while the
+//! next one is produced, and the event line with its fields in a fixed order.
+
+use std::io::Write as _;
+use std::sync::Arc;
+
+use aggregates::canonical::{write_json_string, PrefixedSha256};
+use anyhow::Context;
+use serde_json::Value;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+
+use crate::audit::source::AuditRow;
+
+/// Buffers lines, hashes them and writes them out in large chunks.
+/// Buffers lines and writes them out in large chunks, hashing each chunk on a blocking thread
+/// while the next one is being produced.
+pub(super) struct LineWriter<W> {
+    pub(super) out: W,
+    pub(super) buffer: Vec<u8>,
+    /// The bundle hash so far: either at hand, or inside the task hashing the last chunk. The task
+    /// owns it until it is awaited at the next flush (or at [`LineWriter::finish_hash`]).
+    hasher: Hashing,
+    pub(super) bytes: u64,
+}
+
+enum Hashing {
+    Idle(PrefixedSha256),
+    Busy(tokio::task::JoinHandle<PrefixedSha256>),
+}
+
+impl Hashing {
+    async fn take(self) -> anyhow::Result<PrefixedSha256> {
+        match self {
+            Hashing::Idle(hasher) => Ok(hasher),
+            Hashing::Busy(task) => task.await.context("hash task"),
+        }
+    }
+}
+
+impl<W: AsyncWrite + Unpin> LineWriter<W> {
+    pub(super) fn new(out: W) -> Self {
+        Self {
+            out,
+            buffer: Vec::with_capacity(512 * 1024),
+            hasher: Hashing::Idle(PrefixedSha256::new()),
+            bytes: 0,
+        }
+    }
+
+    pub(super) async fn end_line(&mut self) -> anyhow::Result<()> {
+        self.buffer.push(b'\n');
+        if self.buffer.len() >= 256 * 1024 {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    pub(super) async fn flush(&mut self) -> anyhow::Result<()> {
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        let chunk: Arc<[u8]> = Arc::from(std::mem::take(&mut self.buffer));
+        self.buffer.reserve(512 * 1024);
+        let previous = std::mem::replace(&mut self.hasher, Hashing::Idle(PrefixedSha256::new()));
+        let mut hasher = previous.take().await?;
+        let to_hash = chunk.clone();
+        self.hasher = Hashing::Busy(tokio::task::spawn_blocking(move || {
+            hasher.update(&to_hash);
+            hasher
+        }));
+        self.bytes += chunk.len() as u64;
+        self.out
+            .write_all(&chunk)
+            .await
+            .context("write the bundle")?;
+        Ok(())
+    }
+
+    /// Flushes and returns the hash of everything written.
+    pub(super) async fn finish_hash(&mut self) -> anyhow::Result<String> {
+        self.flush().await?;
+        let hashing = std::mem::replace(&mut self.hasher, Hashing::Idle(PrefixedSha256::new()));
+        Ok(hashing.take().await?.finish())
+    }
+
+    pub(super) async fn value_line(&mut self, value: &Value) -> anyhow::Result<()> {
+        serde_json::to_writer(&mut self.buffer, value)?;
+        self.end_line().await
+    }
+}
+
+/// The event line, fields in a fixed order; `payload` embeds the stored text unless a reformatted
+/// value is given (stored text spanning lines).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn write_event_line(
+    buf: &mut Vec<u8>,
+    row: &AuditRow,
+    recorded_at: Option<&str>,
+    reformatted_payload: Option<&Value>,
+    metadata: &Value,
+    content_hash: &str,
+    prev: Option<&str>,
+    chain_hash: &str,
+    proof: &EventProof<'_>,
+) -> anyhow::Result<()> {
+    write!(
+        buf,
+        "{{\"type\":\"event\",\"position\":{},\"transaction_id\":{},\"aggregate_type\":",
+        row.position, row.transaction_id
+    )?;
+    write_json_string(&row.aggregate_type, buf)?;
+    buf.extend_from_slice(b",\"aggregate_id\":");
+    write_json_string(&row.aggregate_id, buf)?;
+    write!(buf, ",\"sequence\":{},\"event_type\":", row.sequence)?;
+    write_json_string(&row.event_type, buf)?;
+    buf.extend_from_slice(b",\"event_version\":");
+    write_json_string(&row.event_version, buf)?;
+    buf.extend_from_slice(b",\"recorded_at\":");
+    match recorded_at {
+        Some(at) => write_json_string(at, buf)?,
+        None => buf.extend_from_slice(b"null"),
+    }
+    buf.extend_from_slice(b",\"payload\":");
+    match reformatted_payload {
+        Some(p) => serde_json::to_writer(&mut *buf, p)?,
+        None => buf.extend_from_slice(row.payload.as_bytes()),
+    }
+    buf.extend_from_slice(b",\"metadata\":");
+    serde_json::to_writer(&mut *buf, metadata)?;
+    buf.extend_from_slice(b",\"content_hash\":");
+    write_json_string(content_hash, buf)?;
+    buf.extend_from_slice(b",\"prev_chain_hash\":");
+    match prev {
+        Some(p) => write_json_string(p, buf)?,
+        None => buf.extend_from_slice(b"null"),
+    }
+    buf.extend_from_slice(b",\"chain_hash\":");
+    write_json_string(chain_hash, buf)?;
+    if let Some((pointers, disclosed_hash)) = proof.redaction {
+        buf.extend_from_slice(b",\"redacted\":");
+        serde_json::to_writer(&mut *buf, pointers)?;
+        buf.extend_from_slice(b",\"disclosed_hash\":");
+        write_json_string(disclosed_hash, buf)?;
+    }
+    if let Some(index) = proof.leaf_index {
+        write!(buf, ",\"leaf_index\":{index}")?;
+    }
+    if let Some(inclusion) = proof.inclusion {
+        buf.extend_from_slice(b",\"inclusion\":");
+        serde_json::to_writer(&mut *buf, inclusion)?;
+    }
+    buf.push(b'}');
+    Ok(())
+}
+
+/// What an event line carries besides the stored event: its redactions and its place in the
+/// audit tree.
+pub(super) struct EventProof<'a> {
+    /// Pointers of the redacted fields and the disclosed content hash.
+    pub(super) redaction: Option<(&'a [String], &'a str)>,
+    pub(super) leaf_index: Option<u64>,
+    /// Inclusion proof against the bundle's checkpoint (hex hashes).
+    pub(super) inclusion: Option<&'a Vec<String>>,
+}
