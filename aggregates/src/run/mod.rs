@@ -25,7 +25,10 @@ use serde_json::{json, Map, Value};
 
 pub use commands::{Outcome, RunCommand};
 pub use error::RunError;
-pub use events::{default_reason_class, RunEvent, RuntimeEventView, RUN_EVENT_VERSION};
+pub use events::{
+    command_for_stream_event, default_reason_class, Lifecycle, RunEvent, RuntimeEventView,
+    RUN_EVENT_VERSION,
+};
 pub use upcast::{upcast_run_event, LEGACY_RUN_EVENT_VERSION};
 
 use crate::canonical::hash_canonical;
@@ -323,6 +326,9 @@ impl Aggregate for Run {
 
     fn apply(&mut self, event: Self::Event) {
         self.updated_at = event.at();
+        if let Some(status) = event.status_after() {
+            self.status = Some(status);
+        }
         match event {
             RunEvent::RunCreated {
                 run_id,
@@ -339,10 +345,9 @@ impl Aggregate for Run {
                     org_id,
                     created_at,
                 });
-                self.status = Some(RunStatus::Created);
                 return;
             }
-            RunEvent::RunStarted { .. } => self.status = Some(RunStatus::Running),
+            RunEvent::RunStarted { .. } | RunEvent::RunFinished { .. } => {}
             RunEvent::FrameAppended {
                 frame_id,
                 payload_hash,
@@ -351,11 +356,7 @@ impl Aggregate for Run {
                 self.frames
                     .insert(frame_id, (payload_hash, self.latest_seq + 1));
             }
-            RunEvent::CancelRequested { .. } => {
-                self.cancel_requested = true;
-                self.status = Some(RunStatus::Canceling);
-            }
-            RunEvent::RunFinished { status, .. } => self.status = Some(status),
+            RunEvent::CancelRequested { .. } => self.cancel_requested = true,
         }
         self.latest_seq += 1;
     }
