@@ -127,6 +127,9 @@ pub fn frame_payload_hash(frame_type: &str, payload: &Map<String, Value>) -> Str
     hash_canonical(&json!({ "type": frame_type, "payload": payload }))
 }
 
+/// Frame types with this prefix are reserved for the run's lifecycle events ([`Lifecycle`]).
+pub const RESERVED_FRAME_PREFIX: &str = "run.";
+
 /// Checks a frame's type and the fields that well-known frame types require.
 ///
 /// # Errors
@@ -141,6 +144,14 @@ pub fn validate_frame(frame_type: &str, payload: &Map<String, Value>) -> Result<
         .all(|c| c.is_ascii_alphanumeric() || "_-.:/".contains(c))
     {
         return invalid("type may only contain letters, digits and _ - . : /".into());
+    }
+    // The stream shows lifecycle events and frames side by side by `type`, and replay turns a
+    // `run.*` type back into its lifecycle command: a frame may not take one, today's or a
+    // future one's.
+    if frame_type.starts_with(RESERVED_FRAME_PREFIX) {
+        return invalid(format!(
+            "types starting with {RESERVED_FRAME_PREFIX:?} are the run's own events"
+        ));
     }
     let require_string = |field: &str| -> Result<(), RunError> {
         match payload.get(field) {
