@@ -3,6 +3,7 @@
 //! INSERTs of the same payload size over the same pool, measured in the same run against a fresh
 //! scratch database that is created and dropped.
 
+use crate::plot::{self, Panel, Series};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -41,6 +42,10 @@ pub struct AppendArgs {
     /// Keep the scratch database instead of dropping it.
     #[arg(long)]
     pub keep_database: bool,
+    /// Write the measurements as an SVG growth plot (throughput, p99 and the ratio over the
+    /// client counts), e.g. `docs/growth-append.svg`.
+    #[arg(long)]
+    pub plot: Option<std::path::PathBuf>,
 }
 
 /// One phase's figures.
@@ -72,7 +77,20 @@ pub async fn run(args: AppendArgs) -> anyhow::Result<()> {
 
 async fn measure(args: &AppendArgs, name: &str) -> anyhow::Result<()> {
     let max_clients = *args.clients.iter().max().expect("checked non-empty");
-    let pool_size = u32::try_from(max_clients).unwrap_or(u32::MAX).max(2);
+    // One connection per client, up to what the server allows (less a few for others): beyond
+    // that, clients queue for a connection, as an application's bounded pool makes them.
+    let server_limit: i64 = {
+        use sqlx::Connection as _;
+        let mut admin = sqlx::PgConnection::connect(&args.database_url).await?;
+        let limit: String = sqlx::query_scalar("SHOW max_connections")
+            .fetch_one(&mut admin)
+            .await?;
+        limit.parse().unwrap_or(100)
+    };
+    let pool_size = u32::try_from(max_clients)
+        .unwrap_or(u32::MAX)
+        .min(u32::try_from(server_limit - 10).unwrap_or(2))
+        .max(2);
     let database = Database::connect(&DatabaseConfig::Postgres {
         url: crate::scratch::with_database(&args.database_url, name),
         max_connections: pool_size,
@@ -121,6 +139,7 @@ async fn measure(args: &AppendArgs, name: &str) -> anyhow::Result<()> {
     ));
     let duration = Duration::from_secs(args.duration_secs);
     let warmup = Duration::from_secs(args.warmup_secs);
+    let mut measured = Vec::new();
     for (round, &clients) in args.clients.iter().enumerate() {
         let raw = phase(clients, warmup, duration, {
             let pool = pool.clone();
@@ -166,8 +185,58 @@ async fn measure(args: &AppendArgs, name: &str) -> anyhow::Result<()> {
             &with_engine,
             Some(with_engine.per_second / raw.per_second),
         );
+        measured.push((clients as f64, raw, with_engine));
     }
     database.close().await;
+    if let Some(path) = &args.plot {
+        let series = |name: &str, f: &dyn Fn(&PhaseResult, &PhaseResult) -> f64| Series {
+            name: name.into(),
+            points: measured.iter().map(|(c, r, e)| (*c, f(r, e))).collect(),
+        };
+        let panel = |title: &str, y: &str, series: Vec<Series>| Panel {
+            title: title.into(),
+            x_label: "clients".into(),
+            y_label: y.into(),
+            log_x: true,
+            series,
+        };
+        let svg = plot::render(
+            "bench append: engine vs raw INSERT (PostgreSQL)",
+            &format!(
+                "openagents-bench append --clients {} --duration-secs {} (pool {pool_size})",
+                args.clients
+                    .iter()
+                    .map(usize::to_string)
+                    .collect::<Vec<_>>()
+                    .join(","),
+                args.duration_secs
+            ),
+            &[
+                panel(
+                    "throughput",
+                    "commands/s",
+                    vec![
+                        series("raw INSERT", &|r, _| r.per_second),
+                        series("engine", &|_, e| e.per_second),
+                    ],
+                ),
+                panel(
+                    "p99 latency",
+                    "ms",
+                    vec![
+                        series("raw INSERT", &|r, _| r.p99_ms),
+                        series("engine", &|_, e| e.p99_ms),
+                    ],
+                ),
+                panel(
+                    "engine / raw",
+                    "ratio",
+                    vec![series("engine / raw", &|r, e| e.per_second / r.per_second)],
+                ),
+            ],
+        );
+        plot::write(path, &svg)?;
+    }
     Ok(())
 }
 

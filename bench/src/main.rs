@@ -20,6 +20,7 @@ mod checkpoint;
 mod export;
 mod fanout;
 mod http;
+mod plot;
 mod project;
 mod replay;
 mod scratch;

@@ -479,6 +479,19 @@ async fn client_mistakes_get_the_error_envelope_and_write_nothing(db: &TestDb) {
         .await;
     invalid_frame.assert_error(400, "invalid_request");
     assert_eq!(invalid_frame.reason(), "invalid_frame");
+    // A frame may not pose as the run's own event (the stream and replay read `run.*` types as
+    // lifecycle events).
+    let posing = app
+        .append_frame(
+            "run_bad",
+            "thread_1",
+            "f2",
+            "run.finished",
+            json!({"status": "succeeded"}),
+        )
+        .await;
+    posing.assert_error(400, "invalid_request");
+    assert_eq!(posing.reason(), "invalid_frame");
 
     // Oversized bodies: 413 with the envelope.
     let huge = json!({"thread_id": "thread_1", "frame_id": "big", "type": "text_delta",

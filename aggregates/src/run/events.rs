@@ -1,12 +1,18 @@
 //! Events of a run. Past-tense names; `event_type()` strings and field names are a storage
 //! format and never change: a new shape gets a new `event_version` and an upcaster.
+//!
+//! Everything a new event must declare is here, in matches the compiler checks: its time
+//! ([`RunEvent::at`]), the status it leaves the run in ([`RunEvent::status_after`]), its place
+//! in the run's stream ([`RunEvent::lifecycle`], [`Lifecycle`]) with its stream view
+//! ([`RunEvent::runtime_view`]) and the command that re-emits it on replay
+//! ([`command_for_stream_event`]).
 
 use cqrs_es::DomainEvent;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::ids::{FrameId, OrgId, Owner, RunId, ThreadId};
-use crate::run::RunStatus;
+use crate::run::{Outcome, RunCommand, RunStatus};
 use crate::Timestamp;
 
 /// Current version of every run event shape.
@@ -58,7 +64,101 @@ pub enum RunEvent {
     },
 }
 
+/// The run's own events in its stream; every other stream event is a frame, whatever its type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, strum::EnumIter)]
+pub enum Lifecycle {
+    Started,
+    CancelRequested,
+    Finished,
+}
+
+impl Lifecycle {
+    /// The event's `type` in the run's stream (and its journal `event_type`).
+    pub const fn stream_type(self) -> &'static str {
+        match self {
+            Lifecycle::Started => "run.started",
+            Lifecycle::CancelRequested => "run.cancel_requested",
+            Lifecycle::Finished => "run.finished",
+        }
+    }
+
+    /// The lifecycle event a stream type names; `None` for a frame's type.
+    pub fn of_stream_type(event_type: &str) -> Option<Self> {
+        use strum::IntoEnumIterator as _;
+        Self::iter().find(|kind| kind.stream_type() == event_type)
+    }
+}
+
+/// The command that emits a stream event of `event_type` with `payload` (the inverse of
+/// [`RunEvent::runtime_view`]), for replaying a recorded stream through the engine. A frame's
+/// id is its `idempotency_key`, else `replay-seq-<seq>`, and it must land at `seq`.
+///
+/// # Errors
+/// A message when the payload cannot have been produced by that command.
+pub fn command_for_stream_event(
+    seq: u64,
+    event_type: &str,
+    payload: &Map<String, Value>,
+    idempotency_key: Option<&str>,
+) -> Result<RunCommand, String> {
+    let text = |key: &str| payload.get(key).and_then(Value::as_str).map(str::to_owned);
+    Ok(match Lifecycle::of_stream_type(event_type) {
+        Some(Lifecycle::Started) => RunCommand::StartRun {
+            source: text("source").unwrap_or_else(|| "runtime".into()),
+        },
+        Some(Lifecycle::CancelRequested) => RunCommand::RequestCancel {
+            reason: text("reason").unwrap_or_default(),
+            requested_by: "replay".into(),
+        },
+        Some(Lifecycle::Finished) => RunCommand::FinishRun {
+            outcome: match payload.get("status").and_then(Value::as_str) {
+                Some("succeeded") => Outcome::Succeeded,
+                Some("failed") => Outcome::Failed,
+                Some("canceled") => Outcome::Canceled,
+                other => return Err(format!("unknown status {other:?}")),
+            },
+            reason_class: text("reason_class"),
+            reason: text("reason"),
+            error_code: text("error_code"),
+        },
+        None => RunCommand::AppendFrame {
+            frame_id: FrameId::parse(
+                idempotency_key
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| format!("replay-seq-{seq}")),
+            )
+            .map_err(|e| e.to_string())?,
+            frame_type: event_type.to_owned(),
+            payload: payload.clone(),
+            occurred_at: None,
+            expected_seq: Some(seq),
+        },
+    })
+}
+
 impl RunEvent {
+    /// Which lifecycle event this is in the run's stream; `None` for a frame and for
+    /// `run.created` (not in the stream at all: see [`RunEvent::runtime_view`]).
+    pub fn lifecycle(&self) -> Option<Lifecycle> {
+        match self {
+            RunEvent::RunCreated { .. } | RunEvent::FrameAppended { .. } => None,
+            RunEvent::RunStarted { .. } => Some(Lifecycle::Started),
+            RunEvent::CancelRequested { .. } => Some(Lifecycle::CancelRequested),
+            RunEvent::RunFinished { .. } => Some(Lifecycle::Finished),
+        }
+    }
+
+    /// The status the run is in after this event; `None` when the event leaves it unchanged.
+    pub fn status_after(&self) -> Option<RunStatus> {
+        match self {
+            RunEvent::RunCreated { .. } => Some(RunStatus::Created),
+            RunEvent::RunStarted { .. } => Some(RunStatus::Running),
+            RunEvent::FrameAppended { .. } => None,
+            RunEvent::CancelRequested { .. } => Some(RunStatus::Canceling),
+            RunEvent::RunFinished { status, .. } => Some(*status),
+        }
+    }
+
     /// When the event happened (the stamp of the command that produced it).
     pub fn at(&self) -> Timestamp {
         match self {
@@ -140,7 +240,7 @@ impl RunEvent {
             RunEvent::RunCreated { .. } => return None,
             RunEvent::RunStarted { source, .. } => {
                 payload.insert("source".into(), Value::String(source.clone()));
-                "run.started".to_owned()
+                Lifecycle::Started.stream_type().to_owned()
             }
             RunEvent::FrameAppended {
                 frame_id,
@@ -154,7 +254,7 @@ impl RunEvent {
             }
             RunEvent::CancelRequested { reason, .. } => {
                 payload.insert("reason".into(), Value::String(reason.clone()));
-                "run.cancel_requested".to_owned()
+                Lifecycle::CancelRequested.stream_type().to_owned()
             }
             RunEvent::RunFinished {
                 status,
@@ -173,7 +273,7 @@ impl RunEvent {
                         payload.insert(key.into(), Value::String(value.clone()));
                     }
                 }
-                "run.finished".to_owned()
+                Lifecycle::Finished.stream_type().to_owned()
             }
         };
         Some(RuntimeEventView {

@@ -25,7 +25,10 @@ use serde_json::{json, Map, Value};
 
 pub use commands::{Outcome, RunCommand};
 pub use error::RunError;
-pub use events::{default_reason_class, RunEvent, RuntimeEventView, RUN_EVENT_VERSION};
+pub use events::{
+    command_for_stream_event, default_reason_class, Lifecycle, RunEvent, RuntimeEventView,
+    RUN_EVENT_VERSION,
+};
 pub use upcast::{upcast_run_event, LEGACY_RUN_EVENT_VERSION};
 
 use crate::canonical::hash_canonical;
@@ -124,6 +127,9 @@ pub fn frame_payload_hash(frame_type: &str, payload: &Map<String, Value>) -> Str
     hash_canonical(&json!({ "type": frame_type, "payload": payload }))
 }
 
+/// Frame types with this prefix are reserved for the run's lifecycle events ([`Lifecycle`]).
+pub const RESERVED_FRAME_PREFIX: &str = "run.";
+
 /// Checks a frame's type and the fields that well-known frame types require.
 ///
 /// # Errors
@@ -138,6 +144,14 @@ pub fn validate_frame(frame_type: &str, payload: &Map<String, Value>) -> Result<
         .all(|c| c.is_ascii_alphanumeric() || "_-.:/".contains(c))
     {
         return invalid("type may only contain letters, digits and _ - . : /".into());
+    }
+    // The stream shows lifecycle events and frames side by side by `type`, and replay turns a
+    // `run.*` type back into its lifecycle command: a frame may not take one, today's or a
+    // future one's.
+    if frame_type.starts_with(RESERVED_FRAME_PREFIX) {
+        return invalid(format!(
+            "types starting with {RESERVED_FRAME_PREFIX:?} are the run's own events"
+        ));
     }
     let require_string = |field: &str| -> Result<(), RunError> {
         match payload.get(field) {
@@ -323,6 +337,9 @@ impl Aggregate for Run {
 
     fn apply(&mut self, event: Self::Event) {
         self.updated_at = event.at();
+        if let Some(status) = event.status_after() {
+            self.status = Some(status);
+        }
         match event {
             RunEvent::RunCreated {
                 run_id,
@@ -339,10 +356,9 @@ impl Aggregate for Run {
                     org_id,
                     created_at,
                 });
-                self.status = Some(RunStatus::Created);
                 return;
             }
-            RunEvent::RunStarted { .. } => self.status = Some(RunStatus::Running),
+            RunEvent::RunStarted { .. } | RunEvent::RunFinished { .. } => {}
             RunEvent::FrameAppended {
                 frame_id,
                 payload_hash,
@@ -351,11 +367,7 @@ impl Aggregate for Run {
                 self.frames
                     .insert(frame_id, (payload_hash, self.latest_seq + 1));
             }
-            RunEvent::CancelRequested { .. } => {
-                self.cancel_requested = true;
-                self.status = Some(RunStatus::Canceling);
-            }
-            RunEvent::RunFinished { status, .. } => self.status = Some(status),
+            RunEvent::CancelRequested { .. } => self.cancel_requested = true,
         }
         self.latest_seq += 1;
     }

@@ -308,6 +308,11 @@ fn malformed_frames_are_rejected_with_the_reason() {
         ("tool_result", json!({"output": "x"})),
         ("usage", json!({"input_tokens": -1})),
         ("usage", json!({"input_tokens": [1]})),
+        // The run's own event types: in the stream they would read as the run finishing, and
+        // replay would re-execute them as lifecycle commands.
+        ("run.finished", json!({"status": "succeeded"})),
+        ("run.started", json!({})),
+        ("run.anything_later", json!({})),
     ];
     for (frame_type, payload) in cases {
         let result = Fixture::with(())

@@ -75,6 +75,10 @@ pub struct FanoutArgs {
     /// Skip the raw baseline.
     #[arg(long)]
     pub no_baseline: bool,
+    /// Write deliveries/s, p99 and memory per idle connection over the connection counts as an
+    /// SVG growth plot, e.g. `docs/growth-fanout.svg`.
+    #[arg(long)]
+    pub plot: Option<std::path::PathBuf>,
     /// (pipeline) Run the `serve` child on this PostgreSQL database instead of an embedded
     /// SQLite journal in a temporary directory.
     #[arg(long)]
@@ -235,6 +239,7 @@ async fn run_pipeline(args: FanoutArgs) -> anyhow::Result<()> {
         machine()
     );
     let mut template: Option<serde_json::Value> = None;
+    let mut results = Vec::new();
     for (i, &connections) in args.connections.iter().enumerate() {
         let rate = *args.rate.get(i).or(args.rate.last()).unwrap_or(&100);
         // Whole rounds over the runs, so every run gets the same number of frames.
@@ -292,6 +297,7 @@ async fn run_pipeline(args: FanoutArgs) -> anyhow::Result<()> {
             idle_bytes_per_connection: idle,
         };
         print_result(&result);
+        results.push(result);
         println!(
             "          pipeline | {} commits in {:.1} s ({:.0}/s offered {rate}/s), command 2xx p50 {:.1} ms p99 {:.1} ms; \
              duplicates {}, foreign {}, read before the 2xx returned {}; payload {} B",
@@ -309,6 +315,7 @@ async fn run_pipeline(args: FanoutArgs) -> anyhow::Result<()> {
                 .map_or(0, |u| u["payload"].to_string().len()),
         );
     }
+    write_plot(&args, "real pipeline", &results)?;
     if args.replay_rows > 0 {
         let runtime = pipeline::Runtime::spawn(&args).await?;
         let driver = std::sync::Arc::new(pipeline::Driver::new(&runtime.base)?);
@@ -428,6 +435,7 @@ async fn run_memory(args: FanoutArgs) -> anyhow::Result<()> {
         print_result(&result);
         results.push(result);
     }
+    write_plot(&args, "in-memory gateway", &results)?;
     if args.replay_rows > 0 {
         let mut server = ServerProcess::spawn().await?;
         let reply = server
@@ -470,6 +478,67 @@ async fn run_memory(args: FanoutArgs) -> anyhow::Result<()> {
         server.quit().await;
     }
     Ok(())
+}
+
+/// `--plot`: deliveries/s, p99 and memory per idle connection over the connection counts.
+fn write_plot(args: &FanoutArgs, source: &str, results: &[RunResult]) -> anyhow::Result<()> {
+    use crate::plot::{self, Panel, Series};
+    let Some(path) = &args.plot else {
+        return Ok(());
+    };
+    let series = |name: &str, f: &dyn Fn(&RunResult) -> Option<f64>| Series {
+        name: name.into(),
+        points: results
+            .iter()
+            .filter_map(|r| f(r).map(|y| (r.connections as f64, y)))
+            .collect(),
+    };
+    let panel = |title: &str, y: &str, series: Vec<Series>| Panel {
+        title: title.into(),
+        x_label: "connections".into(),
+        y_label: y.into(),
+        log_x: false,
+        series,
+    };
+    let rates: Vec<String> = results.iter().map(|r| r.rate.to_string()).collect();
+    let counts: Vec<String> = results.iter().map(|r| r.connections.to_string()).collect();
+    let svg = plot::render(
+        &format!("bench fanout ({source}): Khala vs a bare WebSocket broadcast"),
+        &format!(
+            "openagents-bench fanout --connections {} --rate {} --duration {}",
+            counts.join(","),
+            rates.join(","),
+            humantime(args.duration).replace(' ', "")
+        ),
+        &[
+            panel(
+                "deliveries/s",
+                "updates delivered per second",
+                vec![
+                    series("Khala", &|r| Some(r.khala.deliveries_per_sec)),
+                    series("raw broadcast", &|r| {
+                        r.baseline.as_ref().map(|b| b.deliveries_per_sec)
+                    }),
+                ],
+            ),
+            panel(
+                "p99 commit → client",
+                "ms",
+                vec![
+                    series("Khala", &|r| Some(r.khala.p99_ms)),
+                    series("raw broadcast", &|r| r.baseline.as_ref().map(|b| b.p99_ms)),
+                ],
+            ),
+            panel(
+                "memory per idle connection",
+                "KiB (server RSS growth / connections)",
+                vec![series("Khala", &|r| {
+                    Some(r.idle_bytes_per_connection / 1024.0)
+                })],
+            ),
+        ],
+    );
+    plot::write(path, &svg)
 }
 
 fn humantime(d: Duration) -> String {

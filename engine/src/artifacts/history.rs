@@ -1,13 +1,14 @@
 //! Re-executing a recorded run stream (the original runtime's workflow histories, or a
 //! REPLAY.jsonl file) through the real command engine, so its artifacts are produced by the same
-//! code path as live runs. Each stream event becomes the command that emits it:
+//! code path as live runs. Each stream event becomes the command that emits it
+//! ([`aggregates::run::command_for_stream_event`], declared beside the run's events):
 //! `run.started` ← `StartRun{source}`, `run.cancel_requested` ← `RequestCancel{reason}`,
 //! `run.finished` ← `FinishRun{status, reason_class, reason, error_code}` and any other type ←
 //! `AppendFrame` of that type (frame id = the event's idempotency key, else `replay-seq-<seq>`).
 
 use aggregates::canonical::hash_canonical;
-use aggregates::ids::{FrameId, Owner, RunId, ThreadId, UserId};
-use aggregates::run::{Outcome as RunOutcome, Run, RunCommand, RunEvent, RunStatus};
+use aggregates::ids::{Owner, RunId, ThreadId, UserId};
+use aggregates::run::{command_for_stream_event, Lifecycle, Run, RunCommand, RunStatus};
 use aggregates::Timestamp;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
@@ -121,45 +122,8 @@ pub enum HistoryError {
     NoEvent { seq: u64, event_type: String },
 }
 
-fn str_field(payload: &Map<String, Value>, key: &str) -> Option<String> {
-    payload.get(key).and_then(Value::as_str).map(str::to_owned)
-}
-
-/// Which command re-emits a stream event.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Emitter {
-    StartRun,
-    RequestCancel,
-    FinishRun,
-    AppendFrame,
-}
-
-/// The command that emitted `event`; `None` for `run.created`, the run's birth record, which is
-/// not part of its stream. Exhaustive over [`RunEvent`]: a new run event does not compile until
-/// replay says which command re-emits it (and [`emitter_for`] which stream type names it),
-/// instead of silently re-executing it as a frame of that type.
-fn emitter_of(event: &RunEvent) -> Option<Emitter> {
-    match event {
-        RunEvent::RunCreated { .. } => None,
-        RunEvent::RunStarted { .. } => Some(Emitter::StartRun),
-        RunEvent::FrameAppended { .. } => Some(Emitter::AppendFrame),
-        RunEvent::CancelRequested { .. } => Some(Emitter::RequestCancel),
-        RunEvent::RunFinished { .. } => Some(Emitter::FinishRun),
-    }
-}
-
-/// The command that emits a stream event of `event_type` (see [`RunEvent::runtime_view`]): the
-/// run's own `run.*` types, every other type is a frame.
-fn emitter_for(event_type: &str) -> Emitter {
-    match event_type {
-        "run.started" => Emitter::StartRun,
-        "run.cancel_requested" => Emitter::RequestCancel,
-        "run.finished" => Emitter::FinishRun,
-        _ => Emitter::AppendFrame,
-    }
-}
-
-/// The command that emits a stream event.
+/// The command that emits a stream event (see [`command_for_stream_event`], declared beside
+/// the events themselves so a new run event names it).
 ///
 /// # Errors
 /// [`HistoryError::Invalid`] when the payload cannot have been produced by that command.
@@ -169,39 +133,8 @@ pub fn stream_command(
     payload: &Map<String, Value>,
     idempotency_key: Option<&str>,
 ) -> Result<RunCommand, HistoryError> {
-    let invalid = |m: String| HistoryError::Invalid(format!("seq {seq} ({event_type}): {m}"));
-    Ok(match emitter_for(event_type) {
-        Emitter::StartRun => RunCommand::StartRun {
-            source: str_field(payload, "source").unwrap_or_else(|| "runtime".into()),
-        },
-        Emitter::RequestCancel => RunCommand::RequestCancel {
-            reason: str_field(payload, "reason").unwrap_or_default(),
-            requested_by: "replay".into(),
-        },
-        Emitter::FinishRun => RunCommand::FinishRun {
-            outcome: match payload.get("status").and_then(Value::as_str) {
-                Some("succeeded") => RunOutcome::Succeeded,
-                Some("failed") => RunOutcome::Failed,
-                Some("canceled") => RunOutcome::Canceled,
-                other => return Err(invalid(format!("unknown status {other:?}"))),
-            },
-            reason_class: str_field(payload, "reason_class"),
-            reason: str_field(payload, "reason"),
-            error_code: str_field(payload, "error_code"),
-        },
-        Emitter::AppendFrame => RunCommand::AppendFrame {
-            frame_id: FrameId::parse(
-                idempotency_key
-                    .map(str::to_owned)
-                    .unwrap_or_else(|| format!("replay-seq-{seq}")),
-            )
-            .map_err(|e| invalid(e.to_string()))?,
-            frame_type: event_type.to_owned(),
-            payload: payload.clone(),
-            occurred_at: None,
-            expected_seq: Some(seq),
-        },
-    })
+    command_for_stream_event(seq, event_type, payload, idempotency_key)
+        .map_err(|m| HistoryError::Invalid(format!("seq {seq} ({event_type}): {m}")))
 }
 
 /// One stream event to re-execute.
@@ -261,7 +194,8 @@ pub async fn reexecute_stream(
             step.idempotency_key,
         )?;
         let mut context = context.clone();
-        if step.event_type.starts_with("run.") {
+        let expected = Lifecycle::of_stream_type(step.event_type);
+        if expected.is_some() {
             context.idempotency = step.idempotency_key.map(|key| IdempotencyRequest {
                 scope: format!("replay:{run_id}"),
                 key: key.to_owned(),
@@ -285,9 +219,10 @@ pub async fn reexecute_stream(
                 event_type: step.event_type.to_owned(),
             });
         };
-        let expected = emitter_for(step.event_type);
-        let actual = emitter_of(&emitted.payload);
-        if actual != Some(expected) {
+        // Re-executed as the same kind of stream event: the same lifecycle event, or a frame
+        // (never `run.created`, which is not in the stream).
+        let actual = emitted.payload.lifecycle();
+        if actual != expected || emitted.payload.runtime_view().is_none() {
             return Err(HistoryError::Rejected {
                 seq: step.seq,
                 event_type: step.event_type.to_owned(),
@@ -348,11 +283,13 @@ pub fn status_name(status: RunStatus) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use aggregates::ids::FrameId;
+    use aggregates::run::RunEvent;
 
-    #[test]
-    fn every_stream_event_is_re_executed_by_the_command_that_emitted_it() {
-        let at = Timestamp::from_unix_seconds(1_771_000_000).unwrap();
-        let events = [
+    /// One event of each kind. The match makes a new [`RunEvent`] variant fail to compile here
+    /// until it is added to the list.
+    fn one_of_each(at: Timestamp) -> Vec<RunEvent> {
+        let events = vec![
             RunEvent::RunStarted {
                 source: "runtime".into(),
                 started_at: at,
@@ -379,13 +316,36 @@ mod tests {
             },
         ];
         for event in &events {
+            match event {
+                RunEvent::RunCreated { .. } => unreachable!("not in the stream"),
+                RunEvent::RunStarted { .. }
+                | RunEvent::FrameAppended { .. }
+                | RunEvent::CancelRequested { .. }
+                | RunEvent::RunFinished { .. } => {}
+            }
+        }
+        events
+    }
+
+    #[test]
+    fn every_stream_event_is_re_executed_by_the_command_that_emitted_it() {
+        let at = Timestamp::from_unix_seconds(1_771_000_000).unwrap();
+        for event in one_of_each(at) {
             let view = event.runtime_view().expect("in the stream");
             assert_eq!(
-                Some(emitter_for(&view.event_type)),
-                emitter_of(event),
+                Lifecycle::of_stream_type(&view.event_type),
+                event.lifecycle(),
                 "{}",
                 view.event_type
             );
+            let command = stream_command(1, &view.event_type, &view.payload, Some("f1")).unwrap();
+            match (event.lifecycle(), &command) {
+                (Some(Lifecycle::Started), RunCommand::StartRun { .. })
+                | (Some(Lifecycle::CancelRequested), RunCommand::RequestCancel { .. })
+                | (Some(Lifecycle::Finished), RunCommand::FinishRun { .. })
+                | (None, RunCommand::AppendFrame { .. }) => {}
+                other => panic!("{} re-executed as {other:?}", view.event_type),
+            }
         }
     }
 }

@@ -208,11 +208,8 @@ impl RunRecordBuilder {
                 "the first event is not run.created".into(),
             ));
         }
-        match event {
-            RunEvent::RunStarted { .. } => self.status = Some(RunStatus::Running),
-            RunEvent::CancelRequested { .. } => self.status = Some(RunStatus::Canceling),
-            RunEvent::RunFinished { status, .. } => self.status = Some(*status),
-            RunEvent::FrameAppended { .. } | RunEvent::RunCreated { .. } => {}
+        if let Some(status) = event.status_after() {
+            self.status = Some(status);
         }
         Ok(true)
     }

@@ -100,12 +100,17 @@ pub struct FrameRequest {
     #[schema(value_type = ApiId)]
     pub frame_id: FrameId,
     /// `user_message`, `text_delta`, `tool_call`, `tool_result`, `usage` or any typed frame
-    /// (letters, digits and `_ - . : /`). The well-known types need payload fields: `text`
-    /// (`user_message`), `delta` (`text_delta`), `tool_call_id` and `name` (`tool_call`),
-    /// `tool_call_id` (`tool_result`), all strings; `usage` values are non-negative numbers,
-    /// strings or null.
+    /// (letters, digits and `_ - . : /`; not starting with `run.`, the run's own events). The
+    /// well-known types need payload fields: `text` (`user_message`), `delta` (`text_delta`),
+    /// `tool_call_id` and `name` (`tool_call`), `tool_call_id` (`tool_result`), all strings;
+    /// `usage` values are non-negative numbers, strings or null.
     #[serde(rename = "type")]
-    #[schema(min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9_.:/-]+$")]
+    // The pattern excludes `run.` without a look-ahead, which not every schema tool supports.
+    #[schema(
+        min_length = 1,
+        max_length = 64,
+        pattern = r"^(?:[A-Za-qs-z0-9_.:/-]|r(?:$|[A-Za-tv-z0-9_.:/-]|u(?:$|[A-Za-mo-z0-9_.:/-]|n(?:$|[A-Za-z0-9_:/-]))))[A-Za-z0-9_.:/-]*$"
+    )]
     pub frame_type: String,
     #[schema(value_type = Object)]
     pub payload: Map<String, Value>,
