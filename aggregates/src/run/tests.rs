@@ -580,3 +580,81 @@ fn a_tenant_is_recorded_at_creation_and_old_events_without_one_still_load() {
     assert_eq!(event, created());
     assert_eq!(serde_json::to_value(&event).unwrap(), old);
 }
+
+/// One event of each kind in the run's stream. The match makes a new [`RunEvent`] variant fail
+/// to compile here until it is added to the list (and so to the round-trip test below).
+fn one_of_each_stream_event() -> Vec<RunEvent> {
+    let events = vec![
+        RunEvent::RunStarted {
+            source: "runtime".into(),
+            started_at: at(1),
+        },
+        RunEvent::FrameAppended {
+            frame_id: FrameId::parse("f1").unwrap(),
+            frame_type: "text_delta".into(),
+            payload: Map::new(),
+            payload_hash: String::new(),
+            occurred_at: None,
+            appended_at: at(2),
+        },
+        RunEvent::CancelRequested {
+            reason: "stop".into(),
+            requested_by: "user".into(),
+            requested_at: at(3),
+        },
+        RunEvent::RunFinished {
+            status: RunStatus::Canceled,
+            reason_class: None,
+            reason: None,
+            error_code: None,
+            finished_at: at(4),
+        },
+    ];
+    for event in &events {
+        match event {
+            RunEvent::RunCreated { .. } => unreachable!("not in the stream"),
+            RunEvent::RunStarted { .. }
+            | RunEvent::FrameAppended { .. }
+            | RunEvent::CancelRequested { .. }
+            | RunEvent::RunFinished { .. } => {}
+        }
+    }
+    events
+}
+
+#[test]
+fn every_stream_event_is_re_executed_by_the_command_that_emitted_it() {
+    for event in one_of_each_stream_event() {
+        let view = event.runtime_view().expect("in the stream");
+        assert_eq!(
+            Lifecycle::of_stream_type(&view.event_type),
+            event.lifecycle(),
+            "{}",
+            view.event_type
+        );
+        let command = command_for_stream_event(1, &view.event_type, &view.payload, Some("f1"))
+            .expect("a command");
+        match (event.lifecycle(), &command) {
+            (Some(Lifecycle::Started), RunCommand::StartRun { .. })
+            | (Some(Lifecycle::CancelRequested), RunCommand::RequestCancel { .. })
+            | (Some(Lifecycle::Finished), RunCommand::FinishRun { .. })
+            | (None, RunCommand::AppendFrame { .. }) => {}
+            other => panic!("{} re-executed as {other:?}", view.event_type),
+        }
+    }
+}
+
+#[test]
+fn run_created_is_not_in_the_stream_and_lifecycle_names_are_unique() {
+    assert!(created().runtime_view().is_none());
+    assert_eq!(created().lifecycle(), None);
+    use strum::IntoEnumIterator as _;
+    let names: Vec<&str> = Lifecycle::iter().map(Lifecycle::stream_type).collect();
+    let mut unique = names.clone();
+    unique.sort_unstable();
+    unique.dedup();
+    assert_eq!(unique.len(), names.len(), "{names:?}");
+    for name in names {
+        assert!(name.starts_with(RESERVED_FRAME_PREFIX), "{name}");
+    }
+}

@@ -1,4 +1,5 @@
-//! The run handlers that append: create, frames, cancel, start and finish.
+//! The run routes that append: create, frames, cancel, start and finish — each handler with its
+//! request and response types, and [`router`], where they are mounted.
 
 use aggregates::ids::RunId;
 use aggregates::run::{run_seq_of, Outcome as RunOutcome, Run, RunCommand, RunStatus, RunSummary};
@@ -14,12 +15,151 @@ use crate::api::error::{ApiError, ErrorEnvelope};
 use crate::api::extract::{check_metadata, ApiJson, IdempotencyKey, PathId};
 use crate::api::schema::ApiId;
 use crate::app::App;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::helpers::{authorize_command, bounded, check_owner, command_response};
-use super::types::{
-    CancelRequest, CancelResponse, CreateRunRequest, FinishRequest, FinishStatus, FrameRequest,
-    FrameResponse, RunCommandResponse, StartRequest,
-};
+use super::types::RunCommandResponse;
+use aggregates::ids::{FrameId, ThreadId};
+use aggregates::Timestamp;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRunRequest {
+    /// The run's id; generated (`run_…`) when absent. Creating an existing run for the same
+    /// thread and principal is an idempotent replay.
+    #[schema(value_type = Option<ApiId>)]
+    pub run_id: Option<RunId>,
+    #[schema(value_type = ApiId)]
+    pub thread_id: ThreadId,
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub metadata: Map<String, Value>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FrameRequest {
+    #[schema(value_type = ApiId)]
+    pub thread_id: ThreadId,
+    /// Idempotency key of the frame, unique per run.
+    #[schema(value_type = ApiId)]
+    pub frame_id: FrameId,
+    /// `user_message`, `text_delta`, `tool_call`, `tool_result`, `usage` or any typed frame
+    /// (letters, digits and `_ - . : /`; not starting with `run.`, the run's own events). The
+    /// well-known types need payload fields: `text` (`user_message`), `delta` (`text_delta`),
+    /// `tool_call_id` and `name` (`tool_call`), `tool_call_id` (`tool_result`), all strings;
+    /// `usage` values are non-negative numbers, strings or null.
+    #[serde(rename = "type")]
+    // The pattern excludes `run.` without a look-ahead, which not every schema tool supports.
+    #[schema(
+        min_length = 1,
+        max_length = 64,
+        pattern = r"^(?:[A-Za-qs-z0-9_.:/-]|r(?:$|[A-Za-tv-z0-9_.:/-]|u(?:$|[A-Za-mo-z0-9_.:/-]|n(?:$|[A-Za-z0-9_:/-]))))[A-Za-z0-9_.:/-]*$"
+    )]
+    pub frame_type: String,
+    #[schema(value_type = Object)]
+    pub payload: Map<String, Value>,
+    /// When the producer says the frame happened (RFC 3339).
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub occurred_at: Option<Timestamp>,
+    /// Optimistic check: the frame must get exactly this seq.
+    #[serde(default, deserialize_with = "aggregates::number::opt_whole_u64")]
+    pub expected_seq: Option<u64>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FrameResponse {
+    pub run_id: String,
+    #[serde(rename = "runId")]
+    pub run_id_alias: String,
+    pub frame_id: String,
+    #[serde(rename = "frameId")]
+    pub frame_id_alias: String,
+    /// Always `accepted`.
+    pub status: String,
+    /// The seq the frame got (on a re-sent frame, the seq the original got).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
+    pub idempotent_replay: bool,
+    #[serde(rename = "idempotentReplay")]
+    pub idempotent_replay_alias: bool,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CancelRequest {
+    #[schema(value_type = ApiId)]
+    pub thread_id: ThreadId,
+    /// At most 1024 bytes (default `cancel_requested`).
+    #[schema(max_length = 1024)]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CancelResponse {
+    pub run_id: String,
+    #[serde(rename = "runId")]
+    pub run_id_alias: String,
+    /// `canceling`, or the terminal status if the run had already ended.
+    pub status: String,
+    pub cancel_requested: bool,
+    #[serde(rename = "cancelRequested")]
+    pub cancel_requested_alias: bool,
+    pub idempotent_replay: bool,
+    #[serde(rename = "idempotentReplay")]
+    pub idempotent_replay_alias: bool,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StartRequest {
+    #[schema(value_type = ApiId)]
+    pub thread_id: ThreadId,
+    /// Who started it (default `runtime`); at most 1024 bytes.
+    #[schema(max_length = 1024)]
+    pub source: Option<String>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishStatus {
+    Succeeded,
+    Failed,
+    Canceled,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FinishRequest {
+    #[schema(value_type = ApiId)]
+    pub thread_id: ThreadId,
+    pub status: FinishStatus,
+    /// Defaults by status: `completed`, `execution_failed`, `cancel_requested`. Each of these
+    /// strings is at most 1024 bytes.
+    #[schema(max_length = 1024)]
+    pub reason_class: Option<String>,
+    #[schema(max_length = 1024)]
+    pub reason: Option<String>,
+    #[schema(max_length = 1024)]
+    pub error_code: Option<String>,
+}
+
+// Query values stay strings in Rust (the handlers answer a bad one with a precise
+// `invalid_request`); the document states the rules the handlers check.
+
+/// The command routes (and the thread's list, which shares `POST /internal/v1/runs`'s path).
+pub(super) fn router() -> OpenApiRouter<App> {
+    OpenApiRouter::new()
+        .routes(routes!(create_run, super::reads::list_runs))
+        .routes(routes!(append_frame))
+        .routes(routes!(cancel))
+        .routes(routes!(start))
+        .routes(routes!(finish))
+}
 
 /// Create a run (additive).
 #[utoipa::path(post, path = "/internal/v1/runs", tag = "runs",

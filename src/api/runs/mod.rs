@@ -6,11 +6,12 @@
 //! original camelCase aliases (`runId`, `idempotentReplay`, …).
 //!
 //! # Layout
-//! - this file: the routes;
-//! - `helpers.rs`: the checks every handler shares (ownership, bounded text);
-//! - `types.rs`: the request, response and query types (their schemas are in the document);
-//! - `commands.rs`: the handlers that append (create, frames, cancel, start, finish);
-//! - `reads.rs`: the handlers that read (list, snapshot, stream).
+//! - `commands.rs`: the routes that append (create, frames, cancel, start, finish): each handler
+//!   with its request and response types, and the routes they are mounted at — a new run
+//!   command is added in this one file of the API;
+//! - `reads.rs`: the routes that read (list, snapshot, stream), likewise;
+//! - `types.rs`: the views both answer with (a run, a command's outcome);
+//! - `helpers.rs`: the checks every handler shares (ownership, bounded text).
 
 mod commands;
 mod helpers;
@@ -18,25 +19,18 @@ mod reads;
 mod types;
 
 use utoipa_axum::router::OpenApiRouter;
-use utoipa_axum::routes;
 
 use crate::app::App;
 
-pub use types::{
+pub use commands::{
     CancelRequest, CancelResponse, CreateRunRequest, FinishRequest, FinishStatus, FrameRequest,
-    FrameResponse, ListQuery, RunCommandResponse, RunList, RunView, StartRequest, StreamQuery,
-    ThreadQuery,
+    FrameResponse, StartRequest,
 };
+pub use reads::{ListQuery, RunList, StreamQuery, ThreadQuery};
+pub use types::{RunCommandResponse, RunView};
 
 /// The run routes, each mounted at the path of its handler's `#[utoipa::path]` (which also puts
-/// it in the OpenAPI document).
+/// it in the OpenAPI document). Each handler file declares its own routes.
 pub fn router() -> OpenApiRouter<App> {
-    OpenApiRouter::new()
-        .routes(routes!(commands::create_run, reads::list_runs))
-        .routes(routes!(reads::snapshot))
-        .routes(routes!(commands::append_frame))
-        .routes(routes!(commands::cancel))
-        .routes(routes!(commands::start))
-        .routes(routes!(commands::finish))
-        .routes(routes!(reads::stream))
+    commands::router().merge(reads::router())
 }

@@ -1,4 +1,6 @@
-//! The run handlers that read: the thread's list, a run's snapshot and its event stream.
+//! The run routes that read: the thread's list, a run's snapshot and its event stream — each
+//! handler with its query and response types, and [`router`], where they are mounted (the list
+//! shares its path with run creation and is mounted there).
 
 use aggregates::ids::RunId;
 use aggregates::run::{journal_sequence_of, run_seq_of, Run};
@@ -15,9 +17,59 @@ use crate::api::extract::{ApiQuery, PathId};
 use crate::api::schema::ApiId;
 use crate::api::stream::{resolve_start, sse, Batch, PAGE_EVENTS};
 use crate::app::App;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::helpers::{authorize, required_thread, MAX_LIST};
-use super::types::{ListQuery, RunList, RunView, StreamQuery, ThreadQuery};
+use super::types::RunView;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ThreadQuery {
+    /// The thread the run belongs to (required).
+    #[param(value_type = ApiId, required = true)]
+    pub thread_id: Option<String>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct StreamQuery {
+    /// The thread the run belongs to (required).
+    #[param(value_type = ApiId, required = true)]
+    pub thread_id: Option<String>,
+    /// Resume after this seq (same as `Last-Event-ID`; both must agree when both are sent).
+    #[param(value_type = Option<u64>)]
+    pub cursor: Option<String>,
+    /// How long to keep the stream open waiting for events, in milliseconds (at most the
+    /// server's configured maximum, written into the served document).
+    #[param(value_type = Option<u64>, minimum = 1)]
+    pub tail_ms: Option<String>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListQuery {
+    /// The thread whose runs to list (required).
+    #[param(value_type = ApiId, required = true)]
+    pub thread_id: Option<String>,
+    /// At most this many runs (1–200, default 50), newest first.
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 200)]
+    pub limit: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RunList {
+    pub data: Vec<RunView>,
+}
+
+/// The read routes (the list is mounted with run creation, on the same path).
+pub(super) fn router() -> OpenApiRouter<App> {
+    OpenApiRouter::new()
+        .routes(routes!(snapshot))
+        .routes(routes!(stream))
+}
 
 /// Runs of one thread owned by the caller, newest first (additive).
 #[utoipa::path(get, path = "/internal/v1/runs", tag = "runs", params(ListQuery),
