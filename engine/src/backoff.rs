@@ -1,7 +1,7 @@
 //! Retry delays for the background loops (tree maintainer, receipt recorder, LISTEN reconnect,
 //! projectors, Khala watcher, Lightning executor): exponential, capped, with decorrelated jitter
 //! so processes that failed together (a database restart) do not retry in lockstep, and reset
-//! after a success.
+//! after a success. [`HorizonWait`] is the same for readers waiting on PostgreSQL's read horizon.
 
 use std::time::Duration;
 
@@ -55,6 +55,41 @@ impl Backoff {
             () = shutdown.cancelled() => false,
             () = tokio::time::sleep(delay) => true,
         }
+    }
+}
+
+/// A reader waiting for rows that are committed but not yet readable in commit order
+/// (PostgreSQL's read horizon, held back by a transaction still open): short jittered pauses
+/// (2–50 ms) until `limit` has passed, after which the caller reports what it was waiting for.
+#[derive(Clone, Debug)]
+pub struct HorizonWait {
+    backoff: Backoff,
+    deadline: std::time::Instant,
+}
+
+impl HorizonWait {
+    /// How long the readers of this workspace wait before they report a stuck horizon.
+    pub const DEFAULT_LIMIT: Duration = Duration::from_secs(60);
+
+    pub fn new(limit: Duration) -> Self {
+        Self {
+            backoff: Backoff::new(Duration::from_millis(2), Duration::from_millis(50)),
+            deadline: std::time::Instant::now() + limit,
+        }
+    }
+
+    /// Pauses before the next read; `false` (without pausing) once the limit has passed.
+    pub async fn pause(&mut self) -> bool {
+        if std::time::Instant::now() >= self.deadline {
+            return false;
+        }
+        tokio::time::sleep(self.backoff.next_delay()).await;
+        true
+    }
+
+    /// After rows arrived: the next wait starts from short pauses again.
+    pub fn progressed(&mut self) {
+        self.backoff.reset();
     }
 }
 
@@ -121,5 +156,23 @@ mod tests {
         shutdown.cancel();
         let mut long = Backoff::new(Duration::from_secs(3600), Duration::from_secs(3600));
         assert!(!long.sleep(&shutdown).await);
+    }
+
+    #[tokio::test]
+    async fn a_horizon_wait_pauses_briefly_until_its_limit_then_reports() {
+        let limit = Duration::from_millis(40);
+        let started = std::time::Instant::now();
+        let mut wait = HorizonWait::new(limit);
+        let mut pauses = 0;
+        while wait.pause().await {
+            pauses += 1;
+        }
+        let waited = started.elapsed();
+        assert!(waited >= limit, "{waited:?}");
+        // No pause is longer than 50 ms, so it reports soon after the limit (slack for a loaded
+        // machine's scheduler).
+        assert!(waited < limit + Duration::from_secs(2), "{waited:?}");
+        assert!(pauses >= 1);
+        assert!(!wait.pause().await, "stays given up");
     }
 }

@@ -7,9 +7,8 @@
 //! horizon has passed all of them, so an export holds exactly the events committed when it began
 //! (and any that committed below them meanwhile).
 
-use std::time::Duration;
-
 use anyhow::{bail, Context};
+use engine::backoff::HorizonWait;
 use engine::Database;
 use sqlx::Row;
 
@@ -135,9 +134,10 @@ pub async fn page_after(
                         event_type, event_version, payload::text AS payload, metadata::text AS metadata
                    FROM events
                   WHERE (transaction_id, position) > ($1, $2)
-                    AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())::text::bigint{}
+                    AND transaction_id < {}{}
                   ORDER BY transaction_id, position
                   LIMIT $3",
+                engine::pg_read_horizon!(),
                 pg_filter(filter, 4)
             );
             let mut query = sqlx::query(&sql).bind(after.0).bind(after.1).bind(limit);
@@ -274,8 +274,7 @@ impl RowPages {
     /// # Errors
     /// When the database fails, or the read horizon does not move for a minute.
     pub async fn next(&mut self) -> anyhow::Result<Option<Vec<AuditRow>>> {
-        let mut waited = Duration::ZERO;
-        let pause = Duration::from_millis(20);
+        let mut wait = HorizonWait::new(HorizonWait::DEFAULT_LIMIT);
         while self.seen < self.total {
             let page = match self.prefetch.take() {
                 Some((handle, after)) if after == self.after => {
@@ -289,15 +288,13 @@ impl RowPages {
                 self.fetch_after(self.after);
                 return Ok(Some(page));
             }
-            if waited > Duration::from_secs(60) {
+            if !wait.pause().await {
                 bail!(
                     "the journal's read horizon stayed below {} of {} events for a minute (is a transaction left open on the server?)",
                     self.seen,
                     self.total
                 );
             }
-            tokio::time::sleep(pause).await;
-            waited += pause;
         }
         Ok(None)
     }

@@ -335,8 +335,8 @@ impl<'a> CommittedPages<'a> {
     /// When the journal fails, or the horizon does not move for a minute (a transaction left open
     /// on the server).
     pub async fn next(&mut self) -> anyhow::Result<Option<Vec<StoredEvent>>> {
-        let pause = std::time::Duration::from_millis(20);
-        let mut waited = std::time::Duration::ZERO;
+        let mut wait =
+            engine::backoff::HorizonWait::new(engine::backoff::HorizonWait::DEFAULT_LIMIT);
         while self.seen < self.total {
             let page = self.journal.read_all(self.cursor, READ_PAGE).await?;
             if let Some(last) = page.last() {
@@ -344,7 +344,7 @@ impl<'a> CommittedPages<'a> {
                 self.seen += page.len() as u64;
                 return Ok(Some(page));
             }
-            if waited > std::time::Duration::from_secs(60) {
+            if !wait.pause().await {
                 anyhow::bail!(
                     "the journal's read horizon stayed below {} of {} events for a minute \
                      (is a transaction left open on the server?)",
@@ -352,8 +352,6 @@ impl<'a> CommittedPages<'a> {
                     self.total
                 );
             }
-            tokio::time::sleep(pause).await;
-            waited += pause;
         }
         Ok(None)
     }

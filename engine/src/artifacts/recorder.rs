@@ -167,11 +167,10 @@ async fn live_start(database: &crate::Database) -> Result<crate::GlobalCursor, s
     use sqlx::Row;
     match database {
         crate::Database::Postgres(pool) => {
-            let xmin: i64 =
-                sqlx::query("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
-                    .fetch_one(pool)
-                    .await?
-                    .try_get(0)?;
+            let xmin: i64 = sqlx::query(concat!("SELECT ", crate::pg_read_horizon!()))
+                .fetch_one(pool)
+                .await?
+                .try_get(0)?;
             Ok(crate::GlobalCursor::new(
                 xmin.saturating_sub(1).max(0) as u64,
                 i64::MAX as u64,
@@ -287,7 +286,11 @@ pub async fn run_receipt_recorder(
 
 async fn record_logged(engine: &Engine, run_id: &str, config: &RecorderConfig) {
     // Retry a journal outage for this run a few times; the start-up catch-up covers the rest.
-    for attempt in 0..5u32 {
+    let mut backoff = crate::backoff::Backoff::new(
+        std::time::Duration::from_millis(100),
+        std::time::Duration::from_secs(2),
+    );
+    for _ in 0..5u32 {
         match record_receipt(engine, run_id, config.signer.as_ref(), &[]).await {
             Ok(RecordOutcome::Recorded(receipt)) => {
                 tracing::info!(run_id, receipt = %receipt.canonical_json_sha256, "receipt recorded");
@@ -296,7 +299,7 @@ async fn record_logged(engine: &Engine, run_id: &str, config: &RecorderConfig) {
             }
             Ok(_) => return,
             Err(RecordError::Unavailable) => {
-                tokio::time::sleep(std::time::Duration::from_millis(100 << attempt)).await;
+                tokio::time::sleep(backoff.next_delay()).await;
             }
             Err(e) => {
                 tracing::error!(error.message = %e, run_id, "receipt not recorded");

@@ -9,6 +9,17 @@
 //! - [`Journal::read_all`]: every committed event exactly once, in a global order that never lets a
 //!   late-committing transaction slip behind a reader (for projectors). See `docs/adr/0002-global-order.md`.
 
+/// PostgreSQL's read horizon as SQL: the oldest transaction id still running. Every event whose
+/// `transaction_id` is below it is committed or never will be, so a reader that stops there reads
+/// in commit order without skipping a late commit (`docs/adr/0002-global-order.md`). A macro so
+/// it splices into `concat!`-built statements; every reader in the workspace uses it.
+#[macro_export]
+macro_rules! pg_read_horizon {
+    () => {
+        "pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
+    };
+}
+
 mod any;
 mod postgres;
 mod sqlite;

@@ -35,15 +35,19 @@ SELECT $1::text, $2::text, e.sequence, e.event_type, e.event_version, e.payload:
 RETURNING transaction_id, position, sequence
 "#;
 
-const READ_ALL: &str = r#"
+const READ_ALL: &str = concat!(
+    r#"
 SELECT transaction_id, position, aggregate_type, aggregate_id, sequence,
        event_type, event_version, payload, metadata
   FROM events
  WHERE (transaction_id, position) > ($1, $2)
-   AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())::text::bigint
+   AND transaction_id < "#,
+    crate::pg_read_horizon!(),
+    r#"
  ORDER BY transaction_id, position
  LIMIT $3
-"#;
+"#
+);
 
 const LOAD_STORED: &str = r#"
 SELECT transaction_id, position, aggregate_type, aggregate_id, sequence,

@@ -1,12 +1,11 @@
 //! Extending the tree: a batch of journal events becomes leaves and completed nodes, written
 //! with the new cursor and size in one transaction that first checks nobody moved the tree row.
 
-use std::time::Duration;
-
 use sqlx::Row;
 
 use super::{table, AuditStore, LeafBuilder, LeafRow, StoreError, TreeState};
 use crate::audit_log::merkle::{self, Hash, NodeId, Span};
+use crate::backoff::HorizonWait;
 use crate::clock::now_ms;
 use crate::db::Database;
 use crate::journal::{GlobalCursor, Journal};
@@ -189,18 +188,15 @@ impl AuditStore {
         let start = self.state().await?;
         let pending = self.journal.count_after(start.cursor, u64::MAX / 2).await?;
         let target = start.tree_size + pending;
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let mut wait = HorizonWait::new(HorizonWait::DEFAULT_LIMIT);
         loop {
             let added = self.extend(1_000).await?;
             let size = self.state().await?.tree_size;
             if size >= target {
                 return Ok(size - start.tree_size);
             }
-            if added == 0 {
-                if std::time::Instant::now() > deadline {
-                    return Err(StoreError::HorizonStuck { size, target });
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
+            if added == 0 && !wait.pause().await {
+                return Err(StoreError::HorizonStuck { size, target });
             }
         }
     }
