@@ -225,6 +225,8 @@ pub async fn run_listen_notify<E: RelayEndpoint>(
         let endpoint = endpoint.clone();
         let shutdown = shutdown.clone();
         async move {
+            let mut backoff =
+                crate::backoff::Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
             loop {
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
@@ -238,10 +240,11 @@ pub async fn run_listen_notify<E: RelayEndpoint>(
                         .await
                     {
                         tracing::warn!(channel, error.message = %error, "NOTIFY failed; peers fall back to polling");
-                        tokio::select! {
-                            _ = shutdown.cancelled() => return,
-                            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                        if !backoff.sleep(&shutdown).await {
+                            return;
                         }
+                    } else {
+                        backoff.reset();
                     }
                 }
             }

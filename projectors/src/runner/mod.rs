@@ -36,10 +36,10 @@ use std::collections::HashMap;
 use std::marker::PhantomData;
 use std::num::NonZeroUsize;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cqrs_es::persist::SerializedEvent;
-use engine::backoff::Backoff;
+use engine::backoff::{Backoff, HorizonWait};
 use engine::journal::{GlobalCursor, StoredEvent};
 use engine::{AnyJournal, Journal, JournalError};
 use lru::LruCache;
@@ -354,7 +354,7 @@ impl<P: Projection> Runner<P> {
                 .ok_or_else(|| StoreError::UnknownProjector(self.spec.name.to_owned()))?;
         }
         let mut live = LiveCursor::at(checkpoint.cursor);
-        let started = Instant::now();
+        let mut wait = HorizonWait::new(HorizonWait::DEFAULT_LIMIT);
         loop {
             let step = self.step_live(&live).await?;
             read += step.events;
@@ -365,14 +365,13 @@ impl<P: Projection> Runner<P> {
             if self.ctx.journal.count_after(live.read, 1).await? == 0 {
                 break;
             }
-            if started.elapsed() > Duration::from_secs(60) {
+            if !wait.pause().await {
                 return Err(RunnerError::Journal(JournalError::Corrupt(
                     "the journal's read horizon did not pass its last events for a minute \
                      (is a transaction left open on the server?)"
                         .into(),
                 )));
             }
-            tokio::time::sleep(Duration::from_millis(5)).await;
         }
         if live.unpersisted() {
             self.commit_empty(&live).await?;
