@@ -1,5 +1,6 @@
-//! The worker handlers that append: create or reattach, requests, stop, heartbeat and reported
-//! events.
+//! The worker routes that append: create or reattach, requests, stop, heartbeat and reported
+//! events — each handler with its request and response types, and [`router`], where they are
+//! mounted.
 
 use aggregates::ids::{RequestId, WorkerId};
 use aggregates::worker::{Worker, WorkerCommand};
@@ -15,12 +16,122 @@ use crate::api::error::{ApiError, ErrorEnvelope};
 use crate::api::extract::{check_metadata, ApiJson, IdempotencyKey, PathId};
 use crate::api::schema::ApiId;
 use crate::app::App;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::helpers::{authorize_command, bounded, command_response};
-use super::types::{
-    CreateWorkerRequest, Data, HeartbeatRequest, ReportEventRequest, StopRequest,
-    WorkerCommandResponse, WorkerRequestEnvelope, WorkerRequestResult,
-};
+use super::types::{Data, WorkerCommandResponse};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateWorkerRequest {
+    /// Reattach to this worker, or create it; generated (`codexw_…`) when absent.
+    #[schema(value_type = Option<ApiId>)]
+    pub worker_id: Option<WorkerId>,
+    /// At most 1024 bytes (like `codex_home_ref` and `adapter`).
+    #[schema(max_length = 1024)]
+    pub workspace_ref: Option<String>,
+    #[schema(max_length = 1024)]
+    pub codex_home_ref: Option<String>,
+    /// Default `in_memory`.
+    #[schema(max_length = 1024)]
+    pub adapter: Option<String>,
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub metadata: Map<String, Value>,
+    /// Lease length in milliseconds (1000–3600000; default from configuration).
+    #[serde(default, deserialize_with = "aggregates::number::opt_whole_u64")]
+    #[schema(minimum = 1000, maximum = 3600000)]
+    pub lease_ttl_ms: Option<u64>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerRequestEnvelope {
+    pub request: WorkerRequestBody,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerRequestBody {
+    /// Idempotency key of the request per worker; generated when absent.
+    #[schema(value_type = Option<ApiId>)]
+    pub request_id: Option<RequestId>,
+    /// 1 to 128 bytes, not only whitespace.
+    #[schema(min_length = 1, max_length = 128, pattern = "\\S")]
+    pub method: String,
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub params: Value,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WorkerRequestResult {
+    pub worker_id: String,
+    pub request_id: String,
+    pub ok: bool,
+    #[schema(value_type = Object)]
+    pub response: Value,
+    /// Seq of the `worker.request.received` event (on a re-sent request, the original's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
+    pub idempotent_replay: bool,
+    #[serde(rename = "idempotentReplay")]
+    pub idempotent_replay_alias: bool,
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StopRequest {
+    /// Default `stop_requested`; at most 1024 bytes.
+    #[schema(max_length = 1024)]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HeartbeatRequest {
+    /// Lease length to extend to, in milliseconds (default: the lease the worker registered
+    /// or last reattached with). 1000–3600000.
+    #[serde(default, deserialize_with = "aggregates::number::opt_whole_u64")]
+    #[schema(minimum = 1000, maximum = 3600000)]
+    pub lease_ttl_ms: Option<u64>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReportEventRequest {
+    pub event: ReportedEvent,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReportedEvent {
+    /// `worker.*`: lifecycle types (`worker.started`, `worker.stopping`, `worker.stopped`,
+    /// `worker.failed`, `worker.heartbeat`) move the status; others are stream frames. At most
+    /// 128 bytes. `worker.registered`, `worker.reattached`, `worker.lost` and
+    /// `worker.request.received` are the runtime's own and are refused.
+    #[schema(max_length = 128, pattern = "^worker\\.")]
+    pub event_type: String,
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub payload: Map<String, Value>,
+}
+
+// Query values stay strings in Rust (the handlers answer a bad one with a precise
+// `invalid_request`); the document states the rules the handlers check.
+
+/// The command routes (and the list, which shares the create route's path).
+pub(super) fn router() -> OpenApiRouter<App> {
+    OpenApiRouter::new()
+        .routes(routes!(create, super::reads::list))
+        .routes(routes!(request))
+        .routes(routes!(stop))
+        .routes(routes!(heartbeat))
+        .routes(routes!(report_event))
+}
 
 /// Create a worker, or reattach to one (original contract).
 #[utoipa::path(post, path = "/internal/v1/codex/workers", operation_id = "create_worker", tag = "workers",

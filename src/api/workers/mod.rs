@@ -3,11 +3,11 @@
 //! Responses are wrapped in `{"data": …}` as the original's were.
 //!
 //! # Layout
-//! - this file: the routes;
-//! - `helpers.rs`: the checks every handler shares (ownership, bounded text);
-//! - `types.rs`: the request, response and query types (their schemas are in the document);
-//! - `commands.rs`: the handlers that append (create, requests, stop, heartbeat, events);
-//! - `reads.rs`: the handlers that read (list, snapshot, stream).
+//! - `commands.rs`: the routes that append (create, requests, stop, heartbeat, events): each
+//!   handler with its request and response types, and the routes they are mounted at;
+//! - `reads.rs`: the routes that read (list, snapshot, stream), likewise;
+//! - `types.rs`: the wrapper and views both answer with;
+//! - `helpers.rs`: the checks every handler shares (ownership, bounded text).
 
 mod commands;
 mod helpers;
@@ -15,25 +15,18 @@ mod reads;
 mod types;
 
 use utoipa_axum::router::OpenApiRouter;
-use utoipa_axum::routes;
 
 use crate::app::App;
 
-pub use types::{
-    CreateWorkerRequest, Data, HeartbeatRequest, ReportEventRequest, ReportedEvent, StatusFilter,
-    StopRequest, WorkerCommandResponse, WorkerListQuery, WorkerRequestBody, WorkerRequestEnvelope,
-    WorkerRequestResult, WorkerStreamQuery, WorkerView,
+pub use commands::{
+    CreateWorkerRequest, HeartbeatRequest, ReportEventRequest, ReportedEvent, StopRequest,
+    WorkerRequestBody, WorkerRequestEnvelope, WorkerRequestResult,
 };
+pub use reads::{StatusFilter, WorkerListQuery, WorkerStreamQuery};
+pub use types::{Data, WorkerCommandResponse, WorkerView};
 
 /// The worker routes, each mounted at the path of its handler's `#[utoipa::path]` (which also
-/// puts it in the OpenAPI document).
+/// puts it in the OpenAPI document). Each handler file declares its own routes.
 pub fn router() -> OpenApiRouter<App> {
-    OpenApiRouter::new()
-        .routes(routes!(commands::create, reads::list))
-        .routes(routes!(reads::snapshot))
-        .routes(routes!(commands::request))
-        .routes(routes!(reads::stream))
-        .routes(routes!(commands::stop))
-        .routes(routes!(commands::heartbeat))
-        .routes(routes!(commands::report_event))
+    commands::router().merge(reads::router())
 }

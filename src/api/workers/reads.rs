@@ -1,4 +1,6 @@
-//! The worker handlers that read: the caller's list, a worker's snapshot and its event stream.
+//! The worker routes that read: the caller's list, a worker's snapshot and its event stream —
+//! each handler with its query types, and [`router`], where they are mounted (the list shares
+//! its path with worker creation and is mounted there).
 
 use aggregates::ids::WorkerId;
 use aggregates::worker::{Worker, WorkerStatus};
@@ -15,9 +17,65 @@ use crate::api::extract::{ApiQuery, PathId};
 use crate::api::schema::ApiId;
 use crate::api::stream::{resolve_start, sse, Batch, PAGE_EVENTS};
 use crate::app::App;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::helpers::{authorize, MAX_LIST};
-use super::types::{Data, WorkerListQuery, WorkerStreamQuery, WorkerView};
+use super::types::{Data, WorkerView};
+use serde::Deserialize;
+use utoipa::{IntoParams, ToSchema};
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct WorkerStreamQuery {
+    /// Resume after this seq (same as `Last-Event-ID`; both must agree when both are sent).
+    #[param(value_type = Option<u64>)]
+    pub cursor: Option<String>,
+    /// How long to keep the stream open waiting for events, in milliseconds (at most the
+    /// server's configured maximum, written into the served document).
+    #[param(value_type = Option<u64>, minimum = 1)]
+    pub tail_ms: Option<String>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct WorkerListQuery {
+    /// Only workers in this status (empty: any).
+    #[param(value_type = Option<StatusFilter>)]
+    pub status: Option<String>,
+    /// Only workers with this workspace.
+    pub workspace_ref: Option<String>,
+    /// At most this many (1–200, default 50), most recently registered first.
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 200)]
+    pub limit: Option<String>,
+}
+
+/// The schema of the list's `status` filter: a [`WorkerStatus`] or empty (any), from
+/// `WorkerStatus::ALL`.
+pub struct StatusFilter;
+
+impl utoipa::PartialSchema for StatusFilter {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        let values = std::iter::once("").chain(WorkerStatus::ALL.iter().map(|s| s.as_str()));
+        utoipa::openapi::schema::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .enum_values(Some(values))
+            .into()
+    }
+}
+
+impl ToSchema for StatusFilter {
+    fn name() -> std::borrow::Cow<'static, str> {
+        std::borrow::Cow::Borrowed("WorkerStatusFilter")
+    }
+}
+
+/// The read routes (the list is mounted with worker creation, on the same path).
+pub(super) fn router() -> OpenApiRouter<App> {
+    OpenApiRouter::new()
+        .routes(routes!(snapshot))
+        .routes(routes!(stream))
+}
 
 /// The caller's workers (original contract's list).
 #[utoipa::path(get, path = "/internal/v1/codex/workers", operation_id = "list_workers", tag = "workers", params(WorkerListQuery),
