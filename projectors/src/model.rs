@@ -2,11 +2,12 @@
 //! types shared by all of them (owners, the `runtime_source` block, projected events).
 //!
 //! A projection is pure: given the document as it stood (or none) and one journal event, it
-//! returns the document after the event, or `None` when the event does not change it. The runner
-//! (`runner.rs`) does all I/O: it reads the journal in commit order, loads the documents a batch
-//! touches, folds the batch through [`Projection::apply`] and writes documents, watermarks, stream
-//! rows and the checkpoint in one transaction. Because `apply` never reads the wall clock (the
-//! projection time is the event's recorded time), the same journal always gives the same bytes.
+//! returns the document after the event, or `None` when the event does not change it. The
+//! [runner](crate::runner) does all I/O: it reads the journal in commit order, loads the documents
+//! a batch touches, folds the batch through [`Projection::apply`] and writes documents,
+//! watermarks, stream rows and the checkpoint in one transaction. Because `apply` never reads the
+//! wall clock (the projection time is the event's recorded time), the same journal always gives
+//! the same bytes.
 
 use aggregates::Timestamp;
 use cqrs_es::persist::SerializedEvent;

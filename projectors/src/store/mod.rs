@@ -11,7 +11,7 @@
 //! Reads for the gateway ([`SyncStore::read_stream`], [`SyncStore::hydrate`]) see one snapshot:
 //! the topic's floor and head together with its rows or documents.
 //!
-//! The SQL is written once (`sql.rs`), generic over a dialect (`dialect.rs`) that spells the few
+//! The SQL is written once (`sql/`), generic over a dialect (`dialect.rs`) that spells the few
 //! differences between PostgreSQL and SQLite.
 
 mod dialect;

@@ -20,9 +20,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::executor::{spawn_app, test_config};
 
-const OPS: &str = "ops-token";
+pub(super) const OPS: &str = "ops-token";
 
-async fn serve(app: Router, shutdown: &CancellationToken) -> String {
+pub(super) async fn serve(app: Router, shutdown: &CancellationToken) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let token = shutdown.clone();
@@ -46,12 +46,12 @@ async fn upstream(shutdown: &CancellationToken) -> String {
     .await
 }
 
-struct Gateway {
-    base: String,
-    gateway: Arc<L402Gateway>,
+pub(super) struct Gateway {
+    pub(super) base: String,
+    pub(super) gateway: Arc<L402Gateway>,
 }
 
-async fn start_gateway(fake: &FakeLnd, shutdown: &CancellationToken) -> Gateway {
+pub(super) async fn start_gateway(fake: &FakeLnd, shutdown: &CancellationToken) -> Gateway {
     let node = Arc::new(LndNode::connect(&fake.config()).await.unwrap());
     let gateway = L402Gateway::new(
         node,
@@ -68,7 +68,7 @@ async fn start_gateway(fake: &FakeLnd, shutdown: &CancellationToken) -> Gateway 
     Gateway { base, gateway }
 }
 
-fn paywalls(upstream: &str, path: &str, price: i64) -> Value {
+pub(super) fn paywalls(upstream: &str, path: &str, price: i64) -> Value {
     json!({ "paywalls": [{
         "paywallId": "pw_premium", "ownerId": "owner_1", "name": "Premium", "status": "active",
         "policy": { "pricingMode": "fixed", "fixedAmountMsats": price, "killSwitch": false },

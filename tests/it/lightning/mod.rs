@@ -5,6 +5,7 @@ mod answers;
 mod audit_secrets;
 mod executor;
 mod l402;
+mod l402_proxy;
 mod lease;
 mod outcomes;
 mod read_model;

@@ -1,0 +1,265 @@
+//! Delivery: one update batch per reserved queue slot, fair across the channel's topics, each
+//! topic pulled from its tailer's memory when that covers the cursor, else replayed from the
+//! source; a topic whose cursor fell below what replay can serve is dropped as stale.
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+
+use super::{Channel, End, Session, TopicSub};
+use crate::connection::{close_code, Outbound};
+use crate::gateway::Gateway;
+use crate::hub::{PreparedRow, Pulled};
+use crate::protocol::{
+    event, ErrorCode, FrameKind, KhalaFrame, StaleReason, StaleTopic, SyncError, TopicWatermark,
+    CHANNEL_TOPIC,
+};
+use crate::source::{OwnerFilter, SourceError};
+
+/// Why pulling a topic failed.
+enum PullError {
+    Stale(StaleTopic),
+    Source(SourceError),
+}
+
+impl Session {
+    /// Builds and queues one batch (fair across topics), using the reserved queue slot.
+    pub(super) async fn deliver(&mut self, permit: mpsc::OwnedPermit<Outbound>) -> Result<(), End> {
+        let gateway = self.gateway.clone();
+        let config = gateway.config();
+        let filter = self.filter.clone();
+        let Some(ch) = self.channel.as_mut() else {
+            return Ok(());
+        };
+        let count = ch.topics.len();
+        let mut order: Vec<usize> = (0..count)
+            .map(|i| (ch.rr + i) % count.max(1))
+            .filter(|&i| ch.topics[i].pending())
+            .collect();
+        if ch.khala_frame {
+            order.truncate(1);
+        }
+        let limit = ch.batch_size.max(1);
+        let quota = limit.div_ceil(order.len().max(1));
+        let max_bytes = config.max_batch_bytes.saturating_sub(512 + 96 * count);
+        let mut batch: Vec<Arc<PreparedRow>> = Vec::new();
+        let mut bytes = 0usize;
+        let mut stale: Vec<(usize, StaleTopic)> = Vec::new();
+        let mut source_failed = false;
+        for &i in &order {
+            if batch.len() >= limit || bytes >= max_bytes {
+                break;
+            }
+            let want = quota.min(limit - batch.len());
+            let sub = &mut ch.topics[i];
+            match pull(&gateway, &*sub, &filter, want, config.max_update_bytes).await {
+                Ok((rows, all_cursor)) => {
+                    let mut taken = 0;
+                    for row in &rows {
+                        if !batch.is_empty() && bytes + row.json.len() + 1 > max_bytes {
+                            break;
+                        }
+                        bytes += row.json.len() + 1;
+                        batch.push(row.clone());
+                        taken += 1;
+                    }
+                    sub.cursor = if taken == rows.len() {
+                        all_cursor.max(sub.cursor)
+                    } else if taken > 0 {
+                        rows[taken - 1].watermark
+                    } else {
+                        sub.cursor
+                    };
+                }
+                Err(PullError::Stale(topic)) => stale.push((i, topic)),
+                Err(PullError::Source(e)) => {
+                    tracing::error!(error.message = %e, error.cause_chain = ?e, "sync source failed during delivery");
+                    source_failed = true;
+                    break;
+                }
+            }
+        }
+        if source_failed {
+            drop(permit);
+            let error = SyncError::new(
+                ErrorCode::Internal,
+                "sync source unavailable; reconnect with backoff",
+            );
+            self.push_error(&error, None).await?;
+            return Err(End::Close(close_code::INTERNAL, "sync source unavailable"));
+        }
+        let ch = self.channel.as_mut().expect("checked above");
+        if count > 0 {
+            ch.rr = (ch.rr + 1) % count;
+        }
+        let replay_complete = ch.replay_complete();
+        let mut sent_rows = 0;
+        if !batch.is_empty() || (ch.replay_pending && replay_complete) {
+            let topic = order.first().map(|&i| ch.topics[i].topic.clone());
+            let text = batch_text(ch, &batch, replay_complete, topic.as_deref());
+            if replay_complete {
+                ch.replay_pending = false;
+            }
+            sent_rows = batch.len();
+            permit.send(self.queued.text(text));
+        } else {
+            drop(permit);
+        }
+        if sent_rows > 0 {
+            let stats = self.gateway.stats();
+            stats
+                .batches_sent
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            stats
+                .updates_sent
+                .fetch_add(sent_rows as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+        if !stale.is_empty() {
+            // The cursor fell out of what replay can serve mid-stream: drop those topics; the
+            // client re-hydrates and subscribes again.
+            let indices: Vec<usize> = stale.iter().map(|(i, _)| *i).collect();
+            let topics: Vec<StaleTopic> = stale.into_iter().map(|(_, t)| t).collect();
+            if let Some(ch) = self.channel.as_mut() {
+                let mut index = 0;
+                ch.topics.retain(|_| {
+                    let keep = !indices.contains(&index);
+                    index += 1;
+                    keep
+                });
+                ch.rr = 0;
+            }
+            let first = topics.first().map(|t| t.topic.clone());
+            self.push_error(&SyncError::stale_cursor(&topics), first.as_deref())
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+/// Rows of `sub` after its cursor (from memory when it covers the cursor, else from the
+/// source) and the cursor to move to if all are delivered.
+async fn pull(
+    gateway: &Gateway,
+    sub: &TopicSub,
+    filter: &OwnerFilter,
+    limit: usize,
+    max_update_bytes: usize,
+) -> Result<(Vec<Arc<PreparedRow>>, u64), PullError> {
+    let tailer = sub.handle.tailer();
+    if let Pulled::Rows { rows, cursor } = tailer.pull(sub.handle.feed(), sub.cursor, limit) {
+        if !rows.is_empty() || cursor >= sub.target {
+            return Ok((rows, cursor));
+        }
+    }
+    // Replay from the source. Rows up to the tail (read by the tailer) and up to the target
+    // (the head when the replay started) are visible, so a short read covers them.
+    let visible = tailer.tail().max(sub.target);
+    let source = gateway.source();
+    let stale = |state: &crate::source::TopicState| {
+        let budget = gateway
+            .config()
+            .policy(&sub.topic)
+            .map_or(u64::MAX, |p| p.replay_budget);
+        PullError::Stale(StaleTopic {
+            topic: sub.topic.clone(),
+            reason: if sub.cursor < state.epoch_start {
+                StaleReason::EpochChanged
+            } else {
+                StaleReason::RetentionFloorBreach
+            },
+            resume_after: sub.cursor,
+            retention_floor: state.retention_floor,
+            head_watermark: state.head_watermark,
+            replay_budget_events: budget,
+        })
+    };
+    let rows = match source
+        .read_stream(&sub.topic, sub.cursor, limit, filter)
+        .await
+    {
+        Ok(rows) => rows,
+        Err(SourceError::Stale { state }) => return Err(stale(&state)),
+        Err(e) => return Err(PullError::Source(e)),
+    };
+    // For sources that do not check the floor in the read's snapshot: rows after the cursor
+    // may have been pruned (or dropped by a rebuild) during the read.
+    let state = source
+        .topic_states(&[sub.topic.as_str()])
+        .await
+        .map_err(PullError::Source)?
+        .pop()
+        .unwrap_or_default();
+    if state.retention_floor > sub.cursor {
+        return Err(stale(&state));
+    }
+    let last = rows.last().map_or(sub.cursor, |r| r.watermark);
+    let cursor = if rows.len() >= limit {
+        last
+    } else {
+        last.max(visible)
+    };
+    let prepared = rows
+        .iter()
+        .map(|row| PreparedRow::prepare(row, max_update_bytes))
+        .collect();
+    Ok((prepared, cursor))
+}
+
+/// The frame text of an update batch (rows' JSON spliced in, serialized once upstream).
+fn batch_text(
+    ch: &Channel,
+    rows: &[Arc<PreparedRow>],
+    replay_complete: bool,
+    topic: Option<&str>,
+) -> String {
+    let size: usize = rows.iter().map(|r| r.json.len() + 1).sum();
+    let mut payload = String::with_capacity(size + 128 + 64 * ch.topics.len());
+    payload.push_str("{\"updates\":[");
+    for (i, row) in rows.iter().enumerate() {
+        if i > 0 {
+            payload.push(',');
+        }
+        payload.push_str(&row.json);
+    }
+    payload.push_str("],\"replay_complete\":");
+    payload.push_str(if replay_complete { "true" } else { "false" });
+    payload.push_str(",\"head_watermarks\":");
+    let heads: Vec<TopicWatermark> = if ch.khala_frame {
+        ch.heads()
+            .into_iter()
+            .filter(|h| Some(h.topic.as_str()) == topic)
+            .collect()
+    } else {
+        ch.heads()
+    };
+    payload.push_str(&serde_json::to_string(&heads).expect("watermarks serialize"));
+    payload.push('}');
+    let join_ref = serde_json::to_string(&ch.join_ref).expect("refs serialize");
+    if ch.khala_frame {
+        let seq = rows
+            .last()
+            .map_or_else(|| heads.first().map_or(0, |h| h.watermark), |r| r.watermark);
+        let frame = KhalaFrame::new(
+            topic.unwrap_or(""),
+            seq,
+            FrameKind::UpdateBatch,
+            payload.as_bytes(),
+        );
+        let frame = serde_json::to_string(&frame).expect("frames serialize");
+        return format!(
+            "[{join_ref},null,\"{CHANNEL_TOPIC}\",\"{}\",{frame}]",
+            event::SYNC_FRAME
+        );
+    }
+    let mut text = String::with_capacity(payload.len() + 64);
+    text.push('[');
+    text.push_str(&join_ref);
+    text.push_str(",null,\"");
+    text.push_str(CHANNEL_TOPIC);
+    text.push_str("\",\"");
+    text.push_str(event::UPDATE_BATCH);
+    text.push_str("\",");
+    text.push_str(&payload);
+    text.push(']');
+    text
+}
