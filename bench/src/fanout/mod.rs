@@ -18,10 +18,12 @@
 //! - [`pipeline`]: the `serve` child, the HTTP commit driver, its clients and measurements.
 //! - [`server`]: the helper child: baseline broadcaster, in-memory gateway, RSS probe.
 //! - [`load`]: the baseline's and the in-memory mode's clients, and the replay client.
+//! - [`stages`]: the `serve` child's stage histograms over a run (where the milliseconds go).
 
 mod load;
 mod pipeline;
 mod server;
+mod stages;
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -267,7 +269,10 @@ async fn run_pipeline(args: FanoutArgs) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let rss_after = runtime.rss()?;
         let idle = (rss_after.saturating_sub(rss_before)) as f64 / connections as f64;
+        let metrics_http = reqwest::Client::new();
+        let stages_before = stages::Scrape::fetch(&metrics_http, &runtime.base).await?;
         let report = pipeline::measure(driver, clients, rate, clock).await?;
+        let stages_after = stages::Scrape::fetch(&metrics_http, &runtime.base).await?;
         runtime.stop().await;
         if report.sample_update.is_some() {
             template.clone_from(&report.sample_update);
@@ -297,6 +302,12 @@ async fn run_pipeline(args: FanoutArgs) -> anyhow::Result<()> {
             idle_bytes_per_connection: idle,
         };
         print_result(&result);
+        stages::print(
+            &stages_before,
+            &stages_after,
+            &result.khala,
+            result.baseline.as_ref(),
+        );
         results.push(result);
         println!(
             "          pipeline | {} commits in {:.1} s ({:.0}/s offered {rate}/s), command 2xx p50 {:.1} ms p99 {:.1} ms; \
