@@ -229,6 +229,11 @@ const STAGES: &[(&str, &str, LabelFilter)] = &[
         None,
     ),
     (
+        "  of which the session's pull + frame build*",
+        "runtime_sync_deliver_seconds",
+        None,
+    ),
+    (
         "queued -> flushed to the socket*",
         "runtime_sync_queue_to_socket_seconds",
         None,
@@ -252,7 +257,7 @@ pub(crate) fn print(
     khala: &LoadReport,
     baseline: Option<&LoadReport>,
 ) {
-    let ms = |s: Option<f64>| s.map_or_else(|| "-".to_owned(), |s| format!("{:.2}", s * 1000.0));
+    let ms = |s: Option<f64>| s.map_or_else(|| "-".to_owned(), |s| format!("{:.3}", s * 1000.0));
     println!(
         "          stages (serve child's /metrics over the measured run; p50/p99 interpolated in \
          the buckets; * = sampled sessions):"

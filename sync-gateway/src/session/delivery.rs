@@ -26,6 +26,7 @@ enum PullError {
 impl Session {
     /// Builds and queues one batch (fair across topics), using the reserved queue slot.
     pub(super) async fn deliver(&mut self, permit: mpsc::OwnedPermit<Outbound>) -> Result<(), End> {
+        let started = Instant::now();
         let gateway = self.gateway.clone();
         let config = gateway.config();
         let filter = self.filter.clone();
@@ -102,7 +103,7 @@ impl Session {
                 ch.replay_pending = false;
             }
             sent_rows = batch.len();
-            let stamp = self.stage_stamp(&batch);
+            let stamp = self.stage_stamp(&batch, started);
             permit.send(self.queued.stamped(text, stamp));
         } else {
             drop(permit);
@@ -144,8 +145,9 @@ const STAGE_SAMPLE: u64 = 8;
 
 impl Session {
     /// For a sampled session, records the tailer read → queued time of the batch's oldest live
-    /// row and returns the stamp the writer finishes.
-    fn stage_stamp(&self, batch: &[Arc<PreparedRow>]) -> Option<Stamp> {
+    /// row and the delivery's own time (pull and frame build, from `started`), and returns the
+    /// stamp the writer finishes.
+    fn stage_stamp(&self, batch: &[Arc<PreparedRow>], started: Instant) -> Option<Stamp> {
         if self.id % STAGE_SAMPLE != 0 {
             return None;
         }
@@ -153,6 +155,8 @@ impl Session {
         let queued_at = Instant::now();
         metrics::histogram!("runtime_sync_tail_to_queue_seconds")
             .record(queued_at.saturating_duration_since(read_at).as_secs_f64());
+        metrics::histogram!("runtime_sync_deliver_seconds")
+            .record(queued_at.saturating_duration_since(started).as_secs_f64());
         Some(Stamp { read_at, queued_at })
     }
 }
