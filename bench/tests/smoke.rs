@@ -39,6 +39,24 @@ fn bench_fanout_delivers_every_commit_through_the_real_pipeline() {
         stdout.contains("duplicates 0, foreign 0"),
         "no update twice and none unexpected: {stdout}"
     );
+    // The serve child's stage timings cover the run: the stamps cross from the projector to
+    // the tailer and from the tailer to the sockets.
+    for stage in [
+        "projector batch (read + fold + commit)",
+        "store commit -> tailer holds the rows",
+        "tailer -> flushed to the socket*",
+    ] {
+        let line = stdout
+            .lines()
+            .find(|l| l.trim_start().starts_with(stage))
+            .unwrap_or_else(|| panic!("no stage line {stage:?}: {stdout}"));
+        let count: f64 = line[line.find(stage).unwrap() + stage.len()..]
+            .split_whitespace()
+            .next()
+            .and_then(|c| c.parse().ok())
+            .unwrap_or_else(|| panic!("no count in {line:?}"));
+        assert!(count > 0.0, "stage {stage:?} recorded nothing: {stdout}");
+    }
     let replay = stdout
         .lines()
         .find(|l| l.starts_with("replay catch-up"))

@@ -7,9 +7,12 @@
 //! serialise every commit on the notification queue lock), and republishes other processes'
 //! notices locally. Notifications are only wake-ups: every consumer re-reads the journal, so a
 //! lost notice costs latency (bounded by the consumers' fallback polls), never correctness.
+//! [`CommitStamps`] carries stream commits' times from projectors to the gateway's tailer for
+//! the live path's stage timings (`docs/operations.md`).
 
-use std::sync::Mutex;
-use std::time::Duration;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use sqlx::postgres::PgListener;
@@ -329,9 +332,90 @@ pub async fn run_pg_relay(
     run_listen_notify(pool, notifier, shutdown).await;
 }
 
+/// Stage timings of the live path, commit → socket (instrumentation only: nothing reads these
+/// for correctness). A projector records when it committed a topic's stream rows; the reader
+/// of that topic in the same process (the gateway's tailer) takes the stamps of the rows it has
+/// read and times commit → read. Bounded per topic, so a process that projects a topic nobody
+/// reads keeps only the newest stamps.
+pub struct CommitStamps {
+    /// Per topic: `(first watermark of a batch, when it committed)`, oldest first.
+    topics: Mutex<HashMap<String, VecDeque<(u64, Instant)>>>,
+}
+
+/// Stamps kept per topic at most.
+const COMMIT_STAMPS_PER_TOPIC: usize = 1_024;
+
+impl CommitStamps {
+    /// The process-wide stamps.
+    pub fn global() -> &'static CommitStamps {
+        static STAMPS: OnceLock<CommitStamps> = OnceLock::new();
+        STAMPS.get_or_init(|| CommitStamps {
+            topics: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Rows from `first` on were committed on `topic` just now.
+    pub fn committed(&self, topic: &str, first: u64) {
+        let now = Instant::now();
+        // std Mutex: held for a push, never across an await.
+        let mut topics = self.topics.lock().expect("commit stamps lock poisoned");
+        let stamps = match topics.get_mut(topic) {
+            Some(stamps) => stamps,
+            None => topics.entry(topic.to_owned()).or_default(),
+        };
+        if stamps.len() >= COMMIT_STAMPS_PER_TOPIC {
+            stamps.pop_front();
+        }
+        stamps.push_back((first, now));
+    }
+
+    /// Takes the commit times of the batches on `topic` whose first row is at or below
+    /// `through` (the reader now holds them), oldest first.
+    pub fn read_through(&self, topic: &str, through: u64) -> Vec<Instant> {
+        let mut topics = self.topics.lock().expect("commit stamps lock poisoned");
+        let Some(stamps) = topics.get_mut(topic) else {
+            return Vec::new();
+        };
+        let mut taken = Vec::new();
+        while let Some(&(first, at)) = stamps.front() {
+            if first > through {
+                break;
+            }
+            stamps.pop_front();
+            taken.push(at);
+        }
+        taken
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reader_takes_the_commit_stamps_of_the_rows_it_read_and_no_later_ones() {
+        let stamps = CommitStamps::global();
+        let topic = "test.commit_stamps";
+        stamps.committed(topic, 1);
+        stamps.committed(topic, 3);
+        stamps.committed(topic, 6);
+        assert!(stamps.read_through("test.unknown", 10).is_empty());
+        assert_eq!(
+            stamps.read_through(topic, 4).len(),
+            2,
+            "batches from 1 and 3"
+        );
+        assert!(stamps.read_through(topic, 4).is_empty(), "taken once");
+        assert_eq!(stamps.read_through(topic, 6).len(), 1);
+        for first in 0..(COMMIT_STAMPS_PER_TOPIC as u64 + 5) {
+            stamps.committed(topic, 100 + first);
+        }
+        assert_eq!(
+            stamps.read_through(topic, u64::MAX).len(),
+            COMMIT_STAMPS_PER_TOPIC,
+            "bounded when nobody reads"
+        );
+    }
 
     #[test]
     fn publishes_locally_and_queues_for_peers() {

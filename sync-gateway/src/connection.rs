@@ -8,6 +8,7 @@
 use std::fmt::Display;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
 use futures::{Sink, SinkExt};
@@ -45,8 +46,13 @@ impl QueuedBytes {
 
     /// Accounts for a frame about to be queued and returns it.
     pub fn text(&self, text: String) -> Outbound {
+        self.stamped(text, None)
+    }
+
+    /// [`QueuedBytes::text`] for an update batch timed by the stage histograms.
+    pub fn stamped(&self, text: String, stamp: Option<Stamp>) -> Outbound {
         self.bytes.fetch_add(text.len(), Ordering::AcqRel);
-        Outbound::Text(text.into())
+        Outbound::Text(text.into(), stamp)
     }
 
     fn written(&self, len: usize) {
@@ -57,10 +63,19 @@ impl QueuedBytes {
     }
 }
 
+/// A sampled update batch's stage times: when the tailer read its oldest row, and when the
+/// session queued it. The writer records read → socket and queued → socket after the flush.
+#[derive(Clone, Copy, Debug)]
+pub struct Stamp {
+    pub read_at: Instant,
+    pub queued_at: Instant,
+}
+
 /// What the writer sends.
 #[derive(Debug)]
 pub enum Outbound {
-    Text(Utf8Bytes),
+    /// A text frame, with stage times when sampled.
+    Text(Utf8Bytes, Option<Stamp>),
     /// Sends a Close frame and ends the writer.
     Close(u16, &'static str),
 }
@@ -127,9 +142,15 @@ where
         };
         let mut next = Some(first);
         let mut fed = 0;
+        let mut started: Option<Instant> = None;
+        let mut stamps: Vec<Stamp> = Vec::new();
         while let Some(out) = next.take() {
             match out {
-                Outbound::Text(text) => {
+                Outbound::Text(text, stamp) => {
+                    if let Some(stamp) = stamp {
+                        started.get_or_insert_with(Instant::now);
+                        stamps.push(stamp);
+                    }
                     let len = text.len();
                     sink.feed(Message::Text(text))
                         .await
@@ -152,5 +173,22 @@ where
             }
         }
         sink.flush().await.map_err(|e| e.to_string())?;
+        if let Some(started) = started {
+            record_written(started, &stamps);
+        }
+    }
+}
+
+/// Stage timings of a burst that held sampled update batches, once flushed: the write itself
+/// (feed to flush), and each batch's tailer read → socket and session queue → socket.
+fn record_written(started: Instant, stamps: &[Stamp]) {
+    let now = Instant::now();
+    metrics::histogram!("runtime_sync_socket_write_seconds")
+        .record(now.duration_since(started).as_secs_f64());
+    let to_socket = metrics::histogram!("runtime_sync_tail_to_socket_seconds");
+    let queue = metrics::histogram!("runtime_sync_queue_to_socket_seconds");
+    for stamp in stamps {
+        to_socket.record(now.saturating_duration_since(stamp.read_at).as_secs_f64());
+        queue.record(now.saturating_duration_since(stamp.queued_at).as_secs_f64());
     }
 }

@@ -18,10 +18,14 @@
 //! - [`pipeline`]: the `serve` child, the HTTP commit driver, its clients and measurements.
 //! - [`server`]: the helper child: baseline broadcaster, in-memory gateway, RSS probe.
 //! - [`load`]: the baseline's and the in-memory mode's clients, and the replay client.
+//! - [`report`]: the printed lines and the `--plot` SVG.
+//! - [`stages`]: the `serve` child's stage histograms over a run (where the milliseconds go).
 
 mod load;
 mod pipeline;
+mod report;
 mod server;
+mod stages;
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -32,6 +36,7 @@ use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use anyhow::{bail, Context as _};
 
 pub use load::LoadReport;
+use report::{humantime, print_replay, print_result, write_plot, RunResult};
 use sync_gateway::config::parse_duration;
 
 /// Set in the child's environment.
@@ -180,24 +185,6 @@ impl ServerProcess {
     }
 }
 
-/// One connection count's results.
-#[derive(Debug)]
-struct RunResult {
-    connections: usize,
-    rate: u64,
-    khala: LoadReport,
-    baseline: Option<LoadReport>,
-    idle_bytes_per_connection: f64,
-}
-
-fn fmt_rate(x: f64) -> String {
-    if x >= 1000.0 {
-        format!("{:.1}k", x / 1000.0)
-    } else {
-        format!("{x:.0}")
-    }
-}
-
 /// Runs the benchmark and prints the report.
 ///
 /// # Errors
@@ -267,7 +254,10 @@ async fn run_pipeline(args: FanoutArgs) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let rss_after = runtime.rss()?;
         let idle = (rss_after.saturating_sub(rss_before)) as f64 / connections as f64;
+        let metrics_http = reqwest::Client::new();
+        let stages_before = stages::Scrape::fetch(&metrics_http, &runtime.base).await?;
         let report = pipeline::measure(driver, clients, rate, clock).await?;
+        let stages_after = stages::Scrape::fetch(&metrics_http, &runtime.base).await?;
         runtime.stop().await;
         if report.sample_update.is_some() {
             template.clone_from(&report.sample_update);
@@ -297,6 +287,12 @@ async fn run_pipeline(args: FanoutArgs) -> anyhow::Result<()> {
             idle_bytes_per_connection: idle,
         };
         print_result(&result);
+        stages::print(
+            &stages_before,
+            &stages_after,
+            &result.khala,
+            result.baseline.as_ref(),
+        );
         results.push(result);
         println!(
             "          pipeline | {} commits in {:.1} s ({:.0}/s offered {rate}/s), command 2xx p50 {:.1} ms p99 {:.1} ms; \
@@ -369,27 +365,6 @@ async fn run_pipeline(args: FanoutArgs) -> anyhow::Result<()> {
         print_replay(rows, args.replay_batch_size, &khala, baseline.as_ref());
     }
     Ok(())
-}
-
-fn print_replay(
-    rows: u64,
-    batch: u64,
-    khala: &load::ReplayReport,
-    baseline: Option<&load::ReplayReport>,
-) {
-    println!(
-        "replay catch-up, one client, {rows} rows, batch {batch}: khala {}/s ({:.2} s){}",
-        fmt_rate(khala.rate),
-        khala.seconds,
-        baseline
-            .map(|b| format!(
-                "; raw baseline {}/s ({:.2} s); ratio {:.2}",
-                fmt_rate(b.rate),
-                b.seconds,
-                khala.rate / b.rate
-            ))
-            .unwrap_or_default()
-    );
 }
 
 /// The gateway alone over the in-memory source (see the module docs).
@@ -478,100 +453,6 @@ async fn run_memory(args: FanoutArgs) -> anyhow::Result<()> {
         server.quit().await;
     }
     Ok(())
-}
-
-/// `--plot`: deliveries/s, p99 and memory per idle connection over the connection counts.
-fn write_plot(args: &FanoutArgs, source: &str, results: &[RunResult]) -> anyhow::Result<()> {
-    use crate::plot::{self, Panel, Series};
-    let Some(path) = &args.plot else {
-        return Ok(());
-    };
-    let series = |name: &str, f: &dyn Fn(&RunResult) -> Option<f64>| Series {
-        name: name.into(),
-        points: results
-            .iter()
-            .filter_map(|r| f(r).map(|y| (r.connections as f64, y)))
-            .collect(),
-    };
-    let panel = |title: &str, y: &str, series: Vec<Series>| Panel {
-        title: title.into(),
-        x_label: "connections".into(),
-        y_label: y.into(),
-        log_x: false,
-        series,
-    };
-    let rates: Vec<String> = results.iter().map(|r| r.rate.to_string()).collect();
-    let counts: Vec<String> = results.iter().map(|r| r.connections.to_string()).collect();
-    let svg = plot::render(
-        &format!("bench fanout ({source}): Khala vs a bare WebSocket broadcast"),
-        &format!(
-            "openagents-bench fanout --connections {} --rate {} --duration {}",
-            counts.join(","),
-            rates.join(","),
-            humantime(args.duration).replace(' ', "")
-        ),
-        &[
-            panel(
-                "deliveries/s",
-                "updates delivered per second",
-                vec![
-                    series("Khala", &|r| Some(r.khala.deliveries_per_sec)),
-                    series("raw broadcast", &|r| {
-                        r.baseline.as_ref().map(|b| b.deliveries_per_sec)
-                    }),
-                ],
-            ),
-            panel(
-                "p99 commit → client",
-                "ms",
-                vec![
-                    series("Khala", &|r| Some(r.khala.p99_ms)),
-                    series("raw broadcast", &|r| r.baseline.as_ref().map(|b| b.p99_ms)),
-                ],
-            ),
-            panel(
-                "memory per idle connection",
-                "KiB (server RSS growth / connections)",
-                vec![series("Khala", &|r| {
-                    Some(r.idle_bytes_per_connection / 1024.0)
-                })],
-            ),
-        ],
-    );
-    plot::write(path, &svg)
-}
-
-fn humantime(d: Duration) -> String {
-    format!("{:.1} s", d.as_secs_f64())
-}
-
-fn print_result(r: &RunResult) {
-    let k = &r.khala;
-    println!(
-        "N={:>5} rate={:>4}/s | khala: {}/{} delivered, {}/s, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms | idle {:.1} KiB/conn",
-        r.connections,
-        r.rate,
-        k.delivered,
-        k.expected,
-        fmt_rate(k.deliveries_per_sec),
-        k.p50_ms,
-        k.p99_ms,
-        k.max_ms,
-        r.idle_bytes_per_connection / 1024.0
-    );
-    if let Some(b) = &r.baseline {
-        println!(
-            "          baseline | raw:   {}/{} delivered, {}/s, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms | khala/raw throughput {:.2}, p99 {:.2}x",
-            b.delivered,
-            b.expected,
-            fmt_rate(b.deliveries_per_sec),
-            b.p50_ms,
-            b.p99_ms,
-            b.max_ms,
-            k.deliveries_per_sec / b.deliveries_per_sec.max(1.0),
-            k.p99_ms / b.p99_ms.max(0.001)
-        );
-    }
 }
 
 /// Raises the soft open-files limit to the hard limit (thousands of sockets per process).

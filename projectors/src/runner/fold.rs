@@ -17,8 +17,9 @@ use crate::store::{DocRow, DocWrite, NewRow, StoreError, Target};
 pub(super) struct Folded {
     pub(super) rows: Vec<NewRow>,
     pub(super) docs: Vec<DocWrite>,
-    /// Recorded times of the relevant events, for the lag histogram.
-    pub(super) recorded_ms: Vec<i64>,
+    /// Recorded times (Unix microseconds) of the events that changed a document, for the
+    /// pickup and lag histograms.
+    pub(super) recorded_us: Vec<i64>,
 }
 
 pub(super) fn serialize_doc<P: Projection>(doc: &P::Doc) -> Result<(String, String), RunnerError> {
@@ -103,7 +104,7 @@ impl<P: Projection> Runner<P> {
             }
         }
         let mut rows = Vec::new();
-        let mut recorded_ms = Vec::new();
+        let mut recorded_us = Vec::new();
         // Documents in the order they first changed in this batch.
         let mut order: Vec<String> = Vec::new();
         let mut touched = std::collections::HashSet::new();
@@ -132,7 +133,7 @@ impl<P: Projection> Runner<P> {
                 continue;
             }
             let version = prior_version + 1;
-            recorded_ms.push(at.unix_micros() / 1000);
+            recorded_us.push(at.unix_micros());
             let last_row = if target == Target::Live {
                 let (payload, payload_hash) = serialize_doc::<P>(&doc)?;
                 rows.push(NewRow {
@@ -177,7 +178,7 @@ impl<P: Projection> Runner<P> {
         Ok(Folded {
             rows,
             docs,
-            recorded_ms,
+            recorded_us,
         })
     }
 }

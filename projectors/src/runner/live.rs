@@ -5,11 +5,19 @@
 use std::time::Instant;
 
 use engine::journal::GlobalCursor;
+use engine::notify::CommitStamps;
 use engine::Journal;
 
 use super::{now_ms, Runner, RunnerError};
 use crate::model::Projection;
 use crate::store::{BatchCommit, StoreError, Target};
+
+/// Unix microseconds on the wall clock (events' `recorded_at` is on it).
+fn unix_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+}
 
 /// What the leader should do after a step.
 pub(super) enum Next {
@@ -101,6 +109,7 @@ impl<P: Projection> Runner<P> {
     /// `live.persisted`).
     pub(super) async fn step_live(&mut self, live: &LiveCursor) -> Result<LiveStep, RunnerError> {
         let started = Instant::now();
+        let started_us = unix_micros();
         let batch = self.ctx.config.batch_size;
         let events = self.ctx.journal.read_all(live.read, batch).await?;
         let Some(last) = events.last() else {
@@ -132,7 +141,9 @@ impl<P: Projection> Runner<P> {
             });
         }
         let rows = folded.rows.len() as u64;
-        self.ctx
+        let commit_started = Instant::now();
+        let committed = self
+            .ctx
             .store
             .commit(BatchCommit {
                 spec: &self.spec,
@@ -147,16 +158,25 @@ impl<P: Projection> Runner<P> {
                 lease_ttl_ms: self.ttl_ms(),
             })
             .await?;
+        let commit_seconds = commit_started.elapsed().as_secs_f64();
         if rows > 0 {
+            if let Some(first) = committed.first_watermark {
+                // Before the notice, so the tailer it wakes finds the stamp.
+                CommitStamps::global().committed(self.spec.topic, first);
+            }
             self.ctx.notifier.committed(self.spec.topic);
         }
-        let committed_at = now_ms();
+        let committed_us = unix_micros();
         metrics::counter!("runtime_projector_changes_total", "projector" => name).increment(rows);
         metrics::histogram!("runtime_projector_batch_seconds", "projector" => name)
             .record(started.elapsed().as_secs_f64());
-        for recorded in folded.recorded_ms {
-            metrics::histogram!("runtime_projection_lag_seconds", "projector" => name)
-                .record((committed_at - recorded).max(0) as f64 / 1000.0);
+        metrics::histogram!("runtime_projector_commit_seconds", "projector" => name)
+            .record(commit_seconds);
+        let pickup = metrics::histogram!("runtime_projector_pickup_seconds", "projector" => name);
+        let lag = metrics::histogram!("runtime_projection_lag_seconds", "projector" => name);
+        for recorded in folded.recorded_us {
+            pickup.record((started_us - recorded).max(0) as f64 / 1e6);
+            lag.record((committed_us - recorded).max(0) as f64 / 1e6);
         }
         Ok(LiveStep {
             cursor: to,

@@ -2,6 +2,7 @@
 //! every session that delivers it.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use crate::source::{DocOwner, StreamRow};
 
@@ -14,6 +15,9 @@ pub struct PreparedRow {
     pub json: Box<str>,
     /// Whether the payload was replaced by a pointer (too large).
     pub pointer: bool,
+    /// When the tailer read the row (live rows only; replayed rows have none): the start of
+    /// the sessions' stage timings (`runtime_sync_tail_to_*`).
+    pub read_at: Option<Instant>,
 }
 
 fn quoted(text: &str) -> String {
@@ -24,6 +28,15 @@ impl PreparedRow {
     /// Serializes `row`; payloads larger than `max_update_bytes` become `null` with
     /// `hydration_required: true`.
     pub fn prepare(row: &StreamRow, max_update_bytes: usize) -> Arc<PreparedRow> {
+        Self::prepare_read(row, max_update_bytes, None)
+    }
+
+    /// [`PreparedRow::prepare`] for a row the tailer read at `read_at`.
+    pub fn prepare_read(
+        row: &StreamRow,
+        max_update_bytes: usize,
+        read_at: Option<Instant>,
+    ) -> Arc<PreparedRow> {
         let pointer = row.payload.len() > max_update_bytes;
         let payload: &str = if pointer { "null" } else { &row.payload };
         let mut json =
@@ -48,6 +61,7 @@ impl PreparedRow {
             owner: row.owner.clone(),
             json: json.into_boxed_str(),
             pointer,
+            read_at,
         })
     }
 }

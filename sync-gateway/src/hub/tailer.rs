@@ -14,8 +14,9 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use engine::notify::CommitStamps;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -363,6 +364,7 @@ impl Tailer {
     /// # Errors
     /// [`SourceError`] from the source; what was read before stays applied.
     pub async fn catch_up(&self, source: &dyn SyncSource) -> Result<(), SourceError> {
+        let started = Instant::now();
         let state = source
             .topic_states(&[self.topic.as_str()])
             .await?
@@ -427,16 +429,34 @@ impl Tailer {
             if count == 0 {
                 return Ok(());
             }
+            let read_at = Instant::now();
             let prepared: Vec<Arc<PreparedRow>> = rows
                 .iter()
-                .map(|row| PreparedRow::prepare(row, self.max_update_bytes))
+                .map(|row| PreparedRow::prepare_read(row, self.max_update_bytes, Some(read_at)))
                 .collect();
             let wake = self.apply(prepared);
             for notify in wake {
                 notify.notify_one();
             }
+            self.record_read(started, read_at);
             if count < self.read_batch {
                 return Ok(());
+            }
+        }
+    }
+
+    /// Stage timings of a read that found rows (started at `started`, rows returned at
+    /// `read_at`): the read itself, and each batch the local projector committed → read here.
+    fn record_read(&self, started: Instant, read_at: Instant) {
+        let topic = self.topic.clone();
+        metrics::histogram!("runtime_sync_tail_read_seconds", "topic" => topic.clone())
+            .record(read_at.duration_since(started).as_secs_f64());
+        let stamps = CommitStamps::global().read_through(&self.topic, self.tail());
+        if !stamps.is_empty() {
+            let histogram =
+                metrics::histogram!("runtime_sync_commit_to_tail_seconds", "topic" => topic);
+            for committed in stamps {
+                histogram.record(read_at.saturating_duration_since(committed).as_secs_f64());
             }
         }
     }

@@ -3,11 +3,12 @@
 //! source; a topic whose cursor fell below what replay can serve is dropped as stale.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use tokio::sync::mpsc;
 
 use super::{Channel, End, Session, TopicSub};
-use crate::connection::{close_code, Outbound};
+use crate::connection::{close_code, Outbound, Stamp};
 use crate::gateway::Gateway;
 use crate::hub::{PreparedRow, Pulled};
 use crate::protocol::{
@@ -25,6 +26,7 @@ enum PullError {
 impl Session {
     /// Builds and queues one batch (fair across topics), using the reserved queue slot.
     pub(super) async fn deliver(&mut self, permit: mpsc::OwnedPermit<Outbound>) -> Result<(), End> {
+        let started = Instant::now();
         let gateway = self.gateway.clone();
         let config = gateway.config();
         let filter = self.filter.clone();
@@ -101,7 +103,8 @@ impl Session {
                 ch.replay_pending = false;
             }
             sent_rows = batch.len();
-            permit.send(self.queued.text(text));
+            let stamp = self.stage_stamp(&batch, started);
+            permit.send(self.queued.stamped(text, stamp));
         } else {
             drop(permit);
         }
@@ -133,6 +136,28 @@ impl Session {
                 .await?;
         }
         Ok(())
+    }
+}
+
+/// One session in this many times its live deliveries (`runtime_sync_tail_to_*`), so the
+/// stage histograms cost a few records per row, not one per delivery.
+const STAGE_SAMPLE: u64 = 8;
+
+impl Session {
+    /// For a sampled session, records the tailer read → queued time of the batch's oldest live
+    /// row and the delivery's own time (pull and frame build, from `started`), and returns the
+    /// stamp the writer finishes.
+    fn stage_stamp(&self, batch: &[Arc<PreparedRow>], started: Instant) -> Option<Stamp> {
+        if self.id % STAGE_SAMPLE != 0 {
+            return None;
+        }
+        let read_at = batch.iter().find_map(|row| row.read_at)?;
+        let queued_at = Instant::now();
+        metrics::histogram!("runtime_sync_tail_to_queue_seconds")
+            .record(queued_at.saturating_duration_since(read_at).as_secs_f64());
+        metrics::histogram!("runtime_sync_deliver_seconds")
+            .record(queued_at.saturating_duration_since(started).as_secs_f64());
+        Some(Stamp { read_at, queued_at })
     }
 }
 
