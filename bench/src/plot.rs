@@ -201,10 +201,12 @@ fn short(value: f64) -> String {
     } else {
         format!("{scaled:.2}")
     };
-    format!(
-        "{}{suffix}",
+    let text = if text.contains('.') {
         text.trim_end_matches('0').trim_end_matches('.')
-    )
+    } else {
+        &text
+    };
+    format!("{text}{suffix}")
 }
 
 fn escape(text: &str) -> String {
@@ -226,6 +228,10 @@ mod tests {
         assert_eq!(short(2_000_000.0), "2M");
         assert_eq!(short(0.5), "0.5");
         assert_eq!(short(256.0), "256");
+        assert_eq!(short(20_000.0), "20k");
+        assert_eq!(short(10.0), "10");
+        assert_eq!(short(0.0), "0");
+        assert_eq!(short(2.5), "2.5");
     }
 
     #[test]
