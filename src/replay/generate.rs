@@ -10,9 +10,9 @@
 //!
 //! # Shape
 //! The corpus is split into fixtures of [`RUNS_PER_FIXTURE`] runs (the last one may be smaller):
-//! one fixture of 10,000 runs would be a 200 MB `expected` whose first divergence is one line
+//! one fixture of 10,000 runs would be a 340 MB `expected` whose first divergence is one line
 //! among millions, and 10,000 fixtures of one run would measure creating journals, not replaying
-//! runs. A hundred runs per fixture keeps each file about 2 MB, interleaves enough runs and
+//! runs. A hundred runs per fixture keeps each file about 3.5 MB, interleaves enough runs and
 //! workers to exercise the read models, and lets fixtures replay side by side.
 
 use aggregates::Timestamp;
