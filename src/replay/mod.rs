@@ -10,6 +10,11 @@
 //! - The original runtime's workflow histories (`openagents.runtime.workflow_history_compat.v1`):
 //!   each is re-executed and must give its expected status, trajectory and replay hashes.
 //! - `--journal`: the drift check of a live journal (see [`journal_check`]).
+//! - `--generate-runs N DIR`: writes a generated corpus of N runs into DIR, blessed by this build
+//!   (see [`generate`]).
+//!
+//! Fixture files replay side by side (`--jobs`, each on its own scratch journal); results are
+//! printed in file order.
 //!
 //! # Layout
 //! - [`fixture`]: the fixture format.
@@ -18,10 +23,12 @@
 //! - [`diff`]: the first divergence between expected and actual.
 //! - [`scratch`]: throwaway journals.
 //! - [`journal_check`]: the `--journal` drift check.
+//! - [`generate`]: a generated corpus of many runs (`--generate-runs`).
 //! - [`read_model_drift`]: its comparison of the live read models with their rebuild.
 
 pub mod diff;
 pub mod fixture;
+pub mod generate;
 pub mod journal_check;
 pub mod projection;
 pub mod read_model_drift;
@@ -41,6 +48,7 @@ use engine::artifacts::replay::parse_replay;
 use engine::clock::{ManualClock, SequentialIds, Stamps};
 use engine::notify::JournalNotifier;
 use engine::{Engine, EngineConfig};
+use futures::StreamExt;
 use serde_json::{Map, Value};
 
 pub use fixture::{Fixture, FIXTURE_SCHEMA};
@@ -83,6 +91,21 @@ pub struct ReplayArgs {
     /// Where `--journal` builds its scratch copy: a PostgreSQL server URL, else embedded SQLite.
     #[arg(long, value_name = "URL")]
     pub scratch_database_url: Option<String>,
+    /// Write a generated corpus of this many runs into the one directory named (created if
+    /// missing), its `expected` produced by this build; then check it with `replay --check DIR`.
+    #[arg(long, value_name = "RUNS", conflicts_with_all = ["journal", "print", "check"])]
+    pub generate_runs: Option<usize>,
+    /// Seed of `--generate-runs`: the same seed gives the same corpus.
+    #[arg(long, default_value_t = 1, requires = "generate_runs")]
+    pub seed: u64,
+    /// Files replayed at once, each on its own scratch journal (default: the number of CPUs).
+    #[arg(long, value_name = "N")]
+    pub jobs: Option<usize>,
+}
+
+/// `--jobs` when not given: the number of CPUs.
+pub fn default_jobs() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
 }
 
 /// What to do with each fixture.
@@ -129,13 +152,25 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<()> {
         Mode::Check
     };
     let target = ScratchTarget::from_url(args.database_url.as_deref());
+    let jobs = args.jobs.unwrap_or_else(default_jobs).max(1);
+    if let Some(runs) = args.generate_runs {
+        let [dir] = args.inputs.as_slice() else {
+            bail!("--generate-runs writes into one directory: name exactly one");
+        };
+        let spec = generate::CorpusSpec::new(runs, args.seed);
+        let written = write_corpus(dir, &spec, &target, jobs).await?;
+        println!(
+            "generated {} fixtures ({runs} runs, {} events) into {}",
+            written.fixtures,
+            written.events,
+            dir.display()
+        );
+        return Ok(());
+    }
     let files = expand_inputs(&args.inputs)?;
     let mut diverged = 0;
     let mut total = 0;
-    for file in &files {
-        let results = replay_file(file, &target, mode)
-            .await
-            .with_context(|| format!("replay {}", file.display()))?;
+    for (file, results) in replay_files(&files, &target, mode, jobs).await? {
         for result in results {
             total += 1;
             match &result.status {
@@ -160,6 +195,81 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<()> {
         bail!("{diverged} of {total} replayed items diverged");
     }
     Ok(())
+}
+
+/// Replays `files`, up to `jobs` at once (each on its own scratch journal), and returns their
+/// results in file order.
+///
+/// # Errors
+/// The first file that cannot be read or run (see [`replay_file`]).
+pub async fn replay_files(
+    files: &[PathBuf],
+    target: &ScratchTarget,
+    mode: Mode,
+    jobs: usize,
+) -> anyhow::Result<Vec<(PathBuf, Vec<ItemResult>)>> {
+    let tasks = files.iter().cloned().map(|file| {
+        let target = target.clone();
+        tokio::spawn(async move {
+            let results = replay_file(&file, &target, mode)
+                .await
+                .with_context(|| format!("replay {}", file.display()));
+            (file, results)
+        })
+    });
+    let mut out = Vec::with_capacity(files.len());
+    let mut done = futures::stream::iter(tasks).buffered(jobs.max(1));
+    while let Some(joined) = done.next().await {
+        let (file, results) = joined.context("a replay task panicked")?;
+        out.push((file, results?));
+    }
+    Ok(out)
+}
+
+/// What [`write_corpus`] wrote.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WrittenCorpus {
+    pub fixtures: usize,
+    pub runs: usize,
+    pub events: usize,
+}
+
+/// Generates the corpus `spec` describes, produces every fixture's `expected` (up to `jobs` at
+/// once) and writes each as `DIR/<name>.json`.
+///
+/// # Errors
+/// When the directory cannot be written or a fixture cannot run.
+pub async fn write_corpus(
+    dir: &Path,
+    spec: &generate::CorpusSpec,
+    target: &ScratchTarget,
+    jobs: usize,
+) -> anyhow::Result<WrittenCorpus> {
+    std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    let fixtures = generate::generate(spec);
+    let count = fixtures.len();
+    let tasks = fixtures.into_iter().map(|mut fixture| {
+        let target = target.clone();
+        let path = dir.join(format!("{}.json", fixture.name));
+        tokio::spawn(async move {
+            let produced = produce(&fixture, &target).await?;
+            fixture.expected = Some(produced.output);
+            let mut text = serde_json::to_string_pretty(&fixture)?;
+            text.push('\n');
+            std::fs::write(&path, text).with_context(|| format!("write {}", path.display()))?;
+            anyhow::Ok(produced.event_count)
+        })
+    });
+    let mut events = 0;
+    let mut done = futures::stream::iter(tasks).buffered(jobs.max(1));
+    while let Some(joined) = done.next().await {
+        events += joined.context("a generation task panicked")??;
+    }
+    Ok(WrittenCorpus {
+        fixtures: count,
+        runs: spec.runs,
+        events,
+    })
 }
 
 /// Files named directly, plus the `*.json`/`*.jsonl` files directly inside named directories
@@ -199,9 +309,13 @@ pub fn expand_inputs(inputs: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
 }
 
 fn json_schema(path: &Path) -> Option<String> {
-    let text = std::fs::read_to_string(path).ok()?;
-    let value: Value = serde_json::from_str(&text).ok()?;
-    value.get("schema")?.as_str().map(str::to_owned)
+    /// Only `schema`: the rest of the document is skipped without being built.
+    #[derive(serde::Deserialize)]
+    struct Head {
+        schema: Option<String>,
+    }
+    let bytes = std::fs::read(path).ok()?;
+    serde_json::from_slice::<Head>(&bytes).ok()?.schema
 }
 
 /// Replays one file of any accepted kind.
@@ -261,8 +375,13 @@ async fn replay_fixture_file(
     target: &ScratchTarget,
     mode: Mode,
 ) -> anyhow::Result<ItemResult> {
-    let fixture: Fixture =
-        serde_json::from_value(document.clone()).context("not a valid replay fixture")?;
+    // Only blessing rewrites the document; otherwise it is consumed, not copied.
+    let parsed = if mode == Mode::Bless {
+        serde_json::from_value(document.clone())
+    } else {
+        serde_json::from_value(std::mem::take(&mut document))
+    };
+    let fixture: Fixture = parsed.context("not a valid replay fixture")?;
     let produced = produce(&fixture, target).await?;
     let status = match mode {
         Mode::Print => ItemStatus::Printed(produced.output),

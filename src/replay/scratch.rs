@@ -1,6 +1,10 @@
 //! Fresh, throwaway journals for replays: an embedded SQLite file in a temporary directory (the
 //! default), or a new PostgreSQL database created next to the one `--database-url` names (the
 //! role needs CREATEDB) and dropped afterwards.
+//!
+//! Embedded scratch journals are not migrated one by one: the first one of the process is
+//! migrated and copied (`VACUUM INTO`) into an in-memory template, and every scratch journal
+//! starts as a copy of those bytes (the same schema and `_sqlx_migrations` rows; ADR 0124).
 
 use std::str::FromStr;
 
@@ -8,6 +12,7 @@ use anyhow::Context;
 use engine::{Database, DatabaseConfig};
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, Executor, PgConnection};
+use tokio::sync::OnceCell;
 
 /// Where scratch journals are created.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -55,15 +60,13 @@ impl ScratchDb {
         match target {
             ScratchTarget::Embedded => {
                 let dir = tempfile::tempdir().context("create a temporary directory")?;
+                let path = dir.path().join(engine::db::SQLITE_FILE);
+                std::fs::write(&path, migrated_template().await?)
+                    .context("write the scratch journal")?;
                 // A scratch journal is thrown away: no fsync per commit.
-                let database =
-                    Database::connect_scratch_sqlite(&dir.path().join(engine::db::SQLITE_FILE))
-                        .await
-                        .context("open the scratch journal")?;
-                database
-                    .migrate()
+                let database = Database::connect_scratch_sqlite(&path)
                     .await
-                    .context("migrate the scratch journal")?;
+                    .context("open the scratch journal")?;
                 Ok(Self {
                     database,
                     postgres: None,
@@ -113,6 +116,37 @@ impl ScratchDb {
             }
         }
     }
+}
+
+/// The bytes of a freshly migrated embedded journal, made once per process.
+static TEMPLATE: OnceCell<Vec<u8>> = OnceCell::const_new();
+
+async fn migrated_template() -> anyhow::Result<&'static [u8]> {
+    let bytes = TEMPLATE
+        .get_or_try_init(|| async {
+            let dir = tempfile::tempdir().context("create a temporary directory")?;
+            let database =
+                Database::connect_scratch_sqlite(&dir.path().join(engine::db::SQLITE_FILE))
+                    .await
+                    .context("open the template journal")?;
+            database
+                .migrate()
+                .await
+                .context("migrate the template journal")?;
+            let copy = dir.path().join("template.sqlite");
+            if let Database::Sqlite { pool, .. } = &database {
+                // One self-contained file, whatever is still in the write-ahead log.
+                sqlx::query("VACUUM INTO ?")
+                    .bind(copy.to_string_lossy().into_owned())
+                    .execute(pool)
+                    .await
+                    .context("copy the template journal")?;
+            }
+            database.close().await;
+            std::fs::read(&copy).context("read the template journal")
+        })
+        .await?;
+    Ok(bytes)
 }
 
 async fn admin_connection(url: &str) -> anyhow::Result<PgConnection> {

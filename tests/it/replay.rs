@@ -230,6 +230,9 @@ async fn a_changed_expectation_is_reported_at_its_first_divergence_and_fails_the
         journal: false,
         data_dir: dir.path().to_owned(),
         scratch_database_url: None,
+        generate_runs: None,
+        seed: 1,
+        jobs: None,
     };
     assert!(
         run(args).await.is_err(),
@@ -571,4 +574,88 @@ mod live {
         }
         app.shutdown().await.unwrap();
     }
+}
+
+/// A generated corpus (`replay --generate-runs`) is blessed by this build and passes its own
+/// check, fixtures replayed side by side; the same seed writes the same files; one altered
+/// expected value fails the check at that value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_generated_corpus_passes_its_own_check_and_fails_when_an_expectation_is_altered() {
+    let dir = tempfile::tempdir().unwrap();
+    let generate = |out: PathBuf| ReplayArgs {
+        inputs: vec![out],
+        check: false,
+        bless: false,
+        print: false,
+        database_url: None,
+        journal: false,
+        data_dir: dir.path().to_owned(),
+        scratch_database_url: None,
+        generate_runs: Some(50),
+        seed: 3,
+        jobs: Some(2),
+    };
+    let corpus = dir.path().join("corpus");
+    run(generate(corpus.clone())).await.unwrap();
+    let files = expand_inputs(std::slice::from_ref(&corpus)).unwrap();
+    // 50 runs, 20 per fixture here would be 3 files; the default is 100 per fixture: one.
+    assert_eq!(files.len(), 1, "{files:?}");
+    let text = std::fs::read_to_string(&files[0]).unwrap();
+    let mut value: Value = serde_json::from_str(&text).unwrap();
+    let expected = &value["expected"];
+    assert_eq!(expected["runs"].as_object().unwrap().len(), 50);
+    let outcomes = expected["outcomes"].as_array().unwrap();
+    for label in ["appended", "receipt recorded", "replayed"] {
+        assert!(
+            outcomes.iter().any(|o| o.as_str().unwrap().contains(label)),
+            "no {label:?} outcome"
+        );
+    }
+    let statuses: Vec<&str> = expected["runs"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|r| r["status"].as_str().unwrap())
+        .collect();
+    for status in ["succeeded", "failed", "canceled"] {
+        assert!(statuses.contains(&status), "no {status} run: {statuses:?}");
+    }
+    assert!(expected["workers"].as_object().unwrap().len() >= 2);
+
+    // Deterministic: the same seed writes the same bytes.
+    let again = dir.path().join("again");
+    run(generate(again.clone())).await.unwrap();
+    let again_text = std::fs::read_to_string(again.join(files[0].file_name().unwrap())).unwrap();
+    assert!(
+        again_text == text,
+        "the same seed must give the same corpus"
+    );
+
+    let check = ReplayArgs {
+        check: true,
+        generate_runs: None,
+        ..generate(corpus.clone())
+    };
+    run(check.clone()).await.unwrap();
+
+    let run_id = expected["runs"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .nth(17)
+        .unwrap()
+        .clone();
+    value["expected"]["runs"][&run_id]["event_count"] = Value::from(999);
+    std::fs::write(&files[0], serde_json::to_string_pretty(&value).unwrap()).unwrap();
+    let results = replay_file(&files[0], &ScratchTarget::Embedded, Mode::Check)
+        .await
+        .unwrap();
+    match &results[0].status {
+        ItemStatus::Diverged(report) => assert!(
+            report.contains(&format!("$.runs[\"{run_id}\"].event_count")) && report.contains("999"),
+            "{report}"
+        ),
+        other => panic!("an altered expectation must diverge, got {other:?}"),
+    }
+    assert!(run(check).await.is_err(), "the check must fail");
 }
