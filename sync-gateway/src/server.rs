@@ -29,6 +29,9 @@ pub const SOCKET_PATH: &str = "/sync/socket/websocket";
 pub const SUPPORTED_SCHEMA_VERSIONS: &[&str] = &["1"];
 
 /// Per-socket read buffer: small, so idle sockets stay cheap (client frames are small).
+/// How far past `max_inbound_frame_bytes` the socket reads a frame before it gives up on it
+/// mid-way (see `upgrade`): bounded memory, and a clean error for near misses.
+const INBOUND_SLACK: usize = 16 * 1024;
 const READ_BUFFER: usize = 4 * 1024;
 /// Per-socket write buffer target before a write reaches the socket.
 const WRITE_BUFFER: usize = 32 * 1024;
@@ -155,7 +158,11 @@ async fn upgrade(
         client_build_id = params.get("client_build_id").map(String::as_str).unwrap_or(""),
         "sync socket accepted"
     );
-    let max_frame = config.max_inbound_frame_bytes;
+    // The session enforces `max_inbound_frame_bytes` itself; the socket reads a little past it
+    // (a bounded slack), so a frame just over the limit is read whole and answered with an
+    // error and Close 1009. Cut off mid-frame instead, its unread bytes would make the kernel
+    // reset the connection, and the client could lose that answer.
+    let max_frame = config.max_inbound_frame_bytes.saturating_add(INBOUND_SLACK);
     let tracker = gateway.tracker().clone();
     ws.read_buffer_size(READ_BUFFER)
         .write_buffer_size(WRITE_BUFFER)

@@ -21,15 +21,16 @@ impl Session {
     ) -> Result<(), End> {
         match item {
             None | Some(Ok(Message::Close(_))) => Err(End::Gone),
-            Some(Err(InboundError::TooLarge)) => {
-                let max = self.gateway.config().max_inbound_frame_bytes;
-                let error = SyncError::new(
-                    ErrorCode::PayloadTooLarge,
-                    format!("frames from clients are limited to {max} bytes"),
-                )
-                .with("max_frame_bytes", max);
-                let _ = self.push_error(&error, None).await;
-                Err(End::Close(close_code::TOO_BIG, "frame too large"))
+            Some(Err(InboundError::TooLarge)) => self.too_large().await,
+            Some(Ok(Message::Text(text)))
+                if text.len() > self.gateway.config().max_inbound_frame_bytes =>
+            {
+                self.too_large().await
+            }
+            Some(Ok(Message::Binary(bytes)))
+                if bytes.len() > self.gateway.config().max_inbound_frame_bytes =>
+            {
+                self.too_large().await
             }
             Some(Err(InboundError::Protocol(e))) => {
                 tracing::debug!(session = self.id, error.message = %e, "websocket read failed");
@@ -52,6 +53,18 @@ impl Session {
                 Ok(())
             }
         }
+    }
+
+    /// A frame over `max_inbound_frame_bytes`: an error naming the limit, then Close 1009.
+    async fn too_large(&mut self) -> Result<(), End> {
+        let max = self.gateway.config().max_inbound_frame_bytes;
+        let error = SyncError::new(
+            ErrorCode::PayloadTooLarge,
+            format!("frames from clients are limited to {max} bytes"),
+        )
+        .with("max_frame_bytes", max);
+        let _ = self.push_error(&error, None).await;
+        Err(End::Close(close_code::TOO_BIG, "frame too large"))
     }
 
     async fn text_frame(&mut self, text: &str) -> Result<(), End> {

@@ -48,6 +48,8 @@ use bucket::TokenBucket;
 const CONTROL_LANE: usize = 4;
 /// How long a closing session waits for its writer to flush the Close frame.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
+/// How long a closing session reads the client's last frames, waiting for its Close.
+const CLOSE_DRAIN: Duration = Duration::from_secs(1);
 
 /// How a session ends.
 #[derive(Debug, PartialEq, Eq)]
@@ -277,6 +279,18 @@ impl Session {
                 {
                     writer.abort();
                 }
+                // The closing handshake (RFC 6455 §7.1.1): read what the client still sends,
+                // briefly, until its Close or the end of the stream. A socket closed with
+                // unread bytes is reset by the kernel, and the client could lose the frames
+                // it was just sent (the error that explains the Close, the Close itself).
+                let _ = tokio::time::timeout(CLOSE_DRAIN, async {
+                    while let Some(Ok(message)) = stream.next().await {
+                        if matches!(message, Message::Close(_)) {
+                            break;
+                        }
+                    }
+                })
+                .await;
             }
         }
     }
