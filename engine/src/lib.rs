@@ -3,12 +3,12 @@
 //! # Layout
 //! - [`auth`]: internal signature tokens (`X-OA-RUNTIME-SIGNATURE`): mint, verify, single-use
 //!   nonces shared through the database.
-//! - [`journal`]: the [`Journal`](journal::Journal) trait and its PostgreSQL and SQLite backends,
+//! - [`journal`]: the [`Journal`] trait and its PostgreSQL and SQLite backends,
 //!   with a gap-safe global read for projectors.
 //! - [`command`]: [`Engine`], which stamps, handles and appends commands with optimistic
 //!   concurrency, bounded retries and idempotency keys.
 //! - [`listing`]: runs of a thread and workers of an owner, from their birth events.
-//! - [`cache`]: the in-memory aggregate cache behind the engine.
+//! - `cache`: the in-memory aggregate cache behind the engine.
 //! - [`audit_log`]: the RFC 9162 Merkle tree over the journal, its signed checkpoints and
 //!   proofs, and the maintainer that extends it off the write path.
 //! - [`artifacts`]: receipts, REPLAY.jsonl, trajectory hashes and receipt signatures, computed

@@ -2,13 +2,13 @@
 //! from the journal's gap-safe global read, exactly once, in commit order.
 //!
 //! # Layout
-//! - [`model`]: the [`Projection`](model::Projection) trait (pure: document + event → document),
+//! - [`model`]: the [`Projection`] trait (pure: document + event → document),
 //!   owners, `runtime_source`, and an in-memory [`fold`](model::fold).
 //! - Read models, one per file: [`run_summary`] (`runtime.run_summaries`), [`worker_summary`]
 //!   (`runtime.codex_worker_summaries`), [`worker_events`] (`runtime.codex_worker_events`),
 //!   [`payments`] (`runtime.payments`), [`run_events`] (`runtime.run_events`, a run's transcript),
 //!   [`run_metadata`] (`runtime.run_metadata`, metadata too large to repeat in a summary).
-//! - [`store`]: [`SyncStore`](store::SyncStore), checkpoints and leases, watermarks, stream rows
+//! - [`store`]: [`SyncStore`], checkpoints and leases, watermarks, stream rows
 //!   and documents in PostgreSQL or SQLite; one transaction per batch.
 //! - [`runner`]: the lease-holding projector loop, full rebuilds (new epochs), entity repairs,
 //!   retention, lag metrics.

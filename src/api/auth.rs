@@ -2,7 +2,7 @@
 //!
 //! [`require_signature`] (a route layer) verifies `X-OA-RUNTIME-SIGNATURE`, makes its nonce single
 //! use (recorded up front, or — on the run and worker commands — in the command's own append, see
-//! [`nonce_rides_in_command`]) and checks the claims against what the request names (path
+//! `nonce_rides_in_command`) and checks the claims against what the request names (path
 //! `run_id`, query `thread_id`; a run- or thread-bound token only on run routes): missing/bad/expired/replayed tokens are `401`,
 //! contradictions `403`. Handlers then take a [`Caller`]: the principal the token binds
 //! (`engine::principal::resolve`: headers may only repeat it; without a claim exactly one

@@ -1,5 +1,5 @@
 //! The end every command handler shares, in one place: after the handler has authorized the
-//! caller and built the aggregate's action, [`command`] binds the `Idempotency-Key` to the
+//! caller and built the aggregate's action, `command` binds the `Idempotency-Key` to the
 //! command's method, route and canonical body (scoped to the principal), executes the action on
 //! the aggregate, and answers `created` — or `200` when nothing changed, with
 //! `Idempotent-Replayed: true` on a key replay.

@@ -9,7 +9,7 @@
 //! true (the same test runs the Schemathesis fuzzer against a real server). Three things keep it
 //! true without repeating the server's rules by hand:
 //! - [`ApiId`] is the schema of every validated id, built from `aggregates::ids`' own rules;
-//! - [`CommonResponses`] adds the answers every route can give because of the layers in front of
+//! - `CommonResponses` adds the answers every route can give because of the layers in front of
 //!   it (signature auth, principal headers, body extraction), so a handler's annotation lists
 //!   only what the handler itself decides;
 //! - [`document`] writes the serving process's configured limits (`tail_ms`) into the document.

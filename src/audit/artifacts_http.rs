@@ -57,7 +57,7 @@ pub fn routes() -> OpenApiRouter<ArtifactState> {
         .routes(routes!(audit_bundle))
 }
 
-/// [`routes`] with their state. Merge them into the internal router (`Server::merge_internal`,
+/// [`routes()`] with their state. Merge them into the internal router (`Server::merge_internal`,
 /// as [`super::http::with_artifacts`] does): they rely on its signature auth and take a
 /// [`Caller`].
 pub fn router(state: ArtifactState) -> Router {

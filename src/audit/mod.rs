@@ -7,7 +7,7 @@
 //! # Layout
 //! - [`bundle`]: the bundle format and export scopes.
 //! - [`source`]: reading the journal's rows in commit order for an export.
-//! - [`export`]: writing a bundle (streaming).
+//! - [`export`](mod@export): writing a bundle (streaming).
 //! - [`verify`]: checking a bundle (against a trusted checkpoint, or `--integrity-only`).
 //! - [`witness`]: `audit witness`, following a runtime's checkpoints.
 //! - [`artifacts_http`]: `GET /internal/v1/runs/{run_id}/receipt | replay | audit-bundle` (owner

@@ -106,7 +106,7 @@ fn object(value: Value) -> Map<String, Value> {
     }
 }
 
-/// The corpus `spec` describes, without `expected` (see [`super::bless_fixture`]).
+/// The corpus `spec` describes, without `expected` (`replay --bless` fills it in).
 pub fn generate(spec: &CorpusSpec) -> Vec<Fixture> {
     let per = spec.runs_per_fixture.max(1);
     let mut fixtures = Vec::new();

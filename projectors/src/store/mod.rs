@@ -147,7 +147,7 @@ impl HydratePage<'_> {
         i64::try_from(self.limit.saturating_add(1)).unwrap_or(i64::MAX)
     }
 
-    /// Cuts `docs` (fetched with [`Self::fetch_limit`], in key order) to the page and names the
+    /// Cuts `docs` (fetched with `fetch_limit`, in key order) to the page and names the
     /// next page: the last kept key when more followed. `key` reads a document's key (the
     /// stores' rows and the gateway's in-memory documents are different types).
     pub fn finish<T>(
