@@ -87,32 +87,7 @@ pub async fn run(args: BenchReplayArgs) -> anyhow::Result<()> {
         }
     }
     // Baseline: the same number of events, appended one per call to one fresh journal.
-    let scratch = ScratchDb::create(&target).await?;
-    let journal = scratch.database.journal();
-    let mut metadata = EventMetadata::new();
-    metadata.insert("recorded_at".into(), "2026-02-01T00:00:00Z".into());
-    let started = Instant::now();
-    for i in 0..replay_events {
-        let event = NewEvent {
-            event_type: "bench.raw".into(),
-            event_version: "1.0".into(),
-            payload: json!({"RunStarted": {"source": "runtime", "started_at": "2026-02-01T00:00:00Z"}}),
-            metadata: metadata.clone(),
-        };
-        let id = format!("agg-{}", i / 16);
-        journal
-            .append(AppendRequest {
-                aggregate_type: "bench",
-                aggregate_id: &id,
-                expected_sequence: i % 16,
-                events: std::slice::from_ref(&event),
-                idempotency: None,
-                nonce: None,
-            })
-            .await?;
-    }
-    let raw_secs = started.elapsed().as_secs_f64();
-    scratch.dispose().await;
+    let raw_secs = raw_appends(&target, replay_events, 1).await?;
     let replay_rate = replay_events as f64 / replay_secs.max(1e-9);
     let raw_rate = replay_events as f64 / raw_secs.max(1e-9);
     println!("backend: {}", target.backend_name());
