@@ -200,7 +200,7 @@ impl RunRecordBuilder {
                 *created_at,
                 run_metadata.clone(),
             ));
-            self.status = Some(RunStatus::Created);
+            self.status = event.status_after();
             return Ok(false);
         }
         if self.header.is_none() {
