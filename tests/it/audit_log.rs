@@ -85,26 +85,38 @@ pub async fn fresh_leaves(db: &TestDb) -> Vec<Hash> {
     leaves
 }
 
-/// Node rows a tree of `n` leaves stores: every perfect subtree of every level.
-fn expected_node_count(n: u64) -> u64 {
-    (0..64).map(|level| n >> level).sum()
+/// The tiles a tree of `n` leaves stores, `(level, idx, width)`: every level's full tiles and its
+/// partial one (docs/adr/0127-audit-tree-tiles.md).
+fn expected_tiles(n: u64) -> Vec<(i64, i64, i64)> {
+    let mut out = Vec::new();
+    let (mut level, mut nodes) = (0, n);
+    while nodes > 0 {
+        for idx in 0..nodes.div_ceil(256) {
+            out.push((level, idx as i64, (nodes - idx * 256).min(256) as i64));
+        }
+        nodes /= 256;
+        level += 1;
+    }
+    out
 }
 
-async fn node_count(db: &TestDb) -> u64 {
+async fn stored_tiles(db: &TestDb) -> Vec<(i64, i64, i64)> {
     let sql = match &db.database {
-        engine::Database::Postgres(_) => "SELECT count(*) FROM runtime.audit_tree_nodes",
-        engine::Database::Sqlite { .. } => "SELECT count(*) FROM runtime_audit_tree_nodes",
-    };
-    let n: i64 = match &db.database {
-        engine::Database::Postgres(pool) => sqlx::query_scalar(sql).fetch_one(pool).await.unwrap(),
-        engine::Database::Sqlite { pool, .. } => {
-            sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()
+        engine::Database::Postgres(_) => {
+            "SELECT level::bigint, idx, (length(hashes) / 32)::bigint FROM runtime.audit_tree_tiles ORDER BY level, idx"
+        }
+        engine::Database::Sqlite { .. } => {
+            "SELECT level, idx, length(hashes) / 32 FROM runtime_audit_tree_tiles ORDER BY level, idx"
         }
     };
-    n as u64
+    match &db.database {
+        engine::Database::Postgres(pool) => sqlx::query_as(sql).fetch_all(pool).await.unwrap(),
+        engine::Database::Sqlite { pool, .. } => sqlx::query_as(sql).fetch_all(pool).await.unwrap(),
+    }
 }
 
-/// The stored tree equals the fresh build: same size, same leaves, same root, no extra nodes.
+/// The stored tree equals the fresh build: same size, same leaves, same root, exactly the tiles
+/// its size implies, and every event's leaf found by its cursor.
 pub async fn assert_tree_is_fresh_build(db: &TestDb) {
     let leaves = fresh_leaves(db).await;
     let store = AuditStore::new(&db.database);
@@ -122,13 +134,29 @@ pub async fn assert_tree_is_fresh_build(db: &TestDb) {
         store.root_at(state.tree_size).await.unwrap(),
         merkle::root(&leaves)
     );
-    assert_eq!(node_count(db).await, expected_node_count(state.tree_size));
+    assert_eq!(
+        stored_tiles(db).await,
+        expected_tiles(state.tree_size),
+        "stored tiles"
+    );
+    // Every event's leaf is found by its journal cursor, in order.
+    let events = read_all_settled(&db.database.journal()).await;
+    let cursors: Vec<engine::GlobalCursor> = events.iter().map(|e| e.cursor).collect();
+    let found = store.leaves_at_cursors(&cursors).await.unwrap();
+    for (i, cursor) in cursors.iter().enumerate() {
+        assert_eq!(
+            found.get(cursor),
+            Some(&(i as u64)),
+            "leaf of event {cursor}"
+        );
+    }
 }
 
 on_both_backends!(
     concurrent_maintainers_extend_the_tree_exactly_once_to_a_fresh_build,
     a_tree_cut_by_sigkill_resumes_and_equals_a_fresh_build,
     stored_proofs_and_checkpoints_verify_and_track_the_journal,
+    a_tree_rebuilt_from_the_journal_reaches_its_stored_checkpoints,
 );
 
 async fn concurrent_maintainers_extend_the_tree_exactly_once_to_a_fresh_build(db: &TestDb) {
@@ -301,4 +329,48 @@ async fn stored_proofs_and_checkpoints_verify_and_track_the_journal(db: &TestDb)
     let defaults = MaintainerConfig::default();
     assert!(defaults.checkpoint_every <= Duration::from_secs(60));
     assert!(defaults.batch >= 100);
+}
+
+/// What migration 20261207000200 (the tiles) does to a live tree: its storage dropped and its
+/// size reset, the checkpoints kept. The maintainer rebuilds the same tree from the journal (same
+/// redaction key), signs nothing below the latest checkpoint while it does, and reaches the
+/// stored checkpoints' roots.
+async fn a_tree_rebuilt_from_the_journal_reaches_its_stored_checkpoints(db: &TestDb) {
+    seed_raw(db, "r", 700, 20).await;
+    let store = AuditStore::new(&db.database);
+    let key = test_key();
+    store.catch_up().await.unwrap();
+    let checkpoint = store.checkpoint_now(&key).await.unwrap().unwrap();
+    assert_eq!(checkpoint.tree_size, 700);
+    let (tiles, tree) = match &db.database {
+        engine::Database::Postgres(_) => ("runtime.audit_tree_tiles", "runtime.audit_tree"),
+        engine::Database::Sqlite { .. } => ("runtime_audit_tree_tiles", "runtime_audit_tree"),
+    };
+    for sql in [
+        format!("DELETE FROM {tiles}"),
+        format!("UPDATE {tree} SET tree_size = 0, cursor_transaction = 0, cursor_position = 0"),
+    ] {
+        match &db.database {
+            engine::Database::Postgres(pool) => sqlx::query(&sql).execute(pool).await.map(drop),
+            engine::Database::Sqlite { pool, .. } => {
+                sqlx::query(&sql).execute(pool).await.map(drop)
+            }
+        }
+        .unwrap();
+    }
+    assert_eq!(store.extend(300).await.unwrap(), 300);
+    assert!(
+        store
+            .checkpoint_if_due(&key, 1, Duration::ZERO)
+            .await
+            .unwrap()
+            .is_none(),
+        "a checkpoint below the latest was signed while rebuilding"
+    );
+    store.catch_up().await.unwrap();
+    assert_eq!(
+        hex::encode(store.root_at(checkpoint.tree_size).await.unwrap()),
+        checkpoint.root_hash
+    );
+    assert_tree_is_fresh_build(db).await;
 }

@@ -95,7 +95,7 @@ fn t(db: &TestDb, name: &str) -> String {
 /// The insider's tree reset: the tree and its checkpoints dropped, so the runtime rebuilds the
 /// tree over the rewritten journal (same journal id and redaction key) and signs it.
 async fn reset_tree(db: &TestDb) {
-    for table in ["audit_tree_nodes", "audit_tree_leaves", "audit_checkpoints"] {
+    for table in ["audit_tree_tiles", "audit_checkpoints"] {
         exec(db, &format!("DELETE FROM {}", t(db, table))).await;
     }
     exec(

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 
 use anyhow::{bail, Context};
 use engine::audit_log::{AuditStore, Checkpoint};
+use engine::GlobalCursor;
 use serde_json::{json, Value};
 
 use super::options::{Cut, ExportOptions};
@@ -62,9 +63,9 @@ pub(super) async fn prove_page(
     // Each row's leaf; rows the checkpoint does not reach are after the cut.
     let leaves = match tree_size {
         Some(_) => {
-            let positions: Vec<i64> = page.iter().map(|r| r.position).collect();
+            let cursors: Vec<GlobalCursor> = page.iter().map(cursor_of).collect();
             store
-                .leaves_at_positions(&positions)
+                .leaves_at_cursors(&cursors)
                 .await
                 .context("read the rows' leaves")?
         }
@@ -73,7 +74,7 @@ pub(super) async fn prove_page(
     let page: Vec<(AuditRow, Option<u64>)> = page
         .into_iter()
         .filter_map(|row| {
-            let leaf = leaves.get(&row.position).copied();
+            let leaf = leaves.get(&cursor_of(&row)).copied();
             match tree_size {
                 Some(size) if leaf.is_none_or(|l| l >= size) => None,
                 _ => Some((row, leaf)),
@@ -96,4 +97,9 @@ pub(super) async fn prove_page(
         _ => HashMap::new(),
     };
     Ok((page, proofs))
+}
+
+/// A row's place in the journal's global order.
+fn cursor_of(row: &AuditRow) -> GlobalCursor {
+    GlobalCursor::new(row.transaction_id as u64, row.position as u64)
 }

@@ -1,24 +1,24 @@
-//! Extending the tree: a batch of journal events becomes leaves and completed nodes, written
-//! with the new cursor and size in one transaction that first checks nobody moved the tree row.
+//! Extending the tree: a batch of journal events becomes leaves on the tree's right edge, and the
+//! tiles it completed or grew are written with the new cursor and size in one transaction that
+//! first checks nobody moved the tree row.
+
+use std::collections::BTreeMap;
 
 use sqlx::Row;
 
-use super::{table, AuditStore, LeafBuilder, LeafRow, StoreError, TreeState};
-use crate::audit_log::merkle::{self, Hash, NodeId, Span};
+use super::tiles::{edge_tiles, Edge, Tile};
+use super::{table, AuditStore, LeafBuilder, StoreError, TreeState};
 use crate::backoff::HorizonWait;
 use crate::clock::now_ms;
 use crate::db::Database;
 use crate::journal::{GlobalCursor, Journal};
-
-/// Rows per multi-row INSERT (3 to 6 parameters each; under both databases' limits).
-const INSERT_CHUNK: usize = 500;
 
 impl AuditStore {
     /// Extends the tree by up to `limit` events of the journal; how many it added (0 when the
     /// tree has caught up, or another process extended it first).
     ///
     /// # Errors
-    /// When the journal or the database fails, or the stored frontier is missing a node.
+    /// When the journal or the database fails, or the stored right edge is missing a tile.
     ///
     /// # Cancel safety
     /// Cancel safe: the batch is one transaction; dropping the future rolls it back.
@@ -29,75 +29,40 @@ impl AuditStore {
             return Ok(0);
         };
         let last_cursor = last.cursor;
-        let frontier = merkle::perfect_nodes(Span {
-            start: 0,
-            end: state.tree_size,
-        });
-        let mut known = self.nodes(&frontier).await?;
-        if known.len() != frontier.len() {
-            return Err(StoreError::Corrupt(format!(
-                "the frontier of the tree of {} leaves is incomplete",
-                state.tree_size
-            )));
-        }
+        let ids: Vec<_> = edge_tiles(state.tree_size)
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        let stored: BTreeMap<_, _> = self
+            .read_tiles(&ids, true)
+            .await?
+            .into_iter()
+            .map(|t| (t.id(), t))
+            .collect();
+        let mut edge = Edge::new(state.tree_size, &stored).map_err(StoreError::Corrupt)?;
         let mut builder = LeafBuilder::new(self.journal.clone(), state.redaction_key.clone());
-        let mut new_nodes: Vec<(NodeId, Hash)> = Vec::with_capacity(events.len() * 2);
-        let mut leaves: Vec<LeafRow> = Vec::with_capacity(events.len());
-        for (i, event) in events.iter().enumerate() {
-            let index = state.tree_size + i as u64;
-            let leaf = builder.leaf(event).await?;
-            for node in merkle::completed_by_leaf(index) {
-                let hash = if node.level == 0 {
-                    leaf
-                } else {
-                    let (l, r) = node.children();
-                    match (known.get(&l), known.get(&r)) {
-                        (Some(l), Some(r)) => merkle::node_hash(l, r),
-                        _ => {
-                            return Err(StoreError::Corrupt(format!(
-                                "children of node {}/{} are missing",
-                                node.level, node.index
-                            )))
-                        }
-                    }
-                };
-                known.insert(node, hash);
-                new_nodes.push((node, hash));
-            }
-            leaves.push(LeafRow {
-                leaf_index: index,
-                transaction_id: event.cursor.transaction() as i64,
-                position: event.cursor.position() as i64,
-                aggregate_type: event.event.aggregate_type.clone(),
-                aggregate_id: event.event.aggregate_id.clone(),
-                sequence: event.event.sequence as i64,
-            });
+        for event in &events {
+            edge.push(builder.leaf(event).await?, event.cursor);
         }
-        let added = leaves.len() as u64;
+        let added = edge.size() - state.tree_size;
+        let new_size = edge.size();
         let written = self
-            .write_batch(
-                &state,
-                state.tree_size + added,
-                last_cursor,
-                &new_nodes,
-                &leaves,
-            )
+            .write_batch(&state, new_size, last_cursor, &edge.into_changed())
             .await?;
         Ok(if written { added } else { 0 })
     }
 
-    /// The batch's transaction; `false` when the tree row moved since `state` was read.
+    /// The batch's transaction: the tiles upserted (a tile only grows) and the tree row moved;
+    /// `false` when the tree row moved since `state` was read.
     async fn write_batch(
         &self,
         state: &TreeState,
         new_size: u64,
         cursor: GlobalCursor,
-        nodes: &[(NodeId, Hash)],
-        leaves: &[LeafRow],
+        tiles: &[Tile],
     ) -> Result<bool, StoreError> {
         let tree = table(&self.database, "audit_tree");
-        let node_table = table(&self.database, "audit_tree_nodes");
-        let leaf_table = table(&self.database, "audit_tree_leaves");
+        let tile_table = table(&self.database, "audit_tree_tiles");
         let lock_suffix = match &self.database {
             Database::Postgres(_) => " FOR UPDATE",
             Database::Sqlite { .. } => "",
@@ -107,6 +72,13 @@ impl AuditStore {
         );
         let update = format!(
             "UPDATE {tree} SET tree_size = $1, cursor_transaction = $2, cursor_position = $3, updated_at_ms = $4 WHERE id = 1"
+        );
+        let upsert = format!(
+            "INSERT INTO {tile_table} (level, idx, hashes, first_transaction, first_position, cursors)
+             VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (level, idx) DO UPDATE SET hashes = excluded.hashes,
+                 first_transaction = excluded.first_transaction,
+                 first_position = excluded.first_position, cursors = excluded.cursors"
         );
         macro_rules! body {
             ($tx:ident) => {{
@@ -120,39 +92,17 @@ impl AuditStore {
                 {
                     return Ok(false);
                 }
-                for chunk in nodes.chunks(INSERT_CHUNK) {
-                    let values: Vec<String> = (0..chunk.len())
-                        .map(|i| format!("(${}, ${}, ${})", 3 * i + 1, 3 * i + 2, 3 * i + 3))
-                        .collect();
-                    let sql = format!(
-                        "INSERT INTO {node_table} (level, idx, hash) VALUES {}",
-                        values.join(", ")
-                    );
-                    let mut query = sqlx::query(&sql);
-                    for (id, hash) in chunk {
-                        query = query
-                            .bind(i16::from(id.level))
-                            .bind(id.index as i64)
-                            .bind(hash.to_vec());
-                    }
-                    query.execute(&mut *$tx).await?;
-                }
-                for chunk in leaves.chunks(INSERT_CHUNK) {
-                    let values: Vec<String> = (0..chunk.len())
-                        .map(|i| format!("(${}, ${}, ${})", 3 * i + 1, 3 * i + 2, 3 * i + 3))
-                        .collect();
-                    let sql = format!(
-                        "INSERT INTO {leaf_table} (leaf_index, transaction_id, position) VALUES {}",
-                        values.join(", ")
-                    );
-                    let mut query = sqlx::query(&sql);
-                    for leaf in chunk {
-                        query = query
-                            .bind(leaf.leaf_index as i64)
-                            .bind(leaf.transaction_id)
-                            .bind(leaf.position);
-                    }
-                    query.execute(&mut *$tx).await?;
+                for tile in tiles {
+                    let first = tile.first_cursor();
+                    sqlx::query(&upsert)
+                        .bind(i16::from(tile.level))
+                        .bind(tile.index as i64)
+                        .bind(tile.hash_bytes())
+                        .bind(first.map(|c| c.transaction() as i64))
+                        .bind(first.map(|c| c.position() as i64))
+                        .bind(tile.cursor_bytes())
+                        .execute(&mut *$tx)
+                        .await?;
                 }
                 sqlx::query(&update)
                     .bind(new_size as i64)

@@ -2,23 +2,24 @@
 //!
 //! Like a projector, the maintainer reads the journal in global commit order
 //! ([`Journal::read_all`](crate::journal::Journal::read_all)) from the tree's cursor, computes each
-//! event's leaf and every perfect subtree it completes, and writes the leaves, the nodes and the
-//! new cursor and size in one transaction that first locks the tree row and checks that nobody
-//! moved it meanwhile. A crash at any point leaves either the whole batch or none of it; two
-//! processes never both extend (the second finds the row moved and starts over). Nodes are
-//! immutable once written, so any root, inclusion proof or consistency proof of any earlier size is
-//! read from them ([`merkle::perfect_nodes`]). Checkpoints sign the root of a size the tree has
-//! reached.
+//! event's leaf, appends it to the tree's right edge, and writes the tiles it completed or grew
+//! and the new cursor and size in one transaction that first locks the tree row and checks that
+//! nobody moved it meanwhile. A crash at any point leaves either the whole batch or none of it;
+//! two processes never both extend (the second finds the row moved and starts over). The tree is
+//! stored as tiles of 256 hashes (`tiles.rs`, ADR 0127): a tile only grows and never changes once
+//! full, so any root, inclusion proof or consistency proof of any earlier size is computed from
+//! them ([`merkle::perfect_nodes`]). Checkpoints sign the root of a size the tree has reached.
 //!
-//! Tables (`migrations/*/20261206002000_audit_tree.sql`): `audit_tree` (one row),
-//! `audit_tree_nodes`, `audit_tree_leaves`, `audit_checkpoints`; schema `runtime.` on
+//! Tables (`migrations/*/20261206002000_audit_tree.sql`, `…20261207000200_audit_tree_tiles.sql`):
+//! `audit_tree` (one row), `audit_tree_tiles`, `audit_checkpoints`; schema `runtime.` on
 //! PostgreSQL, prefix `runtime_` on SQLite.
 //!
 //! # Layout
 //! - this file: [`AuditStore`], the tree row ([`AuditStore::state`]) and the failures;
 //! - [`LeafBuilder`] (`leaves.rs`): an event's leaf, with the chain hash of legacy rows;
 //! - `extend.rs`: [`AuditStore::extend`] and [`AuditStore::catch_up`], one batch per transaction;
-//! - `proofs.rs`: roots, inclusion and consistency proofs and leaf lookups read from the nodes;
+//! - `tiles.rs`: the stored form (tiles of 256 hashes) and the tree's right edge, pure;
+//! - `proofs.rs`: roots, inclusion and consistency proofs and leaf lookups read from the tiles;
 //! - `checkpoints.rs`: storing, reading and taking signed checkpoints;
 //! - `maintainer.rs`: [`run_tree_maintainer`], the `audit-tree` task.
 
@@ -104,6 +105,7 @@ mod extend;
 mod leaves;
 mod maintainer;
 mod proofs;
+mod tiles;
 
 pub use leaves::LeafBuilder;
 pub use maintainer::{run_tree_maintainer, MaintainerConfig};
