@@ -101,7 +101,7 @@ pub async fn run(args: CheckpointArgs) -> anyhow::Result<()> {
     let config = openagents_runtime::audit::log::AuditLogArgs::default().maintainer_config();
     println!(
         "bench checkpoint: {} clients, {} bytes of frame text per command, {}s per phase after {}s warm-up, {} round(s); \
-         audit-tree task as in serve (batch {}, checkpoint every {} events or {} ms, poll {} ms)",
+         audit-tree task as in serve (batch {}, checkpoint every {} events or {} ms, poll {} ms, settle {} ms)",
         args.clients,
         args.payload_bytes,
         args.duration_secs,
@@ -111,6 +111,7 @@ pub async fn run(args: CheckpointArgs) -> anyhow::Result<()> {
         config.checkpoint_every_events,
         config.checkpoint_every.as_millis(),
         config.poll.as_millis(),
+        config.settle.as_millis(),
     );
     for journal in &args.journals {
         measure_journal(&args, *journal).await?;

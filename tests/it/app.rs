@@ -190,6 +190,7 @@ pub async fn spawn_app_on(db: &TestDb, database: engine::Database, options: Opti
                     checkpoint_every_events: 5,
                     checkpoint_every: Duration::from_millis(200),
                     poll: Duration::from_millis(50),
+                    settle: Duration::from_millis(10),
                     ..Default::default()
                 },
             )

@@ -485,6 +485,7 @@ pub async fn spawn_audited(db: &TestDb) -> (String, tokio_util::sync::Cancellati
             checkpoint_every_events: 5,
             checkpoint_every: Duration::from_millis(200),
             poll: Duration::from_millis(50),
+            settle: Duration::from_millis(10),
             ..Default::default()
         },
     );

@@ -18,6 +18,10 @@ pub struct MaintainerConfig {
     pub checkpoint_every: Duration,
     /// How often to look for new events without a local append notice (other processes).
     pub poll: Duration,
+    /// After a batch that caught up, wait at least this long before the next one: under load the
+    /// tree then commits a few large batches a second instead of one per append notice (each
+    /// commit is a write-lock turn and an fsync on the embedded journal, taken from the appends).
+    pub settle: Duration,
 }
 
 impl Default for MaintainerConfig {
@@ -27,12 +31,14 @@ impl Default for MaintainerConfig {
             checkpoint_every_events: 1_000,
             checkpoint_every: Duration::from_secs(10),
             poll: Duration::from_millis(250),
+            settle: Duration::from_millis(200),
         }
     }
 }
 
 /// Extends the tree and takes due checkpoints until `shutdown`: the `audit-tree` task of `serve`.
-/// Wakes on `appended` (local commits) or every `poll`; failures are logged and retried with a
+/// Wakes on `appended` (local commits) or every `poll`, at most once per `settle` after it caught
+/// up; failures are logged and retried with a
 /// backoff, never fatal (the write path does not depend on the tree).
 ///
 /// # Errors
@@ -76,6 +82,10 @@ pub async fn run_tree_maintainer(
                 }
                 continue;
             }
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            () = tokio::time::sleep(config.settle) => {}
         }
         tokio::select! {
             () = shutdown.cancelled() => return Ok(()),
