@@ -24,6 +24,7 @@ mod khala_nodes;
 mod lightning;
 mod openapi;
 mod projection;
+mod replica;
 mod replay;
 mod soak;
 mod store;
