@@ -71,7 +71,12 @@ impl App {
             Some(replica) => Some(Database::Postgres(replica_pool(replica)?)),
             None => None,
         };
-        Ok(Self::build(config, database, read_database, Stamps::system()))
+        Ok(Self::build(
+            config,
+            database,
+            read_database,
+            Stamps::system(),
+        ))
     }
 
     /// Builds the runtime over an open, migrated database with the given clock and id source.

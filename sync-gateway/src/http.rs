@@ -225,7 +225,15 @@ pub async fn hydrate(
         limit,
     };
     let filter = auth.principal.owner_filter();
-    let hydration = hydrate_page(&gateway, &topic, query.doc_key.as_deref(), page, &filter, query.watermark).await?;
+    let hydration = hydrate_page(
+        &gateway,
+        &topic,
+        query.doc_key.as_deref(),
+        page,
+        &filter,
+        query.watermark,
+    )
+    .await?;
     let watermark = query.watermark.unwrap_or(hydration.watermark);
     Ok(Json(HydrateResponse {
         topic: hydration.topic,

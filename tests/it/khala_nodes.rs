@@ -104,7 +104,13 @@ pub(crate) fn sync_token(who: &Who) -> String {
 }
 
 /// Sends a command to `base` as user `user`; returns the status.
-pub(crate) async fn command(http: &reqwest::Client, base: &str, user: &str, path: &str, body: Value) -> u16 {
+pub(crate) async fn command(
+    http: &reqwest::Client,
+    base: &str,
+    user: &str,
+    path: &str,
+    body: Value,
+) -> u16 {
     let mut claims = claims();
     claims.user_id = Some(user.to_owned());
     let response = http

@@ -31,15 +31,17 @@ use sync_gateway::protocol::{ErrorCode, Update};
 
 use crate::app::TEST_SECRET;
 use crate::khala_e2e::{
-    assert_delivered_exactly, eventually, hydrate, joined, owned_rows, run_key, updates_until,
-    Who, RUNS,
+    assert_delivered_exactly, eventually, hydrate, joined, owned_rows, run_key, updates_until, Who,
+    RUNS,
 };
 use crate::khala_nodes::{frame, ok, receipted, sync_token};
 
 /// Where the PostgreSQL server binaries are.
 fn pg_bin() -> PathBuf {
-    std::env::var_os("OA_TEST_PG_BIN")
-        .map_or_else(|| PathBuf::from("/usr/lib/postgresql/15/bin"), PathBuf::from)
+    std::env::var_os("OA_TEST_PG_BIN").map_or_else(
+        || PathBuf::from("/usr/lib/postgresql/15/bin"),
+        PathBuf::from,
+    )
 }
 
 /// A port free right now on 127.0.0.1.
@@ -273,10 +275,15 @@ impl Clusters {
             _dir: dir,
         };
         let mut initdb = run_as.command(&pg_bin().join("initdb"));
-        initdb
-            .arg("-D")
-            .arg(&clusters.primary.data)
-            .args(["-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync"]);
+        initdb.arg("-D").arg(&clusters.primary.data).args([
+            "-U",
+            "postgres",
+            "-A",
+            "trust",
+            "-E",
+            "UTF8",
+            "--no-sync",
+        ]);
         run(initdb, "initdb", &dir_path.join("initdb.log"))?;
         clusters.primary.start(run_as).await?;
         let mut basebackup = run_as.command(&pg_bin().join("pg_basebackup"));
@@ -286,7 +293,11 @@ impl Clusters {
             .arg("-D")
             .arg(&clusters.standby.data)
             .args(["-R", "-X", "stream", "-c", "fast", "--no-sync"]);
-        run(basebackup, "pg_basebackup", &dir_path.join("basebackup.log"))?;
+        run(
+            basebackup,
+            "pg_basebackup",
+            &dir_path.join("basebackup.log"),
+        )?;
         clusters.standby.start(run_as).await?;
         Ok(clusters)
     }
@@ -396,8 +407,7 @@ async fn updates_within(client: &mut KhalaClient, quiet: Duration) -> Vec<Update
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_reading_a_hot_standby_delivers_every_update_once_and_survives_the_standby_dying()
-{
+async fn a_node_reading_a_hot_standby_delivers_every_update_once_and_survives_the_standby_dying() {
     let clusters = match Clusters::start().await {
         Ok(clusters) => clusters,
         Err(e) if std::env::var_os("CI").is_none() => {
@@ -458,10 +468,8 @@ async fn a_node_reading_a_hot_standby_delivers_every_update_once_and_survives_th
         }
     }
     let wanted = 1 + 1 + 10;
-    let mut seen = updates_until(&mut live, "alice's first 12 updates", |u| {
-        u.len() >= wanted
-    })
-    .await;
+    let mut seen =
+        updates_until(&mut live, "alice's first 12 updates", |u| u.len() >= wanted).await;
     let truth = owned_rows(&store, RUNS, hydrated.watermark, &alice).await;
     assert_eq!(truth.len(), wanted, "created, started, 10 frames");
     assert_delivered_exactly(&seen, &truth);
@@ -529,8 +537,7 @@ async fn a_node_reading_a_hot_standby_delivers_every_update_once_and_survives_th
     drop(bogus);
     // A next hydration page naming the primary's watermark waits, then says the replica is
     // behind; one naming a watermark nobody wrote is invalid.
-    let (status, body) =
-        hydrate_raw(&base, &token, &format!("watermark={ahead_at}&after=a")).await;
+    let (status, body) = hydrate_raw(&base, &token, &format!("watermark={ahead_at}&after=a")).await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["error"]["code"], "replica_behind", "{body}");
     let (status, body) = hydrate_raw(
@@ -557,8 +564,7 @@ async fn a_node_reading_a_hot_standby_delivers_every_update_once_and_survives_th
     .await;
     assert_delivered_exactly(&got_ahead, &written[5..]);
     let mut seen_ahead = got_ahead;
-    let (status, body) =
-        hydrate_raw(&base, &token, &format!("watermark={ahead_at}&after=a")).await;
+    let (status, body) = hydrate_raw(&base, &token, &format!("watermark={ahead_at}&after=a")).await;
     assert_eq!(status, 200, "{body}");
 
     // 3. SIGKILL the standby under a write load, then restart it.
@@ -615,7 +621,11 @@ async fn a_node_reading_a_hot_standby_delivers_every_update_once_and_survives_th
         .await,
     );
     let truth = owned_rows(&store, RUNS, hydrated.watermark, &alice).await;
-    assert_eq!(truth.len(), wanted + 10 + FRAMES + 1 + 1, "frames, finish, receipt");
+    assert_eq!(
+        truth.len(),
+        wanted + 10 + FRAMES + 1 + 1,
+        "frames, finish, receipt"
+    );
     assert_delivered_exactly(&seen, &truth);
     let after_ahead: Vec<_> = truth
         .iter()
@@ -624,13 +634,16 @@ async fn a_node_reading_a_hot_standby_delivers_every_update_once_and_survives_th
         .collect();
     assert_delivered_exactly(&seen_ahead, &after_ahead);
     let last = truth.last().unwrap();
-    eventually("the restarted standby's hydration to show the receipt", || async {
-        let (status, body) = hydrate_raw(&base, &token, "").await;
-        let h: sync_gateway::http::HydrateResponse = (status == 200)
-            .then(|| serde_json::from_value(body).ok())
-            .flatten()?;
-        (doc(&h) == Some((last.doc_version, last.payload_hash.clone()))).then_some(())
-    })
+    eventually(
+        "the restarted standby's hydration to show the receipt",
+        || async {
+            let (status, body) = hydrate_raw(&base, &token, "").await;
+            let h: sync_gateway::http::HydrateResponse = (status == 200)
+                .then(|| serde_json::from_value(body).ok())
+                .flatten()?;
+            (doc(&h) == Some((last.doc_version, last.payload_hash.clone()))).then_some(())
+        },
+    )
     .await;
     drop(node);
     drop(clusters);

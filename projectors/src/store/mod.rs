@@ -539,7 +539,10 @@ impl SyncStore {
         limit: usize,
         filter: &OwnerFilter,
     ) -> Result<Vec<StreamRow>, ReadError> {
-        Ok(self.read_stream_page(topic, after, limit, filter).await?.rows)
+        Ok(self
+            .read_stream_page(topic, after, limit, filter)
+            .await?
+            .rows)
     }
 
     /// [`SyncStore::read_stream`] with the topic's state from the same snapshot: a reader of a

@@ -234,9 +234,10 @@ async fn ahead_limits(
     names: &[&str],
 ) -> Vec<u64> {
     let own: Vec<u64> = states.iter().map(|s| s.head_watermark).collect();
-    let ahead = states
-        .iter()
-        .any(|s| plan.resume_at(&s.topic).is_some_and(|c| c > s.head_watermark));
+    let ahead = states.iter().any(|s| {
+        plan.resume_at(&s.topic)
+            .is_some_and(|c| c > s.head_watermark)
+    });
     if !ahead {
         return own;
     }
