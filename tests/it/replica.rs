@@ -209,7 +209,7 @@ impl Drop for Clusters {
     }
 }
 
-/// Runs a setup command to completion, its output appended to `log`.
+/// Runs a setup command to completion, its output written to `log`.
 fn run(mut command: Command, what: &str, log: &Path) -> Result<(), String> {
     let output = command
         .output()
@@ -490,10 +490,9 @@ async fn a_node_reading_a_hot_standby_delivers_every_update_once_and_survives_th
 
     // 2. The standby stops replaying: commands still succeed on the primary, and nothing the
     // standby has not replayed is delivered or hydrated.
-    let paused_at = clusters
+    clusters
         .standby_sql("SELECT pg_wal_replay_pause()::text")
         .await;
-    let _ = paused_at;
     eventually("the standby's replay to pause", || async {
         (clusters
             .standby_sql("SELECT pg_get_wal_replay_pause_state()")
