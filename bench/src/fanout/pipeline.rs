@@ -31,6 +31,9 @@ use sync_gateway::client::socket_url;
 /// The signature secret the bench and its `serve` child share.
 const SIGNATURE_SECRET: &str = "fanout-bench-signature-secret-0123456789";
 
+/// The audit checkpoint key of the `serve` child (a bench key: nothing it signs is kept).
+const BENCH_AUDIT_KEY: &str = "be0cbe0cbe0cbe0cbe0cbe0cbe0cbe0cbe0cbe0cbe0cbe0cbe0cbe0cbe0cbe0c";
+
 /// The `serve` child.
 pub(crate) struct Runtime {
     /// Killed on drop (`kill_on_drop`), so a failed bench never leaves it behind.
@@ -88,6 +91,8 @@ impl Runtime {
             .args(["--shutdown-grace-secs", "5"])
             .env("OA_RUNTIME_SIGNATURE_SECRET", SIGNATURE_SECRET)
             .env("OA_SYNC_JWT_KEY", super::BENCH_SYNC_KEY)
+            // PostgreSQL journals need a configured audit key (the embedded one generates it).
+            .env("OA_AUDIT_KEY", BENCH_AUDIT_KEY)
             .env_remove("DATABASE_URL")
             .env_remove("READ_DATABASE_URL")
             .env(
