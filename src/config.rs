@@ -25,6 +25,9 @@ pub struct RuntimeConfig {
     /// Where the embedded journal and the dev secret live.
     pub data_dir: PathBuf,
     pub database: DatabaseConfig,
+    /// A hot standby of the PostgreSQL journal that Khala's stream reads and HTTP hydration
+    /// read instead of the primary (`--read-database-url`); `None`: they read the primary.
+    pub read_database: Option<ReadDatabaseConfig>,
     /// Shared secret of `X-OA-RUNTIME-SIGNATURE` tokens.
     pub signature_secret: SigningSecret,
     pub http: HttpConfig,
@@ -32,6 +35,56 @@ pub struct RuntimeConfig {
     pub engine: EngineConfig,
     /// How long shutdown waits for in-flight requests, streams and tasks before giving up.
     pub shutdown_grace: Duration,
+}
+
+/// A read replica: a PostgreSQL hot standby streaming from the journal's primary
+/// (docs/adr/0125-read-replicas.md). Only reads that tolerate a lagging snapshot go there —
+/// Khala's replay and live tail, and hydration — each under the gap-safe rules of that ADR.
+#[derive(Clone, Debug)]
+pub struct ReadDatabaseConfig {
+    /// `postgres://…` of the standby.
+    pub url: String,
+    /// Connections of the replica pool.
+    pub max_connections: u32,
+}
+
+impl ReadDatabaseConfig {
+    /// The replica for `serve`, if a URL is given: refused with the embedded journal, which has
+    /// no replicas.
+    ///
+    /// # Errors
+    /// A URL with the embedded journal, or one that is not `postgres://`.
+    pub fn from_parts(
+        url: Option<&str>,
+        journal: &DatabaseConfig,
+        max_connections: u32,
+    ) -> anyhow::Result<Option<Self>> {
+        let Some(url) = url.map(str::trim).filter(|u| !u.is_empty()) else {
+            return Ok(None);
+        };
+        if !matches!(journal, DatabaseConfig::Postgres { .. }) {
+            anyhow::bail!(
+                "--read-database-url / READ_DATABASE_URL needs a PostgreSQL journal \
+                 (--database-url): the embedded journal has no replicas"
+            );
+        }
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            anyhow::bail!("--read-database-url must be a postgres:// URL");
+        }
+        Ok(Some(Self {
+            url: url.to_owned(),
+            max_connections: max_connections.max(1),
+        }))
+    }
+
+    /// The URL without its password, for logs.
+    pub fn describe(&self) -> String {
+        DatabaseConfig::Postgres {
+            url: self.url.clone(),
+            max_connections: self.max_connections,
+        }
+        .describe()
+    }
 }
 
 /// HTTP API tunables.
@@ -91,6 +144,7 @@ impl RuntimeConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             data_dir,
             database,
+            read_database: None,
             signature_secret: secret,
             http: HttpConfig::default(),
             workers: WorkerConfig::default(),
@@ -204,6 +258,27 @@ mod tests {
             SecretSource::DevFile { created: false, .. }
         ));
         assert_eq!(first.expose(), second.expose());
+    }
+
+    #[test]
+    fn a_read_replica_needs_a_postgres_journal() {
+        let dir = tempfile::tempdir().unwrap();
+        let embedded = DatabaseConfig::from_parts(None, dir.path(), 4);
+        let postgres = DatabaseConfig::from_parts(Some("postgres://p@h/db"), dir.path(), 4);
+        let replica = "postgres://p@standby:5433/db";
+        let error = ReadDatabaseConfig::from_parts(Some(replica), &embedded, 4).unwrap_err();
+        assert!(error.to_string().contains("embedded journal"), "{error}");
+        assert!(ReadDatabaseConfig::from_parts(Some("mysql://x"), &postgres, 4).is_err());
+        assert!(ReadDatabaseConfig::from_parts(None, &embedded, 4)
+            .unwrap()
+            .is_none());
+        assert!(ReadDatabaseConfig::from_parts(Some(" "), &postgres, 4)
+            .unwrap()
+            .is_none());
+        let config = ReadDatabaseConfig::from_parts(Some(replica), &postgres, 0)
+            .unwrap()
+            .unwrap();
+        assert_eq!((config.url.as_str(), config.max_connections), (replica, 1));
     }
 
     #[test]

@@ -2,6 +2,9 @@
 //! active across all processes on a database), the stream-head notification relay, and Khala,
 //! the WebSocket gateway reading the projectors' store.
 //!
+//! With `--read-database-url`, Khala's stream reads and hydration go to the replica (the
+//! projectors, the relay's LISTEN and every write stay on the primary).
+//!
 //! [`with_sync`] adds all of it to a [`Server`]: the socket and HTTP hydration as public routes
 //! (authorised by sync tokens), session revocation and token minting behind internal signature
 //! auth, and the runners and relay as tasks.
@@ -217,9 +220,19 @@ pub fn with_sync(server: Server, app: &App, settings: SyncSettings) -> (Server, 
     verifier.revocations().owners().set_operator_log(Arc::new(
         crate::operator_log::JournalOperatorLog::new(app.engine().clone()),
     ));
+    // Khala reads the replica when there is one; heads for its wait decisions come from the
+    // primary, which also carries every wake-up (NOTIFY does not reach a standby).
+    let source = match app.read_database() {
+        Some(replica) => StoreSource::replica(
+            SyncStore::new(replica, all_specs()),
+            store.clone(),
+            notifier.clone(),
+        ),
+        None => StoreSource::new(store.clone(), notifier.clone()),
+    };
     let gateway = Gateway::start(
         config,
-        Arc::new(StoreSource::new(store.clone(), notifier.clone())),
+        Arc::new(source),
         verifier,
         app.shutdown_token().clone(),
     );

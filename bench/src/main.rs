@@ -56,6 +56,9 @@ enum BenchCommand {
     /// (deliveries/s, commit→client p50/p99, memory per idle connection, replay catch-up),
     /// beside a bare tokio WebSocket broadcast of the same frames.
     Fanout(fanout::FanoutArgs),
+    /// Read capacity with and without a hot standby (`serve --read-database-url`): commands/s
+    /// of writers alone, then with hydrating readers on the primary, then on the standby.
+    Replica(fanout::replica::ReplicaArgs),
     /// Where a replay from the projectors' store spends its time: the raw store read, the
     /// source and frame preparation, and a whole replay to one WebSocket client.
     StoreReplay(store_replay::StoreReplayArgs),
@@ -106,6 +109,7 @@ async fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Append(args) => append::run(args).await,
         BenchCommand::Project(args) => project::run(args).await,
         BenchCommand::Fanout(args) => fanout::run_fanout(args).await,
+        BenchCommand::Replica(args) => fanout::replica::run_replica(args).await,
         BenchCommand::StoreReplay(args) => store_replay::run(args).await,
         BenchCommand::Export(args) => export::run(args).await,
         BenchCommand::Checkpoint(args) => checkpoint::run(args).await,

@@ -20,6 +20,17 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub database: DatabaseArgs,
 
+    /// PostgreSQL URL of a hot standby of --database-url (streaming replication). Khala's
+    /// replay and live tail and HTTP hydration read it instead of the primary; commands and
+    /// every write stay on the primary. Sessions never deliver past what the standby has
+    /// replayed (docs/adr/0125-read-replicas.md). PostgreSQL journals only.
+    #[arg(long, env = "READ_DATABASE_URL")]
+    pub read_database_url: Option<String>,
+
+    /// Connection pool size of --read-database-url.
+    #[arg(long, env = "OA_READ_DB_MAX_CONNECTIONS", default_value_t = 16)]
+    pub read_db_max_connections: u32,
+
     /// Shared secret for X-OA-RUNTIME-SIGNATURE tokens (at least 16 bytes). Required with
     /// PostgreSQL; with the embedded journal a random one is generated once in --data-dir.
     #[arg(long, env = "OA_RUNTIME_SIGNATURE_SECRET", hide_env_values = true)]
@@ -93,7 +104,8 @@ impl ServeArgs {
     /// The runtime configuration these arguments describe.
     ///
     /// # Errors
-    /// When the signing secret is missing (PostgreSQL) or unusable.
+    /// When the signing secret is missing (PostgreSQL) or unusable, or a read replica is given
+    /// for the embedded journal.
     pub fn config(&self) -> anyhow::Result<(RuntimeConfig, SecretSource)> {
         let (secret, source) = resolve_secret(
             self.signature_secret.as_deref(),
@@ -105,6 +117,11 @@ impl ServeArgs {
             self.database.data_dir.clone(),
             secret,
         );
+        config.read_database = crate::config::ReadDatabaseConfig::from_parts(
+            self.read_database_url.as_deref(),
+            &config.database,
+            self.read_db_max_connections,
+        )?;
         config.listen = self.listen;
         config.http = HttpConfig {
             body_limit_bytes: self.body_limit_bytes,
@@ -132,6 +149,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let (config, source) = args.config()?;
     tracing::info!(
         journal = %config.database.describe(),
+        read_replica = config.read_database.as_ref().map(|r| r.describe()),
         version = crate::VERSION,
         "starting openagents-runtime"
     );

@@ -150,6 +150,10 @@ pub struct GatewayConfig {
     pub require_client_compat: bool,
     /// Revocation list reload interval.
     pub revocation_poll_interval: Duration,
+    /// How long a hydration page waits for a read replica to replay the watermark it names
+    /// (a first page served by the primary or by a node on another replica) before it answers
+    /// `503 replica_behind`.
+    pub replica_wait: Duration,
 }
 
 impl Default for GatewayConfig {
@@ -181,6 +185,7 @@ impl Default for GatewayConfig {
             feed_bytes: 2 * 1024 * 1024,
             require_client_compat: false,
             revocation_poll_interval: Duration::from_secs(2),
+            replica_wait: Duration::from_secs(5),
         }
     }
 }
@@ -345,6 +350,10 @@ pub struct GatewayArgs {
         env = "OA_SYNC_REQUIRE_CLIENT_COMPAT"
     )]
     pub require_client_compat: bool,
+    /// With --read-database-url: how long a hydration page naming a watermark the replica has
+    /// not replayed yet waits for it before answering 503 replica_behind, e.g. 5s.
+    #[arg(long = "sync-replica-wait", env = "OA_SYNC_REPLICA_WAIT", default_value = "5s", value_parser = parse_duration)]
+    pub replica_wait: Duration,
 }
 
 impl GatewayArgs {
@@ -372,6 +381,7 @@ impl GatewayArgs {
         config.queue_limit_bytes = self.queue_limit_bytes;
         config.tailer_poll_interval = self.tailer_poll.max(Duration::from_millis(10));
         config.require_client_compat = self.require_client_compat;
+        config.replica_wait = self.replica_wait;
         config
     }
 }

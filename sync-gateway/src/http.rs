@@ -21,7 +21,7 @@ use crate::auth::revocation::Revocation;
 use crate::auth::{AuthError, RevocationKind};
 use crate::gateway::Gateway;
 use crate::protocol::ErrorCode;
-use crate::source::HydratePage;
+use crate::source::{HydratePage, SourceError};
 
 pub const HYDRATE_PATH: &str = "/sync/v1/topics/{topic}/docs";
 pub const MINT_PATH: &str = "/api/sync/token";
@@ -176,7 +176,7 @@ pub struct HydrateResponse {
         (status = 401, description = "`unauthorized` or `reauth_required`", body = Object),
         (status = 403, description = "`forbidden_topic`", body = Object),
         (status = 404, description = "`bad_topic`", body = Object),
-        (status = 503, description = "the sync source failed; retry with backoff", body = Object)))]
+        (status = 503, description = "`replica_unavailable` (the read replica is down), `replica_behind` (it has not replayed `watermark` yet) or `internal`; retry with backoff", body = Object)))]
 pub async fn hydrate(
     State(gateway): State<Gateway>,
     Path(topic): Path<String>,
@@ -220,41 +220,21 @@ pub async fn hydrate(
         )
         .with("forbidden_topics", json!([topic])));
     }
-    let hydration = gateway
-        .source()
-        .hydrate(
-            &topic,
-            query.doc_key.as_deref(),
-            HydratePage {
-                after: query.after.as_deref(),
-                limit,
-            },
-            &auth.principal.owner_filter(),
-        )
-        .await
-        .map_err(|e| {
-            tracing::error!(error.message = %e, error.cause_chain = ?e, "hydration failed");
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "internal",
-                "sync source unavailable; retry with backoff",
-            )
-        })?;
-    let watermark = match query.watermark {
-        Some(first) if first > hydration.watermark => {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_cursor",
-                format!(
-                    "watermark {first} is ahead of the topic's head {}: pass the first page's \
-                     watermark",
-                    hydration.watermark
-                ),
-            ))
-        }
-        Some(first) => first,
-        None => hydration.watermark,
+    let page = HydratePage {
+        after: query.after.as_deref(),
+        limit,
     };
+    let filter = auth.principal.owner_filter();
+    let hydration = hydrate_page(
+        &gateway,
+        &topic,
+        query.doc_key.as_deref(),
+        page,
+        &filter,
+        query.watermark,
+    )
+    .await?;
+    let watermark = query.watermark.unwrap_or(hydration.watermark);
     Ok(Json(HydrateResponse {
         topic: hydration.topic,
         watermark,
@@ -271,6 +251,89 @@ pub async fn hydrate(
             })
             .collect(),
     }))
+}
+
+/// One hydration page. A next page names the first page's watermark, and its documents must be
+/// at least as new: a source behind that watermark (a replica that has not replayed it) is
+/// read again for up to `replica_wait` while the primary shows the watermark was written, then
+/// answered `503 replica_behind`; a watermark the primary never reached is `invalid_cursor`.
+async fn hydrate_page(
+    gateway: &Gateway,
+    topic: &str,
+    doc_key: Option<&str>,
+    page: HydratePage<'_>,
+    filter: &crate::source::OwnerFilter,
+    first: Option<u64>,
+) -> Result<crate::source::Hydration, ApiError> {
+    let source = gateway.source();
+    let deadline = tokio::time::Instant::now() + gateway.config().replica_wait;
+    let mut pause = engine::backoff::Backoff::new(
+        std::time::Duration::from_millis(5),
+        std::time::Duration::from_millis(100),
+    );
+    loop {
+        let hydration = source
+            .hydrate(topic, doc_key, page, filter)
+            .await
+            .map_err(|e| source_error(&e))?;
+        let Some(first) = first.filter(|first| *first > hydration.watermark) else {
+            return Ok(hydration);
+        };
+        let primary = source
+            .primary_heads(&[topic])
+            .await
+            .map_err(|e| source_error(&e))?
+            .and_then(|heads| heads.first().copied());
+        match primary {
+            Some(head) if first <= head => {
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "replica_behind",
+                        format!(
+                            "the read replica has replayed {topic} up to {}, not yet to \
+                             watermark {first}; retry",
+                            hydration.watermark
+                        ),
+                    )
+                    .with("replica_watermark", json!(hydration.watermark))
+                    .with("retry_after_ms", json!(500)));
+                }
+                tokio::time::sleep(pause.next_delay()).await;
+            }
+            _ => {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_cursor",
+                    format!(
+                        "watermark {first} is ahead of the topic's head {}: pass the first \
+                         page's watermark",
+                        hydration.watermark
+                    ),
+                ))
+            }
+        }
+    }
+}
+
+/// A hydration's source failure: `503 replica_unavailable` when the read replica is down,
+/// `503 internal` otherwise.
+fn source_error(e: &SourceError) -> ApiError {
+    if let SourceError::ReplicaUnavailable(_) = e {
+        tracing::warn!(error.message = %e, "hydration: read replica unavailable");
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "replica_unavailable",
+            "the read replica is unavailable; retry with backoff",
+        )
+        .with("retry_after_ms", json!(1000));
+    }
+    tracing::error!(error.message = %e, error.cause_chain = ?e, "hydration failed");
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "internal",
+        "sync source unavailable; retry with backoff",
+    )
 }
 
 /// The internal token's principal for the mint and revoke routes, which the root mounts behind

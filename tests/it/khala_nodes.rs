@@ -84,7 +84,7 @@ impl Node {
 }
 
 /// A sync token for `who`, valid on every node (they share the key).
-fn sync_token(who: &Who) -> String {
+pub(crate) fn sync_token(who: &Who) -> String {
     let known: Vec<String> = projectors::all_specs()
         .iter()
         .map(|s| s.topic.to_owned())
@@ -104,7 +104,13 @@ fn sync_token(who: &Who) -> String {
 }
 
 /// Sends a command to `base` as user `user`; returns the status.
-async fn command(http: &reqwest::Client, base: &str, user: &str, path: &str, body: Value) -> u16 {
+pub(crate) async fn command(
+    http: &reqwest::Client,
+    base: &str,
+    user: &str,
+    path: &str,
+    body: Value,
+) -> u16 {
     let mut claims = claims();
     claims.user_id = Some(user.to_owned());
     let response = http
@@ -119,12 +125,12 @@ async fn command(http: &reqwest::Client, base: &str, user: &str, path: &str, bod
     response.status().as_u16()
 }
 
-async fn ok(http: &reqwest::Client, base: &str, user: &str, path: &str, body: Value) {
+pub(crate) async fn ok(http: &reqwest::Client, base: &str, user: &str, path: &str, body: Value) {
     let status = command(http, base, user, path, body).await;
     assert!((200..300).contains(&status), "{path} on {base}: {status}");
 }
 
-fn frame(run: &str, id: &str) -> (String, Value) {
+pub(crate) fn frame(run: &str, id: &str) -> (String, Value) {
     (
         format!("/internal/v1/runs/{run}/frames"),
         json!({"thread_id": "thread_1", "frame_id": id, "type": "text_delta", "payload": {"delta": id}}),
@@ -160,7 +166,7 @@ async fn wait_for_leases(store: &SyncStore, pid: u32) {
 
 /// True once `run` has a succeeded version carrying its receipt (recorded by `serve` after the
 /// finish): the run's last document version.
-fn receipted(updates: &[Update], run: &str) -> bool {
+pub(crate) fn receipted(updates: &[Update], run: &str) -> bool {
     let key = run_key(run);
     updates.iter().any(|u| {
         u.doc_key == key

@@ -25,6 +25,7 @@ mod lightning;
 mod openapi;
 mod projection;
 mod replay;
+mod replica;
 mod soak;
 mod store;
 mod sweeper;

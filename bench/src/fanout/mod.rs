@@ -20,9 +20,12 @@
 //! - [`load`]: the baseline's and the in-memory mode's clients, and the replay client.
 //! - [`report`]: the printed lines and the `--plot` SVG.
 //! - [`stages`]: the `serve` child's stage histograms over a run (where the milliseconds go).
+//! - [`replica`]: `bench replica`, read capacity with and without a hot standby beside the
+//!   primary's write throughput (the same `serve` child and command driver).
 
 mod load;
 mod pipeline;
+pub mod replica;
 mod report;
 mod server;
 mod stages;
@@ -88,6 +91,10 @@ pub struct FanoutArgs {
     /// SQLite journal in a temporary directory.
     #[arg(long)]
     pub database_url: Option<String>,
+    /// (pipeline, with --database-url) A hot standby of that database for Khala's stream
+    /// reads and hydration (`serve --read-database-url`).
+    #[arg(long)]
+    pub read_database_url: Option<String>,
     /// (pipeline) An `openagents-runtime` binary to run `serve` with (default: this binary's
     /// `runtime serve`, the same library).
     #[arg(long)]

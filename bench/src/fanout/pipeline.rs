@@ -31,6 +31,9 @@ use sync_gateway::client::socket_url;
 /// The signature secret the bench and its `serve` child share.
 const SIGNATURE_SECRET: &str = "fanout-bench-signature-secret-0123456789";
 
+/// The audit checkpoint key of the `serve` child (a bench key: nothing it signs is kept).
+const BENCH_AUDIT_KEY: &str = "be0cbe0cbe0cbe0cbe0cbe0cbe0cbe0cbe0cbe0cbe0cbe0cbe0cbe0cbe0cbe0c";
+
 /// The `serve` child.
 pub(crate) struct Runtime {
     /// Killed on drop (`kill_on_drop`), so a failed bench never leaves it behind.
@@ -45,9 +48,24 @@ pub(crate) struct Runtime {
 impl Runtime {
     /// Starts `<runtime-bin> serve` on port 0 and waits for its "listening on" line.
     pub(crate) async fn spawn(args: &FanoutArgs) -> anyhow::Result<Self> {
+        Self::spawn_on(
+            args.runtime_bin.as_deref(),
+            args.database_url.as_deref(),
+            args.read_database_url.as_deref(),
+        )
+        .await
+    }
+
+    /// [`Runtime::spawn`] from its parts: the binary, the journal (embedded without a URL) and
+    /// the read replica Khala and hydration read (`--read-database-url`), if any.
+    pub(crate) async fn spawn_on(
+        runtime_bin: Option<&std::path::Path>,
+        database_url: Option<&str>,
+        read_database_url: Option<&str>,
+    ) -> anyhow::Result<Self> {
         // This binary's hidden `runtime` subcommand is the runtime's own command line.
-        let (bin, prefix): (_, &[&str]) = match &args.runtime_bin {
-            Some(path) => (path.clone(), &[]),
+        let (bin, prefix): (_, &[&str]) = match runtime_bin {
+            Some(path) => (path.to_path_buf(), &[]),
             None => (
                 std::env::current_exe().context("locate the current executable")?,
                 &["runtime"],
@@ -73,7 +91,10 @@ impl Runtime {
             .args(["--shutdown-grace-secs", "5"])
             .env("OA_RUNTIME_SIGNATURE_SECRET", SIGNATURE_SECRET)
             .env("OA_SYNC_JWT_KEY", super::BENCH_SYNC_KEY)
+            // PostgreSQL journals need a configured audit key (the embedded one generates it).
+            .env("OA_AUDIT_KEY", BENCH_AUDIT_KEY)
             .env_remove("DATABASE_URL")
+            .env_remove("READ_DATABASE_URL")
             .env(
                 "RUST_LOG",
                 std::env::var("OA_BENCH_SERVE_LOG").unwrap_or_else(|_| "warn".into()),
@@ -82,8 +103,11 @@ impl Runtime {
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .kill_on_drop(true);
-        if let Some(url) = &args.database_url {
+        if let Some(url) = database_url {
             command.args(["--database-url", url]);
+        }
+        if let Some(url) = read_database_url {
+            command.args(["--read-database-url", url]);
         }
         let mut child = command.spawn().with_context(|| {
             format!(
@@ -171,7 +195,15 @@ impl Driver {
         })
     }
 
-    async fn post(&self, path: &str, body: Value) -> anyhow::Result<()> {
+    pub(crate) fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    pub(crate) fn base(&self) -> &str {
+        &self.base
+    }
+
+    pub(crate) async fn post(&self, path: &str, body: Value) -> anyhow::Result<()> {
         let claims = engine::auth::InternalClaims {
             user_id: Some(BENCH_USER.to_owned()),
             ..engine::auth::InternalClaims::new(chrono::Utc::now().timestamp(), 300)

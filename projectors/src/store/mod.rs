@@ -102,6 +102,17 @@ pub struct StreamRow {
     pub projected_at_ms: i64,
 }
 
+/// One page of a topic's stream and the topic's state in the snapshot it was read in: every row
+/// passing the filter with a watermark in `(after, state.head_watermark]` is in `rows` unless
+/// the page is full (the stream is gapless and commit-ordered, so a snapshot that holds the head
+/// holds every row below it — on a hot standby too, which replays commits in the primary's
+/// order).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StreamPage {
+    pub state: TopicState,
+    pub rows: Vec<StreamRow>,
+}
+
 /// One current document.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DocRow {
@@ -528,6 +539,25 @@ impl SyncStore {
         limit: usize,
         filter: &OwnerFilter,
     ) -> Result<Vec<StreamRow>, ReadError> {
+        Ok(self
+            .read_stream_page(topic, after, limit, filter)
+            .await?
+            .rows)
+    }
+
+    /// [`SyncStore::read_stream`] with the topic's state from the same snapshot: a reader of a
+    /// store that may lag or step back (a hot standby catching up, or restarted) learns how far
+    /// this read is complete from the read itself, never from an earlier one.
+    ///
+    /// # Errors
+    /// As [`SyncStore::read_stream`].
+    pub async fn read_stream_page(
+        &self,
+        topic: &str,
+        after: u64,
+        limit: usize,
+        filter: &OwnerFilter,
+    ) -> Result<StreamPage, ReadError> {
         dispatch!(self, s => s.read_stream(topic, after, limit, filter).await)
     }
 

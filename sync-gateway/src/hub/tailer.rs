@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use engine::backoff::Backoff;
 use engine::notify::CommitStamps;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -562,7 +563,13 @@ impl Tailer {
     }
 
     /// Tails the topic until `shutdown`: catches up, then waits for a head notification or the
-    /// fallback poll. Source errors are logged and retried at the next wake-up.
+    /// fallback poll. Source errors are logged and retried with backoff (up to the poll).
+    ///
+    /// On a replica (`--read-database-url`) a wake-up can arrive before the replica has
+    /// replayed the commit it announces (NOTIFY comes from the primary). So each round first
+    /// asks the primary for the topic's head, then reads the replica, and while the replica is
+    /// behind that head it reads again after short pauses (2–50 ms) instead of waiting for the
+    /// next notice: a wake-up is never lost, and nothing past what the replica shows is read.
     pub async fn run(
         self: Arc<Self>,
         source: Arc<dyn SyncSource>,
@@ -571,11 +578,41 @@ impl Tailer {
     ) {
         let mut heads = source.subscribe_heads();
         let mut notifications = true;
+        let mut lagging = Backoff::new(Duration::from_millis(2), Duration::from_millis(50));
+        let mut failing = Backoff::new(Duration::from_millis(50), poll.min(Duration::from_secs(1)));
+        let mut failed = false;
         loop {
             heads.mark_unchanged();
-            if let Err(e) = self.catch_up(source.as_ref()).await {
-                tracing::warn!(topic = %self.topic, error.message = %e, error.cause_chain = ?e, "tailer read failed; retrying");
-            }
+            // Read before the replica: everything a wake-up announced is at or below it.
+            let wanted = match source.primary_heads(&[self.topic.as_str()]).await {
+                Ok(heads) => heads.and_then(|h| h.first().copied()),
+                Err(e) => {
+                    tracing::debug!(topic = %self.topic, error.message = %e, "primary head unknown; polling the replica");
+                    None
+                }
+            };
+            let wait = match self.catch_up(source.as_ref()).await {
+                Ok(()) => {
+                    if failed {
+                        tracing::info!(topic = %self.topic, tail = self.tail(), "tailer reads again");
+                        failed = false;
+                    }
+                    failing.reset();
+                    if wanted.is_some_and(|w| self.tail() < w) {
+                        lagging.next_delay()
+                    } else {
+                        lagging.reset();
+                        poll
+                    }
+                }
+                Err(e) => {
+                    if !failed {
+                        tracing::warn!(topic = %self.topic, error.message = %e, error.cause_chain = ?e, "tailer read failed; retrying");
+                        failed = true;
+                    }
+                    failing.next_delay()
+                }
+            };
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 changed = heads.changed(), if notifications => {
@@ -583,7 +620,7 @@ impl Tailer {
                         notifications = false; // the notifier is gone; poll only
                     }
                 }
-                () = tokio::time::sleep(poll) => {}
+                () = tokio::time::sleep(wait) => {}
             }
         }
     }

@@ -48,6 +48,7 @@ impl Session {
         let mut bytes = 0usize;
         let mut stale: Vec<(usize, StaleTopic)> = Vec::new();
         let mut source_failed = false;
+        let mut replica_down = false;
         for &i in &order {
             if batch.len() >= limit || bytes >= max_bytes {
                 break;
@@ -74,12 +75,25 @@ impl Session {
                     };
                 }
                 Err(PullError::Stale(topic)) => stale.push((i, topic)),
+                Err(PullError::Source(SourceError::ReplicaUnavailable(e))) => {
+                    tracing::debug!(error.message = %e, "read replica unavailable during delivery; the session waits");
+                    replica_down = true;
+                    break;
+                }
                 Err(PullError::Source(e)) => {
                     tracing::error!(error.message = %e, error.cause_chain = ?e, "sync source failed during delivery");
                     source_failed = true;
                     break;
                 }
             }
+        }
+        if replica_down && batch.is_empty() {
+            // The replica is down or restarting: keep the socket, send nothing, and try again
+            // after a pause (the loop still answers the client in between). Cursors did not
+            // move, so the session resumes exactly where it stopped.
+            drop(permit);
+            tokio::time::sleep(REPLICA_RETRY).await;
+            return Ok(());
         }
         if source_failed {
             drop(permit);
@@ -161,6 +175,13 @@ impl Session {
     }
 }
 
+/// How long a session whose replay needs an unreachable replica waits before it tries again.
+const REPLICA_RETRY: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// How long a session pauses when its source shows nothing past its cursor although its tailer
+/// has read further (a replica restarted behind where it was, catching up).
+const BEHIND_PAUSE: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// Rows of `sub` after its cursor (from memory when it covers the cursor, else from the
 /// source) and the cursor to move to if all are delivered.
 async fn pull(
@@ -176,9 +197,10 @@ async fn pull(
             return Ok((rows, cursor));
         }
     }
-    // Replay from the source. Rows up to the tail (read by the tailer) and up to the target
-    // (the head when the replay started) are visible, so a short read covers them.
-    let visible = tailer.tail().max(sub.target);
+    // Replay from the source. A short page covers everything up to the head of the snapshot it
+    // was read in, and no further: not the tailer's tail nor the replay target, which earlier
+    // reads saw. A replica restarted behind where it was may not show those yet, and moving
+    // past them would skip rows (docs/adr/0125-read-replicas.md).
     let source = gateway.source();
     let stale = |state: &crate::source::TopicState| {
         let budget = gateway
@@ -198,11 +220,11 @@ async fn pull(
             replay_budget_events: budget,
         })
     };
-    let rows = match source
-        .read_stream(&sub.topic, sub.cursor, limit, filter)
+    let page = match source
+        .read_stream_page(&sub.topic, sub.cursor, limit, filter)
         .await
     {
-        Ok(rows) => rows,
+        Ok(page) => page,
         Err(SourceError::Stale { state }) => return Err(stale(&state)),
         Err(e) => return Err(PullError::Source(e)),
     };
@@ -217,12 +239,18 @@ async fn pull(
     if state.retention_floor > sub.cursor {
         return Err(stale(&state));
     }
+    let rows = page.rows;
     let last = rows.last().map_or(sub.cursor, |r| r.watermark);
     let cursor = if rows.len() >= limit {
         last
     } else {
-        last.max(visible)
+        last.max(page.head_watermark)
     };
+    if rows.is_empty() && cursor <= sub.cursor {
+        // The source shows less than this node has already seen (a replica catching up after
+        // a restart): nothing to send yet. Pause briefly so a session does not spin on reads.
+        tokio::time::sleep(BEHIND_PAUSE).await;
+    }
     let prepared = rows
         .iter()
         .map(|row| PreparedRow::prepare(row, max_update_bytes))

@@ -11,7 +11,7 @@ use crate::gateway::Gateway;
 use crate::protocol::{
     ErrorCode, Frame, StaleReason, StaleTopic, SubscribeReply, SubscribeRequest, SyncError,
 };
-use crate::source::TopicState;
+use crate::source::{SourceError, TopicState};
 
 /// A validated `sync:subscribe`.
 struct SubscribePlan {
@@ -182,22 +182,30 @@ async fn fresh_topic_states(
 ) -> Result<Vec<TopicState>, SyncError> {
     let names: Vec<&str> = plan.topics.iter().map(String::as_str).collect();
     let states = gateway.source().topic_states(&names).await.map_err(|e| {
+        if let SourceError::ReplicaUnavailable(_) = e {
+            tracing::warn!(error.message = %e, "read replica unavailable at subscribe");
+            return SyncError::new(
+                ErrorCode::Internal,
+                "read replica unavailable; retry with backoff",
+            );
+        }
         tracing::error!(error.message = %e, error.cause_chain = ?e, "sync source failed at subscribe");
         SyncError::new(
             ErrorCode::Internal,
             "sync source unavailable; retry with backoff",
         )
     })?;
+    let ahead_limits = ahead_limits(gateway, plan, &states, &names).await;
     let config = gateway.config();
     let mut stale = Vec::new();
-    for state in &states {
+    for (state, ahead_limit) in states.iter().zip(ahead_limits) {
         let Some(cursor) = plan.resume_at(&state.topic) else {
             continue;
         };
         let budget = config
             .policy(&state.topic)
             .map_or(u64::MAX, |p| p.replay_budget);
-        if let Some(reason) = staleness(state, cursor, budget) {
+        if let Some(reason) = staleness(state, cursor, budget, ahead_limit) {
             stale.push(StaleTopic {
                 topic: state.topic.clone(),
                 reason,
@@ -214,17 +222,58 @@ async fn fresh_topic_states(
     Ok(states)
 }
 
+/// How far ahead of the source's head each topic's resume cursor may be: the source's own head,
+/// unless the source reads a replica and a cursor is ahead of it. Then the primary's head: a
+/// cursor the primary has reached was handed out by it or by another node, and the session waits
+/// for the replica to replay it. If the primary cannot be asked, such a cursor is believed (the
+/// session waits; a cursor nobody wrote waits until the client gives up).
+async fn ahead_limits(
+    gateway: &Gateway,
+    plan: &SubscribePlan,
+    states: &[TopicState],
+    names: &[&str],
+) -> Vec<u64> {
+    let own: Vec<u64> = states.iter().map(|s| s.head_watermark).collect();
+    let ahead = states.iter().any(|s| {
+        plan.resume_at(&s.topic)
+            .is_some_and(|c| c > s.head_watermark)
+    });
+    if !ahead {
+        return own;
+    }
+    match gateway.source().primary_heads(names).await {
+        Ok(None) => own,
+        Ok(Some(primary)) => primary
+            .into_iter()
+            .zip(own)
+            .map(|(p, o)| p.max(o))
+            .collect(),
+        Err(e) => {
+            tracing::warn!(error.message = %e, "primary heads unknown at subscribe; cursors ahead of the replica wait");
+            vec![u64::MAX; own.len()]
+        }
+    }
+}
+
 /// Why replay cannot serve a resume from `cursor` on a topic in `state` with a replay budget of
-/// `budget` events, if it cannot.
-fn staleness(state: &TopicState, cursor: u64, budget: u64) -> Option<StaleReason> {
+/// `budget` events, if it cannot. A cursor past the head up to `ahead_limit` waits for the head
+/// to reach it (a replica behind the primary); past `ahead_limit` it is `cursor_ahead`.
+fn staleness(
+    state: &TopicState,
+    cursor: u64,
+    budget: u64,
+    ahead_limit: u64,
+) -> Option<StaleReason> {
     if cursor < state.retention_floor {
         Some(if cursor < state.epoch_start {
             StaleReason::EpochChanged
         } else {
             StaleReason::RetentionFloorBreach
         })
-    } else if cursor > state.head_watermark {
+    } else if cursor > state.head_watermark.max(ahead_limit) {
         Some(StaleReason::CursorAhead)
+    } else if cursor > state.head_watermark {
+        None
     } else if state.head_watermark - cursor > budget {
         Some(StaleReason::ReplayBudgetExceeded)
     } else {
@@ -245,12 +294,30 @@ mod tests {
             epoch: 2,
             epoch_start: 30,
         };
-        let reason = |cursor| staleness(&state, cursor, 50);
+        let reason = |cursor| staleness(&state, cursor, 50, 100);
         assert_eq!(reason(10), Some(StaleReason::EpochChanged));
         assert_eq!(reason(35), Some(StaleReason::RetentionFloorBreach));
         assert_eq!(reason(101), Some(StaleReason::CursorAhead));
         assert_eq!(reason(45), Some(StaleReason::ReplayBudgetExceeded));
         assert_eq!(reason(50), None);
         assert_eq!(reason(100), None);
+    }
+
+    #[test]
+    fn a_cursor_ahead_of_a_replica_but_not_of_the_primary_waits() {
+        let state = TopicState {
+            topic: "t".into(),
+            head_watermark: 100,
+            retention_floor: 0,
+            epoch: 1,
+            epoch_start: 0,
+        };
+        // The primary is at 120: 101..=120 wait for the replica, 121 was never written.
+        assert_eq!(staleness(&state, 101, 50, 120), None);
+        assert_eq!(staleness(&state, 120, 50, 120), None);
+        assert_eq!(
+            staleness(&state, 121, 50, 120),
+            Some(StaleReason::CursorAhead)
+        );
     }
 }

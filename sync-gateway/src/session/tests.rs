@@ -409,3 +409,97 @@ async fn a_short_replay_page_moves_the_cursor_only_as_far_as_its_own_snapshot() 
     assert_eq!(seen, expected);
     h.shutdown.cancel();
 }
+
+/// A replica that restarted behind where it was: it shows only rows up to `visible` (and caps
+/// its head there), although a tailer read further before the restart.
+struct SteppingBack {
+    inner: Arc<MemorySource>,
+    visible: std::sync::atomic::AtomicU64,
+}
+
+#[async_trait::async_trait]
+impl SyncSource for SteppingBack {
+    async fn topic_states(&self, topics: &[&str]) -> Result<Vec<TopicState>, SourceError> {
+        let visible = self.visible.load(Ordering::SeqCst);
+        let mut states = self.inner.topic_states(topics).await?;
+        for state in &mut states {
+            state.head_watermark = state.head_watermark.min(visible);
+        }
+        Ok(states)
+    }
+
+    async fn read_stream(
+        &self,
+        topic: &str,
+        after: u64,
+        limit: usize,
+        owner: &OwnerFilter,
+    ) -> Result<Vec<StreamRow>, SourceError> {
+        let visible = self.visible.load(Ordering::SeqCst);
+        let mut rows = self.inner.read_stream(topic, after, limit, owner).await?;
+        rows.retain(|r| r.watermark <= visible);
+        Ok(rows)
+    }
+
+    async fn hydrate(
+        &self,
+        topic: &str,
+        doc_key: Option<&str>,
+        page: HydratePage<'_>,
+        owner: &OwnerFilter,
+    ) -> Result<Hydration, SourceError> {
+        self.inner.hydrate(topic, doc_key, page, owner).await
+    }
+
+    fn subscribe_heads(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.subscribe_heads()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_replay_never_skips_rows_a_source_that_stepped_back_does_not_show_yet() {
+    // The tailer read alice's rows 1..=10; then the source (a standby restarted behind its last
+    // replayed record) shows only 1..=4. A replay from 0 must deliver 1..=4, wait, and deliver
+    // 5..=10 once the source shows them — never jump to the tailer's tail and skip them.
+    let memory = Arc::new(MemorySource::new());
+    for i in 0..10 {
+        memory.append(
+            TOPIC,
+            &format!("d{i}"),
+            json!({"i": i}),
+            DocOwner::user("alice"),
+        );
+    }
+    let source = Arc::new(SteppingBack {
+        inner: memory.clone(),
+        visible: std::sync::atomic::AtomicU64::new(10),
+    });
+    let config = GatewayConfig {
+        window_rows: 1,
+        ..GatewayConfig::default()
+    };
+    let mut h = Harness::start_over(config, 16, 900, memory, source.clone());
+    tokio::time::sleep(Duration::from_millis(50)).await; // the tailer reads up to 10
+    source.visible.store(4, Ordering::SeqCst);
+    h.send(r#"["1","1","sync:v1","phx_join",{}]"#).await;
+    assert_eq!(h.recv_frame().await.payload["status"], "ok");
+    h.send(&format!(
+        r#"["1","2","sync:v1","sync:subscribe",{{"topics":["{TOPIC}"],"resume_after":{{"{TOPIC}":0}}}}]"#
+    ))
+    .await;
+    assert_eq!(h.recv_frame().await.payload["status"], "ok");
+    let mut seen = Vec::new();
+    while seen.last() != Some(&10) {
+        let frame = h.recv_frame().await;
+        assert_eq!(frame.event, "sync:update_batch", "{frame:?}");
+        for update in frame.payload["updates"].as_array().unwrap() {
+            seen.push(update["watermark"].as_u64().unwrap());
+        }
+        if seen.last() == Some(&4) {
+            // The standby replays on.
+            source.visible.store(10, Ordering::SeqCst);
+        }
+    }
+    assert_eq!(seen, (1..=10).collect::<Vec<u64>>());
+    h.shutdown.cancel();
+}

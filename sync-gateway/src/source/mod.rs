@@ -50,6 +50,15 @@ pub struct TopicState {
     pub epoch_start: u64,
 }
 
+/// One page of a topic's stream with the head it is complete up to: every row passing the
+/// owner filter with a watermark in `(after, head_watermark]` is in `rows` unless the page is
+/// full. A reader may move its cursor to `head_watermark` after a short page, and never further.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct StreamPage {
+    pub rows: Vec<StreamRow>,
+    pub head_watermark: u64,
+}
+
 /// A current document.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Doc {
@@ -79,6 +88,11 @@ pub enum SourceError {
     /// The gateway reports `stale_cursor` to the client.
     #[error("cursor of {} is below its retention floor {}", state.topic, state.retention_floor)]
     Stale { state: TopicState },
+    /// The read replica (`--read-database-url`) cannot be reached: a hot standby down or
+    /// restarting. Hydration answers `503 replica_unavailable`; sessions keep their sockets and
+    /// resume when it is back (docs/adr/0125-read-replicas.md).
+    #[error("read replica unavailable")]
+    ReplicaUnavailable(#[source] anyhow::Error),
     /// Anything else; clients get `internal`.
     #[error("sync source unavailable")]
     Unavailable(#[source] anyhow::Error),
@@ -103,6 +117,44 @@ pub trait SyncSource: Send + Sync + 'static {
         limit: usize,
         owner: &OwnerFilter,
     ) -> Result<Vec<StreamRow>, SourceError>;
+
+    /// [`SyncSource::read_stream`] and the head the page is complete up to, from the read's own
+    /// snapshot. The default reads the topic's state first and then the rows, which is exact
+    /// for a source that never steps back (memory, the primary); a source that can (a replica
+    /// that restarts behind where it was) overrides it with one snapshot.
+    ///
+    /// # Errors
+    /// As [`SyncSource::read_stream`].
+    async fn read_stream_page(
+        &self,
+        topic: &str,
+        after: u64,
+        limit: usize,
+        owner: &OwnerFilter,
+    ) -> Result<StreamPage, SourceError> {
+        let head = self
+            .topic_states(&[topic])
+            .await?
+            .pop()
+            .map_or(0, |s| s.head_watermark);
+        let rows = self.read_stream(topic, after, limit, owner).await?;
+        Ok(StreamPage {
+            rows,
+            head_watermark: head,
+        })
+    }
+
+    /// The heads of `topics` on the primary when this source reads a replica that lags it
+    /// (`--read-database-url`), in the same order; `Ok(None)` when this source is itself the
+    /// authority (its own heads are the truth). Readers use it to tell a watermark the replica
+    /// has not replayed yet (wait) from one nobody wrote (refuse), and to know how far a
+    /// wake-up asks them to read.
+    ///
+    /// # Errors
+    /// [`SourceError::Unavailable`] when the primary cannot be read.
+    async fn primary_heads(&self, _topics: &[&str]) -> Result<Option<Vec<u64>>, SourceError> {
+        Ok(None)
+    }
 
     /// One page (keys after `page.after` in byte order, at most `page.limit`) of one consistent
     /// snapshot of `topic`'s current docs (or the one `doc_key`), with the snapshot's head.

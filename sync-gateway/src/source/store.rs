@@ -1,5 +1,7 @@
 //! [`StoreSource`]: the gateway's view of the projectors' store (PostgreSQL or SQLite), woken by
 //! the projectors' stream-head notices (in-process, and across processes through the relay).
+//! [`StoreSource::replica`] reads a hot standby instead and asks the primary only for heads
+//! (docs/adr/0125-read-replicas.md).
 
 use std::sync::Arc;
 
@@ -10,19 +12,49 @@ use serde_json::Value;
 use tokio::sync::watch;
 
 use super::{
-    Doc, HydratePage, Hydration, OwnerFilter, SourceError, StreamRow, SyncSource, TopicState,
+    Doc, HydratePage, Hydration, OwnerFilter, SourceError, StreamPage, StreamRow, SyncSource,
+    TopicState,
 };
 
 /// The projectors' store as a [`SyncSource`]. Cheap to clone.
 #[derive(Clone)]
 pub struct StoreSource {
+    /// Where every read goes: the primary, or a replica of it.
     store: SyncStore,
     notifier: Arc<SyncNotifier>,
+    /// The primary when `store` is a replica: asked for topic heads only (one indexed row per
+    /// topic), never for rows or documents.
+    primary: Option<SyncStore>,
 }
 
 impl StoreSource {
+    /// Reads `store`, the primary (the store the projectors write).
     pub fn new(store: SyncStore, notifier: Arc<SyncNotifier>) -> Self {
-        Self { store, notifier }
+        Self {
+            store,
+            notifier,
+            primary: None,
+        }
+    }
+
+    /// Reads `replica`, a hot standby of `primary` that replays its commits in order but may lag
+    /// (or, just after a restart, step back): rows and documents come from the replica, topic
+    /// heads for wait decisions from `primary`.
+    pub fn replica(replica: SyncStore, primary: SyncStore, notifier: Arc<SyncNotifier>) -> Self {
+        Self {
+            store: replica,
+            notifier,
+            primary: Some(primary),
+        }
+    }
+
+    /// A store failure as the source's error: the replica unreachable is its own case.
+    fn failed(&self, e: store::StoreError) -> SourceError {
+        if self.primary.is_some() && replica_down(&e) {
+            SourceError::ReplicaUnavailable(anyhow::Error::new(e))
+        } else {
+            unavailable(e)
+        }
     }
 }
 
@@ -33,6 +65,21 @@ fn state(s: store::TopicState) -> TopicState {
         retention_floor: s.retention_floor,
         epoch: s.epoch,
         epoch_start: s.epoch_start,
+    }
+}
+
+/// Whether a replica's failure means it is down or not serving yet (rather than a fault of the
+/// read): unreachable, shutting down or starting up (SQLSTATE class 57P), a broken connection
+/// (08), or a read cancelled by a recovery conflict (40001 on a standby).
+fn replica_down(e: &store::StoreError) -> bool {
+    if e.is_unavailable() {
+        return true;
+    }
+    match e {
+        store::StoreError::Database(sqlx::Error::Database(db)) => db
+            .code()
+            .is_some_and(|c| c.starts_with("57P") || c.starts_with("08") || c == "40001"),
+        _ => false,
     }
 }
 
@@ -62,26 +109,44 @@ fn payload_text(text: String, what: &str) -> Result<String, SourceError> {
 #[async_trait]
 impl SyncSource for StoreSource {
     async fn topic_states(&self, topics: &[&str]) -> Result<Vec<TopicState>, SourceError> {
-        let states = self.store.topic_states(topics).await.map_err(unavailable)?;
+        let states = self
+            .store
+            .topic_states(topics)
+            .await
+            .map_err(|e| self.failed(e))?;
         Ok(states.into_iter().map(state).collect())
     }
 
-    async fn read_stream(
+    async fn primary_heads(&self, topics: &[&str]) -> Result<Option<Vec<u64>>, SourceError> {
+        let Some(primary) = &self.primary else {
+            return Ok(None);
+        };
+        let states = primary.topic_states(topics).await.map_err(unavailable)?;
+        Ok(Some(states.iter().map(|s| s.head_watermark).collect()))
+    }
+
+    async fn read_stream_page(
         &self,
         topic: &str,
         after: u64,
         limit: usize,
         owner: &OwnerFilter,
-    ) -> Result<Vec<StreamRow>, SourceError> {
-        let rows = match self.store.read_stream(topic, after, limit, owner).await {
-            Ok(rows) => rows,
+    ) -> Result<StreamPage, SourceError> {
+        let page = match self
+            .store
+            .read_stream_page(topic, after, limit, owner)
+            .await
+        {
+            Ok(page) => page,
             Err(ReadError::Stale { state: s, .. }) => {
                 return Err(SourceError::Stale { state: state(s) })
             }
-            Err(ReadError::UnknownTopic(_)) => return Ok(Vec::new()),
-            Err(ReadError::Store(e)) => return Err(unavailable(e)),
+            Err(ReadError::UnknownTopic(_)) => return Ok(StreamPage::default()),
+            Err(ReadError::Store(e)) => return Err(self.failed(e)),
         };
-        rows.into_iter()
+        let rows = page
+            .rows
+            .into_iter()
             .map(|r| {
                 Ok(StreamRow {
                     payload: payload_text(r.payload, &r.doc_key)?,
@@ -93,7 +158,24 @@ impl SyncSource for StoreSource {
                     owner: r.owner,
                 })
             })
-            .collect()
+            .collect::<Result<_, SourceError>>()?;
+        Ok(StreamPage {
+            rows,
+            head_watermark: page.state.head_watermark,
+        })
+    }
+
+    async fn read_stream(
+        &self,
+        topic: &str,
+        after: u64,
+        limit: usize,
+        owner: &OwnerFilter,
+    ) -> Result<Vec<StreamRow>, SourceError> {
+        Ok(self
+            .read_stream_page(topic, after, limit, owner)
+            .await?
+            .rows)
     }
 
     async fn hydrate(
@@ -111,7 +193,7 @@ impl SyncSource for StoreSource {
                     .store
                     .topic_states(&[topic])
                     .await
-                    .map_err(unavailable)?
+                    .map_err(|e| self.failed(e))?
                     .pop()
                     .map_or(0, |s| s.head_watermark);
                 return Ok(Hydration {
@@ -126,7 +208,7 @@ impl SyncSource for StoreSource {
                     "hydration cannot be stale"
                 )))
             }
-            Err(ReadError::Store(e)) => return Err(unavailable(e)),
+            Err(ReadError::Store(e)) => return Err(self.failed(e)),
         };
         let docs = hydration
             .docs

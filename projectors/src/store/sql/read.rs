@@ -7,7 +7,7 @@ use super::SqlStore;
 use crate::model::OwnerFilter;
 use crate::store::dialect::{Arg, Columns, Dialect};
 use crate::store::{
-    to_i64, DocRow, HydratePage, Hydration, ProjectorSpec, ReadError, StoreError, StreamRow,
+    to_i64, DocRow, HydratePage, Hydration, ProjectorSpec, ReadError, StoreError, StreamPage,
     Target, TopicState,
 };
 
@@ -78,8 +78,9 @@ impl<D: Dialect> SqlStore<D> {
         after: u64,
         limit: usize,
         filter: &OwnerFilter,
-    ) -> Result<Vec<StreamRow>, ReadError> {
-        // One statement, so one snapshot: the floor is checked against the rows it returns.
+    ) -> Result<StreamPage, ReadError> {
+        // One statement, so one snapshot: the floor is checked against the rows it returns, and
+        // the head returned with them is the one they are complete up to.
         let sql = format!(
             "SELECT t.head_watermark, t.retention_floor, t.epoch, t.epoch_start, s.*
                FROM {} t
@@ -106,7 +107,15 @@ impl<D: Dialect> SqlStore<D> {
         ];
         let rows = self.read(&sql, &args).await?;
         let Some(first) = rows.first() else {
-            return Ok(Vec::new());
+            // No topic row yet: nothing was ever written to it.
+            return Ok(StreamPage {
+                state: TopicState {
+                    topic: topic.to_owned(),
+                    epoch: 1,
+                    ..TopicState::default()
+                },
+                rows: Vec::new(),
+            });
         };
         let state = topic_state(topic, first)?;
         if after < state.retention_floor {
@@ -118,7 +127,7 @@ impl<D: Dialect> SqlStore<D> {
                 out.push(stream_row(topic, row)?);
             }
         }
-        Ok(out)
+        Ok(StreamPage { state, rows: out })
     }
 
     pub(in crate::store) async fn hydrate(
