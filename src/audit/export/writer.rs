@@ -11,28 +11,36 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use crate::audit::source::AuditRow;
 
-/// Buffers lines, hashes them and writes them out in large chunks.
+/// Bytes buffered before a chunk is written and hashed.
+const CHUNK: usize = 256 * 1024;
+
 /// Buffers lines and writes them out in large chunks, hashing each chunk on a blocking thread
-/// while the next one is being produced.
+/// while the next one is being produced. Two buffers take turns (one filling, one being hashed),
+/// so no chunk is copied or allocated afresh.
 pub(super) struct LineWriter<W> {
     pub(super) out: W,
     pub(super) buffer: Vec<u8>,
     /// The bundle hash so far: either at hand, or inside the task hashing the last chunk. The task
-    /// owns it until it is awaited at the next flush (or at [`LineWriter::finish_hash`]).
+    /// owns it (and that chunk) until it is awaited at the next flush (or at
+    /// [`LineWriter::finish_hash`]).
     hasher: Hashing,
     pub(super) bytes: u64,
 }
 
 enum Hashing {
     Idle(PrefixedSha256),
-    Busy(tokio::task::JoinHandle<PrefixedSha256>),
+    Busy(tokio::task::JoinHandle<(PrefixedSha256, Arc<Vec<u8>>)>),
 }
 
 impl Hashing {
-    async fn take(self) -> anyhow::Result<PrefixedSha256> {
+    /// The hasher, and the last chunk's buffer when nothing else holds it.
+    async fn take(self) -> anyhow::Result<(PrefixedSha256, Option<Vec<u8>>)> {
         match self {
-            Hashing::Idle(hasher) => Ok(hasher),
-            Hashing::Busy(task) => task.await.context("hash task"),
+            Hashing::Idle(hasher) => Ok((hasher, None)),
+            Hashing::Busy(task) => {
+                let (hasher, chunk) = task.await.context("hash task")?;
+                Ok((hasher, Arc::try_unwrap(chunk).ok()))
+            }
         }
     }
 }
@@ -41,7 +49,7 @@ impl<W: AsyncWrite + Unpin> LineWriter<W> {
     pub(super) fn new(out: W) -> Self {
         Self {
             out,
-            buffer: Vec::with_capacity(512 * 1024),
+            buffer: Vec::with_capacity(2 * CHUNK),
             hasher: Hashing::Idle(PrefixedSha256::new()),
             bytes: 0,
         }
@@ -49,7 +57,7 @@ impl<W: AsyncWrite + Unpin> LineWriter<W> {
 
     pub(super) async fn end_line(&mut self) -> anyhow::Result<()> {
         self.buffer.push(b'\n');
-        if self.buffer.len() >= 256 * 1024 {
+        if self.buffer.len() >= CHUNK {
             self.flush().await?;
         }
         Ok(())
@@ -59,14 +67,20 @@ impl<W: AsyncWrite + Unpin> LineWriter<W> {
         if self.buffer.is_empty() {
             return Ok(());
         }
-        let chunk: Arc<[u8]> = Arc::from(std::mem::take(&mut self.buffer));
-        self.buffer.reserve(512 * 1024);
         let previous = std::mem::replace(&mut self.hasher, Hashing::Idle(PrefixedSha256::new()));
-        let mut hasher = previous.take().await?;
-        let to_hash = chunk.clone();
+        let (mut hasher, spare) = previous.take().await?;
+        let next = match spare {
+            Some(mut spare) => {
+                spare.clear();
+                spare
+            }
+            None => Vec::with_capacity(2 * CHUNK),
+        };
+        let chunk = Arc::new(std::mem::replace(&mut self.buffer, next));
+        let to_hash = Arc::clone(&chunk);
         self.hasher = Hashing::Busy(tokio::task::spawn_blocking(move || {
             hasher.update(&to_hash);
-            hasher
+            (hasher, to_hash)
         }));
         self.bytes += chunk.len() as u64;
         self.out
@@ -80,7 +94,16 @@ impl<W: AsyncWrite + Unpin> LineWriter<W> {
     pub(super) async fn finish_hash(&mut self) -> anyhow::Result<String> {
         self.flush().await?;
         let hashing = std::mem::replace(&mut self.hasher, Hashing::Idle(PrefixedSha256::new()));
-        Ok(hashing.take().await?.finish())
+        Ok(hashing.take().await?.0.finish())
+    }
+
+    /// Appends whole lines (each ending in `\n`).
+    pub(super) async fn lines(&mut self, lines: &[u8]) -> anyhow::Result<()> {
+        self.buffer.extend_from_slice(lines);
+        if self.buffer.len() >= CHUNK {
+            self.flush().await?;
+        }
+        Ok(())
     }
 
     pub(super) async fn value_line(&mut self, value: &Value) -> anyhow::Result<()> {
@@ -97,7 +120,7 @@ pub(super) fn write_event_line(
     row: &AuditRow,
     recorded_at: Option<&str>,
     reformatted_payload: Option<&Value>,
-    metadata: &Value,
+    metadata: LineMetadata<'_>,
     content_hash: &str,
     prev: Option<&str>,
     chain_hash: &str,
@@ -126,7 +149,10 @@ pub(super) fn write_event_line(
         None => buf.extend_from_slice(row.payload.as_bytes()),
     }
     buf.extend_from_slice(b",\"metadata\":");
-    serde_json::to_writer(&mut *buf, metadata)?;
+    match metadata {
+        LineMetadata::Text(text) => buf.extend_from_slice(text),
+        LineMetadata::Value(value) => serde_json::to_writer(&mut *buf, value)?,
+    }
     buf.extend_from_slice(b",\"content_hash\":");
     write_json_string(content_hash, buf)?;
     buf.extend_from_slice(b",\"prev_chain_hash\":");
@@ -151,6 +177,13 @@ pub(super) fn write_event_line(
     }
     buf.push(b'}');
     Ok(())
+}
+
+/// An event line's `metadata` (without the chain keys): JSON text already cut to shape, or a
+/// value to serialise.
+pub(super) enum LineMetadata<'a> {
+    Text(&'a [u8]),
+    Value(&'a Value),
 }
 
 /// What an event line carries besides the stored event: its redactions and its place in the
