@@ -32,7 +32,7 @@ impl MetadataLookup for SplitMetadata<'_> {
 /// lines, a key with an escape, a key of interest twice, or a key of interest whose value is not a
 /// string without escapes. The caller then parses the text instead.
 pub(super) fn split_metadata<'a>(text: &'a str, out: &mut Vec<u8>) -> Option<SplitMetadata<'a>> {
-    if text.contains(['\n', '\r'])
+    if text.bytes().any(|b| b == b'\n' || b == b'\r')
         || serde_json::from_str::<serde::de::IgnoredAny>(text).is_err()
     {
         return None;
@@ -71,17 +71,14 @@ fn skip_ws(b: &[u8], mut i: usize) -> usize {
 fn string_end(b: &[u8], i: usize) -> Option<(usize, bool)> {
     let mut j = i + 1;
     let mut escaped = false;
-    while j < b.len() {
-        match b[j] {
-            b'"' => return Some((j + 1, escaped)),
-            b'\\' => {
-                escaped = true;
-                j += 2;
-            }
-            _ => j += 1,
+    loop {
+        j += b.get(j..)?.iter().position(|c| *c == b'"' || *c == b'\\')?;
+        if b[j] == b'"' {
+            return Some((j + 1, escaped));
         }
+        escaped = true;
+        j += 2;
     }
-    None
 }
 
 /// The index after the value starting at `b[i]` (the text is valid JSON).

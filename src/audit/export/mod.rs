@@ -259,7 +259,13 @@ pub async fn export<W: AsyncWrite + Unpin>(
                 if first_recorded.is_none() {
                     first_recorded = Some(at.to_owned());
                 }
-                last_recorded = Some(at.to_owned());
+                match &mut last_recorded {
+                    Some(last) => {
+                        last.clear();
+                        last.push_str(at);
+                    }
+                    None => last_recorded = Some(at.to_owned()),
+                }
             }
             heads.advance(&row, chain_hash);
             if is_run {

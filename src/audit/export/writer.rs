@@ -131,16 +131,16 @@ pub(super) fn write_event_line(
         "{{\"type\":\"event\",\"position\":{},\"transaction_id\":{},\"aggregate_type\":",
         row.position, row.transaction_id
     )?;
-    write_json_string(&row.aggregate_type, buf)?;
+    write_str(&row.aggregate_type, buf)?;
     buf.extend_from_slice(b",\"aggregate_id\":");
-    write_json_string(&row.aggregate_id, buf)?;
+    write_str(&row.aggregate_id, buf)?;
     write!(buf, ",\"sequence\":{},\"event_type\":", row.sequence)?;
-    write_json_string(&row.event_type, buf)?;
+    write_str(&row.event_type, buf)?;
     buf.extend_from_slice(b",\"event_version\":");
-    write_json_string(&row.event_version, buf)?;
+    write_str(&row.event_version, buf)?;
     buf.extend_from_slice(b",\"recorded_at\":");
     match recorded_at {
-        Some(at) => write_json_string(at, buf)?,
+        Some(at) => write_str(at, buf)?,
         None => buf.extend_from_slice(b"null"),
     }
     buf.extend_from_slice(b",\"payload\":");
@@ -154,19 +154,19 @@ pub(super) fn write_event_line(
         LineMetadata::Value(value) => serde_json::to_writer(&mut *buf, value)?,
     }
     buf.extend_from_slice(b",\"content_hash\":");
-    write_json_string(content_hash, buf)?;
+    write_str(content_hash, buf)?;
     buf.extend_from_slice(b",\"prev_chain_hash\":");
     match prev {
-        Some(p) => write_json_string(p, buf)?,
+        Some(p) => write_str(p, buf)?,
         None => buf.extend_from_slice(b"null"),
     }
     buf.extend_from_slice(b",\"chain_hash\":");
-    write_json_string(chain_hash, buf)?;
+    write_str(chain_hash, buf)?;
     if let Some((pointers, disclosed_hash)) = proof.redaction {
         buf.extend_from_slice(b",\"redacted\":");
         serde_json::to_writer(&mut *buf, pointers)?;
         buf.extend_from_slice(b",\"disclosed_hash\":");
-        write_json_string(disclosed_hash, buf)?;
+        write_str(disclosed_hash, buf)?;
     }
     if let Some(index) = proof.leaf_index {
         write!(buf, ",\"leaf_index\":{index}")?;
@@ -177,6 +177,20 @@ pub(super) fn write_event_line(
     }
     buf.push(b'}');
     Ok(())
+}
+
+/// Writes `text` as a JSON string as serde_json does ([`write_json_string`]), copying it straight
+/// through when nothing in it needs escaping (hashes, ids, types, times).
+fn write_str(text: &str, buf: &mut Vec<u8>) -> std::io::Result<()> {
+    if text.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        buf.reserve(text.len() + 2);
+        buf.push(b'"');
+        buf.extend_from_slice(text.as_bytes());
+        buf.push(b'"');
+        Ok(())
+    } else {
+        write_json_string(text, buf)
+    }
 }
 
 /// An event line's `metadata` (without the chain keys): JSON text already cut to shape, or a
@@ -194,4 +208,26 @@ pub(super) struct EventProof<'a> {
     pub(super) leaf_index: Option<u64>,
     /// Inclusion proof against the bundle's checkpoint (hex hashes).
     pub(super) inclusion: Option<&'a Vec<String>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strings_are_written_as_serde_json_writes_them() {
+        for text in [
+            "",
+            "sha256:00ff",
+            "run/é ✓",
+            "a\"b",
+            "back\\slash",
+            "line\nbreak",
+            "\u{1}\u{1f}\u{7f}",
+        ] {
+            let mut ours = Vec::new();
+            write_str(text, &mut ours).unwrap();
+            assert_eq!(ours, serde_json::to_vec(text).unwrap(), "{text:?}");
+        }
+    }
 }
