@@ -272,7 +272,12 @@ fn copy_int(field: &[u8]) -> anyhow::Result<i64> {
     std::str::from_utf8(field)
         .ok()
         .and_then(|s| s.parse().ok())
-        .with_context(|| format!("COPY field {:?} is not an integer", String::from_utf8_lossy(field)))
+        .with_context(|| {
+            format!(
+                "COPY field {:?} is not an integer",
+                String::from_utf8_lossy(field)
+            )
+        })
 }
 
 /// A text field of `COPY` text output, its backslash escapes undone (`COPY TO` writes `\\`, `\n`,
@@ -415,9 +420,10 @@ impl RowPages {
         let database = self.database.clone();
         let filter = self.filter.clone();
         let rows = self.spare.pop().unwrap_or_default();
-        let handle = tokio::spawn(async move {
-            page_after_into(&database, &filter, after, PAGE, rows).await
-        });
+        let handle =
+            tokio::spawn(
+                async move { page_after_into(&database, &filter, after, PAGE, rows).await },
+            );
         self.prefetch = Some((handle, after));
     }
 

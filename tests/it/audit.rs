@@ -441,15 +441,23 @@ async fn a_v1_replay_line_must_carry_text_that_hashes_to_its_replay_hash() {
     };
     let report = verify(&as_v1(Some("not the replay\n")));
     assert!(
-        report.findings.iter().any(|f| f.kind == FindingKind::ReplayMismatch
-            && f.message.contains("replay of run run-d: its text hashes to")),
+        report
+            .findings
+            .iter()
+            .any(|f| f.kind == FindingKind::ReplayMismatch
+                && f.message
+                    .contains("replay of run run-d: its text hashes to")),
         "{:?}",
         report.findings
     );
     let report = verify(&as_v1(None));
     assert!(
-        report.findings.iter().any(|f| f.kind == FindingKind::InvalidLine
-            && f.message.contains("a replay line of a v1 bundle lacks replay_jsonl")),
+        report
+            .findings
+            .iter()
+            .any(|f| f.kind == FindingKind::InvalidLine
+                && f.message
+                    .contains("a replay line of a v1 bundle lacks replay_jsonl")),
         "{:?}",
         report.findings
     );

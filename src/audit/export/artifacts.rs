@@ -176,8 +176,8 @@ fn fold_page(
                 &split
             }
         };
-        let finished = run_event(&row, payload)?
-            .and_then(|event| fold_run(open_runs, &row, event, lookup));
+        let finished =
+            run_event(&row, payload)?.and_then(|event| fold_run(open_runs, &row, event, lookup));
         match finished {
             Ok(false) => {}
             Ok(true) => {

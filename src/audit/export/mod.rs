@@ -39,11 +39,11 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::{json, Value};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
+use self::artifacts::{ArtifactWorker, Done, RunRow};
 use self::heads::{chain_through, content_of, name, Heads, ParsedMetadata};
 use self::metadata::split_metadata;
 pub use self::options::{Cut, ExportOptions, ExportSummary};
 use self::proofs::{cut, prove_page};
-use self::artifacts::{ArtifactWorker, Done, RunRow};
 use self::writer::{write_event_line, EventProof, LineMetadata, LineWriter};
 use super::bundle::{Scope, BUNDLE_SCHEMA};
 use super::source::{AuditRow, RowFilter, RowPages};
@@ -114,15 +114,20 @@ pub async fn export<W: AsyncWrite + Unpin>(
         // are and its emptied buffer goes back to the pager.
         let (proven, proofs) = match tree_size {
             Some(_) => {
-                prove_page(&store, std::mem::take(&mut page), tree_size, per_event_proofs).await?
+                prove_page(
+                    &store,
+                    std::mem::take(&mut page),
+                    tree_size,
+                    per_event_proofs,
+                )
+                .await?
             }
             None => (Vec::new(), HashMap::new()),
         };
-        let rows: Box<dyn Iterator<Item = (AuditRow, Option<u64>)> + Send + '_> =
-            match tree_size {
-                Some(_) => Box::new(proven.into_iter()),
-                None => Box::new(page.drain(..).map(|row| (row, None))),
-            };
+        let rows: Box<dyn Iterator<Item = (AuditRow, Option<u64>)> + Send + '_> = match tree_size {
+            Some(_) => Box::new(proven.into_iter()),
+            None => Box::new(page.drain(..).map(|row| (row, None))),
+        };
         for (row, leaf_index) in rows {
             let secret = may_hold_secrets(&row.payload) || may_hold_secrets(&row.metadata);
             // Plain metadata with both stored hashes is split as text (no map is built); anything
@@ -195,22 +200,23 @@ pub async fn export<W: AsyncWrite + Unpin>(
             } else {
                 None
             };
-            let (content_hash, chain_hash) = match (&payload, &metadata, stored_content, stored_chain) {
-                (Some(p), Some(m), stored_content, stored_chain) if hash_here => {
-                    let (content, link) = chain::link(prev.as_deref(), &content_of(&row, p, m));
-                    if stored_content.as_ref().is_some_and(|s| *s != content)
-                        || stored_chain.as_ref().is_some_and(|s| *s != link)
-                    {
-                        summary.stored_hash_mismatches += 1;
+            let (content_hash, chain_hash) =
+                match (&payload, &metadata, stored_content, stored_chain) {
+                    (Some(p), Some(m), stored_content, stored_chain) if hash_here => {
+                        let (content, link) = chain::link(prev.as_deref(), &content_of(&row, p, m));
+                        if stored_content.as_ref().is_some_and(|s| *s != content)
+                            || stored_chain.as_ref().is_some_and(|s| *s != link)
+                        {
+                            summary.stored_hash_mismatches += 1;
+                        }
+                        (
+                            stored_content.unwrap_or(content),
+                            stored_chain.unwrap_or(link),
+                        )
                     }
-                    (
-                        stored_content.unwrap_or(content),
-                        stored_chain.unwrap_or(link),
-                    )
-                }
-                (_, _, Some(content), Some(link)) => (content, link),
-                _ => unreachable!("hashes are computed whenever one is not stored"),
-            };
+                    (_, _, Some(content), Some(link)) => (content, link),
+                    _ => unreachable!("hashes are computed whenever one is not stored"),
+                };
             // Secrets leave only as salted commitments.
             let disclosed = match (&payload, &metadata) {
                 (Some(p), Some(m)) if secret => {

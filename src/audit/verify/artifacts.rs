@@ -90,6 +90,8 @@ impl Verifier {
                 self.find(Some(n), FindingKind::ReceiptMismatch, format!("run {run_id}: the receipt recorded in the journal ({recorded}) is not the one its events give ({recomputed_sha})"));
             }
         }
+        // A receipt recorded after this line is compared when its event comes.
+        self.recomputed_receipts.insert(run_id, recomputed_sha);
     }
 
     pub(super) fn replay(&mut self, n: usize, line: &Map<String, Value>) {

@@ -57,6 +57,9 @@ struct Verifier {
     aggregates: HashMap<(String, String), AggregateState>,
     runs: BTreeMap<String, RunState>,
     recorded_receipts: HashMap<String, String>,
+    /// `canonical_json_sha256` of each receipt line's recomputation, by run: a receipt recorded in
+    /// the journal after it (a `run_receipt` event later in the bundle) is compared with it.
+    recomputed_receipts: HashMap<String, String>,
     last_cursor: Option<(i64, i64, usize)>,
     whole_streams: bool,
     expected_signer: Option<String>,
@@ -133,6 +136,7 @@ pub fn verify_bundle<R: BufRead>(
         aggregates: HashMap::new(),
         runs: BTreeMap::new(),
         recorded_receipts: HashMap::new(),
+        recomputed_receipts: HashMap::new(),
         last_cursor: None,
         whole_streams: true,
         expected_signer: options.expected_signer.clone(),
@@ -195,8 +199,7 @@ pub fn verify_bundle<R: BufRead>(
         if n == 1 && kind == "header" && schema == Some(BUNDLE_SCHEMA_V1) {
             v.replay_text_required = true;
         }
-        if n == 1
-            && (kind != "header" || !matches!(schema, Some(BUNDLE_SCHEMA | BUNDLE_SCHEMA_V1)))
+        if n == 1 && (kind != "header" || !matches!(schema, Some(BUNDLE_SCHEMA | BUNDLE_SCHEMA_V1)))
         {
             v.find(
                 Some(1),
