@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 
 use anyhow::Context;
+use engine::artifacts::record::MetadataLookup;
 use serde_json::Value;
 use tokio::io::AsyncWrite;
 use tokio::sync::mpsc;
@@ -16,7 +17,6 @@ use super::options::ExportOptions;
 use super::runs::{fold_run, run_event, write_artifacts, OpenRun};
 use super::writer::LineWriter;
 use crate::audit::source::AuditRow;
-use engine::artifacts::record::MetadataLookup;
 
 /// One run event for the worker.
 pub(super) struct RunRow {

@@ -26,11 +26,11 @@ mod proofs;
 mod runs;
 mod writer;
 
+use std::collections::HashMap;
+
 use aggregates::canonical::{hash_canonical, sha256_hex};
 use aggregates::chain;
 use aggregates::Timestamp;
-use std::collections::HashMap;
-
 use anyhow::{anyhow, Context};
 use engine::audit_log::leaf::{disclose, may_hold_secrets};
 use engine::audit_log::AuditStore;
