@@ -1,6 +1,8 @@
 //! `bench export`: audit export rate for a large journal beside a raw baseline from the same run:
 //! a plain PostgreSQL `COPY (SELECT … ORDER BY transaction_id, position) TO STDOUT` of the same
-//! rows into a file. Also times `audit verify` on the bundle.
+//! rows into a file. The two take turns for `--rounds` rounds and each is reported by its best and
+//! median round, with this process's CPU per event (PostgreSQL's own CPU is not in it). Also times
+//! the recomputing export and `audit verify` on the bundle.
 //!
 //! The journal is seeded in a fresh scratch database with `COPY FROM STDIN` of realistic run
 //! streams (created, started, text/tool frames, finished), each event carrying the chain metadata
@@ -44,6 +46,9 @@ pub struct BenchExportArgs {
     /// Keep the seeded scratch database (its name is printed) for profiling `audit export`.
     #[arg(long)]
     pub keep: bool,
+    /// Rounds of baseline and export, taking turns (each reported by its best and median round).
+    #[arg(long, default_value_t = 3)]
+    pub rounds: u32,
 }
 
 fn copy_escape(text: &str, out: &mut Vec<u8>) {
@@ -185,6 +190,96 @@ async fn seed(database: &Database, events: u64, per_run: u64) -> anyhow::Result<
     Ok(written)
 }
 
+/// Wall and CPU time of one phase.
+struct Phase {
+    secs: f64,
+    /// User + system CPU of this process (not of PostgreSQL) during the phase.
+    cpu_secs: f64,
+}
+
+/// This process's user + system CPU time so far (from `/proc/self/stat`; 0 where there is none).
+fn process_cpu_secs() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    // Fields after the command name (which may hold spaces) in parentheses: utime and stime are
+    // the 12th and 13th, in clock ticks (100 per second on Linux).
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+async fn timed<F, Fut>(run: F) -> anyhow::Result<(Phase, u64)>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<u64>>,
+{
+    let (cpu, started) = (process_cpu_secs(), Instant::now());
+    let bytes = run().await?;
+    let phase = Phase {
+        secs: started.elapsed().as_secs_f64(),
+        cpu_secs: process_cpu_secs() - cpu,
+    };
+    Ok((phase, bytes))
+}
+
+/// The baseline: `COPY` the rows, in commit order, into a file. Returns the bytes written.
+async fn copy_out(pool: &sqlx::PgPool, path: &std::path::Path) -> anyhow::Result<u64> {
+    let mut stream = pool
+        .copy_out_raw(
+            "COPY (SELECT transaction_id, position, aggregate_type, aggregate_id, sequence, event_type, \
+                          event_version, payload, metadata FROM events ORDER BY transaction_id, position) TO STDOUT",
+        )
+        .await?;
+    let mut file =
+        tokio::io::BufWriter::with_capacity(1 << 20, tokio::fs::File::create(path).await?);
+    let mut bytes = 0u64;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk?;
+        bytes += chunk.len() as u64;
+        file.write_all(&chunk).await?;
+    }
+    file.flush().await?;
+    Ok(bytes)
+}
+
+/// `audit export --all` (integrity only, as the baseline has no tree either) into a file.
+/// Returns the bundle's bytes.
+async fn export_to(
+    database: &Database,
+    path: &std::path::Path,
+    verify_stored: bool,
+    events: u64,
+) -> anyhow::Result<u64> {
+    let options = ExportOptions {
+        scope: Scope::All,
+        signer: None,
+        runtime_version: RUNTIME_VERSION.to_owned(),
+        exported_at: Timestamp::from_datetime(chrono::Utc::now()),
+        progress: false,
+        verify_stored,
+        cut: openagents_runtime::audit::export::Cut::IntegrityOnly,
+        consistency_from: None,
+    };
+    let file = tokio::fs::File::create(path).await?;
+    let summary = export(
+        database,
+        &options,
+        tokio::io::BufWriter::with_capacity(1 << 20, file),
+    )
+    .await?;
+    if summary.events != events {
+        bail!("exported {} of {events} events", summary.events);
+    }
+    Ok(summary.bytes)
+}
+
 /// Runs the benchmark and prints rates and ratios.
 ///
 /// # Errors
@@ -230,53 +325,24 @@ async fn bench(
         bail!("bench export needs PostgreSQL")
     };
 
-    // Baseline: COPY the same rows, in the same order, into a file.
+    // Baseline and export take turns, `--rounds` times: on a shared machine one run of either can
+    // land on a busy moment, so each is reported by its best round (and the median) beside the
+    // other's, all from this one process and these same rows.
     let copy_path = dir.join("events.copy");
-    let started = Instant::now();
-    let mut stream = pool
-        .copy_out_raw(
-            "COPY (SELECT transaction_id, position, aggregate_type, aggregate_id, sequence, event_type, \
-                          event_version, payload, metadata FROM events ORDER BY transaction_id, position) TO STDOUT",
-        )
-        .await?;
-    let mut file =
-        tokio::io::BufWriter::with_capacity(1 << 20, tokio::fs::File::create(&copy_path).await?);
-    let mut copy_bytes = 0u64;
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk?;
-        copy_bytes += chunk.len() as u64;
-        file.write_all(&chunk).await?;
-    }
-    file.flush().await?;
-    let copy_secs = started.elapsed().as_secs_f64();
-
-    let mut export_rates = Vec::new();
     let bundle_path = dir.join("bundle.jsonl");
-    for verify_stored in [false, true] {
-        let options = ExportOptions {
-            scope: Scope::All,
-            signer: None,
-            runtime_version: RUNTIME_VERSION.to_owned(),
-            exported_at: Timestamp::from_datetime(chrono::Utc::now()),
-            progress: false,
-            verify_stored,
-            cut: openagents_runtime::audit::export::Cut::IntegrityOnly,
-            consistency_from: None,
-        };
-        let started = Instant::now();
-        let file = tokio::fs::File::create(&bundle_path).await?;
-        let summary = export(
-            database,
-            &options,
-            tokio::io::BufWriter::with_capacity(1 << 20, file),
-        )
-        .await?;
-        let secs = started.elapsed().as_secs_f64();
-        if summary.events != events {
-            bail!("exported {} of {events} events", summary.events);
-        }
-        export_rates.push((verify_stored, secs, summary.bytes));
+    let mut copies: Vec<Phase> = Vec::new();
+    let mut exports: Vec<Phase> = Vec::new();
+    let mut copy_bytes = 0u64;
+    let mut bundle_bytes = 0u64;
+    for _ in 0..args.rounds.max(1) {
+        let (phase, bytes) = timed(|| copy_out(pool, &copy_path)).await?;
+        copies.push(phase);
+        copy_bytes = bytes;
+        let (phase, bytes) = timed(|| export_to(database, &bundle_path, false, events)).await?;
+        exports.push(phase);
+        bundle_bytes = bytes;
     }
+    let (verifying, _) = timed(|| export_to(database, &bundle_path, true, events)).await?;
     let started = Instant::now();
     let path = bundle_path.clone();
     let report = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
@@ -297,27 +363,45 @@ async fn bench(
     }
 
     let rate = |secs: f64| events as f64 / secs.max(1e-9);
-    let copy_rate = rate(copy_secs);
-    println!("events: {events} ({} per run)", args.events_per_run);
+    let best = |phases: &[Phase]| phases.iter().map(|p| p.secs).fold(f64::INFINITY, f64::min);
+    let median = |phases: &[Phase]| {
+        let mut secs: Vec<f64> = phases.iter().map(|p| p.secs).collect();
+        secs.sort_by(f64::total_cmp);
+        secs[secs.len() / 2]
+    };
+    let cpu_us = |phases: &[Phase]| {
+        phases.iter().map(|p| p.cpu_secs).sum::<f64>() * 1e6 / (phases.len() as f64 * events as f64)
+    };
     println!(
-        "COPY to file:          {:>9.0} events/s  ({:.2}s, {} MB)",
-        copy_rate,
-        copy_secs,
-        copy_bytes >> 20
+        "events: {events} ({} per run), {} rounds",
+        args.events_per_run,
+        copies.len()
     );
-    for (verify_stored, secs, bytes) in &export_rates {
-        let label = if *verify_stored {
-            "audit export (verify)"
-        } else {
-            "audit export          "
-        };
-        println!(
-            "{label}: {:>9.0} events/s  ({secs:.2}s, {} MB)  ratio to COPY {:.2}",
-            rate(*secs),
-            bytes >> 20,
-            rate(*secs) / copy_rate
-        );
-    }
+    println!(
+        "COPY to file:           {:>9.0} events/s best, {:>9.0} median  ({:.2}s best, {} MB; this process {:.2} µs CPU/event)",
+        rate(best(&copies)),
+        rate(median(&copies)),
+        best(&copies),
+        copy_bytes >> 20,
+        cpu_us(&copies)
+    );
+    println!(
+        "audit export --no-verify: {:>9.0} events/s best, {:>9.0} median  ({:.2}s best, {} MB; this process {:.2} µs CPU/event)  ratio to COPY {:.2} best/best, {:.2} median/median",
+        rate(best(&exports)),
+        rate(median(&exports)),
+        best(&exports),
+        bundle_bytes >> 20,
+        cpu_us(&exports),
+        best(&copies) / best(&exports),
+        median(&copies) / median(&exports)
+    );
+    println!(
+        "audit export (verify):  {:>9.0} events/s  ({:.2}s; this process {:.2} µs CPU/event)  ratio to COPY's best {:.2}",
+        rate(verifying.secs),
+        verifying.secs,
+        cpu_us(std::slice::from_ref(&verifying)),
+        best(&copies) / verifying.secs
+    );
     println!(
         "audit verify:          {:>9.0} events/s  ({verify_secs:.2}s)",
         rate(verify_secs)

@@ -102,7 +102,8 @@ fn kinds(report: &VerifyReport) -> Vec<FindingKind> {
 
 on_both_backends!(
     a_whole_journal_exports_to_a_bundle_that_verifies,
-    one_run_and_one_worker_export_only_their_events
+    one_run_and_one_worker_export_only_their_events,
+    an_export_that_trusts_stored_hashes_writes_the_same_bundle_as_one_that_recomputes_them
 );
 
 async fn a_whole_journal_exports_to_a_bundle_that_verifies(db: &TestDb) {
@@ -152,6 +153,40 @@ async fn a_whole_journal_exports_to_a_bundle_that_verifies(db: &TestDb) {
     )
     .unwrap();
     assert!(report.has(FindingKind::BadSignature));
+}
+
+/// `--no-verify` takes the stored hashes and splits plain metadata as text instead of parsing it:
+/// every line must still be the same JSON value as the recomputing export's (metadata members may
+/// come in another order), and the bundle must verify.
+async fn an_export_that_trusts_stored_hashes_writes_the_same_bundle_as_one_that_recomputes_them(
+    db: &TestDb,
+) {
+    seeded(db).await;
+    let signer = ReceiptSigner::from_secret_hex(KEY).unwrap();
+    let recomputed = bundle(db, Scope::All, Some(signer.clone())).await;
+    let mut trusting = Vec::new();
+    let summary = export(
+        &db.database,
+        &ExportOptions {
+            verify_stored: false,
+            ..options(Scope::All, Some(signer))
+        },
+        &mut trusting,
+    )
+    .await
+    .unwrap();
+    assert_eq!(summary.events, 52);
+    assert_eq!(verify(&trusting).findings, vec![]);
+    let (a, b) = (lines(&recomputed), lines(&trusting));
+    assert_eq!(a.len(), b.len());
+    for (i, (a, b)) in a.iter().zip(&b).enumerate() {
+        let (a, b) = (parse(a), parse(b));
+        if a["type"] == "manifest" {
+            // Its bundle hash covers the bytes, which may differ in metadata member order.
+            continue;
+        }
+        assert_eq!(a, b, "line {}", i + 1);
+    }
 }
 
 async fn one_run_and_one_worker_export_only_their_events(db: &TestDb) {
@@ -356,16 +391,15 @@ async fn a_receipt_that_does_not_match_its_events_is_named_even_when_rehashed() 
 #[tokio::test]
 async fn a_replay_that_does_not_match_its_events_is_named_even_when_rehashed() {
     let (mut all, _) = sample().await;
+    // A v2 replay line carries the hash of the run's REPLAY.jsonl; the verifier renders the text
+    // from the events again. A replay with another ending, hashed as if it were the run's:
     rewrite(
         &mut all,
         |v| v["type"] == "replay" && v["run_id"] == "run-d",
         |v| {
-            let text = v["replay_jsonl"]
-                .as_str()
-                .unwrap()
-                .replace("\"confidence\":1.0", "\"confidence\":0.9");
+            assert!(v.get("replay_jsonl").is_none(), "v2 carries the hash only");
+            let text = "{\"type\":\"SessionEnd\",\"confidence\":0.9}\n";
             v["replay_hash"] = Value::from(aggregates::canonical::sha256_prefixed(text.as_bytes()));
-            v["replay_jsonl"] = Value::from(text);
         },
     );
     let report = verify(&join(&all));
@@ -376,6 +410,54 @@ async fn a_replay_that_does_not_match_its_events_is_named_even_when_rehashed() {
             .any(|f| f.kind == FindingKind::ReplayMismatch
                 && f.message
                     .contains("replay of run run-d: its events give replay_hash")),
+        "{:?}",
+        report.findings
+    );
+}
+
+#[tokio::test]
+async fn a_v1_replay_line_must_carry_text_that_hashes_to_its_replay_hash() {
+    let (all, _) = sample().await;
+    // The same bundle as v1 wrote it: the schema, and each replay line with its text. Its text
+    // is not at hand here, so one that hashes to the stated replay_hash cannot be made: any text
+    // is named, and a missing text too.
+    let as_v1 = |text: Option<&str>| -> Vec<u8> {
+        let mut lines = all.clone();
+        rewrite(
+            &mut lines,
+            |v| v["type"] == "header",
+            |v| v["schema"] = Value::from("openagents.audit_bundle.v1"),
+        );
+        rewrite(
+            &mut lines,
+            |v| v["type"] == "replay" && v["run_id"] == "run-d",
+            |v| {
+                if let Some(text) = text {
+                    v["replay_jsonl"] = Value::from(text);
+                }
+            },
+        );
+        join(&lines)
+    };
+    let report = verify(&as_v1(Some("not the replay\n")));
+    assert!(
+        report
+            .findings
+            .iter()
+            .any(|f| f.kind == FindingKind::ReplayMismatch
+                && f.message
+                    .contains("replay of run run-d: its text hashes to")),
+        "{:?}",
+        report.findings
+    );
+    let report = verify(&as_v1(None));
+    assert!(
+        report
+            .findings
+            .iter()
+            .any(|f| f.kind == FindingKind::InvalidLine
+                && f.message
+                    .contains("a replay line of a v1 bundle lacks replay_jsonl")),
         "{:?}",
         report.findings
     );

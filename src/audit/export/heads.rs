@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 
 use aggregates::chain::{self, EventContent};
+use anyhow::Context;
 use engine::Database;
 use serde_json::{Map, Value};
 
@@ -114,7 +115,36 @@ impl Heads {
     }
 }
 
-pub(super) fn take_str(metadata: &mut Map<String, Value>, key: &str) -> Option<String> {
+/// An event's stored metadata parsed into a map (the path for every shape
+/// [`super::metadata::split_metadata`] leaves alone): the map without string chain keys, and the
+/// values an export reads.
+pub(super) struct ParsedMetadata {
+    pub(super) rest: Map<String, Value>,
+    pub(super) recorded_at: Option<String>,
+    pub(super) content_hash: Option<String>,
+    pub(super) chain_hash: Option<String>,
+}
+
+impl ParsedMetadata {
+    pub(super) fn parse(row: &AuditRow) -> anyhow::Result<Self> {
+        let mut rest: Map<String, Value> = serde_json::from_str(&row.metadata)
+            .with_context(|| format!("metadata of {}", name(row)))?;
+        let recorded_at = rest
+            .get("recorded_at")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        let content_hash = take_str(&mut rest, chain::CONTENT_HASH_KEY);
+        let chain_hash = take_str(&mut rest, chain::CHAIN_HASH_KEY);
+        Ok(Self {
+            rest,
+            recorded_at,
+            content_hash,
+            chain_hash,
+        })
+    }
+}
+
+fn take_str(metadata: &mut Map<String, Value>, key: &str) -> Option<String> {
     match metadata.remove(key) {
         Some(Value::String(s)) => Some(s),
         Some(other) => {

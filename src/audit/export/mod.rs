@@ -1,19 +1,26 @@
 //! Writing an audit bundle in one pass: events streamed from the journal page by page; each run
-//! whose stream starts in the bundle folded into its receipt and replay as its events go past,
-//! written right after the event that ends it (runs still open at the end follow the events);
-//! then the chain heads and the manifest. Memory does not grow with the number of events: one page
-//! of rows, one chain head (~150 bytes) per aggregate, and the artifacts of the runs open at the
-//! same time (their REPLAY.jsonl text so far).
+//! whose stream starts in the bundle folded into its receipt and replay hash on a worker thread,
+//! one page behind, and written after the page that follows the event that ends it (runs still
+//! open at the end follow the events); then the chain heads and the manifest. Memory does not grow
+//! with the number of events: two or three pages of rows, one chain head (~150 bytes) per
+//! aggregate, and the builders of the runs open at the same time (a receipt builder and a running
+//! hash each).
 //!
 //! # Layout
 //! - this file: [`export`], the loop over the journal's rows;
 //! - `options.rs`: [`ExportOptions`], [`Cut`] and the [`ExportSummary`];
 //! - `proofs.rs`: the checkpoint the bundle is cut at, and each page's leaves and proofs;
 //! - `heads.rs`: chain hashes (stored or recomputed) and the per-aggregate heads;
+//! - `metadata.rs`: plain stored metadata split as text (chain hashes, `recorded_at`) without
+//!   building a map;
+//! - `artifacts.rs`: the worker thread that folds run events into receipts and replays,
+//!   pipelined with the event lines;
 //! - `runs.rs`: each run folded into its receipt and replay, and their lines;
 //! - `writer.rs`: the buffered, hashing line writer and the event line's fixed field order.
 
+mod artifacts;
 mod heads;
+mod metadata;
 mod options;
 mod proofs;
 mod runs;
@@ -29,16 +36,17 @@ use engine::audit_log::leaf::{disclose, may_hold_secrets};
 use engine::audit_log::AuditStore;
 use engine::Database;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
-use self::heads::{chain_through, content_of, name, take_str, Heads};
+use self::artifacts::{ArtifactWorker, Done, RunRow};
+use self::heads::{chain_through, content_of, name, Heads, ParsedMetadata};
+use self::metadata::split_metadata;
 pub use self::options::{Cut, ExportOptions, ExportSummary};
 use self::proofs::{cut, prove_page};
-use self::runs::{fold_run, run_event, write_artifacts, OpenRun};
-use self::writer::{write_event_line, EventProof, LineWriter};
+use self::writer::{write_event_line, EventProof, LineMetadata, LineWriter};
 use super::bundle::{Scope, BUNDLE_SCHEMA};
-use super::source::{RowFilter, RowPages};
+use super::source::{AuditRow, RowFilter, RowPages};
 
 /// Writes a bundle of `options.scope` from `database` to `out`.
 ///
@@ -90,32 +98,77 @@ pub async fn export<W: AsyncWrite + Unpin>(
         _ => None,
     };
     let mut heads = Heads::default();
-    let mut open_runs: HashMap<String, OpenRun> = HashMap::new();
+    let mut worker = ArtifactWorker::start(options);
+    let mut artifacts = Done::default();
+    let mut run_rows: Vec<RunRow> = Vec::new();
     let mut first_position: Option<(i64, i64)> = None;
     let mut last_position: Option<(i64, i64)> = None;
     let mut first_recorded: Option<String> = None;
     let mut last_recorded: Option<String> = None;
     let tree_size = checkpoint.as_ref().map(|cp| cp.tree_size);
-    while let Some(page) = pages.next().await? {
+    // The current event's metadata without its chain members, when split as text.
+    let mut metadata_text: Vec<u8> = Vec::with_capacity(1024);
+    while let Some(mut page) = pages.next().await? {
         bar.inc(page.len() as u64);
-        let (page, proofs) = prove_page(&store, page, tree_size, per_event_proofs).await?;
-        for (row, leaf_index) in page {
-            let mut metadata: Map<String, Value> = serde_json::from_str(&row.metadata)
-                .with_context(|| format!("metadata of {}", name(&row)))?;
-            let recorded_at = metadata
-                .get("recorded_at")
-                .and_then(Value::as_str)
-                .map(str::to_owned);
+        // Without a checkpoint there are no leaves to look up: the page's rows are taken as they
+        // are and its emptied buffer goes back to the pager.
+        let (proven, proofs) = match tree_size {
+            Some(_) => {
+                prove_page(
+                    &store,
+                    std::mem::take(&mut page),
+                    tree_size,
+                    per_event_proofs,
+                )
+                .await?
+            }
+            None => (Vec::new(), HashMap::new()),
+        };
+        let rows: Box<dyn Iterator<Item = (AuditRow, Option<u64>)> + Send + '_> = match tree_size {
+            Some(_) => Box::new(proven.into_iter()),
+            None => Box::new(page.drain(..).map(|row| (row, None))),
+        };
+        for (row, leaf_index) in rows {
+            let secret = may_hold_secrets(&row.payload) || may_hold_secrets(&row.metadata);
+            // Plain metadata with both stored hashes is split as text (no map is built); anything
+            // else, and everything that is recomputed or redacted, is parsed.
+            metadata_text.clear();
+            let split = if options.verify_stored || secret {
+                None
+            } else {
+                split_metadata(&row.metadata, &mut metadata_text)
+                    .filter(|m| m.content_hash.is_some() && m.chain_hash.is_some())
+            };
+            let parsed = match &split {
+                Some(_) => None,
+                None => Some(ParsedMetadata::parse(&row)?),
+            };
+            let (stored_content, stored_chain, parsed_recorded_at, metadata) = match parsed {
+                Some(p) => (
+                    p.content_hash,
+                    p.chain_hash,
+                    p.recorded_at,
+                    Some(Value::Object(p.rest)),
+                ),
+                None => (None, None, None, None),
+            };
+            let (stored_content, stored_chain) = match &split {
+                Some(m) => (
+                    m.content_hash.map(str::to_owned),
+                    m.chain_hash.map(str::to_owned),
+                ),
+                None => (stored_content, stored_chain),
+            };
+            let recorded_at: Option<&str> = match &split {
+                Some(m) => m.recorded_at,
+                None => parsed_recorded_at.as_deref(),
+            };
             if let Some((since, until)) = time_range {
-                let at = recorded_at
-                    .as_deref()
-                    .and_then(|s| s.parse::<Timestamp>().ok());
+                let at = recorded_at.and_then(|s| s.parse::<Timestamp>().ok());
                 if !at.is_some_and(|at| at >= since && at < until) {
                     continue;
                 }
             }
-            let stored_content = take_str(&mut metadata, chain::CONTENT_HASH_KEY);
-            let stored_chain = take_str(&mut metadata, chain::CHAIN_HASH_KEY);
             let prev = match heads.get(&row.aggregate_type, &row.aggregate_id) {
                 Some(head) => Some(head.chain_hash.clone()),
                 None if row.sequence <= 1 => None,
@@ -129,17 +182,14 @@ pub async fn export<W: AsyncWrite + Unpin>(
                     .await?
                 }
             };
-            // A run whose whole stream is in the bundle gets its receipt and replay, built while
-            // its events stream past.
+            // A run whose whole stream is in the bundle gets its receipt and replay, built on the
+            // artifact worker from the events it is handed.
             let is_run = row.aggregate_type == "run";
-            if is_run && row.sequence == 1 && heads.get("run", &row.aggregate_id).is_none() {
-                open_runs.insert(row.aggregate_id.clone(), OpenRun::default());
-            }
-            let builds_artifacts = is_run && open_runs.contains_key(&row.aggregate_id);
+            let opens_run =
+                is_run && row.sequence == 1 && heads.get("run", &row.aggregate_id).is_none();
+            let multiline = row.payload.contains(['\n', '\r']);
             let hash_here =
                 options.verify_stored || stored_content.is_none() || stored_chain.is_none();
-            let multiline = row.payload.contains(['\n', '\r']);
-            let secret = may_hold_secrets(&row.payload) || may_hold_secrets(&row.metadata);
             // The run's artifacts decode the stored text themselves (see `fold_run`): the value
             // is only parsed when the event line or its hashes need it.
             let payload: Option<Value> = if hash_here || multiline || secret {
@@ -150,32 +200,27 @@ pub async fn export<W: AsyncWrite + Unpin>(
             } else {
                 None
             };
-            let metadata = Value::Object(metadata);
-            let (content_hash, chain_hash) = match (&payload, stored_content, stored_chain) {
-                (Some(p), stored_content, stored_chain) if hash_here => {
-                    let (content, link) =
-                        chain::link(prev.as_deref(), &content_of(&row, p, &metadata));
-                    if stored_content.as_ref().is_some_and(|s| *s != content)
-                        || stored_chain.as_ref().is_some_and(|s| *s != link)
-                    {
-                        summary.stored_hash_mismatches += 1;
+            let (content_hash, chain_hash) =
+                match (&payload, &metadata, stored_content, stored_chain) {
+                    (Some(p), Some(m), stored_content, stored_chain) if hash_here => {
+                        let (content, link) = chain::link(prev.as_deref(), &content_of(&row, p, m));
+                        if stored_content.as_ref().is_some_and(|s| *s != content)
+                            || stored_chain.as_ref().is_some_and(|s| *s != link)
+                        {
+                            summary.stored_hash_mismatches += 1;
+                        }
+                        (
+                            stored_content.unwrap_or(content),
+                            stored_chain.unwrap_or(link),
+                        )
                     }
-                    (
-                        stored_content.unwrap_or(content),
-                        stored_chain.unwrap_or(link),
-                    )
-                }
-                (_, Some(content), Some(link)) => (content, link),
-                _ => unreachable!("hashes are computed whenever one is not stored"),
-            };
+                    (_, _, Some(content), Some(link)) => (content, link),
+                    _ => unreachable!("hashes are computed whenever one is not stored"),
+                };
             // Secrets leave only as salted commitments.
-            let disclosed = match &payload {
-                Some(p) if secret => {
-                    let d = disclose(
-                        &tree.redaction_key,
-                        &content_of(&row, p, &metadata),
-                        &content_hash,
-                    );
+            let disclosed = match (&payload, &metadata) {
+                (Some(p), Some(m)) if secret => {
+                    let d = disclose(&tree.redaction_key, &content_of(&row, p, m), &content_hash);
                     d.redacted.is_some().then_some(d)
                 }
                 _ => None,
@@ -183,18 +228,22 @@ pub async fn export<W: AsyncWrite + Unpin>(
             if disclosed.is_some() {
                 summary.redacted_events += 1;
             }
+            let line_metadata = match (&disclosed, &metadata) {
+                (Some(d), Some(m)) => {
+                    LineMetadata::Value(d.redacted.as_ref().map_or(m, |(_, m)| m))
+                }
+                (None, Some(m)) => LineMetadata::Value(m),
+                (_, None) => LineMetadata::Text(&metadata_text),
+            };
             write_event_line(
                 &mut w.buffer,
                 &row,
-                recorded_at.as_deref(),
+                recorded_at,
                 match &disclosed {
                     Some(d) => d.redacted.as_ref().map(|(p, _)| p),
                     None => payload.as_ref().filter(|_| multiline),
                 },
-                match &disclosed {
-                    Some(d) => d.redacted.as_ref().map_or(&metadata, |(_, m)| m),
-                    None => &metadata,
-                },
+                line_metadata,
                 &content_hash,
                 prev.as_deref(),
                 &chain_hash,
@@ -212,42 +261,40 @@ pub async fn export<W: AsyncWrite + Unpin>(
             let cursor = (row.transaction_id, row.position);
             first_position.get_or_insert(cursor);
             last_position = Some(cursor);
-            if first_recorded.is_none() {
-                first_recorded.clone_from(&recorded_at);
-            }
-            if recorded_at.is_some() {
-                last_recorded = recorded_at;
-            }
-            if builds_artifacts {
-                let finished = run_event(&row, payload)?
-                    .and_then(|event| fold_run(&mut open_runs, &row, event, &metadata));
-                match finished {
-                    Ok(false) => {}
-                    Ok(true) => {
-                        let run = open_runs.remove(&row.aggregate_id).expect("open");
-                        write_artifacts(&mut w, &row.aggregate_id, run, options).await?;
-                        summary.runs += 1;
+            if let Some(at) = recorded_at {
+                if first_recorded.is_none() {
+                    first_recorded = Some(at.to_owned());
+                }
+                match &mut last_recorded {
+                    Some(last) => {
+                        last.clear();
+                        last.push_str(at);
                     }
-                    Err(e) => {
-                        tracing::warn!(error.message = %e, run_id = %row.aggregate_id, "no receipt or replay for this run in the bundle");
-                        open_runs.remove(&row.aggregate_id);
-                        summary.runs_without_artifacts += 1;
-                    }
+                    None => last_recorded = Some(at.to_owned()),
                 }
             }
             heads.advance(&row, chain_hash);
+            if is_run {
+                run_rows.push(RunRow {
+                    row,
+                    payload,
+                    metadata,
+                    opens: opens_run,
+                });
+            }
         }
+        pages.recycle(page);
+        let spare = worker.spare_rows();
+        worker.send(std::mem::replace(&mut run_rows, spare)).await?;
+        // The worker folds this page while the next one is read and written; the previous
+        // page's receipts and replays follow this page's events.
+        worker.write_done(&mut w, 1, &mut artifacts).await?;
     }
     bar.finish_and_clear();
-    // Runs still open at the end of the range: their artifacts as of now, in id order.
-    let mut still_open: Vec<(String, OpenRun)> = open_runs.into_iter().collect();
-    still_open.sort_by(|a, b| a.0.cmp(&b.0));
-    for (run_id, run) in still_open {
-        if run.artifacts.is_some() {
-            write_artifacts(&mut w, &run_id, run, options).await?;
-            summary.runs += 1;
-        }
-    }
+    // The last pages' artifacts, then the runs still open at the end of the range, in id order.
+    worker.finish(&mut w, &mut artifacts).await?;
+    summary.runs = artifacts.runs;
+    summary.runs_without_artifacts = artifacts.runs_without_artifacts;
     for (aggregate_type, aggregate_id, head) in heads.sorted() {
         w.value_line(&json!({
             "type": "chain_head",

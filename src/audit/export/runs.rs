@@ -1,26 +1,34 @@
 //! Runs whose stream starts in the bundle: each event folded into the run's receipt and replay
-//! as it goes past, and the `receipt` and `replay` lines written when the run ends.
+//! hash as it goes past, and the `receipt` and `replay` lines written when the run ends. The
+//! REPLAY.jsonl text is hashed as it is produced and not kept: the bundle carries its hash (the
+//! text is the events', re-rendered; `audit verify` renders it again and compares).
 
 use std::collections::HashMap;
+use std::io::BufWriter;
 
-use aggregates::canonical::write_json_string;
+use aggregates::canonical::{write_json_string, PrefixedSha256};
 use aggregates::run::{Run, RunEvent, RUN_EVENT_VERSION};
 use anyhow::{anyhow, Context};
 use cqrs_es::persist::SerializedEvent;
+use engine::artifacts::record::MetadataLookup;
 use engine::artifacts::{RunArtifactsBuilder, RunRecordBuilder};
 use serde_json::{Map, Value};
-use tokio::io::AsyncWrite;
 
 use super::heads::name;
 use super::options::ExportOptions;
-use super::writer::LineWriter;
 use crate::audit::source::AuditRow;
+
+/// The REPLAY.jsonl sink: its hash, fed in blocks rather than one call per JSON token.
+type ReplayHasher = BufWriter<PrefixedSha256>;
+/// Bytes buffered per open run before they are hashed.
+const REPLAY_HASH_BUFFER: usize = 1024;
 
 /// A run being exported whose stream started in the bundle.
 #[derive(Default)]
 pub(super) struct OpenRun {
     record: RunRecordBuilder,
-    pub(super) artifacts: Option<RunArtifactsBuilder<Vec<u8>>>,
+    /// The receipt builder and the replay's running hash, from `run.created` on.
+    pub(super) artifacts: Option<RunArtifactsBuilder<ReplayHasher>>,
 }
 
 /// The run event of `row` for its run's artifacts. `payload` is the parsed stored payload when
@@ -59,11 +67,11 @@ pub(super) fn run_event(
 
 /// Folds one run event into its open run; `Ok(true)` when the run has reached a terminal state
 /// (its stream is complete: a terminal run accepts no further events).
-pub(super) fn fold_run(
+pub(super) fn fold_run<M: MetadataLookup + ?Sized>(
     open_runs: &mut HashMap<String, OpenRun>,
     row: &AuditRow,
     event: RunEvent,
-    metadata: &Value,
+    metadata: &M,
 ) -> anyhow::Result<bool> {
     let run = open_runs
         .get_mut(&row.aggregate_id)
@@ -74,7 +82,10 @@ pub(super) fn fold_run(
     {
         None => {
             let header = run.record.header().expect("set by run.created");
-            run.artifacts = Some(RunArtifactsBuilder::start(header, Vec::new())?);
+            run.artifacts = Some(RunArtifactsBuilder::start(
+                header,
+                BufWriter::with_capacity(REPLAY_HASH_BUFFER, PrefixedSha256::new()),
+            )?);
             Ok(false)
         }
         Some(event) => {
@@ -86,9 +97,12 @@ pub(super) fn fold_run(
     }
 }
 
-/// Writes a run's `receipt` and `replay` lines.
-pub(super) async fn write_artifacts<W: AsyncWrite + Unpin>(
-    w: &mut LineWriter<W>,
+/// Appends a run's `receipt` and `replay` lines to `out`.
+///
+/// # Errors
+/// When signing fails.
+pub(super) fn write_artifacts(
+    out: &mut Vec<u8>,
     run_id: &str,
     run: OpenRun,
     options: &ExportOptions,
@@ -104,22 +118,19 @@ pub(super) async fn write_artifacts<W: AsyncWrite + Unpin>(
                 .map_err(|e| anyhow!("sign a receipt: {e}"))?,
         );
     }
-    let buf = &mut w.buffer;
-    buf.extend_from_slice(b"{\"type\":\"receipt\",\"run_id\":");
-    write_json_string(run_id, buf)?;
-    buf.extend_from_slice(b",\"receipt\":");
-    serde_json::to_writer(&mut *buf, &receipt)?;
-    buf.push(b'}');
-    w.end_line().await?;
-    let replay_hash = aggregates::canonical::sha256_prefixed(&replay);
-    let text = std::str::from_utf8(&replay).context("REPLAY.jsonl is UTF-8")?;
-    let buf = &mut w.buffer;
-    buf.extend_from_slice(b"{\"type\":\"replay\",\"run_id\":");
-    write_json_string(run_id, buf)?;
-    buf.extend_from_slice(b",\"replay_hash\":");
-    write_json_string(&replay_hash, buf)?;
-    buf.extend_from_slice(b",\"replay_jsonl\":");
-    write_json_string(text, buf)?;
-    buf.push(b'}');
-    w.end_line().await
+    out.extend_from_slice(b"{\"type\":\"receipt\",\"run_id\":");
+    write_json_string(run_id, out)?;
+    out.extend_from_slice(b",\"receipt\":");
+    serde_json::to_writer(&mut *out, &receipt)?;
+    out.extend_from_slice(b"}\n");
+    let replay_hash = replay
+        .into_inner()
+        .map_err(|e| anyhow!("hash the replay: {}", e.error()))?
+        .finish();
+    out.extend_from_slice(b"{\"type\":\"replay\",\"run_id\":");
+    write_json_string(run_id, out)?;
+    out.extend_from_slice(b",\"replay_hash\":");
+    write_json_string(&replay_hash, out)?;
+    out.extend_from_slice(b"}\n");
+    Ok(())
 }

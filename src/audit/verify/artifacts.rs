@@ -1,5 +1,6 @@
 //! Receipt and replay lines: each must hash to what it states, and match the receipt and
-//! REPLAY.jsonl its run's events give (and the receipt recorded in the journal).
+//! REPLAY.jsonl hash its run's events give (and the receipt recorded in the journal). A v1 replay
+//! line's REPLAY.jsonl text must also hash to its `replay_hash`.
 
 use aggregates::canonical::{canonical_json, sha256_prefixed};
 use aggregates::receipt::receipt_canonical_sha256;
@@ -89,26 +90,37 @@ impl Verifier {
                 self.find(Some(n), FindingKind::ReceiptMismatch, format!("run {run_id}: the receipt recorded in the journal ({recorded}) is not the one its events give ({recomputed_sha})"));
             }
         }
+        // A receipt recorded after this line is compared when its event comes.
+        self.recomputed_receipts.insert(run_id, recomputed_sha);
     }
 
     pub(super) fn replay(&mut self, n: usize, line: &Map<String, Value>) {
-        let (Some(run_id), Some(stated), Some(text)) = (
-            str_of(line, "run_id"),
-            str_of(line, "replay_hash"),
-            str_of(line, "replay_jsonl"),
-        ) else {
+        // v2 bundles carry the hash only; v1 bundles also the text, which must hash to it.
+        let text = str_of(line, "replay_jsonl");
+        let (Some(run_id), Some(stated)) = (str_of(line, "run_id"), str_of(line, "replay_hash"))
+        else {
             self.find(
                 Some(n),
                 FindingKind::InvalidLine,
-                "a replay line lacks run_id, replay_hash or replay_jsonl".into(),
+                "a replay line lacks run_id or replay_hash".into(),
             );
             return;
         };
+        if text.is_none() && self.replay_text_required {
+            self.find(
+                Some(n),
+                FindingKind::InvalidLine,
+                "a replay line of a v1 bundle lacks replay_jsonl".into(),
+            );
+            return;
+        }
         let run_id = run_id.to_owned();
         self.report.replays_checked += 1;
-        let own = sha256_prefixed(text.as_bytes());
-        if own != stated {
-            self.find(Some(n), FindingKind::ReplayMismatch, format!("replay of run {run_id}: its text hashes to {own}, not to its replay_hash {stated}"));
+        if let Some(text) = text {
+            let own = sha256_prefixed(text.as_bytes());
+            if own != stated {
+                self.find(Some(n), FindingKind::ReplayMismatch, format!("replay of run {run_id}: its text hashes to {own}, not to its replay_hash {stated}"));
+            }
         }
         let Some(state) = self.runs.get_mut(&run_id) else {
             self.find(Some(n), FindingKind::ReplayMismatch, format!("replay of run {run_id}: the bundle does not hold that run's events from its start"));

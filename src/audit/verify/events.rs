@@ -198,6 +198,15 @@ impl Verifier {
                 .pointer("/ReceiptRecorded/canonical_json_sha256")
                 .and_then(Value::as_str)
             {
+                // Compared with the run's receipt whichever comes first in the bundle.
+                let mismatch = self
+                    .recomputed_receipts
+                    .get(aggregate_id)
+                    .filter(|recomputed| recomputed.as_str() != sha)
+                    .map(|recomputed| format!("run {aggregate_id}: the receipt recorded in the journal ({sha}) is not the one its events give ({recomputed})"));
+                if let Some(message) = mismatch {
+                    self.find(Some(n), FindingKind::ReceiptMismatch, message);
+                }
                 self.recorded_receipts
                     .insert(aggregate_id.to_owned(), sha.to_owned());
             }

@@ -30,7 +30,7 @@ use engine::audit_log::merkle::{Frontier, Hash};
 use engine::audit_log::Checkpoint;
 use serde_json::{Map, Value};
 
-use super::bundle::BUNDLE_SCHEMA;
+use super::bundle::{BUNDLE_SCHEMA, BUNDLE_SCHEMA_V1};
 
 pub use report::{Finding, FindingKind, VerifyReport};
 
@@ -57,6 +57,9 @@ struct Verifier {
     aggregates: HashMap<(String, String), AggregateState>,
     runs: BTreeMap<String, RunState>,
     recorded_receipts: HashMap<String, String>,
+    /// `canonical_json_sha256` of each receipt line's recomputation, by run: a receipt recorded in
+    /// the journal after it (a `run_receipt` event later in the bundle) is compared with it.
+    recomputed_receipts: HashMap<String, String>,
     last_cursor: Option<(i64, i64, usize)>,
     whole_streams: bool,
     expected_signer: Option<String>,
@@ -69,6 +72,8 @@ struct Verifier {
     old_root_seen: bool,
     /// The header's scope is the whole journal.
     whole_journal: bool,
+    /// A v1 bundle: every replay line carries its REPLAY.jsonl text.
+    replay_text_required: bool,
 }
 
 fn str_of<'a>(line: &'a Map<String, Value>, key: &str) -> Option<&'a str> {
@@ -131,6 +136,7 @@ pub fn verify_bundle<R: BufRead>(
         aggregates: HashMap::new(),
         runs: BTreeMap::new(),
         recorded_receipts: HashMap::new(),
+        recomputed_receipts: HashMap::new(),
         last_cursor: None,
         whole_streams: true,
         expected_signer: options.expected_signer.clone(),
@@ -139,6 +145,7 @@ pub fn verify_bundle<R: BufRead>(
         frontier: None,
         old_root_seen: false,
         whole_journal: false,
+        replay_text_required: false,
     };
     v.report.integrity_only = options.integrity_only;
     let mut manifest_value: Option<Value> = None;
@@ -188,7 +195,12 @@ pub fn verify_bundle<R: BufRead>(
             .and_then(Value::as_str)
             .unwrap_or_default()
             .to_owned();
-        if n == 1 && (kind != "header" || str_of(&line, "schema") != Some(BUNDLE_SCHEMA)) {
+        let schema = str_of(&line, "schema");
+        if n == 1 && kind == "header" && schema == Some(BUNDLE_SCHEMA_V1) {
+            v.replay_text_required = true;
+        }
+        if n == 1 && (kind != "header" || !matches!(schema, Some(BUNDLE_SCHEMA | BUNDLE_SCHEMA_V1)))
+        {
             v.find(
                 Some(1),
                 FindingKind::MissingHeader,
