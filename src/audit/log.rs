@@ -32,7 +32,7 @@ pub struct AuditLogArgs {
     #[command(flatten)]
     pub key: AuditKeyArgs,
     /// Take a checkpoint after this many new events…
-    #[arg(long, env = "OA_AUDIT_CHECKPOINT_EVENTS", default_value_t = 1_000)]
+    #[arg(long, env = "OA_AUDIT_CHECKPOINT_EVENTS", default_value_t = 10_000)]
     pub checkpoint_every_events: u64,
     /// …or this many milliseconds after the latest one, when the journal grew.
     #[arg(long, env = "OA_AUDIT_CHECKPOINT_MS", default_value_t = 10_000)]
@@ -43,7 +43,7 @@ impl Default for AuditLogArgs {
     fn default() -> Self {
         Self {
             key: AuditKeyArgs::default(),
-            checkpoint_every_events: 1_000,
+            checkpoint_every_events: 10_000,
             checkpoint_every_ms: 10_000,
         }
     }

@@ -336,7 +336,8 @@ async fn stored_proofs_and_checkpoints_verify_and_track_the_journal(db: &TestDb)
 /// redaction key), signs nothing below the latest checkpoint while it does, and reaches the
 /// stored checkpoints' roots.
 async fn a_tree_rebuilt_from_the_journal_reaches_its_stored_checkpoints(db: &TestDb) {
-    seed_raw(db, "r", 700, 20).await;
+    seed_raw(db, "r", 690, 20).await;
+    seed_chained_secrets(db, "s", 10).await;
     let store = AuditStore::new(&db.database);
     let key = test_key();
     store.catch_up().await.unwrap();
@@ -373,4 +374,58 @@ async fn a_tree_rebuilt_from_the_journal_reaches_its_stored_checkpoints(db: &Tes
         checkpoint.root_hash
     );
     assert_tree_is_fresh_build(db).await;
+}
+
+/// `count` events of one aggregate with stored content and chain hashes (as the engine writes
+/// them) whose payload or metadata holds a secret field: the tree must redact them the same way
+/// when it reads stored text (`LeafBuilder::leaf_raw`) as when it reads parsed events.
+async fn seed_chained_secrets(db: &TestDb, id: &str, count: u64) {
+    let mut prev: Option<String> = None;
+    let mut events = Vec::new();
+    for i in 0..count {
+        let payload = if i % 2 == 0 {
+            serde_json::json!({"label": format!("{id}-{i}"), "preimage_hex": format!("{i:064x}")})
+        } else {
+            serde_json::json!({"label": format!("{id}-{i}"), "note": "no secret in the payload"})
+        };
+        let mut metadata = engine::journal::EventMetadata::new();
+        metadata.insert("recorded_at".into(), "2026-02-01T00:00:00Z".into());
+        if i % 2 == 1 {
+            metadata.insert("api_key".into(), format!("key-{i}"));
+        }
+        let metadata_value = serde_json::to_value(&metadata).unwrap();
+        let (content_hash, chain_hash) = aggregates::chain::link(
+            prev.as_deref(),
+            &aggregates::chain::EventContent {
+                aggregate_type: "test",
+                aggregate_id: id,
+                sequence: i + 1,
+                event_type: "test.event",
+                event_version: "1.0",
+                payload: &payload,
+                metadata: &metadata_value,
+            },
+        );
+        metadata.insert(aggregates::chain::CONTENT_HASH_KEY.into(), content_hash);
+        metadata.insert(aggregates::chain::CHAIN_HASH_KEY.into(), chain_hash.clone());
+        prev = Some(chain_hash);
+        events.push(engine::journal::NewEvent {
+            event_type: "test.event".into(),
+            event_version: "1.0".into(),
+            payload,
+            metadata,
+        });
+    }
+    db.database
+        .journal()
+        .append(AppendRequest {
+            aggregate_type: "test",
+            aggregate_id: id,
+            expected_sequence: 0,
+            events: &events,
+            idempotency: None,
+            nonce: None,
+        })
+        .await
+        .unwrap();
 }

@@ -5,7 +5,7 @@ use cqrs_es::Aggregate;
 
 use super::{
     AppendRequest, Appended, GlobalCursor, IdempotencyRecord, Journal, JournalError, JournalHead,
-    PgJournal, SqliteJournal, StoredEvent,
+    PgJournal, RawStoredEvent, SqliteJournal, StoredEvent,
 };
 
 /// Either journal backend, dispatched by `match` (no boxing on the hot path).
@@ -16,6 +16,21 @@ pub enum AnyJournal {
 }
 
 impl AnyJournal {
+    /// [`Journal::read_all`] with payloads and metadata left as their stored text.
+    ///
+    /// # Errors
+    /// As [`Journal::read_all`].
+    pub async fn read_all_raw(
+        &self,
+        after: GlobalCursor,
+        limit: usize,
+    ) -> Result<Vec<RawStoredEvent>, JournalError> {
+        match self {
+            AnyJournal::Postgres(j) => j.read_all_raw(after, limit).await,
+            AnyJournal::Sqlite(j) => j.read_all_raw(after, limit).await,
+        }
+    }
+
     /// `"postgres"` or `"sqlite"`, for logs and `/readyz`.
     pub fn backend_name(&self) -> &'static str {
         match self {

@@ -117,6 +117,47 @@ impl StoredEvent {
     }
 }
 
+/// An event as stored, its payload and metadata left as the stored JSON text: for readers that
+/// need only part of it (the audit tree reads the stored hashes from the metadata and scans the
+/// payload for secret fields without parsing it). [`RawStoredEvent::parse`] gives the
+/// [`StoredEvent`] `read_all` returns.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RawStoredEvent {
+    pub cursor: GlobalCursor,
+    pub aggregate_type: String,
+    pub aggregate_id: String,
+    pub sequence: u64,
+    pub event_type: String,
+    pub event_version: String,
+    pub payload: String,
+    pub metadata: String,
+}
+
+impl RawStoredEvent {
+    /// The event with its payload and metadata parsed.
+    ///
+    /// # Errors
+    /// [`JournalError::Corrupt`] when either is not JSON.
+    pub fn parse(self) -> Result<StoredEvent, JournalError> {
+        let parse = |text: &str, what: &str| {
+            serde_json::from_str(text).map_err(|e| JournalError::Corrupt(format!("{what}: {e}")))
+        };
+        Ok(StoredEvent {
+            cursor: self.cursor,
+            event: SerializedEvent {
+                payload: parse(&self.payload, "payload")?,
+                metadata: parse(&self.metadata, "metadata")?,
+                aggregate_type: self.aggregate_type,
+                aggregate_id: self.aggregate_id,
+                sequence: usize::try_from(self.sequence)
+                    .map_err(|_| JournalError::Corrupt("sequence out of range".into()))?,
+                event_type: self.event_type,
+                event_version: self.event_version,
+            },
+        })
+    }
+}
+
 /// One event to append (the aggregate and sequence come from the [`AppendRequest`]).
 #[derive(Clone, Debug, PartialEq)]
 pub struct NewEvent {

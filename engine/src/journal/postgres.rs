@@ -13,7 +13,7 @@ use sqlx::{PgPool, Row};
 
 use super::{
     metadata_json, to_i64, to_u64, AppendRequest, Appended, GlobalCursor, IdempotencyRecord,
-    Journal, JournalError, JournalHead, StoredEvent,
+    Journal, JournalError, JournalHead, RawStoredEvent, StoredEvent,
 };
 
 const APPEND: &str = r#"
@@ -38,7 +38,7 @@ RETURNING transaction_id, position, sequence
 const READ_ALL: &str = concat!(
     r#"
 SELECT transaction_id, position, aggregate_type, aggregate_id, sequence,
-       event_type, event_version, payload, metadata
+       event_type, event_version, payload::text AS payload, metadata::text AS metadata
   FROM events
  WHERE (transaction_id, position) > ($1, $2)
    AND transaction_id < "#,
@@ -79,6 +79,44 @@ impl PgJournal {
 
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// [`Journal::read_all`] with payloads and metadata left as their stored text.
+    ///
+    /// # Errors
+    /// When the database fails or a row is malformed.
+    pub async fn read_all_raw(
+        &self,
+        after: GlobalCursor,
+        limit: usize,
+    ) -> Result<Vec<RawStoredEvent>, JournalError> {
+        let rows = sqlx::query(READ_ALL)
+            .bind(to_i64(after.transaction(), "cursor out of range")?)
+            .bind(to_i64(after.position(), "cursor out of range")?)
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(JournalError::Database)?;
+        rows.iter()
+            .map(|row| {
+                let decode = |e: sqlx::Error| JournalError::Corrupt(e.to_string());
+                let tx: i64 = row.try_get("transaction_id").map_err(decode)?;
+                let position: i64 = row.try_get("position").map_err(decode)?;
+                Ok(RawStoredEvent {
+                    cursor: GlobalCursor::new(
+                        to_u64(tx, "transaction id")?,
+                        to_u64(position, "position")?,
+                    ),
+                    aggregate_type: row.try_get("aggregate_type").map_err(decode)?,
+                    aggregate_id: row.try_get("aggregate_id").map_err(decode)?,
+                    sequence: to_u64(row.try_get("sequence").map_err(decode)?, "sequence")?,
+                    event_type: row.try_get("event_type").map_err(decode)?,
+                    event_version: row.try_get("event_version").map_err(decode)?,
+                    payload: row.try_get("payload").map_err(decode)?,
+                    metadata: row.try_get("metadata").map_err(decode)?,
+                })
+            })
+            .collect()
     }
 }
 
@@ -219,14 +257,11 @@ impl Journal for PgJournal {
         after: GlobalCursor,
         limit: usize,
     ) -> Result<Vec<StoredEvent>, JournalError> {
-        let rows = sqlx::query(READ_ALL)
-            .bind(to_i64(after.transaction(), "cursor out of range")?)
-            .bind(to_i64(after.position(), "cursor out of range")?)
-            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(JournalError::Database)?;
-        rows.iter().map(stored_event).collect()
+        self.read_all_raw(after, limit)
+            .await?
+            .into_iter()
+            .map(RawStoredEvent::parse)
+            .collect()
     }
 
     async fn load_stored(

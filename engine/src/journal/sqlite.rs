@@ -16,7 +16,7 @@ use std::sync::Arc;
 use super::sqlite_writer::{OwnedAppend, SqliteWriter};
 use super::{
     metadata_json, to_i64, to_u64, AppendRequest, Appended, GlobalCursor, IdempotencyRecord,
-    Journal, JournalError, JournalHead, StoredEvent,
+    Journal, JournalError, JournalHead, RawStoredEvent, StoredEvent,
 };
 
 /// The SQLite journal. Cheap to clone.
@@ -46,6 +46,45 @@ impl SqliteJournal {
     /// The file's writer; every writer to this database file should hold its lock.
     pub fn writer(&self) -> Arc<SqliteWriter> {
         self.writer.clone()
+    }
+
+    /// [`Journal::read_all`] with payloads and metadata left as their stored text.
+    ///
+    /// # Errors
+    /// When the database fails or a row is malformed.
+    pub async fn read_all_raw(
+        &self,
+        after: GlobalCursor,
+        limit: usize,
+    ) -> Result<Vec<RawStoredEvent>, JournalError> {
+        let rows = sqlx::query(
+            "SELECT position, aggregate_type, aggregate_id, sequence, event_type, event_version,
+                    payload, metadata
+               FROM events
+              WHERE position > $1
+              ORDER BY position
+              LIMIT $2",
+        )
+        .bind(to_i64(after.position(), "cursor out of range")?)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(JournalError::Database)?;
+        rows.iter()
+            .map(|row| {
+                let position: i64 = row.try_get("position").map_err(decode)?;
+                Ok(RawStoredEvent {
+                    cursor: GlobalCursor::new(0, to_u64(position, "position")?),
+                    aggregate_type: row.try_get("aggregate_type").map_err(decode)?,
+                    aggregate_id: row.try_get("aggregate_id").map_err(decode)?,
+                    sequence: to_u64(row.try_get("sequence").map_err(decode)?, "sequence")?,
+                    event_type: row.try_get("event_type").map_err(decode)?,
+                    event_version: row.try_get("event_version").map_err(decode)?,
+                    payload: row.try_get("payload").map_err(decode)?,
+                    metadata: row.try_get("metadata").map_err(decode)?,
+                })
+            })
+            .collect()
     }
 }
 
@@ -133,20 +172,11 @@ impl Journal for SqliteJournal {
         after: GlobalCursor,
         limit: usize,
     ) -> Result<Vec<StoredEvent>, JournalError> {
-        let rows = sqlx::query(
-            "SELECT position, aggregate_type, aggregate_id, sequence, event_type, event_version,
-                    payload, metadata
-               FROM events
-              WHERE position > $1
-              ORDER BY position
-              LIMIT $2",
-        )
-        .bind(to_i64(after.position(), "cursor out of range")?)
-        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(JournalError::Database)?;
-        rows.iter().map(stored_event).collect()
+        self.read_all_raw(after, limit)
+            .await?
+            .into_iter()
+            .map(RawStoredEvent::parse)
+            .collect()
     }
 
     async fn load_stored(

@@ -24,7 +24,8 @@ impl AuditStore {
     /// Cancel safe: the batch is one transaction; dropping the future rolls it back.
     pub async fn extend(&self, limit: usize) -> Result<u64, StoreError> {
         let state = self.state().await?;
-        let events = self.journal.read_all(state.cursor, limit).await?;
+        // Stored text: most leaves need only the stored hashes in the metadata (`leaf_raw`).
+        let events = self.journal.read_all_raw(state.cursor, limit).await?;
         let Some(last) = events.last() else {
             return Ok(0);
         };
@@ -41,8 +42,9 @@ impl AuditStore {
             .collect();
         let mut edge = Edge::new(state.tree_size, &stored).map_err(StoreError::Corrupt)?;
         let mut builder = LeafBuilder::new(self.journal.clone(), state.redaction_key.clone());
-        for event in &events {
-            edge.push(builder.leaf(event).await?, event.cursor);
+        for event in events {
+            let cursor = event.cursor;
+            edge.push(builder.leaf_raw(event).await?, cursor);
         }
         let added = edge.size() - state.tree_size;
         let new_size = edge.size();

@@ -7,9 +7,9 @@ use aggregates::chain::{self, EventContent};
 use serde_json::Value;
 
 use super::StoreError;
-use crate::audit_log::leaf::{disclose, event_leaf, RedactionKey};
+use crate::audit_log::leaf::{disclose, event_leaf, has_secret, may_hold_secrets, RedactionKey};
 use crate::audit_log::merkle::Hash;
-use crate::journal::{AnyJournal, Journal, StoredEvent};
+use crate::journal::{AnyJournal, Journal, RawStoredEvent, StoredEvent};
 
 /// Computes leaves of stored events: redaction and the chain hash of rows that have none
 /// stored (written before the chain existed), continued from the aggregate's previous event.
@@ -27,6 +27,44 @@ impl LeafBuilder {
             key,
             heads: HashMap::new(),
         }
+    }
+
+    /// The leaf hash of `event` as read with its stored text ([`AnyJournal::read_all_raw`]):
+    /// the same as [`LeafBuilder::leaf`] of the parsed event, without parsing the payload when
+    /// the stored content and chain hashes are there and no field can be secret (the common
+    /// case: the leaf is then `event_leaf(chain_hash, content_hash)`, as `leaf` computes it).
+    ///
+    /// # Errors
+    /// When the stored text is not JSON, or as [`LeafBuilder::leaf`].
+    pub async fn leaf_raw(&mut self, raw: RawStoredEvent) -> Result<Hash, StoreError> {
+        // A key spelled with `\u` escapes would escape the text scan: those take the full path.
+        if !may_hold_secrets(&raw.payload) && !raw.payload.contains("\\u") {
+            let metadata: Value = serde_json::from_str(&raw.metadata)
+                .map_err(|e| StoreError::Corrupt(format!("metadata of an event: {e}")))?;
+            let stored = |key: &str| metadata.get(key).and_then(Value::as_str);
+            if let (Some(content_hash), Some(chain_hash)) = (
+                stored(chain::CONTENT_HASH_KEY),
+                stored(chain::CHAIN_HASH_KEY),
+            ) {
+                if !has_secret(&metadata) {
+                    let leaf = event_leaf(chain_hash, content_hash);
+                    let chain_hash = chain_hash.to_owned();
+                    self.remember(raw.aggregate_type, raw.aggregate_id, chain_hash);
+                    return Ok(leaf);
+                }
+            }
+        }
+        let event = raw.parse()?;
+        self.leaf(&event).await
+    }
+
+    /// Records `chain_hash` as the latest of its aggregate, for later rows without one.
+    fn remember(&mut self, aggregate_type: String, aggregate_id: String, chain_hash: String) {
+        if self.heads.len() > 100_000 {
+            self.heads.clear();
+        }
+        self.heads
+            .insert((aggregate_type, aggregate_id), chain_hash);
     }
 
     /// The leaf hash of `event`.
@@ -81,10 +119,7 @@ impl LeafBuilder {
         };
         let disclosed = disclose(&self.key, &content, &content_hash);
         let leaf = event_leaf(&chain_hash, &disclosed.disclosed_hash);
-        if self.heads.len() > 100_000 {
-            self.heads.clear();
-        }
-        self.heads.insert(key, chain_hash);
+        self.remember(key.0, key.1, chain_hash);
         Ok(leaf)
     }
 }

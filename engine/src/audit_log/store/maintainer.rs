@@ -28,7 +28,7 @@ impl Default for MaintainerConfig {
     fn default() -> Self {
         Self {
             batch: 1_000,
-            checkpoint_every_events: 1_000,
+            checkpoint_every_events: 10_000,
             checkpoint_every: Duration::from_secs(10),
             poll: Duration::from_millis(250),
             settle: Duration::from_millis(200),
