@@ -214,7 +214,7 @@ impl AuditStore {
         // above it (cursors grow with the leaf index).
         let sql = format!(
             "SELECT idx, cursors FROM {t}
-              WHERE level = 0 AND (first_transaction < $1 OR (first_transaction = $1 AND first_position <= $2))
+              WHERE level = 0 AND (first_transaction, first_position) <= ($1, $2)
               ORDER BY first_transaction DESC, first_position DESC LIMIT 1"
         );
         let mut sorted = cursors.to_vec();
