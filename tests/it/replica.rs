@@ -100,6 +100,24 @@ impl RunAs {
     }
 }
 
+/// The node's `runtime_sync_replica_lag_watermarks` gauge for the run-summaries topic.
+async fn replica_lag(base: &str) -> f64 {
+    let text = reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find(|l| {
+            l.starts_with("runtime_sync_replica_lag_watermarks{")
+                && l.contains(&format!("\"{RUNS}\""))
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no replica lag gauge for {RUNS} in /metrics"))
+}
+
 /// One PostgreSQL cluster run as a child process in its own process group (so a SIGKILL takes
 /// the postmaster and every backend at once, like a crashed machine).
 struct Cluster {
@@ -524,6 +542,12 @@ async fn a_node_reading_a_hot_standby_delivers_every_update_once_and_survives_th
     assert!(early.is_empty(), "delivered past the standby: {early:?}");
     let early = updates_within(&mut live, Duration::from_millis(200)).await;
     assert!(early.is_empty(), "delivered past the standby: {early:?}");
+    // The node reports how far the standby trails the primary.
+    let lag = replica_lag(&base).await;
+    assert!(
+        lag >= 10.0,
+        "replica lag gauge while replay is paused: {lag}"
+    );
     // A watermark nobody wrote is still refused.
     let primary_head = store.topic_states(&[RUNS]).await.unwrap()[0].head_watermark;
     let mut bogus = joined(&base, &token).await;

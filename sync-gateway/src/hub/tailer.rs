@@ -598,6 +598,11 @@ impl Tailer {
                         failed = false;
                     }
                     failing.reset();
+                    if let Some(head) = wanted {
+                        // On a replica: how far the rows this node reads trail the primary.
+                        metrics::gauge!("runtime_sync_replica_lag_watermarks", "topic" => self.topic.clone())
+                            .set(head.saturating_sub(self.tail()) as f64);
+                    }
                     if wanted.is_some_and(|w| self.tail() < w) {
                         lagging.next_delay()
                     } else {
