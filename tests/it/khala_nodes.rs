@@ -29,9 +29,9 @@ use crate::khala_e2e::{
 };
 
 /// A `serve` child; killed (SIGKILL) and reaped on drop.
-struct Node {
+pub(crate) struct Node {
     child: Child,
-    base: String,
+    pub(crate) base: String,
     pid: u32,
 }
 
@@ -45,6 +45,11 @@ impl Drop for Node {
 impl Node {
     /// Starts `serve` on port 0 over `url` and waits for its "listening on" line.
     fn start(url: &str, data_dir: &std::path::Path) -> Node {
+        Self::start_with(url, data_dir, &["--projector-lease-ttl", "1s"])
+    }
+
+    /// [`Node::start`] with `extra` arguments for `serve`.
+    pub(crate) fn start_with(url: &str, data_dir: &std::path::Path, extra: &[&str]) -> Node {
         let log = std::env::var_os("TEST_LOG").is_some();
         let mut child = Command::new(env!("CARGO_BIN_EXE_openagents-runtime"))
             .arg("serve")
@@ -53,14 +58,15 @@ impl Node {
             .args(["--db-max-connections", "8"])
             .args(["--data-dir", data_dir.to_str().unwrap()])
             .args(["--shutdown-grace-secs", "5"])
-            .args(["--projector-lease-ttl", "1s"])
             .args(["--projector-poll", "100ms"])
             // Deliveries on a node that does not project can only come from NOTIFY wake-ups.
             .args(["--sync-tailer-poll", "1h"])
+            .args(extra)
             .env("OA_RUNTIME_SIGNATURE_SECRET", TEST_SECRET)
             .env("OA_AUDIT_KEY", crate::audit_log::TEST_AUDIT_KEY)
             .env("OA_SYNC_JWT_KEY", format!("{TEST_KID}={SYNC_SECRET}"))
             .env_remove("DATABASE_URL")
+            .env_remove("READ_DATABASE_URL")
             .env("RUST_LOG", if log { "info" } else { "warn" })
             .stdout(Stdio::piped())
             .stderr(if log { Stdio::inherit() } else { Stdio::null() })

@@ -13,7 +13,6 @@
 //! Without PostgreSQL's server binaries (`OA_TEST_PG_BIN`, default
 //! `/usr/lib/postgresql/15/bin`) the test is skipped with a message, and fails under `CI`.
 
-use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -29,12 +28,11 @@ use serde_json::{json, Value};
 use sync_gateway::client::{ClientError, KhalaClient, Push};
 use sync_gateway::protocol::{ErrorCode, Update};
 
-use crate::app::TEST_SECRET;
 use crate::khala_e2e::{
     assert_delivered_exactly, eventually, hydrate, joined, owned_rows, run_key, updates_until, Who,
     RUNS,
 };
-use crate::khala_nodes::{frame, ok, receipted, sync_token};
+use crate::khala_nodes::{frame, ok, receipted, sync_token, Node};
 
 /// Where the PostgreSQL server binaries are.
 fn pg_bin() -> PathBuf {
@@ -332,65 +330,21 @@ impl Clusters {
     }
 }
 
-/// A `serve` child over the primary that reads the standby; killed on drop.
-struct Node {
-    child: Child,
-    base: String,
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Node {
-    fn start(primary: &str, replica: &str, data_dir: &Path) -> Node {
-        let log = std::env::var_os("TEST_LOG").is_some();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_openagents-runtime"))
-            .arg("serve")
-            .args(["--listen", "127.0.0.1:0"])
-            .args(["--database-url", primary])
-            .args(["--read-database-url", replica])
-            .args(["--db-max-connections", "8"])
-            .args(["--read-db-max-connections", "8"])
-            .args(["--data-dir", data_dir.to_str().unwrap()])
-            .args(["--shutdown-grace-secs", "5"])
-            .args(["--projector-poll", "100ms"])
-            // Every delivery must come from a wake-up, never from the fallback poll.
-            .args(["--sync-tailer-poll", "1h"])
-            .args(["--sync-replica-wait", "1s"])
-            .env("OA_RUNTIME_SIGNATURE_SECRET", TEST_SECRET)
-            .env("OA_AUDIT_KEY", crate::audit_log::TEST_AUDIT_KEY)
-            .env(
-                "OA_SYNC_JWT_KEY",
-                format!(
-                    "{}={}",
-                    sync_gateway::test_utils::TEST_KID,
-                    sync_gateway::test_utils::TEST_SECRET
-                ),
-            )
-            .env_remove("DATABASE_URL")
-            .env_remove("READ_DATABASE_URL")
-            .env("RUST_LOG", if log { "info" } else { "warn" })
-            .stdout(Stdio::piped())
-            .stderr(if log { Stdio::inherit() } else { Stdio::null() })
-            .spawn()
-            .expect("spawn openagents-runtime serve");
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let base = loop {
-            let line = lines
-                .next()
-                .expect("the node prints where it listens")
-                .expect("readable stdout");
-            if let Some(rest) = line.strip_prefix("openagents-runtime listening on ") {
-                break rest.trim().to_owned();
-            }
-        };
-        std::thread::spawn(move || for _ in lines {});
-        Node { child, base }
-    }
+/// A `serve` child over the primary that reads the standby (every delivery from a wake-up,
+/// never from the fallback poll); killed on drop.
+fn start_node(primary: &str, replica: &str, data_dir: &Path) -> Node {
+    Node::start_with(
+        primary,
+        data_dir,
+        &[
+            "--read-database-url",
+            replica,
+            "--read-db-max-connections",
+            "8",
+            "--sync-replica-wait",
+            "1s",
+        ],
+    )
 }
 
 /// `GET /sync/v1/topics/{RUNS}/docs?{query}`: status and body.
@@ -442,7 +396,7 @@ async fn a_node_reading_a_hot_standby_delivers_every_update_once_and_survives_th
     .await
     .expect("connect to the primary");
     let data_dir = tempfile::tempdir().unwrap();
-    let node = Node::start(
+    let node = start_node(
         &clusters.primary.url(),
         &clusters.standby.url(),
         data_dir.path(),
