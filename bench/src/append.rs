@@ -39,6 +39,11 @@ pub struct AppendArgs {
     #[arg(long, default_value_t = 256)]
     pub payload_bytes: usize,
 
+    /// Raw/engine pairs per client count. On a shared machine one pair's ratio moves with the
+    /// load; with more than one, every pair is printed and then the median ratio.
+    #[arg(long, default_value_t = 1)]
+    pub rounds: usize,
+
     /// Keep the scratch database instead of dropping it.
     #[arg(long)]
     pub keep_database: bool,
@@ -140,51 +145,28 @@ async fn measure(args: &AppendArgs, name: &str) -> anyhow::Result<()> {
     let duration = Duration::from_secs(args.duration_secs);
     let warmup = Duration::from_secs(args.warmup_secs);
     let mut measured = Vec::new();
-    for (round, &clients) in args.clients.iter().enumerate() {
-        let raw = phase(clients, warmup, duration, {
-            let pool = pool.clone();
-            let payload = payload.clone();
-            let metadata = metadata.clone();
-            move |client, n| {
-                let pool = pool.clone();
-                let payload = payload.clone();
-                let metadata = metadata.clone();
-                async move {
-                    sqlx::query(
-                        "INSERT INTO bench_raw (aggregate_id, sequence, payload, metadata)
-                         VALUES ($1, $2, $3::json, $4::json)",
-                    )
-                    .bind(format!("raw-{round}-{client}"))
-                    .bind(n as i64)
-                    .bind(payload.as_str())
-                    .bind(metadata.as_str())
-                    .execute(&pool)
-                    .await
-                    .map(|_| ())
-                    .map_err(anyhow::Error::from)
-                }
-            }
-        })
-        .await?;
-        print_row(clients, "raw", &raw, None);
-        for client in 0..clients {
-            create_run(&engine, &run_id(round, client)).await?;
+    let mut round = 0;
+    for &clients in &args.clients {
+        let mut pairs = Vec::new();
+        for _ in 0..args.rounds.max(1) {
+            let (raw, with_engine) = measure_pair(
+                &engine, pool, round, clients, warmup, duration, &payload, &metadata, &text,
+            )
+            .await?;
+            round += 1;
+            print_row(clients, "raw", &raw, None);
+            let ratio = with_engine.per_second / raw.per_second;
+            print_row(clients, "engine", &with_engine, Some(ratio));
+            pairs.push((ratio, raw, with_engine));
         }
-        let with_engine = engine_phase(
-            &engine,
-            round,
-            clients,
-            warmup,
-            duration,
-            Arc::new(text.clone()),
-        )
-        .await?;
-        print_row(
-            clients,
-            "engine",
-            &with_engine,
-            Some(with_engine.per_second / raw.per_second),
-        );
+        pairs.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let (median, raw, with_engine) = pairs.swap_remove(pairs.len() / 2);
+        if args.rounds > 1 {
+            println!(
+                "{clients:>7}  median engine/raw of {} rounds: {median:.2} (raw {:.0}, engine {:.0} cmds/s)",
+                args.rounds, raw.per_second, with_engine.per_second
+            );
+        }
         measured.push((clients as f64, raw, with_engine));
     }
     database.close().await;
@@ -238,6 +220,59 @@ async fn measure(args: &AppendArgs, name: &str) -> anyhow::Result<()> {
         plot::write(path, &svg)?;
     }
     Ok(())
+}
+
+/// One raw phase, then one engine phase on runs created for `round`.
+#[allow(clippy::too_many_arguments)]
+async fn measure_pair(
+    engine: &Arc<Engine>,
+    pool: &sqlx::PgPool,
+    round: usize,
+    clients: usize,
+    warmup: Duration,
+    duration: Duration,
+    payload: &Arc<String>,
+    metadata: &Arc<String>,
+    text: &str,
+) -> anyhow::Result<(PhaseResult, PhaseResult)> {
+    let raw = phase(clients, warmup, duration, {
+        let pool = pool.clone();
+        let payload = payload.clone();
+        let metadata = metadata.clone();
+        move |client, n| {
+            let pool = pool.clone();
+            let payload = payload.clone();
+            let metadata = metadata.clone();
+            async move {
+                sqlx::query(
+                    "INSERT INTO bench_raw (aggregate_id, sequence, payload, metadata)
+                     VALUES ($1, $2, $3::json, $4::json)",
+                )
+                .bind(format!("raw-{round}-{client}"))
+                .bind(n as i64)
+                .bind(payload.as_str())
+                .bind(metadata.as_str())
+                .execute(&pool)
+                .await
+                .map(|_| ())
+                .map_err(anyhow::Error::from)
+            }
+        }
+    })
+    .await?;
+    for client in 0..clients {
+        create_run(engine, &run_id(round, client)).await?;
+    }
+    let with_engine = engine_phase(
+        engine,
+        round,
+        clients,
+        warmup,
+        duration,
+        Arc::new(text.to_owned()),
+    )
+    .await?;
+    Ok((raw, with_engine))
 }
 
 /// The engine phase: `clients` loops appending a `text_delta` frame of `text` to their own run

@@ -18,6 +18,7 @@ on_both_backends!(
     a_stale_expected_sequence_is_a_conflict_and_writes_nothing,
     an_idempotency_record_is_written_with_its_events_or_not_at_all,
     a_token_nonce_is_written_with_its_events_or_not_at_all,
+    every_shape_of_append_writes_exactly_its_parts,
     read_all_returns_every_event_once_in_order_across_pages,
     events_survive_closing_and_reopening_the_database,
     concurrent_appenders_lose_nothing_and_duplicate_nothing,
@@ -225,6 +226,102 @@ async fn a_token_nonce_is_written_with_its_events_or_not_at_all(db: &TestDb) {
         .consume("nonce-j2", 4_000_000_000, 1_000)
         .await
         .unwrap();
+}
+
+/// Every shape an append takes (PostgreSQL builds one statement per shape): one event or
+/// several, with or without an idempotency record, with or without a nonce. Each writes its
+/// events in order, its record and its nonce when it has them, and nothing it does not have; a
+/// stale sequence in each shape writes none of its parts.
+async fn every_shape_of_append_writes_exactly_its_parts(db: &TestDb) {
+    let journal = db.database.journal();
+    let nonces = engine::auth::NonceStore::new(db.database.clone());
+    for shape in 0..8u8 {
+        let (batch, with_key, with_nonce) = (shape & 4 != 0, shape & 2 != 0, shape & 1 != 0);
+        let id = format!("shape-{shape}");
+        let events: Vec<_> = (0..if batch { 3 } else { 1 })
+            .map(|n| raw_event(&format!("{id}-{n}")))
+            .collect();
+        let record = NewIdempotencyRecord {
+            scope: "user:shape".into(),
+            key: format!("key-{shape}"),
+            request_hash: format!("sha256:{shape}"),
+            created_at: ts("2026-02-01T00:00:00Z"),
+        };
+        let nonce = NewNonce {
+            nonce: format!("nonce-shape-{shape}"),
+            expires_at_unix: 4_000_000_000,
+        };
+        let request = |expected| AppendRequest {
+            idempotency: with_key.then_some(&record),
+            nonce: with_nonce.then_some(&nonce),
+            ..append(&id, expected, &events)
+        };
+        let written = journal.append(request(0)).await.unwrap();
+        assert_eq!(written.last_sequence, events.len() as u64, "shape {shape}");
+        assert_eq!(written.cursors.len(), events.len(), "shape {shape}");
+        assert!(
+            written.cursors.windows(2).all(|w| w[0] < w[1]),
+            "shape {shape}"
+        );
+        // Written again with a stale sequence (its record and nonce are new): nothing of it lands.
+        let stale_record = NewIdempotencyRecord {
+            key: format!("stale-key-{shape}"),
+            ..record.clone()
+        };
+        let stale_nonce = NewNonce {
+            nonce: format!("stale-nonce-{shape}"),
+            ..nonce.clone()
+        };
+        let error = journal
+            .append(AppendRequest {
+                idempotency: with_key.then_some(&stale_record),
+                nonce: with_nonce.then_some(&stale_nonce),
+                ..append(&id, 0, &events)
+            })
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(error, JournalError::Conflict { .. }),
+            "shape {shape}: {error:?}"
+        );
+
+        let loaded = journal.load::<Run>(&id, 0).await.unwrap();
+        let labels: Vec<_> = loaded.iter().map(|e| e.payload.clone()).collect();
+        let expected: Vec<_> = events.iter().map(|e| e.payload.clone()).collect();
+        assert_eq!(labels, expected, "shape {shape}");
+        let stored = journal
+            .find_idempotency("user:shape", &record.key)
+            .await
+            .unwrap();
+        match (with_key, stored) {
+            (true, Some(stored)) => {
+                assert_eq!(stored.aggregate_id, id);
+                assert_eq!(
+                    (stored.first_sequence, stored.last_sequence),
+                    (1, events.len() as u64)
+                );
+                assert_eq!(stored.request_hash, record.request_hash);
+            }
+            (false, None) => {}
+            (with_key, stored) => panic!("shape {shape}: key {with_key}, stored {stored:?}"),
+        }
+        assert!(journal
+            .find_idempotency("user:shape", &stale_record.key)
+            .await
+            .unwrap()
+            .is_none());
+        // A nonce the append recorded is spent; one it did not carry is still fresh.
+        let spent = nonces.consume(&nonce.nonce, 4_000_000_000, 1_000).await;
+        assert_eq!(
+            matches!(spent, Err(engine::auth::AuthError::Replayed)),
+            with_nonce,
+            "shape {shape}: {spent:?}"
+        );
+        nonces
+            .consume(&stale_nonce.nonce, 4_000_000_000, 1_000)
+            .await
+            .unwrap();
+    }
 }
 
 /// Many appends at once (on SQLite they share group commits): the ones that fail their checks —

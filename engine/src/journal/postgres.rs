@@ -16,24 +16,71 @@ use super::{
     Journal, JournalError, JournalHead, RawStoredEvent, StoredEvent,
 };
 
-const APPEND: &str = r#"
-WITH idem AS (
+/// The append statement of one shape: one autocommit statement that inserts the events and,
+/// only when the command carries them, its idempotency record and its token nonce (each a
+/// data-modifying CTE). A single event is a `VALUES` row and a batch an `unnest` of arrays;
+/// parts a command does not need are left out rather than skipped by a `WHERE false`, since each
+/// costs the server planning and opening its table (together ~20% of the server's CPU per
+/// append; docs/BENCHMARKS.md § append). Parameters: `$1`/`$2` the aggregate, `$3`–`$7` the
+/// events (scalars or arrays), then the idempotency record's six, then the nonce's two.
+fn append_statement(batch: bool, idempotency: bool, nonce: bool) -> String {
+    let mut next = 8;
+    let mut param = || {
+        next += 1;
+        next - 1
+    };
+    let mut ctes = Vec::new();
+    if idempotency {
+        let [scope, key, hash, first, last, at] = std::array::from_fn(|_| param());
+        ctes.push(format!(
+            "idem AS (
     INSERT INTO runtime.idempotency_keys
         (scope, idempotency_key, request_hash, aggregate_type, aggregate_id,
          first_sequence, last_sequence, created_at)
-    SELECT $8::text, $9::text, $10::text, $1::text, $2::text, $11::bigint, $12::bigint, $13::timestamptz
-    WHERE $9::text IS NOT NULL
-), nonce AS (
+    VALUES (${scope}::text, ${key}::text, ${hash}::text, $1::text, $2::text, ${first}::bigint,
+            ${last}::bigint, ${at}::timestamptz)
+)"
+        ));
+    }
+    if nonce {
+        let [value, expires] = std::array::from_fn(|_| param());
+        ctes.push(format!(
+            "nonce AS (
     INSERT INTO runtime.auth_nonces (nonce, expires_at)
-    SELECT $14::text, to_timestamp($15::float8)
-    WHERE $14::text IS NOT NULL
-)
-INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
-SELECT $1::text, $2::text, e.sequence, e.event_type, e.event_version, e.payload::json, e.metadata::json
+    VALUES (${value}::text, to_timestamp(${expires}::float8))
+)"
+        ));
+    }
+    let with = if ctes.is_empty() {
+        String::new()
+    } else {
+        format!("WITH {}\n", ctes.join(", "))
+    };
+    let rows = if batch {
+        "SELECT $1::text, $2::text, e.sequence, e.event_type, e.event_version, e.payload::json, e.metadata::json
   FROM unnest($3::bigint[], $4::text[], $5::text[], $6::text[], $7::text[])
-       AS e(sequence, event_type, event_version, payload, metadata)
-RETURNING transaction_id, position, sequence
-"#;
+       AS e(sequence, event_type, event_version, payload, metadata)"
+    } else {
+        "VALUES ($1::text, $2::text, $3::bigint, $4::text, $5::text, $6::json, $7::json)"
+    };
+    format!(
+        "{with}INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
+{rows}
+RETURNING transaction_id, position, sequence"
+    )
+}
+
+/// Every shape of [`append_statement`], built once, indexed by [`append_shape`].
+static APPEND: std::sync::LazyLock<[String; 8]> = std::sync::LazyLock::new(|| {
+    std::array::from_fn(|shape| append_statement(shape & 4 != 0, shape & 2 != 0, shape & 1 != 0))
+});
+
+/// The index in [`APPEND`] of a request's statement.
+fn append_shape(request: &AppendRequest<'_>) -> usize {
+    usize::from(request.events.len() > 1) << 2
+        | usize::from(request.idempotency.is_some()) << 1
+        | usize::from(request.nonce.is_some())
+}
 
 const READ_ALL: &str = concat!(
     r#"
@@ -184,35 +231,51 @@ impl Journal for PgJournal {
         }
         let first = request.expected_sequence + 1;
         let last = request.expected_sequence + request.events.len() as u64;
-        let mut sequences = Vec::with_capacity(request.events.len());
-        let mut types = Vec::with_capacity(request.events.len());
-        let mut versions = Vec::with_capacity(request.events.len());
-        let mut payloads = Vec::with_capacity(request.events.len());
-        let mut metadata = Vec::with_capacity(request.events.len());
-        for (offset, event) in request.events.iter().enumerate() {
-            sequences.push(to_i64(first + offset as u64, "sequence out of range")?);
-            types.push(event.event_type.as_str());
-            versions.push(event.event_version.as_str());
-            payloads.push(event.payload.to_string());
-            metadata.push(metadata_json(&event.metadata));
-        }
-        let idem = request.idempotency;
-        let rows = sqlx::query(APPEND)
+        let query = sqlx::query(&APPEND[append_shape(&request)])
             .bind(request.aggregate_type)
-            .bind(request.aggregate_id)
-            .bind(&sequences)
-            .bind(&types)
-            .bind(&versions)
-            .bind(&payloads)
-            .bind(&metadata)
-            .bind(idem.map(|r| r.scope.as_str()))
-            .bind(idem.map(|r| r.key.as_str()))
-            .bind(idem.map(|r| r.request_hash.as_str()))
-            .bind(to_i64(first, "sequence out of range")?)
-            .bind(to_i64(last, "sequence out of range")?)
-            .bind(idem.map(|r| r.created_at.as_datetime()))
-            .bind(request.nonce.map(|n| n.nonce.as_str()))
-            .bind(request.nonce.map(|n| n.expires_at_unix as f64))
+            .bind(request.aggregate_id);
+        let mut query = if let [event] = request.events {
+            query
+                .bind(to_i64(first, "sequence out of range")?)
+                .bind(event.event_type.as_str())
+                .bind(event.event_version.as_str())
+                .bind(event.payload.to_string())
+                .bind(metadata_json(&event.metadata))
+        } else {
+            let mut sequences = Vec::with_capacity(request.events.len());
+            let mut types = Vec::with_capacity(request.events.len());
+            let mut versions = Vec::with_capacity(request.events.len());
+            let mut payloads = Vec::with_capacity(request.events.len());
+            let mut metadata = Vec::with_capacity(request.events.len());
+            for (offset, event) in request.events.iter().enumerate() {
+                sequences.push(to_i64(first + offset as u64, "sequence out of range")?);
+                types.push(event.event_type.as_str());
+                versions.push(event.event_version.as_str());
+                payloads.push(event.payload.to_string());
+                metadata.push(metadata_json(&event.metadata));
+            }
+            query
+                .bind(sequences)
+                .bind(types)
+                .bind(versions)
+                .bind(payloads)
+                .bind(metadata)
+        };
+        if let Some(idem) = request.idempotency {
+            query = query
+                .bind(idem.scope.as_str())
+                .bind(idem.key.as_str())
+                .bind(idem.request_hash.as_str())
+                .bind(to_i64(first, "sequence out of range")?)
+                .bind(to_i64(last, "sequence out of range")?)
+                .bind(idem.created_at.as_datetime());
+        }
+        if let Some(nonce) = request.nonce {
+            query = query
+                .bind(nonce.nonce.as_str())
+                .bind(nonce.expires_at_unix as f64);
+        }
+        let rows = query
             .fetch_all(&self.pool)
             .await
             .map_err(|e| classify(e, &request))?;
