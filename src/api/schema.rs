@@ -1,6 +1,7 @@
-//! Schemas the route declarations share: [`ApiId`], the schema of every validated id, built from
-//! `aggregates::ids`' own rules. Route files and the OpenAPI document ([`super::openapi`]) both
-//! use it; it uses neither.
+//! Schemas and limits the route declarations share: [`ApiId`], the schema of every validated id,
+//! built from `aggregates::ids`' own rules, and [`MAX_TEXT_CHARS`], the free-text limit (counted
+//! in characters, as the document's `maxLength` is). Route files and the OpenAPI document
+//! ([`super::openapi`]) both use it; it uses neither.
 
 use std::borrow::Cow;
 
@@ -8,6 +9,18 @@ use aggregates::ids::{ID_PUNCTUATION, MAX_ID_LEN};
 use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
 use utoipa::openapi::RefOr;
 use utoipa::{PartialSchema, ToSchema};
+
+/// Longest accepted free-text field of a command body (`reason`, `source`, `adapter`, refs…), in
+/// characters, as the document's `maxLength` counts them (JSON Schema counts code points); the
+/// body limit bounds the bytes.
+pub const MAX_TEXT_CHARS: usize = 1024;
+
+/// Whether `text` is longer than [`MAX_TEXT_CHARS`] characters.
+pub fn too_long(text: &str) -> bool {
+    // A character is at most 4 bytes and at least 1: most texts are decided without counting.
+    text.len() > MAX_TEXT_CHARS
+        && (text.len() > 4 * MAX_TEXT_CHARS || text.chars().nth(MAX_TEXT_CHARS).is_some())
+}
 
 /// The schema of an id in a path, query or body: what `aggregates::ids` accepts (1 to
 /// [`MAX_ID_LEN`] ASCII letters, digits and [`ID_PUNCTUATION`]). Use it as

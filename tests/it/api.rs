@@ -25,6 +25,7 @@ on_both_backends!(
     runs_and_workers_are_listed_for_their_owner,
     a_tenant_from_the_token_is_recorded_and_enforced,
     the_openapi_document_describes_every_route,
+    text_limits_count_characters_as_the_document_says,
     trace_headers_reach_the_event_metadata,
 );
 
@@ -1275,4 +1276,44 @@ async fn a_long_run_streams_across_pages_without_gap_or_early_done(db: &TestDb) 
             "one [DONE], at the end"
         );
     }
+}
+
+/// A free-text field's limit is what the OpenAPI document's `maxLength` says, counted as JSON
+/// Schema counts it (characters, not bytes): a value of exactly that many two-byte characters is
+/// accepted, one more is refused with the field named, on a run and on a worker command.
+async fn text_limits_count_characters_as_the_document_says(db: &TestDb) {
+    let app = spawn_app(db).await;
+    let doc = app.get("/internal/v1/openapi.json").send().await.json;
+    let limit = |schema: &str, field: &str| {
+        doc["components"]["schemas"][schema]["properties"][field]["maxLength"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{schema}.{field} has a maxLength")) as usize
+    };
+    let text = |chars: usize| "é".repeat(chars);
+
+    let max = limit("CancelRequest", "reason");
+    app.running_run("run_limits").await;
+    let refused = app
+        .cancel_run("run_limits", "thread_1", &text(max + 1))
+        .await;
+    refused.assert_error(400, "invalid_request");
+    assert_eq!(refused.json["error"]["details"]["field"], "reason");
+    let accepted = app.cancel_run("run_limits", "thread_1", &text(max)).await;
+    assert_eq!(accepted.status, 202, "{:?}", accepted.json);
+
+    let max = limit("CreateWorkerRequest", "adapter");
+    let refused = app
+        .create_worker(json!({"worker_id": "worker_limits", "adapter": text(max + 1)}))
+        .await;
+    refused.assert_error(400, "invalid_request");
+    assert_eq!(refused.json["error"]["details"]["field"], "adapter");
+    let accepted = app
+        .create_worker(json!({"worker_id": "worker_limits", "adapter": text(max)}))
+        .await;
+    assert!(
+        accepted.status < 300,
+        "{} {:?}",
+        accepted.status,
+        accepted.json
+    );
 }

@@ -94,7 +94,7 @@ pub struct FrameResponse {
 pub struct CancelRequest {
     #[schema(value_type = ApiId)]
     pub thread_id: ThreadId,
-    /// At most 1024 bytes (default `cancel_requested`).
+    /// At most 1024 characters (default `cancel_requested`).
     #[schema(max_length = 1024)]
     pub reason: Option<String>,
 }
@@ -119,7 +119,7 @@ pub struct CancelResponse {
 pub struct StartRequest {
     #[schema(value_type = ApiId)]
     pub thread_id: ThreadId,
-    /// Who started it (default `runtime`); at most 1024 bytes.
+    /// Who started it (default `runtime`); at most 1024 characters.
     #[schema(max_length = 1024)]
     pub source: Option<String>,
 }
@@ -139,7 +139,7 @@ pub struct FinishRequest {
     pub thread_id: ThreadId,
     pub status: FinishStatus,
     /// Defaults by status: `completed`, `execution_failed`, `cancel_requested`. Each of these
-    /// strings is at most 1024 bytes.
+    /// strings is at most 1024 characters.
     #[schema(max_length = 1024)]
     pub reason_class: Option<String>,
     #[schema(max_length = 1024)]

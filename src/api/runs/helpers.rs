@@ -8,12 +8,11 @@ use serde_json::json;
 
 use crate::api::auth::Caller;
 use crate::api::error::ApiError;
+use crate::api::schema::{too_long, MAX_TEXT_CHARS};
 use crate::app::App;
 
 use super::types::{RunCommandResponse, RunView};
 
-/// Longest accepted `reason`/`source` strings.
-const MAX_TEXT: usize = 1024;
 /// Most runs one list call returns.
 pub(super) const MAX_LIST: usize = 200;
 
@@ -30,11 +29,11 @@ pub(super) fn bounded(
     default: &str,
 ) -> Result<String, ApiError> {
     let text = text.unwrap_or_else(|| default.to_owned());
-    if text.len() > MAX_TEXT {
-        return Err(
-            ApiError::invalid(format!("{field} is longer than {MAX_TEXT} bytes"))
-                .with_details(json!({ "field": field })),
-        );
+    if too_long(&text) {
+        return Err(ApiError::invalid(format!(
+            "{field} is longer than {MAX_TEXT_CHARS} characters"
+        ))
+        .with_details(json!({ "field": field })));
     }
     Ok(text)
 }

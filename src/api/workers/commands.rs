@@ -30,7 +30,7 @@ pub struct CreateWorkerRequest {
     /// Reattach to this worker, or create it; generated (`codexw_…`) when absent.
     #[schema(value_type = Option<ApiId>)]
     pub worker_id: Option<WorkerId>,
-    /// At most 1024 bytes (like `codex_home_ref` and `adapter`).
+    /// At most 1024 characters (like `codex_home_ref` and `adapter`).
     #[schema(max_length = 1024)]
     pub workspace_ref: Option<String>,
     #[schema(max_length = 1024)]
@@ -85,7 +85,7 @@ pub struct WorkerRequestResult {
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StopRequest {
-    /// Default `stop_requested`; at most 1024 bytes.
+    /// Default `stop_requested`; at most 1024 characters.
     #[schema(max_length = 1024)]
     pub reason: Option<String>,
 }

@@ -8,19 +8,18 @@ use serde_json::json;
 
 use crate::api::auth::Caller;
 use crate::api::error::ApiError;
+use crate::api::schema::{too_long, MAX_TEXT_CHARS};
 use crate::app::App;
 
 use super::types::{Data, WorkerCommandResponse, WorkerView};
 
-/// Longest accepted free-text field (`adapter`, refs, `reason`).
-const MAX_TEXT: usize = 1024;
 /// Most workers one list call returns.
 pub(super) const MAX_LIST: usize = 200;
 
 pub(super) fn bounded(text: Option<String>, field: &str) -> Result<Option<String>, ApiError> {
     match text {
-        Some(t) if t.len() > MAX_TEXT => Err(ApiError::invalid(format!(
-            "{field} is longer than {MAX_TEXT} bytes"
+        Some(t) if too_long(&t) => Err(ApiError::invalid(format!(
+            "{field} is longer than {MAX_TEXT_CHARS} characters"
         ))
         .with_details(json!({ "field": field }))),
         other => Ok(other),
