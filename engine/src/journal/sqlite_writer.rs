@@ -146,13 +146,26 @@ async fn commit_loop(
     }
 }
 
-/// Writes `appends` in one transaction, each in its own savepoint, and commits once.
+/// Writes `appends` in one transaction, each in its own savepoint, and commits once. An append
+/// alone in its batch whose whole write is one statement (one event, no idempotency record, no
+/// nonce: most commands when they do not arrive together) is that statement in autocommit, one
+/// round trip to the connection's thread instead of three (`BEGIN IMMEDIATE`, the insert,
+/// `COMMIT`); the statement is its own transaction, committed (and, with `synchronous=FULL`,
+/// fsynced) before it returns.
 async fn commit_batch(
     pool: &SqlitePool,
     appends: &[&OwnedAppend],
 ) -> Vec<Result<Appended, JournalError>> {
     let all_failed =
         |error: &sqlx::Error| appends.iter().map(|_| Err(batch_failed(error))).collect();
+    if let [only] = appends {
+        if only.events.len() == 1 && only.idempotency.is_none() && only.nonce.is_none() {
+            return match pool.acquire().await {
+                Ok(mut conn) => vec![write(&mut conn, only).await],
+                Err(error) => all_failed(&error),
+            };
+        }
+    }
     let mut tx = match pool.begin_with("BEGIN IMMEDIATE").await {
         Ok(tx) => tx,
         Err(error) => return all_failed(&error),
