@@ -9,7 +9,9 @@
 //! (a sequence conflict, a taken idempotency key or nonce) rolls back to its savepoint alone —,
 //! commits once, and only then answers every append of the batch. Each append is acknowledged
 //! only after the commit that made it durable; a failed commit answers every append of the batch
-//! with an unknown outcome (`Unavailable`), as a failed commit always did.
+//! with an unknown outcome (`Unavailable`), as a failed commit always did. An append alone in
+//! its batch whose write is a single statement runs it in autocommit instead (see
+//! `commit_batch`): the same durability, two fewer round trips.
 
 use std::sync::{Arc, Mutex as SyncMutex, Weak};
 
