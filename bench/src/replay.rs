@@ -8,6 +8,7 @@
 //! events appended by `--jobs` appenders, each into its own scratch journal.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
@@ -19,8 +20,8 @@ use openagents_runtime::replay::fixture::Fixture;
 use openagents_runtime::replay::generate::CorpusSpec;
 use openagents_runtime::replay::scratch::{ScratchDb, ScratchTarget};
 use openagents_runtime::replay::{
-    default_jobs, diff, expand_inputs, projection, replay_files, runner, write_corpus, ItemStatus,
-    Mode,
+    default_jobs, diff, expand_inputs, on_job_threads, projection, replay_files, runner,
+    write_corpus, ItemStatus, Mode,
 };
 
 /// `openagents-bench replay`.
@@ -198,19 +199,25 @@ async fn phases(files: &[PathBuf], target: &ScratchTarget) -> anyhow::Result<()>
 }
 
 /// Seconds to append `events` events, one per append, by `jobs` appenders each on its own fresh
-/// scratch journal (created before the clock starts).
+/// scratch journal (created before the clock starts), on the same job threads as the replay
+/// ([`on_job_threads`]: a thread with a single-threaded runtime per job).
 async fn raw_appends(target: &ScratchTarget, events: u64, jobs: usize) -> anyhow::Result<f64> {
-    let mut scratches = Vec::with_capacity(jobs);
-    for _ in 0..jobs {
-        scratches.push(ScratchDb::create(target).await?);
-    }
     let share = events.div_ceil(jobs as u64);
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for (n, scratch) in scratches.iter().enumerate() {
-        let journal = scratch.database.journal();
-        let count = share.min(events.saturating_sub(share * n as u64));
-        tasks.push(tokio::spawn(async move {
+    // Every appender creates its journal, then waits for the others: the clock starts when the
+    // last one is ready.
+    let ready = Arc::new(std::sync::Barrier::new(jobs));
+    let target = target.clone();
+    let spans = on_job_threads((0..jobs).collect(), jobs, move |n| {
+        let (target, ready) = (target.clone(), ready.clone());
+        async move {
+            // Waits at the barrier even when its journal could not be created, so no appender
+            // waits forever for it; the error is returned after.
+            let scratch = ScratchDb::create(&target).await;
+            ready.wait();
+            let scratch = scratch?;
+            let journal = scratch.database.journal();
+            let count = share.min(events.saturating_sub(share * n as u64));
+            let started = Instant::now();
             let mut metadata = EventMetadata::new();
             metadata.insert("recorded_at".into(), "2026-02-01T00:00:00Z".into());
             for i in 0..count {
@@ -232,15 +239,13 @@ async fn raw_appends(target: &ScratchTarget, events: u64, jobs: usize) -> anyhow
                     })
                     .await?;
             }
-            anyhow::Ok(())
-        }));
-    }
-    for task in tasks {
-        task.await??;
-    }
-    let secs = started.elapsed().as_secs_f64();
-    for scratch in scratches {
-        scratch.dispose().await;
-    }
-    Ok(secs)
+            let finished = Instant::now();
+            scratch.dispose().await;
+            anyhow::Ok((started, finished))
+        }
+    })
+    .await?;
+    let start = spans.iter().map(|s| s.0).min().expect("at least one job");
+    let end = spans.iter().map(|s| s.1).max().expect("at least one job");
+    Ok(end.duration_since(start).as_secs_f64())
 }

@@ -48,7 +48,6 @@ use engine::artifacts::replay::parse_replay;
 use engine::clock::{ManualClock, SequentialIds, Stamps};
 use engine::notify::JournalNotifier;
 use engine::{Engine, EngineConfig};
-use futures::StreamExt;
 use serde_json::{Map, Value};
 
 pub use fixture::{Fixture, FIXTURE_SCHEMA};
@@ -208,22 +207,103 @@ pub async fn replay_files(
     mode: Mode,
     jobs: usize,
 ) -> anyhow::Result<Vec<(PathBuf, Vec<ItemResult>)>> {
-    let tasks = files.iter().cloned().map(|file| {
+    let target = target.clone();
+    on_job_threads(files.to_vec(), jobs, move |file| {
         let target = target.clone();
-        tokio::spawn(async move {
+        async move {
             let results = replay_file(&file, &target, mode)
                 .await
-                .with_context(|| format!("replay {}", file.display()));
-            (file, results)
-        })
-    });
-    let mut out = Vec::with_capacity(files.len());
-    let mut done = futures::stream::iter(tasks).buffered(jobs.max(1));
-    while let Some(joined) = done.next().await {
-        let (file, results) = joined.context("a replay task panicked")?;
-        out.push((file, results?));
+                .with_context(|| format!("replay {}", file.display()))?;
+            Ok((file, results))
+        }
+    })
+    .await
+}
+
+/// Runs `work` on every item, `jobs` items at a time, each job on a thread of its own with a
+/// single-threaded runtime, and returns the results in item order, or the first error (no item
+/// is started after one). A replay is a long chain of awaits on its scratch journal (the engine,
+/// the journal's committer task, sqlx's connection thread): on one runtime thread per job its
+/// tasks wake each other without crossing threads, where on the shared runtime every wake-up
+/// could land on another worker. Everything a job creates (its scratch journal, its pools) lives
+/// on its runtime and is dropped there.
+///
+/// # Errors
+/// The first error `work` returns, or a job thread that could not start or panicked.
+pub async fn on_job_threads<T, R, F, Fut>(
+    items: Vec<T>,
+    jobs: usize,
+    work: F,
+) -> anyhow::Result<Vec<R>>
+where
+    T: Send + 'static,
+    R: Send + 'static,
+    F: Fn(T) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<R>>,
+{
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Mutex;
+
+    let total = items.len();
+    let queue = Arc::new(Mutex::new(items.into_iter().enumerate()));
+    let failed = Arc::new(AtomicBool::new(false));
+    let work = Arc::new(work);
+    let (done, mut results) = tokio::sync::mpsc::unbounded_channel();
+    for n in 0..jobs.clamp(1, total.max(1)) {
+        let (queue, failed, work, done) =
+            (queue.clone(), failed.clone(), work.clone(), done.clone());
+        std::thread::Builder::new()
+            .name(format!("replay-job-{n}"))
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => runtime,
+                    Err(e) => {
+                        failed.store(true, Ordering::Relaxed);
+                        let _ = done.send((
+                            usize::MAX,
+                            Err(anyhow::Error::from(e).context("start a replay job's runtime")),
+                        ));
+                        return;
+                    }
+                };
+                while !failed.load(Ordering::Relaxed) {
+                    let next = queue.lock().expect("job queue lock poisoned").next();
+                    let Some((index, item)) = next else { break };
+                    let result = runtime.block_on(work(item));
+                    if result.is_err() {
+                        failed.store(true, Ordering::Relaxed);
+                    }
+                    if done.send((index, result)).is_err() {
+                        break;
+                    }
+                }
+            })
+            .context("start a replay job thread")?;
     }
-    Ok(out)
+    drop(done);
+    let mut out: Vec<Option<anyhow::Result<R>>> = (0..total).map(|_| None).collect();
+    let mut first_error = None;
+    while let Some((index, result)) = results.recv().await {
+        match out.get_mut(index) {
+            Some(slot) => *slot = Some(result),
+            None => first_error = first_error.or(result.err()),
+        }
+    }
+    let mut ordered = Vec::with_capacity(total);
+    for slot in out {
+        match slot {
+            Some(Ok(result)) => ordered.push(result),
+            Some(Err(e)) => return Err(e),
+            // Not run: an error stopped the jobs, or a job thread panicked.
+            None => {
+                return Err(first_error.unwrap_or_else(|| anyhow::anyhow!("a replay job panicked")))
+            }
+        }
+    }
+    Ok(ordered)
 }
 
 /// What [`write_corpus`] wrote.
@@ -248,23 +328,22 @@ pub async fn write_corpus(
     std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
     let fixtures = generate::generate(spec);
     let count = fixtures.len();
-    let tasks = fixtures.into_iter().map(|mut fixture| {
+    let target = target.clone();
+    let dir = dir.to_owned();
+    let counts = on_job_threads(fixtures, jobs, move |mut fixture| {
         let target = target.clone();
         let path = dir.join(format!("{}.json", fixture.name));
-        tokio::spawn(async move {
+        async move {
             let produced = produce(&fixture, &target).await?;
             fixture.expected = Some(produced.output);
             let mut text = serde_json::to_string_pretty(&fixture)?;
             text.push('\n');
             std::fs::write(&path, text).with_context(|| format!("write {}", path.display()))?;
             anyhow::Ok(produced.event_count)
-        })
-    });
-    let mut events = 0;
-    let mut done = futures::stream::iter(tasks).buffered(jobs.max(1));
-    while let Some(joined) = done.next().await {
-        events += joined.context("a generation task panicked")??;
-    }
+        }
+    })
+    .await?;
+    let events = counts.into_iter().sum();
     Ok(WrittenCorpus {
         fixtures: count,
         runs: spec.runs,
