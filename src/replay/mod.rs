@@ -615,3 +615,56 @@ async fn replay_jsonl(
         status,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::on_job_threads;
+
+    #[tokio::test]
+    async fn job_threads_return_results_in_item_order() {
+        // Later items finish first: the order is the items', not the finishing order.
+        let got = on_job_threads((0..20u64).collect(), 3, |n| async move {
+            tokio::time::sleep(std::time::Duration::from_millis(20 - n)).await;
+            anyhow::Ok(n * 10)
+        })
+        .await
+        .unwrap();
+        assert_eq!(got, (0..20).map(|n| n * 10).collect::<Vec<_>>());
+    }
+
+    /// One job, so the items run in order and exactly four start.
+    #[tokio::test]
+    async fn a_failing_item_is_returned_and_stops_new_items() {
+        let started = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = started.clone();
+        let error = on_job_threads((0..1000u32).collect(), 1, move |n| {
+            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            async move {
+                if n == 3 {
+                    anyhow::bail!("item {n} failed");
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                Ok(n)
+            }
+        })
+        .await
+        .unwrap_err();
+        assert_eq!(error.to_string(), "item 3 failed");
+        let started = started.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(started, 4, "items started");
+    }
+
+    #[tokio::test]
+    async fn a_panicking_job_is_an_error_not_a_hang() {
+        let result = tokio::time::timeout(
+            std::time::Duration::from_secs(30),
+            on_job_threads(vec![1, 2, 3], 2, |n: i32| async move {
+                assert_ne!(n, 2, "job panics on item 2");
+                anyhow::Ok(n)
+            }),
+        )
+        .await
+        .expect("returns");
+        assert!(result.is_err());
+    }
+}
