@@ -145,8 +145,25 @@ async fn corpus(target: &ScratchTarget, spec: CorpusSpec, jobs: usize) -> anyhow
     phases(&files[..files.len().min(10)], target).await
 }
 
-/// Where one fixture's check spends its time, summed over `files` run one at a time.
+/// Where one fixture's check spends its time, summed over `files` run one at a time, on a job
+/// thread as `replay` runs them ([`on_job_threads`]).
 async fn phases(files: &[PathBuf], target: &ScratchTarget) -> anyhow::Result<()> {
+    let (files, target) = (files.to_vec(), target.clone());
+    let measured = on_job_threads(vec![()], 1, move |()| {
+        let (files, target) = (files.clone(), target.clone());
+        async move { phase_times(&files, &target).await }
+    })
+    .await?;
+    let (spent, events, count) = measured.into_iter().next().expect("one job");
+    print_phases(&spent, events, count);
+    Ok(())
+}
+
+/// Seconds per phase, events and fixtures of checking `files` one at a time.
+async fn phase_times(
+    files: &[PathBuf],
+    target: &ScratchTarget,
+) -> anyhow::Result<([f64; 6], usize, usize)> {
     let mut spent = [0f64; 6];
     let mut events = 0usize;
     for file in files {
@@ -172,10 +189,13 @@ async fn phases(files: &[PathBuf], target: &ScratchTarget) -> anyhow::Result<()>
         lap(5, &mut spent);
         events += produced.event_count;
     }
+    Ok((spent, events, files.len()))
+}
+
+fn print_phases(spent: &[f64; 6], events: usize, fixtures: usize) {
     let total: f64 = spent.iter().sum();
     println!(
-        "phases of {} fixtures run one at a time ({events} events, {:.0} events/s):",
-        files.len(),
+        "phases of {fixtures} fixtures run one at a time ({events} events, {:.0} events/s):",
         events as f64 / total.max(1e-9)
     );
     for (name, secs) in [
@@ -195,7 +215,6 @@ async fn phases(files: &[PathBuf], target: &ScratchTarget) -> anyhow::Result<()>
             1e6 * secs / events.max(1) as f64
         );
     }
-    Ok(())
 }
 
 /// Seconds to append `events` events, one per append, by `jobs` appenders each on its own fresh
