@@ -4,6 +4,10 @@
 //! not) still leaves each exactly once. Each command's token nonce is recorded in the command's own
 //! append, so the token of every stored command (acknowledged or not) is refused as a replay after
 //! the restart. The restarted child is then stopped with SIGTERM and must drain and exit 0.
+//!
+//! Appends without a nonce or an idempotency record (a receipt, a sweep) take another path on the
+//! embedded journal when they arrive alone: one autocommit statement instead of the group commit's
+//! transaction. A child process appending those one at a time is killed the same way.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -19,7 +23,10 @@ use crate::app::{now_unix, token};
 use crate::child::ServeChild;
 use crate::support::{on_both_backends, read_all_settled};
 
-on_both_backends!(acknowledged_commands_survive_sigkill_exactly_once);
+on_both_backends!(
+    acknowledged_commands_survive_sigkill_exactly_once,
+    lone_appends_survive_sigkill_exactly_once,
+);
 
 const CLIENTS: usize = 6;
 const RUNS: usize = 3;
@@ -203,4 +210,141 @@ async fn stored_frames(db: &TestDb) -> HashMap<String, (String, usize)> {
         }
     }
     frames
+}
+
+const LONE_CHILD_ENV: &str = "OA_LONE_APPENDER_CHILD";
+/// Kill the lone appender once it has acknowledged this many appends.
+const LONE_KILL_AFTER: u64 = 150;
+
+/// The child side of [`lone_appends_survive_sigkill_exactly_once`]: appends events one at a time
+/// (one event each, no nonce, no idempotency record) to one aggregate of the journal the parent
+/// names, printing each acknowledged sequence on its own line, until killed. Does nothing unless
+/// started by that test.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "run as a child process by lone_appends_survive_sigkill_exactly_once"]
+async fn child_lone_appender() {
+    use std::io::Write;
+
+    use engine::journal::{AppendRequest, Journal};
+    use engine::{Database, DatabaseConfig};
+
+    let Ok(spec) = std::env::var(LONE_CHILD_ENV) else {
+        return;
+    };
+    let spec: serde_json::Value = serde_json::from_str(&spec).unwrap();
+    let config = match spec["database_url"].as_str() {
+        Some(url) => DatabaseConfig::Postgres {
+            url: url.to_owned(),
+            max_connections: 2,
+        },
+        None => DatabaseConfig::Sqlite {
+            path: spec["sqlite_path"].as_str().unwrap().into(),
+        },
+    };
+    let journal = Database::connect(&config).await.unwrap().journal();
+    let mut out = std::io::stdout().lock();
+    for sequence in 0u64.. {
+        let event = crate::support::raw_event(&sequence.to_string());
+        journal
+            .append(AppendRequest {
+                aggregate_type: "run",
+                aggregate_id: "lone",
+                expected_sequence: sequence,
+                events: std::slice::from_ref(&event),
+                idempotency: None,
+                nonce: None,
+            })
+            .await
+            .unwrap();
+        writeln!(out, "{}", sequence + 1).unwrap();
+        out.flush().unwrap();
+    }
+}
+
+/// A process appending lone single-event appends is killed with SIGKILL mid-stream: every append
+/// it acknowledged is in the journal, in order, none twice, at most the one in flight beyond the
+/// last acknowledgement, and the journal takes the next append after it.
+async fn lone_appends_survive_sigkill_exactly_once(db: &TestDb) {
+    use std::io::BufRead;
+
+    use engine::journal::{AppendRequest, Journal};
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+
+    let mut spec = json!({});
+    match (&db.url, &db.data_dir) {
+        (Some(url), _) => spec["database_url"] = json!(url),
+        (None, Some(data)) => {
+            spec["sqlite_path"] = json!(data.join(engine::db::SQLITE_FILE).to_str().unwrap())
+        }
+        _ => unreachable!("a test database is PostgreSQL or SQLite"),
+    }
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "crash::child_lone_appender",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(LONE_CHILD_ENV, spec.to_string())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn the appender");
+    let stdout = child.stdout.take().unwrap();
+    let acknowledged = tokio::task::spawn_blocking(move || {
+        let mut last = 0u64;
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            // The harness prints its own lines; acknowledgements are bare numbers.
+            if let Ok(n) = line.trim().parse::<u64>() {
+                last = n;
+                if n >= LONE_KILL_AFTER {
+                    break;
+                }
+            }
+        }
+        last
+    });
+    let acknowledged = tokio::time::timeout(Duration::from_secs(120), acknowledged)
+        .await
+        .expect("the appender acknowledges appends")
+        .unwrap();
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL).unwrap();
+    child.wait().unwrap();
+    assert!(
+        acknowledged >= LONE_KILL_AFTER,
+        "the appender stopped after {acknowledged} appends"
+    );
+
+    let journal = db.database.journal();
+    let stored = journal
+        .load::<aggregates::run::Run>("lone", 0)
+        .await
+        .unwrap();
+    let labels: Vec<String> = stored
+        .iter()
+        .map(|e| e.payload["label"].as_str().unwrap().to_owned())
+        .collect();
+    let expected: Vec<String> = (0..stored.len()).map(|n| n.to_string()).collect();
+    assert_eq!(labels, expected, "in order, none twice, no gap");
+    let count = stored.len() as u64;
+    assert!(
+        count >= acknowledged,
+        "{count} stored, {acknowledged} acknowledged"
+    );
+    // Appends kept going between the last line read and the kill; none of them may be half
+    // there, and the journal takes the next one.
+    journal
+        .append(AppendRequest {
+            aggregate_type: "run",
+            aggregate_id: "lone",
+            expected_sequence: count,
+            events: &[crate::support::raw_event(&count.to_string())],
+            idempotency: None,
+            nonce: None,
+        })
+        .await
+        .unwrap();
 }
