@@ -134,6 +134,32 @@ pub struct RawStoredEvent {
 }
 
 impl RawStoredEvent {
+    /// The event of a journal row selected with its columns by name (`aggregate_type`,
+    /// `aggregate_id`, `sequence`, `event_type`, `event_version`, `payload` and `metadata` as
+    /// text), at `cursor`, which each backend reads from its own columns.
+    ///
+    /// # Errors
+    /// [`JournalError::Corrupt`] when a column is missing or of another type.
+    pub(crate) fn from_row<R>(row: &R, cursor: GlobalCursor) -> Result<Self, JournalError>
+    where
+        R: sqlx::Row,
+        for<'c> &'c str: sqlx::ColumnIndex<R>,
+        for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+        for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    {
+        let decode = |e: sqlx::Error| JournalError::Corrupt(e.to_string());
+        Ok(Self {
+            cursor,
+            aggregate_type: row.try_get("aggregate_type").map_err(decode)?,
+            aggregate_id: row.try_get("aggregate_id").map_err(decode)?,
+            sequence: to_u64(row.try_get("sequence").map_err(decode)?, "sequence")?,
+            event_type: row.try_get("event_type").map_err(decode)?,
+            event_version: row.try_get("event_version").map_err(decode)?,
+            payload: row.try_get("payload").map_err(decode)?,
+            metadata: row.try_get("metadata").map_err(decode)?,
+        })
+    }
+
     /// The event with its payload and metadata parsed.
     ///
     /// # Errors

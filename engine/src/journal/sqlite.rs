@@ -73,16 +73,7 @@ impl SqliteJournal {
         rows.iter()
             .map(|row| {
                 let position: i64 = row.try_get("position").map_err(decode)?;
-                Ok(RawStoredEvent {
-                    cursor: GlobalCursor::new(0, to_u64(position, "position")?),
-                    aggregate_type: row.try_get("aggregate_type").map_err(decode)?,
-                    aggregate_id: row.try_get("aggregate_id").map_err(decode)?,
-                    sequence: to_u64(row.try_get("sequence").map_err(decode)?, "sequence")?,
-                    event_type: row.try_get("event_type").map_err(decode)?,
-                    event_version: row.try_get("event_version").map_err(decode)?,
-                    payload: row.try_get("payload").map_err(decode)?,
-                    metadata: row.try_get("metadata").map_err(decode)?,
-                })
+                RawStoredEvent::from_row(row, GlobalCursor::new(0, to_u64(position, "position")?))
             })
             .collect()
     }
