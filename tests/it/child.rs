@@ -1,14 +1,17 @@
-//! A real `openagents-runtime serve` child process over a test database: started on port 0,
-//! its "listening on" line parsed, stdout drained; killed (SIGKILL) when dropped unless it was
-//! stopped first.
+//! Child processes for crash tests. A real `openagents-runtime serve` over a test database:
+//! started on port 0, its "listening on" line parsed, stdout drained; killed (SIGKILL) when
+//! dropped unless it was stopped first. And this test binary re-run as a child that runs one
+//! ignored test ([`spawn_test_process`]), told where its journal is ([`database_spec`]).
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 
 use engine::testing::TestDb;
+use engine::DatabaseConfig;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+use serde_json::{json, Value};
 
 use crate::app::TEST_SECRET;
 
@@ -94,5 +97,48 @@ impl ServeChild {
             .await
             .unwrap()
             .unwrap()
+    }
+}
+
+/// This test binary re-run to execute only `test`: an ignored test that does nothing unless
+/// `env` is set, and reads `spec` (JSON) from it.
+pub fn spawn_test_process(test: &str, env: &str, spec: &Value, stdout: Stdio) -> Child {
+    Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            test,
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(env, spec.to_string())
+        .stdout(stdout)
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn a child test process")
+}
+
+/// Where a child process finds `db`'s journal: `{"database_url": …}` (PostgreSQL) or
+/// `{"sqlite_path": …}` (the embedded file), read back with [`database_config`].
+pub fn database_spec(db: &TestDb) -> Value {
+    match (&db.url, &db.data_dir) {
+        (Some(url), _) => json!({ "database_url": url }),
+        (None, Some(data)) => {
+            json!({ "sqlite_path": data.join(engine::db::SQLITE_FILE).to_str().unwrap() })
+        }
+        _ => unreachable!("a test database is PostgreSQL or SQLite"),
+    }
+}
+
+/// The journal a child was given in `spec` by [`database_spec`].
+pub fn database_config(spec: &Value, max_connections: u32) -> DatabaseConfig {
+    match spec["database_url"].as_str() {
+        Some(url) => DatabaseConfig::Postgres {
+            url: url.to_owned(),
+            max_connections,
+        },
+        None => DatabaseConfig::Sqlite {
+            path: spec["sqlite_path"].as_str().unwrap().into(),
+        },
     }
 }

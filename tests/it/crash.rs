@@ -226,22 +226,16 @@ async fn child_lone_appender() {
     use std::io::Write;
 
     use engine::journal::{AppendRequest, Journal};
-    use engine::{Database, DatabaseConfig};
+    use engine::Database;
 
     let Ok(spec) = std::env::var(LONE_CHILD_ENV) else {
         return;
     };
     let spec: serde_json::Value = serde_json::from_str(&spec).unwrap();
-    let config = match spec["database_url"].as_str() {
-        Some(url) => DatabaseConfig::Postgres {
-            url: url.to_owned(),
-            max_connections: 2,
-        },
-        None => DatabaseConfig::Sqlite {
-            path: spec["sqlite_path"].as_str().unwrap().into(),
-        },
-    };
-    let journal = Database::connect(&config).await.unwrap().journal();
+    let journal = Database::connect(&crate::child::database_config(&spec, 2))
+        .await
+        .unwrap()
+        .journal();
     let mut out = std::io::stdout().lock();
     for sequence in 0u64.. {
         let event = crate::support::raw_event(&sequence.to_string());
@@ -271,27 +265,12 @@ async fn lone_appends_survive_sigkill_exactly_once(db: &TestDb) {
     use nix::sys::signal::{kill, Signal};
     use nix::unistd::Pid;
 
-    let mut spec = json!({});
-    match (&db.url, &db.data_dir) {
-        (Some(url), _) => spec["database_url"] = json!(url),
-        (None, Some(data)) => {
-            spec["sqlite_path"] = json!(data.join(engine::db::SQLITE_FILE).to_str().unwrap())
-        }
-        _ => unreachable!("a test database is PostgreSQL or SQLite"),
-    }
-    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "crash::child_lone_appender",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(LONE_CHILD_ENV, spec.to_string())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("spawn the appender");
+    let mut child = crate::child::spawn_test_process(
+        "crash::child_lone_appender",
+        LONE_CHILD_ENV,
+        &crate::child::database_spec(db),
+        std::process::Stdio::piped(),
+    );
     let stdout = child.stdout.take().unwrap();
     let acknowledged = tokio::task::spawn_blocking(move || {
         let mut last = 0u64;

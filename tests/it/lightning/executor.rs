@@ -11,7 +11,7 @@ use aggregates::payment::{Msat, Payment, SpendLedger, WalletId};
 use engine::clock::Stamps;
 use engine::notify::JournalNotifier;
 use engine::testing::TestDb;
-use engine::{Database, DatabaseConfig, Engine, EngineConfig};
+use engine::{Database, Engine, EngineConfig};
 use lightning::executor::{router, ExecutorConfig, PaymentExecutor};
 use lightning::lnd::{LndConfig, LndNode};
 use lightning::testing::{Behavior, FakeLnd};
@@ -828,16 +828,9 @@ async fn child_executor_process() {
         return;
     };
     let spec: Value = serde_json::from_str(&spec).unwrap();
-    let config = match spec["database_url"].as_str() {
-        Some(url) => DatabaseConfig::Postgres {
-            url: url.to_owned(),
-            max_connections: 4,
-        },
-        None => DatabaseConfig::Sqlite {
-            path: spec["sqlite_path"].as_str().unwrap().into(),
-        },
-    };
-    let database = Database::connect(&config).await.unwrap();
+    let database = Database::connect(&crate::child::database_config(&spec, 4))
+        .await
+        .unwrap();
     database.migrate().await.unwrap();
     let lnd = LndConfig {
         address: spec["lnd_address"].as_str().unwrap().to_owned(),
@@ -857,18 +850,12 @@ async fn child_executor_process() {
 }
 
 pub(super) fn spawn_child(spec: &Value) -> std::process::Child {
-    std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "lightning::executor::child_executor_process",
-            "--ignored",
-            "--nocapture",
-        ])
-        .env(CHILD_ENV, spec.to_string())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("spawn child test process")
+    crate::child::spawn_test_process(
+        "lightning::executor::child_executor_process",
+        CHILD_ENV,
+        spec,
+        std::process::Stdio::null(),
+    )
 }
 
 pub(super) async fn wait_for_port(path: &std::path::Path) -> String {
@@ -883,21 +870,13 @@ pub(super) async fn wait_for_port(path: &std::path::Path) -> String {
 
 /// What a child executor needs: the journal, the fake LND, and where to write its address.
 pub(super) fn child_spec(db: &TestDb, lnd: &LndConfig, port_file: &std::path::Path) -> Value {
-    let mut spec = json!({
-        "lnd_address": lnd.address,
-        "lnd_cert": String::from_utf8(lnd.tls_cert_pem.clone()).unwrap(),
-        "lnd_macaroon": lnd.macaroon_hex,
-        "port_file": port_file.to_str().unwrap(),
-        // A restarted executor takes the wallet over once the killed one's lease lapses.
-        "lease_ttl_ms": 3_000,
-    });
-    match (&db.url, &db.data_dir) {
-        (Some(url), _) => spec["database_url"] = json!(url),
-        (None, Some(data)) => {
-            spec["sqlite_path"] = json!(data.join(engine::db::SQLITE_FILE).to_str().unwrap())
-        }
-        _ => unreachable!(),
-    }
+    let mut spec = crate::child::database_spec(db);
+    spec["lnd_address"] = json!(lnd.address);
+    spec["lnd_cert"] = json!(String::from_utf8(lnd.tls_cert_pem.clone()).unwrap());
+    spec["lnd_macaroon"] = json!(lnd.macaroon_hex);
+    spec["port_file"] = json!(port_file.to_str().unwrap());
+    // A restarted executor takes the wallet over once the killed one's lease lapses.
+    spec["lease_ttl_ms"] = json!(3_000);
     spec
 }
 
