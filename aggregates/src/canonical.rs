@@ -61,6 +61,27 @@ pub fn write_canonical_map<W: io::Write + ?Sized>(
     out.write_all(b"}")
 }
 
+/// Whether every object in `value` already has its members in canonical (byte) order, so that
+/// serde_json's compact serialisation of it *is* its canonical JSON (the escaping and the scalars
+/// are serde_json's in both).
+pub fn in_canonical_order(value: &Value) -> bool {
+    match value {
+        Value::Object(map) => map_in_canonical_order(map),
+        Value::Array(items) => items.iter().all(in_canonical_order),
+        _ => true,
+    }
+}
+
+/// [`in_canonical_order`] of an object.
+pub fn map_in_canonical_order(map: &serde_json::Map<String, Value>) -> bool {
+    let mut previous: Option<&str> = None;
+    map.iter().all(|(key, value)| {
+        let sorted = previous.is_none_or(|p| p < key.as_str());
+        previous = Some(key);
+        sorted && in_canonical_order(value)
+    })
+}
+
 /// Writes `text` as a JSON string literal with serde_json's escaping.
 ///
 /// # Errors
@@ -69,19 +90,36 @@ pub fn write_json_string<W: io::Write + ?Sized>(text: &str, out: &mut W) -> io::
     serde_json::to_writer(&mut *out, text).map_err(io::Error::other)
 }
 
+/// `prefix` followed by the lowercase hex of `digest`: how every hash in this system is written.
+/// A table lookup per byte into one allocation (`hex::encode` collects a `char` iterator into a
+/// `String`, which showed in export profiles, where a few hashes are written per event).
+pub fn prefixed_hex(prefix: &str, digest: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = Vec::with_capacity(prefix.len() + 2 * digest.len());
+    out.extend_from_slice(prefix.as_bytes());
+    for byte in digest {
+        out.push(DIGITS[usize::from(byte >> 4)]);
+        out.push(DIGITS[usize::from(byte & 0x0f)]);
+    }
+    String::from_utf8(out).expect("a UTF-8 prefix and ASCII digits")
+}
+
+/// The prefix of a written SHA-256 hash.
+pub const SHA256_PREFIX: &str = "sha256:";
+
 /// `sha256:` + lowercase hex SHA-256 of `bytes`.
 pub fn sha256_prefixed(bytes: &[u8]) -> String {
-    format!("sha256:{}", sha256_hex(bytes))
+    prefixed_hex(SHA256_PREFIX, &Sha256::digest(bytes))
 }
 
 /// Lowercase hex SHA-256 of `bytes`, without a prefix.
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
+    prefixed_hex("", &Sha256::digest(bytes))
 }
 
 /// `sha256:` + hex SHA-256 of the canonical JSON of `value`.
 pub fn hash_canonical(value: &Value) -> String {
-    format!("sha256:{}", hex::encode(canonical_digest(value)))
+    prefixed_hex(SHA256_PREFIX, &canonical_digest(value))
 }
 
 /// Raw SHA-256 of the canonical JSON of `value`, computed without materialising the text.
@@ -106,12 +144,12 @@ impl PrefixedSha256 {
 
     /// `sha256:<hex>` of everything written so far.
     pub fn finish(self) -> String {
-        format!("sha256:{}", hex::encode(self.0.finalize()))
+        prefixed_hex(SHA256_PREFIX, &self.0.finalize())
     }
 
     /// Bare hex of everything written so far.
     pub fn finish_hex(self) -> String {
-        hex::encode(self.0.finalize())
+        prefixed_hex("", &self.0.finalize())
     }
 }
 
@@ -130,6 +168,41 @@ impl io::Write for PrefixedSha256 {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn values_in_canonical_order_serialise_to_their_canonical_json() {
+        let cases = [
+            (
+                json!({"a": 1, "b": {"c": [1, {"d": "é\n", "e": null}]}}),
+                true,
+            ),
+            (json!({"b": 1, "a": 2}), false),
+            (json!({"a": [{"y": 1, "x": 2}]}), false),
+            (json!({"a": {"b": 1, "B": 2}}), false),
+            (json!({"B": 1, "a": {"b": 1.5e300, "c": -0.0}}), true),
+            (json!([3, "x", {"k": true}]), true),
+            (json!("scalar"), true),
+            (json!({}), true),
+        ];
+        for (value, expected) in cases {
+            assert_eq!(in_canonical_order(&value), expected, "{value}");
+            let compact = serde_json::to_string(&value).unwrap();
+            // The property the artifacts rely on, and that it can fail.
+            assert_eq!(compact == canonical_json(&value), expected, "{value}");
+        }
+    }
+
+    #[test]
+    fn prefixed_hex_writes_what_hex_encode_writes() {
+        let all_bytes: Vec<u8> = (0..=255).collect();
+        assert_eq!(prefixed_hex("", &all_bytes), hex::encode(&all_bytes));
+        let digest = Sha256::digest(b"abc");
+        assert_eq!(
+            sha256_prefixed(b"abc"),
+            format!("sha256:{}", hex::encode(digest))
+        );
+        assert_eq!(prefixed_hex("p:", &[]), "p:");
+    }
 
     #[test]
     fn sorts_keys_recursively_and_keeps_array_order() {

@@ -16,7 +16,7 @@ use std::io::{self, Write};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
-use crate::canonical::{write_canonical, write_json_string};
+use crate::canonical::{prefixed_hex, write_canonical, write_json_string, SHA256_PREFIX};
 
 /// Name and version of the chain construction.
 pub const CHAIN_SCHEME: &str = "openagents.event_chain.v1";
@@ -90,7 +90,7 @@ impl EventContent<'_> {
         let mut hasher = Sha256::new();
         self.write_canonical(&mut hasher)
             .expect("hashing cannot fail");
-        format!("sha256:{}", hex::encode(hasher.finalize()))
+        prefixed_hex(SHA256_PREFIX, &hasher.finalize())
     }
 }
 
@@ -106,7 +106,7 @@ pub fn chain_hash(prev_chain_hash: Option<&str>, content_hash: &str) -> String {
         None => hasher.update(b"null"),
     }
     hasher.update(b"}");
-    format!("sha256:{}", hex::encode(hasher.finalize()))
+    prefixed_hex(SHA256_PREFIX, &hasher.finalize())
 }
 
 /// Both hashes of one event: `(content_hash, chain_hash)`.

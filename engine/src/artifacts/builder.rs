@@ -1,13 +1,13 @@
-//! Building a run's receipt and REPLAY.jsonl together while its stream goes past, serialising
-//! each payload canonically once (for the trajectory hash and the replay's `payload_hash`).
+//! Building a run's receipt and REPLAY.jsonl together while its stream goes past, rendering each
+//! event's shared pieces once ([`RenderedEvent`]).
 
 use std::io::{self, Write};
 
-use aggregates::canonical::{sha256_prefixed, write_canonical_map};
 use aggregates::run::RunStatus;
 
 use super::receipt::{Receipt, ReceiptBuilder, SettledPayment};
 use super::record::{RunHeader, RunStreamEvent};
+use super::rendered::RenderedEvent;
 use super::replay::ReplayWriter;
 
 /// A run's receipt and replay, built incrementally.
@@ -35,11 +35,9 @@ impl<W: Write> RunArtifactsBuilder<W> {
     /// # Errors
     /// Whatever the replay's sink returns.
     pub fn push(&mut self, event: &RunStreamEvent) -> io::Result<()> {
-        self.canonical.clear();
-        write_canonical_map(&event.payload, &mut self.canonical)?;
-        self.receipt.push_canonical(event, &self.canonical);
-        self.replay
-            .push_hashed(event, &sha256_prefixed(&self.canonical))
+        let rendered = RenderedEvent::render(event, &mut self.canonical);
+        self.receipt.push_rendered(&rendered);
+        self.replay.push_rendered(&rendered)
     }
 
     /// The unsigned receipt and the replay's sink (after its SessionEnd line).

@@ -10,6 +10,7 @@
 //! - [`receipt`]: `openagents.receipt.v1` (tool calls, verification, payments, metrics).
 //! - [`signature`]: deterministic BIP-340 Schnorr receipt signatures (`secp256k1_schnorr_no_aux_rand`).
 //! - [`builder`]: receipt and replay built together in one pass.
+//! - [`rendered`]: the pieces of an event several artifacts write, rendered once.
 //! - [`history`]: re-executing recorded run streams (compat histories, REPLAY.jsonl) through the
 //!   engine.
 //! - [`recorder`]: recording a finished run's receipt in the journal (`run_receipt` aggregate).
@@ -19,6 +20,7 @@ pub mod history;
 pub mod receipt;
 pub mod record;
 pub mod recorder;
+pub mod rendered;
 pub mod replay;
 pub mod signature;
 pub mod trajectory;

@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::record::{RunHeader, RunRecord, RunStreamEvent};
+use super::rendered::RenderedEvent;
 use super::signature::ReceiptSignature;
 use super::trajectory::TrajectoryHasher;
 
@@ -181,14 +182,13 @@ impl ReceiptBuilder {
     /// Adds the next stream event.
     pub fn push(&mut self, event: &RunStreamEvent) {
         let mut canonical = Vec::with_capacity(128);
-        aggregates::canonical::write_canonical_map(&event.payload, &mut canonical)
-            .expect("writing to a Vec cannot fail");
-        self.push_canonical(event, &canonical);
+        self.push_rendered(&RenderedEvent::render(event, &mut canonical));
     }
 
-    /// Adds the next stream event whose payload's canonical JSON is already at hand.
-    pub fn push_canonical(&mut self, event: &RunStreamEvent, canonical_payload: &[u8]) {
-        self.trajectory.push_canonical(event, canonical_payload);
+    /// Adds the next stream event, already rendered.
+    pub fn push_rendered(&mut self, rendered: &RenderedEvent<'_>) {
+        let event = rendered.event;
+        self.trajectory.push_rendered(rendered);
         self.first_seq.get_or_insert(event.seq);
         self.last_seq = event.seq;
         let payload = &event.payload;

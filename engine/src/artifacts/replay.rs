@@ -15,15 +15,14 @@
 
 use std::io::{self, Write};
 
-use aggregates::canonical::{
-    sha256_prefixed, write_canonical_map, write_json_string, PrefixedSha256,
-};
+use aggregates::canonical::{sha256_prefixed, write_json_string, PrefixedSha256};
 use aggregates::run::RunStatus;
 use aggregates::Timestamp;
 use serde_json::{Map, Value};
 
 use super::receipt::is_tool_call;
 use super::record::{RunHeader, RunRecord, RunStreamEvent};
+use super::rendered::RenderedEvent;
 
 /// `producer` of the header line.
 pub const PRODUCER: &str = "openagents-runtime";
@@ -90,26 +89,26 @@ impl<W: Write> ReplayWriter<W> {
     /// Whatever the sink returns.
     pub fn push(&mut self, event: &RunStreamEvent) -> io::Result<()> {
         let mut canonical = Vec::with_capacity(128);
-        write_canonical_map(&event.payload, &mut canonical)?;
-        self.push_hashed(event, &sha256_prefixed(&canonical))
+        self.push_rendered(&RenderedEvent::render(event, &mut canonical))
     }
 
-    /// Writes one RuntimeEvent line whose `payload_hash` is already known.
+    /// Writes one RuntimeEvent line of an event already rendered.
     ///
     /// # Errors
     /// Whatever the sink returns.
-    pub fn push_hashed(&mut self, event: &RunStreamEvent, payload_hash: &str) -> io::Result<()> {
+    pub fn push_rendered(&mut self, rendered: &RenderedEvent<'_>) -> io::Result<()> {
+        let event = rendered.event;
         let out = &mut self.out;
         out.write_all(b"{\"type\":\"RuntimeEvent\",\"ts\":")?;
-        write_json_string(&event.recorded_at.to_contract_rfc3339(), out)?;
+        write_json_string(&rendered.recorded_at, out)?;
         out.write_all(b",\"session_id\":")?;
         write_json_string(&self.session_id, out)?;
         write!(out, ",\"seq\":{},\"runtime_event_type\":", event.seq)?;
         write_json_string(&event.event_type, out)?;
         out.write_all(b",\"payload_hash\":")?;
-        write_json_string(payload_hash, out)?;
+        write_json_string(&sha256_prefixed(rendered.canonical_payload), out)?;
         out.write_all(b",\"payload\":")?;
-        serde_json::to_writer(&mut *out, &event.payload).map_err(io::Error::other)?;
+        rendered.write_payload_in_own_order(out)?;
         out.write_all(b"}\n")?;
         self.end_ts = event.recorded_at;
         if is_tool_call(&event.event_type) {

@@ -5,9 +5,10 @@
 
 use std::io::Write;
 
-use aggregates::canonical::{write_canonical_map, write_json_string, PrefixedSha256};
+use aggregates::canonical::{write_json_string, PrefixedSha256};
 
 use super::record::RunStreamEvent;
+use super::rendered::RenderedEvent;
 
 /// Hashes the trajectory while events stream past; constant memory.
 #[derive(Clone, Default)]
@@ -24,12 +25,12 @@ impl TrajectoryHasher {
     /// Adds the next event (events must come in seq order).
     pub fn push(&mut self, event: &RunStreamEvent) {
         let mut canonical = Vec::with_capacity(128);
-        write_canonical_map(&event.payload, &mut canonical).expect("writing to a Vec cannot fail");
-        self.push_canonical(event, &canonical);
+        self.push_rendered(&RenderedEvent::render(event, &mut canonical));
     }
 
-    /// Adds the next event whose payload's canonical JSON is already at hand.
-    pub fn push_canonical(&mut self, event: &RunStreamEvent, canonical_payload: &[u8]) {
+    /// Adds the next event, already rendered.
+    pub fn push_rendered(&mut self, rendered: &RenderedEvent<'_>) {
+        let event = rendered.event;
         let out = &mut self.hasher;
         let sep: &[u8] = if self.count == 0 { b"[" } else { b"," };
         let write = |out: &mut PrefixedSha256| -> std::io::Result<()> {
@@ -43,9 +44,9 @@ impl TrajectoryHasher {
                 None => out.write_all(b"null")?,
             }
             out.write_all(b",\"payload\":")?;
-            out.write_all(canonical_payload)?;
+            out.write_all(rendered.canonical_payload)?;
             out.write_all(b",\"recorded_at\":")?;
-            write_json_string(&event.recorded_at.to_contract_rfc3339(), out)?;
+            write_json_string(&rendered.recorded_at, out)?;
             write!(out, ",\"seq\":{}}}", event.seq)
         };
         write(out).expect("hashing cannot fail");

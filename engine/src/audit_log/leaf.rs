@@ -15,11 +15,14 @@
 //! own (stored with the tree), so commitments are the same every time the journal is read, the
 //! tree can be rebuilt from the journal, and nobody outside the database can test a guess.
 
+use std::sync::LazyLock;
+
+use aho_corasick::AhoCorasick;
 use hmac::{Hmac, Mac};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
-use aggregates::canonical::write_canonical;
+use aggregates::canonical::{prefixed_hex, write_canonical};
 use aggregates::chain::EventContent;
 
 use super::merkle::{leaf_hash, Hash};
@@ -55,19 +58,14 @@ pub fn is_secret_key(key: &str) -> bool {
 }
 
 /// Whether stored JSON text may hold a secret field (a cheap scan before parsing): whether one of
-/// [`SECRET_KEYS`] appears between two double quotes. One pass over the text, looking for the
-/// keys only right after each `"` (exports call this for every event's payload and metadata).
+/// [`SECRET_KEYS`] appears between two double quotes. One pass over the text for all the quoted
+/// keys at once (exports and the tree call this for every event's payload and metadata).
 pub fn may_hold_secrets(json_text: &str) -> bool {
-    let mut rest = json_text.as_bytes();
-    while let Some(quote) = rest.iter().position(|b| *b == b'"') {
-        rest = &rest[quote + 1..];
-        let quoted =
-            |key: &&str| rest.get(key.len()) == Some(&b'"') && rest.starts_with(key.as_bytes());
-        if SECRET_KEYS.iter().any(quoted) {
-            return true;
-        }
-    }
-    false
+    static QUOTED_KEYS: LazyLock<AhoCorasick> = LazyLock::new(|| {
+        AhoCorasick::new(SECRET_KEYS.iter().map(|key| format!("\"{key}\"")))
+            .expect("a handful of short literal patterns always build")
+    });
+    QUOTED_KEYS.is_match(json_text)
 }
 
 /// Whether `value` holds a secret field not yet redacted.
@@ -142,7 +140,7 @@ pub fn commitment(salt: &[u8; 32], value: &Value) -> String {
     let mut hasher = Sha256::new();
     hasher.update(salt);
     write_canonical(value, &mut hasher).expect("hashing cannot fail");
-    format!("{REDACTED_PREFIX}{}", hex::encode(hasher.finalize()))
+    prefixed_hex(REDACTED_PREFIX, &hasher.finalize())
 }
 
 fn escape_pointer(key: &str) -> String {

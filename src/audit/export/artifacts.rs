@@ -12,7 +12,7 @@ use serde_json::Value;
 use tokio::io::AsyncWrite;
 use tokio::sync::mpsc;
 
-use super::metadata::split_metadata;
+use super::metadata::LookupSpans;
 use super::options::ExportOptions;
 use super::runs::{fold_run, run_event, write_artifacts, OpenRun};
 use super::writer::LineWriter;
@@ -23,11 +23,19 @@ pub(super) struct RunRow {
     pub(super) row: AuditRow,
     /// The payload, when the export loop parsed it.
     pub(super) payload: Option<Value>,
-    /// The metadata without chain keys, when the export loop parsed it; otherwise the worker
-    /// splits the stored text again (it did once already, so it has the plain shape).
-    pub(super) metadata: Option<Value>,
+    /// The metadata as the export loop read it: parsed (without chain keys), or split as text.
+    pub(super) metadata: RunMetadata,
     /// The run's first event, and the bundle holds none of its earlier ones: start its artifacts.
     pub(super) opens: bool,
+}
+
+/// An event's metadata as handed to the worker.
+pub(super) enum RunMetadata {
+    /// Parsed by the export loop, without its chain keys.
+    Parsed(Value),
+    /// Split as text by the export loop: where the members the artifacts read are in the row's
+    /// stored metadata.
+    Split(LookupSpans),
 }
 
 enum Work {
@@ -68,13 +76,9 @@ impl ArtifactWorker {
         let options = options.clone();
         let task = tokio::task::spawn_blocking(move || {
             let mut open_runs: HashMap<String, OpenRun> = HashMap::new();
-            let mut scratch = Vec::new();
             while let Some(work) = work_rx.blocking_recv() {
                 let (result, last) = match work {
-                    Work::Page(rows) => (
-                        fold_page(&mut open_runs, rows, &options, &mut scratch),
-                        false,
-                    ),
+                    Work::Page(rows) => (fold_page(&mut open_runs, rows, &options), false),
                     Work::Finish => (finish(std::mem::take(&mut open_runs), &options), true),
                 };
                 let failed = result.is_err();
@@ -150,7 +154,6 @@ fn fold_page(
     open_runs: &mut HashMap<String, OpenRun>,
     mut rows: Vec<RunRow>,
     options: &ExportOptions,
-    scratch: &mut Vec<u8>,
 ) -> anyhow::Result<Done> {
     let mut done = Done::default();
     for RunRow {
@@ -166,13 +169,11 @@ fn fold_page(
         if !open_runs.contains_key(&row.aggregate_id) {
             continue;
         }
-        scratch.clear();
         let split;
         let lookup: &dyn MetadataLookup = match &metadata {
-            Some(m) => m,
-            None => {
-                split = split_metadata(&row.metadata, scratch)
-                    .context("metadata split once splits again")?;
+            RunMetadata::Parsed(m) => m,
+            RunMetadata::Split(spans) => {
+                split = spans.lookup(&row.metadata);
                 &split
             }
         };

@@ -15,6 +15,48 @@ pub(super) struct SplitMetadata<'a> {
     pub(super) chain_hash: Option<&'a str>,
     pub(super) recorded_at: Option<&'a str>,
     pub(super) idempotency_key: Option<&'a str>,
+    /// Where the members a run's artifacts read are in the text.
+    lookup: LookupSpans,
+}
+
+impl SplitMetadata<'_> {
+    /// Where `recorded_at` and `idempotency_key` are in the split text: what the artifact worker
+    /// needs of it, handed over with the row instead of splitting the text a second time.
+    pub(super) fn lookup_spans(&self) -> LookupSpans {
+        self.lookup.clone()
+    }
+}
+
+/// Where the members a run's artifacts read ([`MetadataLookup`]) are in an event's stored
+/// metadata text, found by [`split_metadata`]; [`LookupSpans::lookup`] reads them from that text.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(super) struct LookupSpans {
+    recorded_at: Option<Span>,
+    idempotency_key: Option<Span>,
+}
+
+impl LookupSpans {
+    /// The lookup over `text`, which must be the text these spans were split from.
+    pub(super) fn lookup<'a>(&'a self, text: &'a str) -> SpansIn<'a> {
+        SpansIn { text, spans: self }
+    }
+}
+
+/// [`LookupSpans`] over the text they were found in.
+pub(super) struct SpansIn<'a> {
+    text: &'a str,
+    spans: &'a LookupSpans,
+}
+
+impl MetadataLookup for SpansIn<'_> {
+    fn get_str(&self, key: &str) -> Option<&str> {
+        let span = match key {
+            metadata_keys::RECORDED_AT => self.spans.recorded_at.as_ref(),
+            metadata_keys::IDEMPOTENCY_KEY => self.spans.idempotency_key.as_ref(),
+            _ => None,
+        }?;
+        self.text.get(span.clone())
+    }
 }
 
 impl MetadataLookup for SplitMetadata<'_> {
@@ -45,8 +87,12 @@ pub(super) fn split_metadata<'a>(text: &'a str, out: &mut Vec<u8>) -> Option<Spl
     found.map(|f| SplitMetadata {
         content_hash: f.content_hash.map(|r| &text[r]),
         chain_hash: f.chain_hash.map(|r| &text[r]),
-        recorded_at: f.recorded_at.map(|r| &text[r]),
-        idempotency_key: f.idempotency_key.map(|r| &text[r]),
+        recorded_at: f.recorded_at.clone().map(|r| &text[r]),
+        idempotency_key: f.idempotency_key.clone().map(|r| &text[r]),
+        lookup: LookupSpans {
+            recorded_at: f.recorded_at,
+            idempotency_key: f.idempotency_key,
+        },
     })
 }
 
@@ -271,5 +317,22 @@ mod tests {
         assert_eq!(split.get_str("recorded_at"), Some("2026-01-01T00:00:00Z"));
         assert_eq!(split.get_str("idempotency_key"), Some("k"));
         assert_eq!(split.get_str("actor"), None);
+    }
+
+    #[test]
+    fn handed_over_spans_answer_what_the_split_answers() {
+        for text in [
+            r#"{"recorded_at":"2026-01-01T00:00:00Z","idempotency_key":"k","chain_hash":"sha256:aa"}"#,
+            r#"{ "actor" : "é ✓", "idempotency_key" : "key-2" }"#,
+            r#"{"a":1}"#,
+        ] {
+            let mut out = Vec::new();
+            let split = split_metadata(text, &mut out).expect(text);
+            let spans = split.lookup_spans();
+            let lookup = spans.lookup(text);
+            for key in ["recorded_at", "idempotency_key", "actor", "chain_hash"] {
+                assert_eq!(lookup.get_str(key), split.get_str(key), "{key} of {text}");
+            }
+        }
     }
 }

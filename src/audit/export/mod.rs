@@ -39,7 +39,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::{json, Value};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
-use self::artifacts::{ArtifactWorker, Done, RunRow};
+use self::artifacts::{ArtifactWorker, Done, RunMetadata, RunRow};
 use self::heads::{chain_through, content_of, name, Heads, ParsedMetadata};
 use self::metadata::split_metadata;
 pub use self::options::{Cut, ExportOptions, ExportSummary};
@@ -275,6 +275,11 @@ pub async fn export<W: AsyncWrite + Unpin>(
             }
             heads.advance(&row, chain_hash);
             if is_run {
+                let metadata = match (metadata, &split) {
+                    (Some(parsed), _) => RunMetadata::Parsed(parsed),
+                    (None, Some(split)) => RunMetadata::Split(split.lookup_spans()),
+                    (None, None) => unreachable!("metadata not split is parsed"),
+                };
                 run_rows.push(RunRow {
                     row,
                     payload,
