@@ -4,8 +4,6 @@
 //! the runs a page finished come back as one block, written after the next page's events (so after
 //! every event of those runs: a terminal run takes no further events).
 
-use std::collections::HashMap;
-
 use anyhow::Context;
 use engine::artifacts::record::MetadataLookup;
 use serde_json::Value;
@@ -16,6 +14,7 @@ use super::metadata::LookupSpans;
 use super::options::ExportOptions;
 use super::runs::{fold_run, run_event, write_artifacts, OpenRun};
 use super::writer::LineWriter;
+use super::FastMap;
 use crate::audit::source::AuditRow;
 
 /// One run event for the worker.
@@ -75,7 +74,7 @@ impl ArtifactWorker {
         let (done_tx, done) = mpsc::channel(2);
         let options = options.clone();
         let task = tokio::task::spawn_blocking(move || {
-            let mut open_runs: HashMap<String, OpenRun> = HashMap::new();
+            let mut open_runs: FastMap<String, OpenRun> = FastMap::default();
             while let Some(work) = work_rx.blocking_recv() {
                 let (result, last) = match work {
                     Work::Page(rows) => (fold_page(&mut open_runs, rows, &options), false),
@@ -151,7 +150,7 @@ impl ArtifactWorker {
 }
 
 fn fold_page(
-    open_runs: &mut HashMap<String, OpenRun>,
+    open_runs: &mut FastMap<String, OpenRun>,
     mut rows: Vec<RunRow>,
     options: &ExportOptions,
 ) -> anyhow::Result<Done> {
@@ -197,7 +196,7 @@ fn fold_page(
     Ok(done)
 }
 
-fn finish(open_runs: HashMap<String, OpenRun>, options: &ExportOptions) -> anyhow::Result<Done> {
+fn finish(open_runs: FastMap<String, OpenRun>, options: &ExportOptions) -> anyhow::Result<Done> {
     let mut done = Done::default();
     let mut still_open: Vec<(String, OpenRun)> = open_runs.into_iter().collect();
     still_open.sort_by(|a, b| a.0.cmp(&b.0));

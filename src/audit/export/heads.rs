@@ -1,13 +1,12 @@
 //! Chain hashes while exporting: the stored ones taken out of an event's metadata, the ones
 //! recomputed for rows written before the chain existed, and each aggregate's head.
 
-use std::collections::HashMap;
-
 use aggregates::chain::{self, EventContent};
 use anyhow::Context;
 use engine::Database;
 use serde_json::{Map, Value};
 
+use super::FastMap;
 use crate::audit::source::{aggregate_rows, AuditRow};
 
 /// The chain hash of `aggregate_type/aggregate_id` at `sequence` (for the first event of an
@@ -69,7 +68,7 @@ pub(super) struct Head {
 /// per event).
 #[derive(Default)]
 pub(super) struct Heads {
-    by_type: HashMap<String, HashMap<String, Head>>,
+    by_type: FastMap<String, FastMap<String, Head>>,
     pub(super) len: u64,
 }
 

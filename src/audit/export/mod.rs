@@ -48,6 +48,11 @@ use self::writer::{write_event_line, EventProof, LineMetadata, LineWriter};
 use super::bundle::{Scope, BUNDLE_SCHEMA};
 use super::source::{AuditRow, RowFilter, RowPages};
 
+/// The exporter's per-event maps (aggregate heads, open runs): looked up a few times per event,
+/// so hashed with foldhash (randomly seeded per map, so ids chosen by clients cannot aim for
+/// collisions they cannot see) rather than SipHash.
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 /// Writes a bundle of `options.scope` from `database` to `out`.
 ///
 /// # Errors

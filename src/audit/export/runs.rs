@@ -3,7 +3,6 @@
 //! REPLAY.jsonl text is hashed as it is produced and not kept: the bundle carries its hash (the
 //! text is the events', re-rendered; `audit verify` renders it again and compares).
 
-use std::collections::HashMap;
 use std::io::BufWriter;
 
 use aggregates::canonical::{write_json_string, PrefixedSha256};
@@ -16,6 +15,7 @@ use serde_json::{Map, Value};
 
 use super::heads::name;
 use super::options::ExportOptions;
+use super::FastMap;
 use crate::audit::source::AuditRow;
 
 /// The REPLAY.jsonl sink: its hash, fed in blocks rather than one call per JSON token.
@@ -68,7 +68,7 @@ pub(super) fn run_event(
 /// Folds one run event into its open run; `Ok(true)` when the run has reached a terminal state
 /// (its stream is complete: a terminal run accepts no further events).
 pub(super) fn fold_run<M: MetadataLookup + ?Sized>(
-    open_runs: &mut HashMap<String, OpenRun>,
+    open_runs: &mut FastMap<String, OpenRun>,
     row: &AuditRow,
     event: RunEvent,
     metadata: &M,
