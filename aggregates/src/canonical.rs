@@ -47,7 +47,19 @@ pub fn write_canonical_map<W: io::Write + ?Sized>(
     map: &serde_json::Map<String, Value>,
     out: &mut W,
 ) -> io::Result<()> {
-    let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+    write_canonical_members(map.iter(), out)
+}
+
+/// Streams the canonical JSON of the object with exactly these members (keys distinct), e.g. an
+/// object without some of its members, without building it.
+///
+/// # Errors
+/// Whatever `out` returns.
+pub fn write_canonical_members<'a, W: io::Write + ?Sized>(
+    members: impl Iterator<Item = (&'a String, &'a Value)>,
+    out: &mut W,
+) -> io::Result<()> {
+    let mut entries: Vec<(&String, &Value)> = members.collect();
     entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
     out.write_all(b"{")?;
     for (i, (key, value)) in entries.into_iter().enumerate() {

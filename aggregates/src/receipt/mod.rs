@@ -12,12 +12,13 @@ use cqrs_es::event_sink::EventSink;
 use cqrs_es::Aggregate;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
 
 pub use commands::ReceiptCommand;
 pub use error::ReceiptError;
 pub use events::{ReceiptEvent, RECEIPT_EVENT_VERSION};
 
-use crate::canonical::sha256_hex;
+use crate::canonical::{prefixed_hex, write_canonical_members};
 use crate::ids::RunId;
 use crate::{RuntimeAggregate, Stamped, Timestamp};
 
@@ -27,12 +28,13 @@ pub const RECEIPT_SCHEMA: &str = "openagents.receipt.v1";
 /// Bare hex SHA-256 over the canonical JSON of `receipt` without `canonical_json_sha256` and
 /// `signature`: the receipt's `canonical_json_sha256`.
 pub fn receipt_canonical_sha256(receipt: &Map<String, Value>) -> String {
-    let unsigned: Map<String, Value> = receipt
+    let unsigned = receipt
         .iter()
-        .filter(|(k, _)| k.as_str() != "canonical_json_sha256" && k.as_str() != "signature")
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    sha256_hex(crate::canonical::canonical_json(&Value::Object(unsigned)).as_bytes())
+        .filter(|(k, _)| k.as_str() != "canonical_json_sha256" && k.as_str() != "signature");
+    // Streamed into the hash: neither the unsigned copy nor its text is built.
+    let mut hasher = Sha256::new();
+    write_canonical_members(unsigned, &mut hasher).expect("hashing cannot fail");
+    prefixed_hex("", &hasher.finalize())
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
