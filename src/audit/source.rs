@@ -217,7 +217,7 @@ async fn copy_page(
     while let Some(chunk) = stream.next().await {
         let chunk = chunk?;
         let mut rest: &[u8] = &chunk;
-        while let Some(end) = rest.iter().position(|b| *b == b'\n') {
+        while let Some(end) = memchr::memchr(b'\n', rest) {
             if partial.is_empty() {
                 rows.push(parse_copy_row(&rest[..end])?);
             } else {
@@ -237,7 +237,14 @@ async fn copy_page(
 
 /// One line of `COPY … TO STDOUT` text output (without its newline) as a row.
 fn parse_copy_row(line: &[u8]) -> anyhow::Result<AuditRow> {
-    let mut fields = line.split(|b| *b == b'\t');
+    let mut start = 0;
+    let mut tabs = memchr::memchr_iter(b'\t', line).chain(std::iter::once(line.len()));
+    let mut fields = std::iter::from_fn(|| {
+        let end = tabs.next()?;
+        let field = &line[start..end];
+        start = end + 1;
+        Some(field)
+    });
     let mut next = |name: &str| {
         fields
             .next()
@@ -455,5 +462,45 @@ impl RowPages {
             }
         }
         Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copy_rows_split_into_their_columns_with_escapes_undone() {
+        // A JSON escape is doubled by COPY; a raw tab in a value is written as `\t`.
+        let row = parse_copy_row(
+            b"7\t3\trun\tr-1\t2\trun.started\t1.0\t{\"a\":\"x\\\\ty\"}\t{\"k\":\"a\\tb\"}",
+        )
+        .unwrap();
+        assert_eq!((row.transaction_id, row.position, row.sequence), (7, 3, 2));
+        assert_eq!(
+            (row.aggregate_type.as_str(), row.aggregate_id.as_str()),
+            ("run", "r-1")
+        );
+        assert_eq!(
+            (row.event_type.as_str(), row.event_version.as_str()),
+            ("run.started", "1.0")
+        );
+        assert_eq!(row.payload, r#"{"a":"x\ty"}"#);
+        assert_eq!(row.metadata, "{\"k\":\"a\tb\"}");
+        // An empty last column is a column.
+        assert_eq!(
+            parse_copy_row(b"1\t1\tt\ti\t1\te\tv\tp\t")
+                .unwrap()
+                .metadata,
+            ""
+        );
+    }
+
+    #[test]
+    fn copy_rows_with_other_column_counts_are_refused() {
+        assert!(parse_copy_row(b"1\t1\tt\ti\t1\te\tv\tp").is_err());
+        assert!(parse_copy_row(b"1\t1\tt\ti\t1\te\tv\tp\tm\textra").is_err());
+        assert!(parse_copy_row(b"").is_err());
+        assert!(parse_copy_row(b"x\t1\tt\ti\t1\te\tv\tp\tm").is_err());
     }
 }
