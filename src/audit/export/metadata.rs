@@ -13,13 +13,18 @@ use engine::journal::metadata_keys;
 pub(super) struct SplitMetadata<'a> {
     pub(super) content_hash: Option<&'a str>,
     pub(super) chain_hash: Option<&'a str>,
-    pub(super) recorded_at: Option<&'a str>,
-    pub(super) idempotency_key: Option<&'a str>,
+    /// The split text.
+    text: &'a str,
     /// Where the members a run's artifacts read are in the text.
     lookup: LookupSpans,
 }
 
-impl SplitMetadata<'_> {
+impl<'a> SplitMetadata<'a> {
+    /// The stored `recorded_at`.
+    pub(super) fn recorded_at(&self) -> Option<&'a str> {
+        self.lookup.get(self.text, metadata_keys::RECORDED_AT)
+    }
+
     /// Where `recorded_at` and `idempotency_key` are in the split text: what the artifact worker
     /// needs of it, handed over with the row instead of splitting the text a second time.
     pub(super) fn lookup_spans(&self) -> LookupSpans {
@@ -40,6 +45,17 @@ impl LookupSpans {
     pub(super) fn lookup<'a>(&'a self, text: &'a str) -> SpansIn<'a> {
         SpansIn { text, spans: self }
     }
+
+    /// The member `key` of `text` (the text these spans were split from), if it is one a run's
+    /// artifacts read and it was there.
+    fn get<'t>(&self, text: &'t str, key: &str) -> Option<&'t str> {
+        let span = match key {
+            metadata_keys::RECORDED_AT => self.recorded_at.as_ref(),
+            metadata_keys::IDEMPOTENCY_KEY => self.idempotency_key.as_ref(),
+            _ => None,
+        }?;
+        text.get(span.clone())
+    }
 }
 
 /// [`LookupSpans`] over the text they were found in.
@@ -50,22 +66,13 @@ pub(super) struct SpansIn<'a> {
 
 impl MetadataLookup for SpansIn<'_> {
     fn get_str(&self, key: &str) -> Option<&str> {
-        let span = match key {
-            metadata_keys::RECORDED_AT => self.spans.recorded_at.as_ref(),
-            metadata_keys::IDEMPOTENCY_KEY => self.spans.idempotency_key.as_ref(),
-            _ => None,
-        }?;
-        self.text.get(span.clone())
+        self.spans.get(self.text, key)
     }
 }
 
 impl MetadataLookup for SplitMetadata<'_> {
     fn get_str(&self, key: &str) -> Option<&str> {
-        match key {
-            metadata_keys::RECORDED_AT => self.recorded_at,
-            metadata_keys::IDEMPOTENCY_KEY => self.idempotency_key,
-            _ => None,
-        }
+        self.lookup.get(self.text, key)
     }
 }
 
@@ -87,8 +94,7 @@ pub(super) fn split_metadata<'a>(text: &'a str, out: &mut Vec<u8>) -> Option<Spl
     found.map(|f| SplitMetadata {
         content_hash: f.content_hash.map(|r| &text[r]),
         chain_hash: f.chain_hash.map(|r| &text[r]),
-        recorded_at: f.recorded_at.clone().map(|r| &text[r]),
-        idempotency_key: f.idempotency_key.clone().map(|r| &text[r]),
+        text,
         lookup: LookupSpans {
             recorded_at: f.recorded_at,
             idempotency_key: f.idempotency_key,
@@ -276,7 +282,7 @@ mod tests {
             assert_eq!(written, value, "{text}");
             assert_eq!(split.content_hash.map(str::to_owned), content, "{text}");
             assert_eq!(split.chain_hash.map(str::to_owned), link, "{text}");
-            assert_eq!(split.recorded_at.map(str::to_owned), at, "{text}");
+            assert_eq!(split.recorded_at().map(str::to_owned), at, "{text}");
             // Member order is kept (the parsed map keeps it too).
             assert_eq!(
                 serde_json::to_string(&written).unwrap(),

@@ -165,7 +165,7 @@ pub async fn export<W: AsyncWrite + Unpin>(
                 None => (stored_content, stored_chain),
             };
             let recorded_at: Option<&str> = match &split {
-                Some(m) => m.recorded_at,
+                Some(m) => m.recorded_at(),
                 None => parsed_recorded_at.as_deref(),
             };
             if let Some((since, until)) = time_range {
