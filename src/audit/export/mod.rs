@@ -41,7 +41,7 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use self::artifacts::{ArtifactWorker, Done, RunMetadata, RunRow};
 use self::heads::{chain_through, content_of, name, Heads, ParsedMetadata};
-use self::metadata::split_metadata;
+use self::metadata::{split_metadata, SplitMetadata};
 pub use self::options::{Cut, ExportOptions, ExportSummary};
 use self::proofs::{cut, prove_page};
 use self::writer::{write_event_line, EventProof, LineMetadata, LineWriter};
@@ -52,6 +52,23 @@ use super::source::{AuditRow, RowFilter, RowPages};
 /// so hashed with foldhash (randomly seeded per map, so ids chosen by clients cannot aim for
 /// collisions they cannot see) rather than SipHash.
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
+/// One row's metadata as the export loop holds it; the variant says which hashes are computed.
+enum RowMetadata<'t> {
+    /// Split as text: plain metadata with both hashes stored, nothing recomputed or redacted.
+    Split {
+        split: SplitMetadata<'t>,
+        content_hash: &'t str,
+        chain_hash: &'t str,
+    },
+    /// Parsed, without its chain members: everything else. A hash that is missing (or, with
+    /// `verify_stored`, either hash) is computed from the parsed content.
+    Parsed {
+        rest: Value,
+        content_hash: Option<String>,
+        chain_hash: Option<String>,
+    },
+}
 
 /// Writes a bundle of `options.scope` from `database` to `out`.
 ///
@@ -141,32 +158,29 @@ pub async fn export<W: AsyncWrite + Unpin>(
             let split = if options.verify_stored || secret {
                 None
             } else {
-                split_metadata(&row.metadata, &mut metadata_text)
-                    .filter(|m| m.content_hash.is_some() && m.chain_hash.is_some())
+                split_metadata(&row.metadata, &mut metadata_text).and_then(|split| {
+                    Some(RowMetadata::Split {
+                        content_hash: split.content_hash?,
+                        chain_hash: split.chain_hash?,
+                        split,
+                    })
+                })
             };
-            let parsed = match &split {
-                Some(_) => None,
-                None => Some(ParsedMetadata::parse(&row)?),
+            let (mut metadata, parsed_recorded_at) = match split {
+                Some(split) => (split, None),
+                None => {
+                    let parsed = ParsedMetadata::parse(&row)?;
+                    let metadata = RowMetadata::Parsed {
+                        rest: Value::Object(parsed.rest),
+                        content_hash: parsed.content_hash,
+                        chain_hash: parsed.chain_hash,
+                    };
+                    (metadata, parsed.recorded_at)
+                }
             };
-            let (stored_content, stored_chain, parsed_recorded_at, metadata) = match parsed {
-                Some(p) => (
-                    p.content_hash,
-                    p.chain_hash,
-                    p.recorded_at,
-                    Some(Value::Object(p.rest)),
-                ),
-                None => (None, None, None, None),
-            };
-            let (stored_content, stored_chain) = match &split {
-                Some(m) => (
-                    m.content_hash.map(str::to_owned),
-                    m.chain_hash.map(str::to_owned),
-                ),
-                None => (stored_content, stored_chain),
-            };
-            let recorded_at: Option<&str> = match &split {
-                Some(m) => m.recorded_at(),
-                None => parsed_recorded_at.as_deref(),
+            let recorded_at: Option<&str> = match &metadata {
+                RowMetadata::Split { split, .. } => split.recorded_at(),
+                RowMetadata::Parsed { .. } => parsed_recorded_at.as_deref(),
             };
             if let Some((since, until)) = time_range {
                 let at = recorded_at.and_then(|s| s.parse::<Timestamp>().ok());
@@ -193,22 +207,38 @@ pub async fn export<W: AsyncWrite + Unpin>(
             let opens_run =
                 is_run && row.sequence == 1 && heads.get("run", &row.aggregate_id).is_none();
             let multiline = row.payload.contains(['\n', '\r']);
-            let hash_here =
-                options.verify_stored || stored_content.is_none() || stored_chain.is_none();
             // The run's artifacts decode the stored text themselves (see `fold_run`): the value
             // is only parsed when the event line or its hashes need it.
-            let payload: Option<Value> = if hash_here || multiline || secret {
-                Some(
-                    serde_json::from_str(&row.payload)
-                        .with_context(|| format!("payload of {}", name(&row)))?,
-                )
+            let parse_payload = || {
+                serde_json::from_str::<Value>(&row.payload)
+                    .with_context(|| format!("payload of {}", name(&row)))
+            };
+            let mut payload: Option<Value> = if multiline || secret {
+                Some(parse_payload()?)
             } else {
                 None
             };
-            let (content_hash, chain_hash) =
-                match (&payload, &metadata, stored_content, stored_chain) {
-                    (Some(p), Some(m), stored_content, stored_chain) if hash_here => {
-                        let (content, link) = chain::link(prev.as_deref(), &content_of(&row, p, m));
+            let (content_hash, chain_hash) = match &mut metadata {
+                // Split only with both hashes stored and nothing to recompute.
+                RowMetadata::Split {
+                    content_hash,
+                    chain_hash,
+                    ..
+                } => ((*content_hash).to_owned(), (*chain_hash).to_owned()),
+                RowMetadata::Parsed {
+                    rest,
+                    content_hash,
+                    chain_hash,
+                    ..
+                } => match (content_hash.take(), chain_hash.take()) {
+                    (Some(content), Some(link)) if !options.verify_stored => (content, link),
+                    (stored_content, stored_chain) => {
+                        let p = match &mut payload {
+                            Some(p) => &*p,
+                            None => &*payload.insert(parse_payload()?),
+                        };
+                        let (content, link) =
+                            chain::link(prev.as_deref(), &content_of(&row, p, rest));
                         if stored_content.as_ref().is_some_and(|s| *s != content)
                             || stored_chain.as_ref().is_some_and(|s| *s != link)
                         {
@@ -219,13 +249,16 @@ pub async fn export<W: AsyncWrite + Unpin>(
                             stored_chain.unwrap_or(link),
                         )
                     }
-                    (_, _, Some(content), Some(link)) => (content, link),
-                    _ => unreachable!("hashes are computed whenever one is not stored"),
-                };
+                },
+            };
             // Secrets leave only as salted commitments.
             let disclosed = match (&payload, &metadata) {
-                (Some(p), Some(m)) if secret => {
-                    let d = disclose(&tree.redaction_key, &content_of(&row, p, m), &content_hash);
+                (Some(p), RowMetadata::Parsed { rest, .. }) if secret => {
+                    let d = disclose(
+                        &tree.redaction_key,
+                        &content_of(&row, p, rest),
+                        &content_hash,
+                    );
                     d.redacted.is_some().then_some(d)
                 }
                 _ => None,
@@ -234,11 +267,11 @@ pub async fn export<W: AsyncWrite + Unpin>(
                 summary.redacted_events += 1;
             }
             let line_metadata = match (&disclosed, &metadata) {
-                (Some(d), Some(m)) => {
-                    LineMetadata::Value(d.redacted.as_ref().map_or(m, |(_, m)| m))
+                (Some(d), RowMetadata::Parsed { rest, .. }) => {
+                    LineMetadata::Value(d.redacted.as_ref().map_or(rest, |(_, m)| m))
                 }
-                (None, Some(m)) => LineMetadata::Value(m),
-                (_, None) => LineMetadata::Text(&metadata_text),
+                (None, RowMetadata::Parsed { rest, .. }) => LineMetadata::Value(rest),
+                (_, RowMetadata::Split { .. }) => LineMetadata::Text(&metadata_text),
             };
             write_event_line(
                 &mut w.buffer,
@@ -280,10 +313,9 @@ pub async fn export<W: AsyncWrite + Unpin>(
             }
             heads.advance(&row, chain_hash);
             if is_run {
-                let metadata = match (metadata, &split) {
-                    (Some(parsed), _) => RunMetadata::Parsed(parsed),
-                    (None, Some(split)) => RunMetadata::Split(split.lookup_spans()),
-                    (None, None) => unreachable!("metadata not split is parsed"),
+                let metadata = match metadata {
+                    RowMetadata::Parsed { rest, .. } => RunMetadata::Parsed(rest),
+                    RowMetadata::Split { split, .. } => RunMetadata::Split(split.lookup_spans()),
                 };
                 run_rows.push(RunRow {
                     row,
