@@ -16,6 +16,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 
 use anyhow::Context;
+use axum::serve::ListenerExt;
 use axum::Router;
 use futures::future::BoxFuture;
 use tokio::net::TcpListener;
@@ -212,7 +213,7 @@ impl Server {
             let token = shutdown.clone();
             running.spawn(async move {
                 let served = axum::serve(
-                    listener,
+                    listener.tap_io(sync_gateway::server::no_delay),
                     router.into_make_service_with_connect_info::<SocketAddr>(),
                 )
                 .with_graceful_shutdown(token.cancelled_owned())

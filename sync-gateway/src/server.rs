@@ -10,6 +10,7 @@ use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::serve::ListenerExt;
 use axum::Router;
 use futures::StreamExt;
 use tokio::net::TcpListener;
@@ -194,9 +195,43 @@ pub async fn serve(
     gateway: Gateway,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let result = axum::serve(listener, router)
+    let result = axum::serve(listener.tap_io(no_delay), router)
         .with_graceful_shutdown(shutdown.clone().cancelled_owned())
         .await;
     gateway.closed().await;
     result
+}
+
+/// Turns Nagle's algorithm off on an accepted socket (Khala's and every other listener of the
+/// runtime). Each response and each burst of WebSocket frames is written whole and flushed; with
+/// Nagle on, a small write that follows one the peer has not acknowledged yet waits for that
+/// acknowledgement, which the peer may delay by 40 ms or more: a Khala update queued behind the
+/// previous one would wait for it (docs/adr/0131-tcp-nodelay.md).
+pub fn no_delay(stream: &mut tokio::net::TcpStream) {
+    if let Err(error) = stream.set_nodelay(true) {
+        tracing::debug!(error.message = %error, "cannot set TCP_NODELAY on an accepted socket");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::serve::Listener;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_socket_accepted_through_the_tap_has_nagle_off() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        // Without the tap an accepted socket keeps the OS default (Nagle on).
+        let mut plain = listener;
+        let _first = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (stream, _) = Listener::accept(&mut plain).await;
+        assert!(!stream.nodelay().unwrap());
+
+        let mut tapped = plain.tap_io(no_delay);
+        let _second = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (stream, _) = Listener::accept(&mut tapped).await;
+        assert!(stream.nodelay().unwrap());
+    }
 }

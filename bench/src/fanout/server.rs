@@ -132,6 +132,8 @@ impl Baseline {
                 },
             };
             let baseline = self.clone();
+            // As Khala's listener: no Nagle delay behind an unacknowledged frame.
+            let _ = stream.set_nodelay(true);
             tokio::spawn(async move {
                 let config = WebSocketConfig::default()
                     .read_buffer_size(4096)
