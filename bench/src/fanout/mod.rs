@@ -105,6 +105,12 @@ pub struct FanoutArgs {
     /// (pipeline) Concurrent command streams seeding the replay measurement.
     #[arg(long, default_value_t = 16)]
     pub seed_concurrency: usize,
+    /// (pipeline) Measured rounds per connection count, each a fresh `serve` child and its own
+    /// raw baseline. On a shared machine one round's p99 ratio moves with the load; with more
+    /// than one, every round is printed, then the median round (by p99 ratio), which is also
+    /// the one plotted.
+    #[arg(long, default_value_t = 1)]
+    pub rounds: usize,
 }
 
 /// The server child and its line protocol (one command line in, one reply line out).
@@ -217,6 +223,127 @@ fn machine() -> String {
     )
 }
 
+/// One measured round of the real pipeline at `connections` sockets: a fresh `serve` child, the
+/// clients, `count` commits at `rate`/s, the stage table, then (unless `--no-baseline`) the raw
+/// broadcast at the same rate to as many sockets. Prints its figures as it goes.
+async fn pipeline_round(
+    args: &FanoutArgs,
+    connections: usize,
+    rate: u64,
+    count: u64,
+    runs: usize,
+    template: &mut Option<serde_json::Value>,
+) -> anyhow::Result<RunResult> {
+    let runtime = pipeline::Runtime::spawn(args).await?;
+    let driver = std::sync::Arc::new(pipeline::Driver::new(&runtime.base)?);
+    let before = driver.head().await?;
+    driver.setup_runs('r', runs).await?;
+    // The runs' created/started rows must be projected before the clients subscribe from
+    // the head, or they would arrive as unexpected updates.
+    driver.wait_for_head(before + 2 * runs as u64).await?;
+    let clock = std::time::Instant::now();
+    let rss_before = runtime.rss()?;
+    let clients = pipeline::connect_all(
+        runtime.port,
+        connections,
+        &driver.prefix,
+        runs,
+        count,
+        clock,
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_after = runtime.rss()?;
+    let idle = (rss_after.saturating_sub(rss_before)) as f64 / connections as f64;
+    let metrics_http = reqwest::Client::new();
+    let stages_before = stages::Scrape::fetch(&metrics_http, &runtime.base).await?;
+    let report = pipeline::measure(driver, clients, rate, clock).await?;
+    let stages_after = stages::Scrape::fetch(&metrics_http, &runtime.base).await?;
+    runtime.stop().await;
+    if report.sample_update.is_some() {
+        template.clone_from(&report.sample_update);
+    }
+    let baseline = match (&template, args.no_baseline) {
+        (Some(update), false) => {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let mut server = ServerProcess::spawn().await?;
+            let reply = server.call(&format!("template {update}")).await?;
+            if reply.first().map(String::as_str) != Some("template") {
+                bail!("baseline template failed: {reply:?}");
+            }
+            let clients =
+                load::connect_all(load::Target::Baseline, server.baseline_port, connections)
+                    .await?;
+            let report = load::measure(&mut server, clients, "baseline", rate, count).await?;
+            server.quit().await;
+            Some(report)
+        }
+        _ => None,
+    };
+    let result = RunResult {
+        connections,
+        rate,
+        khala: report.load.clone(),
+        baseline,
+        idle_bytes_per_connection: idle,
+    };
+    print_result(&result);
+    stages::print(
+        &stages_before,
+        &stages_after,
+        &result.khala,
+        result.baseline.as_ref(),
+    );
+    println!(
+    "          pipeline | {} commits in {:.1} s ({:.0}/s offered {rate}/s), command 2xx p50 {:.1} ms p99 {:.1} ms; \
+     duplicates {}, foreign {}, read before the 2xx returned {}; payload {} B",
+    report.commits.committed,
+    report.commits.seconds,
+    report.commits.committed as f64 / report.commits.seconds.max(1e-9),
+    report.commits.http_p50_ms,
+    report.commits.http_p99_ms,
+    report.duplicates,
+    report.foreign,
+    report.before_ack,
+    report
+        .sample_update
+        .as_ref()
+        .map_or(0, |u| u["payload"].to_string().len()),
+    );
+
+    Ok(result)
+}
+
+/// The round whose p99 ratio (Khala / raw; Khala's p99 without a baseline) is the median of
+/// `rounds` (the lower middle one of an even count), after printing every round's ratio. A
+/// measured round, not an average of rounds.
+fn median_round(mut rounds: Vec<RunResult>) -> RunResult {
+    let key = |r: &RunResult| match &r.baseline {
+        Some(b) => r.khala.p99_ms / b.p99_ms.max(0.001),
+        None => r.khala.p99_ms,
+    };
+    if rounds.len() > 1 {
+        let each: Vec<String> = rounds.iter().map(|r| format!("{:.2}", key(r))).collect();
+        rounds.sort_by(|a, b| key(a).total_cmp(&key(b)));
+        let median = &rounds[(rounds.len() - 1) / 2];
+        println!(
+            "N={:>5} {} rounds | p99 {} per round: {} | median {:.2} (khala p99 {:.1} ms)",
+            median.connections,
+            rounds.len(),
+            if median.baseline.is_some() {
+                "khala/raw"
+            } else {
+                "khala ms"
+            },
+            each.join(", "),
+            key(median),
+            median.khala.p99_ms,
+        );
+    }
+    let middle = (rounds.len() - 1) / 2;
+    rounds.swap_remove(middle)
+}
+
 /// The real pipeline (see the module docs).
 async fn run_pipeline(args: FanoutArgs) -> anyhow::Result<()> {
     let runs = args.runs.max(1);
@@ -234,89 +361,19 @@ async fn run_pipeline(args: FanoutArgs) -> anyhow::Result<()> {
     );
     let mut template: Option<serde_json::Value> = None;
     let mut results = Vec::new();
+    let rounds = args.rounds.max(1);
     for (i, &connections) in args.connections.iter().enumerate() {
         let rate = *args.rate.get(i).or(args.rate.last()).unwrap_or(&100);
         // Whole rounds over the runs, so every run gets the same number of frames.
         let count = ((rate as f64 * args.duration.as_secs_f64()).round() as u64)
             .div_ceil(runs as u64)
             * runs as u64;
-        let runtime = pipeline::Runtime::spawn(&args).await?;
-        let driver = std::sync::Arc::new(pipeline::Driver::new(&runtime.base)?);
-        let before = driver.head().await?;
-        driver.setup_runs('r', runs).await?;
-        // The runs' created/started rows must be projected before the clients subscribe from
-        // the head, or they would arrive as unexpected updates.
-        driver.wait_for_head(before + 2 * runs as u64).await?;
-        let clock = std::time::Instant::now();
-        let rss_before = runtime.rss()?;
-        let clients = pipeline::connect_all(
-            runtime.port,
-            connections,
-            &driver.prefix,
-            runs,
-            count,
-            clock,
-        )
-        .await?;
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let rss_after = runtime.rss()?;
-        let idle = (rss_after.saturating_sub(rss_before)) as f64 / connections as f64;
-        let metrics_http = reqwest::Client::new();
-        let stages_before = stages::Scrape::fetch(&metrics_http, &runtime.base).await?;
-        let report = pipeline::measure(driver, clients, rate, clock).await?;
-        let stages_after = stages::Scrape::fetch(&metrics_http, &runtime.base).await?;
-        runtime.stop().await;
-        if report.sample_update.is_some() {
-            template.clone_from(&report.sample_update);
+        let mut measured = Vec::with_capacity(rounds);
+        for _ in 0..rounds {
+            measured
+                .push(pipeline_round(&args, connections, rate, count, runs, &mut template).await?);
         }
-        let baseline = match (&template, args.no_baseline) {
-            (Some(update), false) => {
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                let mut server = ServerProcess::spawn().await?;
-                let reply = server.call(&format!("template {update}")).await?;
-                if reply.first().map(String::as_str) != Some("template") {
-                    bail!("baseline template failed: {reply:?}");
-                }
-                let clients =
-                    load::connect_all(load::Target::Baseline, server.baseline_port, connections)
-                        .await?;
-                let report = load::measure(&mut server, clients, "baseline", rate, count).await?;
-                server.quit().await;
-                Some(report)
-            }
-            _ => None,
-        };
-        let result = RunResult {
-            connections,
-            rate,
-            khala: report.load.clone(),
-            baseline,
-            idle_bytes_per_connection: idle,
-        };
-        print_result(&result);
-        stages::print(
-            &stages_before,
-            &stages_after,
-            &result.khala,
-            result.baseline.as_ref(),
-        );
-        results.push(result);
-        println!(
-            "          pipeline | {} commits in {:.1} s ({:.0}/s offered {rate}/s), command 2xx p50 {:.1} ms p99 {:.1} ms; \
-             duplicates {}, foreign {}, read before the 2xx returned {}; payload {} B",
-            report.commits.committed,
-            report.commits.seconds,
-            report.commits.committed as f64 / report.commits.seconds.max(1e-9),
-            report.commits.http_p50_ms,
-            report.commits.http_p99_ms,
-            report.duplicates,
-            report.foreign,
-            report.before_ack,
-            report
-                .sample_update
-                .as_ref()
-                .map_or(0, |u| u["payload"].to_string().len()),
-        );
+        results.push(median_round(measured));
     }
     write_plot(&args, "real pipeline", &results)?;
     if args.replay_rows > 0 {
@@ -503,4 +560,43 @@ pub(crate) fn now_ns() -> u64 {
             .unwrap_or(0),
     )
     .unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round(khala_p99: f64, raw_p99: Option<f64>) -> RunResult {
+        let load = |p99_ms| LoadReport {
+            p99_ms,
+            ..LoadReport::default()
+        };
+        RunResult {
+            connections: 1000,
+            rate: 100,
+            khala: load(khala_p99),
+            baseline: raw_p99.map(load),
+            idle_bytes_per_connection: 0.0,
+        }
+    }
+
+    #[test]
+    fn the_median_round_is_the_measured_round_with_the_middle_p99_ratio() {
+        // Ratios 3.0, 1.5, 2.0: the median is the third round (2.0), not Khala's middle p99.
+        let median = median_round(vec![
+            round(30.0, Some(10.0)),
+            round(60.0, Some(40.0)),
+            round(40.0, Some(20.0)),
+        ]);
+        assert_eq!(median.khala.p99_ms, 40.0);
+        // Even counts take the lower middle; without a baseline, Khala's p99 decides.
+        let median = median_round(vec![
+            round(50.0, None),
+            round(20.0, None),
+            round(40.0, None),
+            round(30.0, None),
+        ]);
+        assert_eq!(median.khala.p99_ms, 30.0);
+        assert_eq!(median_round(vec![round(7.0, None)]).khala.p99_ms, 7.0);
+    }
 }
