@@ -295,22 +295,21 @@ async fn pipeline_round(
         result.baseline.as_ref(),
     );
     println!(
-    "          pipeline | {} commits in {:.1} s ({:.0}/s offered {rate}/s), command 2xx p50 {:.1} ms p99 {:.1} ms; \
-     duplicates {}, foreign {}, read before the 2xx returned {}; payload {} B",
-    report.commits.committed,
-    report.commits.seconds,
-    report.commits.committed as f64 / report.commits.seconds.max(1e-9),
-    report.commits.http_p50_ms,
-    report.commits.http_p99_ms,
-    report.duplicates,
-    report.foreign,
-    report.before_ack,
-    report
-        .sample_update
-        .as_ref()
-        .map_or(0, |u| u["payload"].to_string().len()),
+        "          pipeline | {} commits in {:.1} s ({:.0}/s offered {rate}/s), command 2xx p50 {:.1} ms p99 {:.1} ms; \
+         duplicates {}, foreign {}, read before the 2xx returned {}; payload {} B",
+        report.commits.committed,
+        report.commits.seconds,
+        report.commits.committed as f64 / report.commits.seconds.max(1e-9),
+        report.commits.http_p50_ms,
+        report.commits.http_p99_ms,
+        report.duplicates,
+        report.foreign,
+        report.before_ack,
+        report
+            .sample_update
+            .as_ref()
+            .map_or(0, |u| u["payload"].to_string().len()),
     );
-
     Ok(result)
 }
 
@@ -318,30 +317,26 @@ async fn pipeline_round(
 /// `rounds` (the lower middle one of an even count), after printing every round's ratio. A
 /// measured round, not an average of rounds.
 fn median_round(mut rounds: Vec<RunResult>) -> RunResult {
-    let key = |r: &RunResult| match &r.baseline {
-        Some(b) => r.khala.p99_ms / b.p99_ms.max(0.001),
-        None => r.khala.p99_ms,
-    };
-    if rounds.len() > 1 {
-        let each: Vec<String> = rounds.iter().map(|r| format!("{:.2}", key(r))).collect();
-        rounds.sort_by(|a, b| key(a).total_cmp(&key(b)));
-        let median = &rounds[(rounds.len() - 1) / 2];
+    let key = |r: &RunResult| r.p99_ratio().unwrap_or(r.khala.p99_ms);
+    let each: Vec<String> = rounds.iter().map(|r| format!("{:.2}", key(r))).collect();
+    rounds.sort_by(|a, b| key(a).total_cmp(&key(b)));
+    let median = rounds.swap_remove((rounds.len() - 1) / 2);
+    if each.len() > 1 {
         println!(
             "N={:>5} {} rounds | p99 {} per round: {} | median {:.2} (khala p99 {:.1} ms)",
             median.connections,
-            rounds.len(),
+            each.len(),
             if median.baseline.is_some() {
                 "khala/raw"
             } else {
                 "khala ms"
             },
             each.join(", "),
-            key(median),
+            key(&median),
             median.khala.p99_ms,
         );
     }
-    let middle = (rounds.len() - 1) / 2;
-    rounds.swap_remove(middle)
+    median
 }
 
 /// The real pipeline (see the module docs).

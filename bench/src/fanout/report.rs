@@ -15,6 +15,15 @@ pub(super) struct RunResult {
     pub(super) idle_bytes_per_connection: f64,
 }
 
+impl RunResult {
+    /// Khala's p99 over the raw broadcast's, when there is a baseline.
+    pub(super) fn p99_ratio(&self) -> Option<f64> {
+        self.baseline
+            .as_ref()
+            .map(|b| self.khala.p99_ms / b.p99_ms.max(0.001))
+    }
+}
+
 pub(super) fn fmt_rate(x: f64) -> String {
     if x >= 1000.0 {
         format!("{:.1}k", x / 1000.0)
@@ -137,7 +146,7 @@ pub(super) fn print_result(r: &RunResult) {
             b.p99_ms,
             b.max_ms,
             k.deliveries_per_sec / b.deliveries_per_sec.max(1.0),
-            k.p99_ms / b.p99_ms.max(0.001)
+            r.p99_ratio().unwrap_or_default()
         );
     }
 }
