@@ -3,7 +3,9 @@
 //! PostgreSQL, which must be an empty database), then reads them back in pages the way a
 //! replaying session does, measuring in the same run:
 //! - the raw store read (`SyncStore::read_stream`, the floor any replay through the store pays),
-//! - `StoreSource::read_stream` plus `PreparedRow::prepare` (what a session adds per page),
+//! - `StoreSource::read_stream` plus `PreparedRow::prepare` (a page read row by row),
+//! - `StoreSource::read_stream_joined` (a page whose update objects the database builds and
+//!   joins: what a replaying session reads),
 //! - a whole replay: the gateway over `StoreSource` on 127.0.0.1, one WebSocket client in this
 //!   process subscribing from watermark 0 with `replay_batch_size` = the page size.
 //!
@@ -164,6 +166,25 @@ pub async fn run(cli: StoreReplayArgs) -> anyhow::Result<()> {
         }
         println!(
             "pass {pass} StoreSource::read_stream + PreparedRow::prepare, page {}: {}",
+            cli.page,
+            rate(total, started.elapsed())
+        );
+        let started = Instant::now();
+        let (mut after, mut total) = (0, 0);
+        loop {
+            let page = source
+                .read_stream_joined(TOPIC, after, cli.page, &filter, 256 * 1024)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("the store did not join a page"))?;
+            if page.rows == 0 {
+                break;
+            }
+            after = page.last_watermark;
+            total += page.rows;
+            std::hint::black_box(page.json);
+        }
+        println!(
+            "pass {pass} StoreSource::read_stream_joined (update objects built and joined by the database), page {}: {}",
             cli.page,
             rate(total, started.elapsed())
         );

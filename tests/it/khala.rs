@@ -75,6 +75,7 @@ macro_rules! on_every_source {
 on_every_source!(
     join_lists_allowed_topics_and_subscribe_replays_then_streams_live,
     replay_then_live_switches_without_gap_or_duplicate,
+    a_replay_older_than_memory_arrives_whole_and_in_order_across_pages_topics_and_byte_bounds,
     a_client_reconnects_and_resumes_from_its_last_watermark,
     stale_cursors_are_refused_with_the_full_payload,
     a_live_session_that_falls_behind_a_rebuild_gets_stale_cursor_mid_stream,
@@ -1968,4 +1969,97 @@ pub(crate) mod phoenix_js {
         assert!(last["heartbeats"].as_u64().unwrap() >= 1);
         app.stop().await;
     }
+}
+
+/// Replays that memory cannot serve (a tailer window of two rows) come from the source page by
+/// page (joined by the store's database, docs/adr/0132): every row of the principal on each
+/// topic exactly once and in watermark order, batches within `replay_batch_size` and the byte
+/// bound (a page too large for the room left is read row by row), an oversized document as a
+/// pointer, then live rows.
+async fn a_replay_older_than_memory_arrives_whole_and_in_order_across_pages_topics_and_byte_bounds(
+    source: Source<'_>,
+) {
+    let config = GatewayConfig {
+        window_rows: 2,
+        feed_rows: 2,
+        max_update_bytes: 2048,
+        max_batch_bytes: 12 * 1024,
+        ..GatewayConfig::default()
+    };
+    let app = app(source, config).await;
+    let mut expected: std::collections::HashMap<&str, Vec<String>> = Default::default();
+    for i in 0..90 {
+        let (topic, key) = if i % 4 == 3 {
+            (WORKERS, format!("w{i}"))
+        } else {
+            (RUNS, format!("runtime/run_summary:{i}"))
+        };
+        let owner = if i % 5 == 0 { "bob" } else { "alice" };
+        let payload = if i == 7 {
+            json!({"blob": "b".repeat(3000)})
+        } else {
+            json!({"i": i, "pad": "p".repeat(500 + i * 5)})
+        };
+        app.stream.append(topic, &key, payload, user(owner)).await;
+        if owner == "alice" {
+            expected.entry(topic).or_default().push(key);
+        }
+    }
+    let token = app.token("user:alice", &[RUNS, WORKERS]);
+    let mut client = app.joined(&token).await;
+    client
+        .subscribe(json!({"topics": [RUNS, WORKERS], "resume_after": {RUNS: 0, WORKERS: 0}, "replay_batch_size": 16}))
+        .await
+        .unwrap()
+        .unwrap();
+    let total: usize = expected.values().map(Vec::len).sum();
+    let mut received: Vec<Update> = Vec::new();
+    let mut batches = 0;
+    while received.len() < total {
+        let batch = client.next_batch().await.unwrap();
+        batches += 1;
+        assert!(batch.updates.len() <= 16, "replay_batch_size is honoured");
+        let bytes: usize = batch
+            .updates
+            .iter()
+            .map(|u| serde_json::to_string(u).unwrap().len())
+            .sum();
+        assert!(bytes <= 12 * 1024, "a batch of {bytes} B");
+        received.extend(batch.updates);
+    }
+    assert!(
+        batches > total.div_ceil(16),
+        "{batches} batches: the byte bound split pages"
+    );
+    for (topic, keys) in &expected {
+        let mine: Vec<&Update> = received.iter().filter(|u| u.topic == *topic).collect();
+        let got: Vec<&str> = mine.iter().map(|u| u.doc_key.as_str()).collect();
+        assert_eq!(&got, keys, "{topic}: every row once, in order");
+        assert!(
+            mine.windows(2).all(|w| w[0].watermark < w[1].watermark),
+            "{topic}: watermarks ascend"
+        );
+    }
+    let pointer = received.iter().find(|u| u.doc_key == "w7").unwrap();
+    assert!(pointer.hydration_required && pointer.payload.is_none());
+    assert!(received
+        .iter()
+        .filter(|u| u.doc_key != "w7")
+        .all(|u| u.payload.is_some() && !u.hydration_required));
+    app.stream
+        .append(
+            RUNS,
+            "runtime/run_summary:live",
+            json!({"live": true}),
+            user("alice"),
+        )
+        .await;
+    let live = loop {
+        let batch = client.next_batch().await.unwrap();
+        if let Some(update) = batch.updates.into_iter().next() {
+            break update;
+        }
+    };
+    assert_eq!(live.doc_key, "runtime/run_summary:live");
+    app.stop().await;
 }

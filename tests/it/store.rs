@@ -32,6 +32,8 @@ on_both_backends!(
     prune_raises_the_floor_bounded_by_age_and_count,
     all_docs_and_all_rows_return_everything_in_order,
     payload_text_and_owners_round_trip_exactly,
+    joined_pages_hold_the_rows_of_row_pages_as_their_update_objects,
+    a_joined_page_reports_damaged_payloads_and_the_source_reads_those_row_by_row,
 );
 
 const OWNER: &str = "conformance-owner";
@@ -1176,4 +1178,205 @@ async fn payload_text_and_owners_round_trip_exactly(db: &TestDb) {
         .await
         .unwrap();
     assert_eq!(hydrated.docs[0].payload, text);
+}
+
+/// The update objects of `rows` as the gateway writes them for live rows, comma-joined: what a
+/// joined page of the same rows must hold, byte for byte.
+fn prepared_join(rows: &[StreamRow], max_update_bytes: usize) -> String {
+    rows.iter()
+        .map(|r| {
+            let row = sync_gateway::source::StreamRow {
+                topic: r.topic.clone(),
+                watermark: r.watermark,
+                doc_key: r.doc_key.clone(),
+                doc_version: r.doc_version,
+                payload: r.payload.clone(),
+                payload_hash: r.payload_hash.clone(),
+                owner: r.owner.clone(),
+            };
+            sync_gateway::hub::PreparedRow::prepare(&row, max_update_bytes)
+                .json
+                .to_string()
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+async fn joined_pages_hold_the_rows_of_row_pages_as_their_update_objects(db: &TestDb) {
+    let store = store_of(db);
+    let empty = store
+        .read_stream_joined(RUNS.topic, 0, 10, &OwnerFilter::Any, 1024)
+        .await
+        .unwrap();
+    assert_eq!(
+        (empty.rows, empty.json.as_str(), empty.state.epoch),
+        (0, "", 1),
+        "a topic nothing was written to"
+    );
+    leased(&store, &RUNS, 0).await;
+    // Keys and payloads that JSON must escape (quotes, backslashes, every kind of control
+    // character, non-ASCII), a payload that goes out as a pointer, and several owners.
+    let keys = [
+        "plain".to_owned(),
+        "q\"uote\\back/slash".to_owned(),
+        "ctl\u{1}\u{8}\t\n\u{b}\u{c}\r\u{1f}\u{7f}".to_owned(),
+        "é ünïcødé 🚀 \u{2028}".to_owned(),
+        "big".to_owned(),
+        "bob's".to_owned(),
+        "guest".to_owned(),
+    ];
+    let payloads = [
+        json!({"k": 1}),
+        json!({"s": "a\"b\\c\n\u{1}", "n": [1.5, null, true], "e": {}}),
+        json!({"z": 1, "a": 2}),
+        json!({"t": "日本語 🚀"}),
+        json!({"blob": "x".repeat(300)}),
+        json!({}),
+        json!({"g": true}),
+    ];
+    let owners = [
+        user("alice"),
+        user("alice"),
+        DocOwner {
+            user_id: Some("alice".into()),
+            guest_scope: None,
+            org_id: Some("o1".into()),
+        },
+        user("alice"),
+        user("alice"),
+        user("bob"),
+        DocOwner {
+            user_id: None,
+            guest_scope: Some("g1".into()),
+            org_id: None,
+        },
+    ];
+    let changes: Vec<Change<'_>> = keys
+        .iter()
+        .zip(payloads)
+        .zip(owners)
+        .map(|((k, p), o)| change(k, p, o))
+        .collect();
+    commit(&store, &RUNS, &changes, 1_000).await;
+    commit(&store, &RUNS, &changes[..2], 2_000).await; // versions 2
+    let head = state(&store, RUNS.topic).await.head_watermark;
+    assert_eq!(head, 9);
+    let filters = [
+        OwnerFilter::Any,
+        principal(Some("alice"), None, None),
+        principal(Some("alice"), None, Some("o1")),
+        principal(None, Some("g1"), None),
+        principal(Some("nobody"), None, None),
+    ];
+    let max_update_bytes = 200;
+    let mut compared = 0;
+    for filter in &filters {
+        for after in 0..=head {
+            for limit in [1, 2, 3, 1000] {
+                let rows = store
+                    .read_stream_page(RUNS.topic, after, limit, filter)
+                    .await
+                    .unwrap();
+                let joined = store
+                    .read_stream_joined(RUNS.topic, after, limit, filter, max_update_bytes)
+                    .await
+                    .unwrap();
+                let context = format!("{filter:?} after {after} limit {limit}");
+                assert_eq!(joined.state, rows.state, "{context}");
+                assert_eq!(joined.rows, rows.rows.len(), "{context}");
+                assert_eq!(
+                    joined.last_watermark,
+                    rows.rows.last().map_or(0, |r| r.watermark),
+                    "{context}"
+                );
+                assert_eq!(joined.damaged, 0, "{context}");
+                assert_eq!(
+                    joined.json,
+                    prepared_join(&rows.rows, max_update_bytes),
+                    "{context}"
+                );
+                compared += joined.rows;
+            }
+        }
+    }
+    assert!(compared > 50, "the pages held rows: {compared}");
+    // The pointer: its payload is `null`, and it still parses as an update object.
+    let all = store
+        .read_stream_joined(RUNS.topic, 0, 1000, &OwnerFilter::Any, max_update_bytes)
+        .await
+        .unwrap();
+    let updates: Vec<Value> = serde_json::from_str(&format!("[{}]", all.json)).unwrap();
+    assert_eq!(updates.len(), 9);
+    let big = updates.iter().find(|u| u["doc_key"] == "big").unwrap();
+    assert_eq!(
+        (&big["payload"], &big["hydration_required"]),
+        (&Value::Null, &json!(true))
+    );
+    assert_eq!(updates[1]["doc_key"], keys[1].as_str());
+    assert_eq!(updates[2]["doc_key"], keys[2].as_str());
+    // Stale below the floor, as the row read is.
+    store.prune(&RUNS, i64::MAX, 3, 3_000).await.unwrap();
+    assert!(matches!(
+        store
+            .read_stream_joined(RUNS.topic, 2, 10, &OwnerFilter::Any, 1024)
+            .await,
+        Err(ReadError::Stale { after: 2, .. })
+    ));
+    let rest = store
+        .read_stream_joined(RUNS.topic, 3, 10, &OwnerFilter::Any, 1024)
+        .await
+        .unwrap();
+    assert_eq!((rest.rows, rest.last_watermark), (6, 9));
+}
+
+async fn a_joined_page_reports_damaged_payloads_and_the_source_reads_those_row_by_row(db: &TestDb) {
+    use sync_gateway::source::{SourceError, StoreSource, SyncSource};
+    let store = store_of(db);
+    leased(&store, &RUNS, 0).await;
+    let mut batch = live_batch(
+        &store,
+        &RUNS,
+        &[
+            change("fine", json!({"a": 1}), user("alice")),
+            change("damaged", json!({}), user("alice")),
+        ],
+        1_000,
+    )
+    .await;
+    batch.rows[1].payload = "[1]".to_owned();
+    store.commit(batch).await.unwrap();
+    let page = store
+        .read_stream_joined(RUNS.topic, 0, 10, &OwnerFilter::Any, 1024)
+        .await
+        .unwrap();
+    assert_eq!((page.rows, page.damaged), (2, 1));
+    let clean = store
+        .read_stream_joined(RUNS.topic, 0, 1, &OwnerFilter::Any, 1024)
+        .await
+        .unwrap();
+    assert_eq!((clean.rows, clean.damaged), (1, 0));
+    let source = StoreSource::new(store, std::sync::Arc::new(projectors::SyncNotifier::new()));
+    assert!(
+        source
+            .read_stream_joined(RUNS.topic, 0, 10, &OwnerFilter::Any, 1024)
+            .await
+            .unwrap()
+            .is_none(),
+        "a page with a damaged row is not joined"
+    );
+    let joined = source
+        .read_stream_joined(RUNS.topic, 0, 1, &OwnerFilter::Any, 1024)
+        .await
+        .unwrap()
+        .expect("a clean page is joined");
+    assert_eq!(
+        (joined.rows, joined.last_watermark, joined.head_watermark),
+        (1, 1, 2)
+    );
+    assert!(matches!(
+        source
+            .read_stream_page(RUNS.topic, 0, 10, &OwnerFilter::Any)
+            .await,
+        Err(SourceError::Unavailable(_))
+    ));
 }

@@ -3,7 +3,8 @@
 //! `runtime_x` in the SQLite file), the payload column's type (`json` / text), row locks (SQLite's
 //! `BEGIN IMMEDIATE` already holds the database's write lock), byte-order collation of doc keys,
 //! how a list or a batch of rows is bound (PostgreSQL arrays and `unnest`, SQLite JSON and
-//! `json_each`), and how a write transaction starts. Placeholders (`$n`), `ON CONFLICT`,
+//! `json_each`), how a write transaction starts, and the few functions a joined replay page is
+//! built with (quoting a JSON string, joining texts, checking braces). Placeholders (`$n`), `ON CONFLICT`,
 //! `RETURNING`, `IS NOT DISTINCT FROM` and `CAST` are the same in both, so statements are not.
 
 use std::future::Future;
@@ -108,6 +109,18 @@ pub(super) trait Dialect: Database<Row: Columns> {
     /// guest, org, projected at) of the [`Arg::Rows`] bound at `$n`.
     fn rows(n: usize) -> String;
 
+    /// The JSON string literal (quoted and escaped, as serde_json writes it) of text `expr`.
+    fn json_quote(expr: &str) -> String;
+
+    /// The texts of `expr` over a group, joined with commas: in the order of `order` when
+    /// given, else in the order the group's rows are aggregated in (unspecified, and cheaper:
+    /// no sort).
+    fn join_commas(expr: &str, order: Option<&str>) -> String;
+
+    /// Whether text `expr` starts with `{` and ends with `}` (a stored payload that is not an
+    /// object is damaged; readers report it rather than send it).
+    fn braced(expr: &str) -> String;
+
     /// Runs `sql` with `args` and returns its rows.
     fn fetch<'e>(
         conn: &'e mut Self::Connection,
@@ -129,6 +142,21 @@ impl Dialect for Postgres {
     const FOR_UPDATE: &'static str = " FOR UPDATE";
     const BYTE_ORDER: &'static str = " COLLATE \"C\"";
     const BEGIN_WRITE: &'static str = "BEGIN";
+
+    fn json_quote(expr: &str) -> String {
+        format!("to_json({expr})::text")
+    }
+
+    fn join_commas(expr: &str, order: Option<&str>) -> String {
+        match order {
+            Some(order) => format!("string_agg({expr}, ',' ORDER BY {order})"),
+            None => format!("string_agg({expr}, ',')"),
+        }
+    }
+
+    fn braced(expr: &str) -> String {
+        format!("(left({expr}, 1) = '{{' AND right({expr}, 1) = '}}')")
+    }
 
     fn in_list(n: usize) -> String {
         format!("= ANY(${n})")
@@ -198,6 +226,23 @@ impl Dialect for Sqlite {
     const BYTE_ORDER: &'static str = "";
     /// Takes the database's write lock up front, like journal appends.
     const BEGIN_WRITE: &'static str = "BEGIN IMMEDIATE";
+
+    fn json_quote(expr: &str) -> String {
+        format!("json_quote({expr})")
+    }
+
+    fn join_commas(expr: &str, order: Option<&str>) -> String {
+        match order {
+            Some(order) => format!("group_concat({expr}, ',' ORDER BY {order})"),
+            None => format!("group_concat({expr}, ',')"),
+        }
+    }
+
+    /// The last byte through a blob: `substr` of a text counts characters from the end, which
+    /// scans the whole text.
+    fn braced(expr: &str) -> String {
+        format!("(substr({expr}, 1, 1) = '{{' AND substr(CAST({expr} AS BLOB), -1, 1) = X'7D')")
+    }
 
     fn in_list(n: usize) -> String {
         format!("IN (SELECT value FROM json_each(${n}))")

@@ -113,6 +113,63 @@ pub struct StreamPage {
     pub rows: Vec<StreamRow>,
 }
 
+/// One page of a topic's stream as the `updates` of a `sync:update_batch`: the rows' update
+/// objects ([`update_object`]) built by the database and joined with commas in watermark order,
+/// with the topic's state from the same snapshot. The page holds what [`StreamPage`] would hold
+/// for the same arguments; a replaying session splices it into its frame without a row of its
+/// own per update (docs/adr/0132-joined-replay-pages.md).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JoinedPage {
+    pub state: TopicState,
+    /// How many rows the page joins.
+    pub rows: usize,
+    /// The watermark of the page's last row (0 when it has none).
+    pub last_watermark: u64,
+    /// The update objects, comma-separated (empty when the page has no rows).
+    pub json: String,
+    /// Rows whose stored payload does not look like a JSON object (`{…}`): their update objects
+    /// are not to be sent; a reader reads such a page row by row and reports the damage.
+    pub damaged: usize,
+}
+
+impl JoinedPage {
+    /// A page without rows.
+    pub fn empty(state: TopicState) -> Self {
+        Self {
+            state,
+            rows: 0,
+            last_watermark: 0,
+            json: String::new(),
+            damaged: 0,
+        }
+    }
+}
+
+/// The update object of a stream row as Khala sends it (`{"topic":…,"doc_key":…,"doc_version":…,
+/// "payload":…,"payload_hash":…,"watermark":…,"hydration_required":…}`): its members in wire
+/// order, declared once for the gateway's live rows and the store's [`JoinedPage`]s. A payload
+/// larger than the gateway's per-update limit is sent as `null` with `hydration_required: true`.
+pub mod update_object {
+    /// Text before the topic (a JSON string).
+    pub const TOPIC: &str = "{\"topic\":";
+    /// Text before the doc key (a JSON string).
+    pub const DOC_KEY: &str = ",\"doc_key\":";
+    /// Text before the doc version (an integer).
+    pub const DOC_VERSION: &str = ",\"doc_version\":";
+    /// Text before the payload (the stored JSON text, or `null` for a pointer).
+    pub const PAYLOAD: &str = ",\"payload\":";
+    /// Text before the payload hash (a JSON string).
+    pub const PAYLOAD_HASH: &str = ",\"payload_hash\":";
+    /// Text before the watermark (an integer).
+    pub const WATERMARK: &str = ",\"watermark\":";
+    /// Text before `true` (a pointer) or `false`.
+    pub const HYDRATION_REQUIRED: &str = ",\"hydration_required\":";
+    /// The closing brace.
+    pub const END: &str = "}";
+    /// The payload of a pointer update.
+    pub const POINTER_PAYLOAD: &str = "null";
+}
+
 /// One current document.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DocRow {
@@ -559,6 +616,22 @@ impl SyncStore {
         filter: &OwnerFilter,
     ) -> Result<StreamPage, ReadError> {
         dispatch!(self, s => s.read_stream(topic, after, limit, filter).await)
+    }
+
+    /// [`SyncStore::read_stream_page`] as a [`JoinedPage`]: the same rows, as update objects
+    /// already joined by the database, with payloads over `max_update_bytes` as pointers.
+    ///
+    /// # Errors
+    /// As [`SyncStore::read_stream`].
+    pub async fn read_stream_joined(
+        &self,
+        topic: &str,
+        after: u64,
+        limit: usize,
+        filter: &OwnerFilter,
+        max_update_bytes: usize,
+    ) -> Result<JoinedPage, ReadError> {
+        dispatch!(self, s => s.read_stream_joined(topic, after, limit, filter, max_update_bytes).await)
     }
 
     /// The topic's current documents passing `filter` (or the one `doc_key`), one page of them

@@ -1,5 +1,5 @@
-//! A stream row serialized once: the JSON of its `sync:update_batch` update object, shared by
-//! every session that delivers it.
+//! A stream row serialized once: the JSON of its `sync:update_batch` update object (members as
+//! declared in `projectors::store::update_object`), shared by every session that delivers it.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -37,25 +37,30 @@ impl PreparedRow {
         max_update_bytes: usize,
         read_at: Option<Instant>,
     ) -> Arc<PreparedRow> {
+        use projectors::store::update_object as wire;
         let pointer = row.payload.len() > max_update_bytes;
-        let payload: &str = if pointer { "null" } else { &row.payload };
+        let payload: &str = if pointer {
+            wire::POINTER_PAYLOAD
+        } else {
+            &row.payload
+        };
         let mut json =
             String::with_capacity(payload.len() + row.doc_key.len() + row.topic.len() + 160);
-        json.push_str("{\"topic\":");
+        json.push_str(wire::TOPIC);
         json.push_str(&quoted(&row.topic));
-        json.push_str(",\"doc_key\":");
+        json.push_str(wire::DOC_KEY);
         json.push_str(&quoted(&row.doc_key));
-        json.push_str(",\"doc_version\":");
+        json.push_str(wire::DOC_VERSION);
         json.push_str(&row.doc_version.to_string());
-        json.push_str(",\"payload\":");
+        json.push_str(wire::PAYLOAD);
         json.push_str(payload);
-        json.push_str(",\"payload_hash\":");
+        json.push_str(wire::PAYLOAD_HASH);
         json.push_str(&quoted(&row.payload_hash));
-        json.push_str(",\"watermark\":");
+        json.push_str(wire::WATERMARK);
         json.push_str(&row.watermark.to_string());
-        json.push_str(",\"hydration_required\":");
+        json.push_str(wire::HYDRATION_REQUIRED);
         json.push_str(if pointer { "true" } else { "false" });
-        json.push('}');
+        json.push_str(wire::END);
         Arc::new(PreparedRow {
             watermark: row.watermark,
             owner: row.owner.clone(),

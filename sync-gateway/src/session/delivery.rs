@@ -17,6 +17,49 @@ use crate::protocol::{
 };
 use crate::source::{OwnerFilter, SourceError};
 
+/// Update objects to splice into a batch: one prepared row (from the tailer's memory, or a page
+/// read row by row), or a page of rows the source joined (a replay through the store).
+enum Piece {
+    Row(Arc<PreparedRow>),
+    Joined {
+        json: String,
+        rows: usize,
+        /// The last row's watermark.
+        last: u64,
+    },
+}
+
+impl Piece {
+    fn json(&self) -> &str {
+        match self {
+            Piece::Row(row) => &row.json,
+            Piece::Joined { json, .. } => json,
+        }
+    }
+
+    fn rows(&self) -> usize {
+        match self {
+            Piece::Row(_) => 1,
+            Piece::Joined { rows, .. } => *rows,
+        }
+    }
+
+    /// The watermark of the piece's last row.
+    fn watermark(&self) -> u64 {
+        match self {
+            Piece::Row(row) => row.watermark,
+            Piece::Joined { last, .. } => *last,
+        }
+    }
+
+    fn read_at(&self) -> Option<Instant> {
+        match self {
+            Piece::Row(row) => row.read_at,
+            Piece::Joined { .. } => None,
+        }
+    }
+}
+
 /// Why pulling a topic failed.
 enum PullError {
     Stale(StaleTopic),
@@ -44,34 +87,47 @@ impl Session {
         let limit = ch.batch_size.max(1);
         let quota = limit.div_ceil(order.len().max(1));
         let max_bytes = config.max_batch_bytes.saturating_sub(512 + 96 * count);
-        let mut batch: Vec<Arc<PreparedRow>> = Vec::new();
+        let mut batch: Vec<Piece> = Vec::new();
+        let mut batch_rows = 0usize;
         let mut bytes = 0usize;
         let mut stale: Vec<(usize, StaleTopic)> = Vec::new();
         let mut source_failed = false;
         let mut replica_down = false;
         for &i in &order {
-            if batch.len() >= limit || bytes >= max_bytes {
+            if batch_rows >= limit || bytes >= max_bytes {
                 break;
             }
-            let want = quota.min(limit - batch.len());
+            let want = quota.min(limit - batch_rows);
             let sub = &mut ch.topics[i];
-            match pull(&gateway, &*sub, &filter, want, config.max_update_bytes).await {
-                Ok((rows, all_cursor)) => {
-                    let mut taken = 0;
-                    for row in &rows {
-                        if !batch.is_empty() && bytes + row.json.len() + 1 > max_bytes {
+            let room = max_bytes - bytes;
+            match pull(
+                &gateway,
+                &*sub,
+                &filter,
+                want,
+                config.max_update_bytes,
+                room,
+            )
+            .await
+            {
+                Ok((pieces, all_cursor)) => {
+                    let mut all_taken = true;
+                    let mut taken_through = None;
+                    for piece in pieces {
+                        let len = piece.json().len() + 1;
+                        if !batch.is_empty() && bytes + len > max_bytes {
+                            all_taken = false;
                             break;
                         }
-                        bytes += row.json.len() + 1;
-                        batch.push(row.clone());
-                        taken += 1;
+                        bytes += len;
+                        batch_rows += piece.rows();
+                        taken_through = Some(piece.watermark());
+                        batch.push(piece);
                     }
-                    sub.cursor = if taken == rows.len() {
-                        all_cursor.max(sub.cursor)
-                    } else if taken > 0 {
-                        rows[taken - 1].watermark
-                    } else {
-                        sub.cursor
+                    sub.cursor = match taken_through {
+                        _ if all_taken => all_cursor.max(sub.cursor),
+                        Some(watermark) => watermark,
+                        None => sub.cursor,
                     };
                 }
                 Err(PullError::Stale(topic)) => stale.push((i, topic)),
@@ -116,7 +172,7 @@ impl Session {
             if replay_complete {
                 ch.replay_pending = false;
             }
-            sent_rows = batch.len();
+            sent_rows = batch_rows;
             let stamp = self.stage_stamp(&batch, started);
             permit.send(self.queued.stamped(text, stamp));
         } else {
@@ -161,11 +217,11 @@ impl Session {
     /// For a sampled session, records the tailer read → queued time of the batch's oldest live
     /// row and the delivery's own time (pull and frame build, from `started`), and returns the
     /// stamp the writer finishes.
-    fn stage_stamp(&self, batch: &[Arc<PreparedRow>], started: Instant) -> Option<Stamp> {
+    fn stage_stamp(&self, batch: &[Piece], started: Instant) -> Option<Stamp> {
         if self.id % STAGE_SAMPLE != 0 {
             return None;
         }
-        let read_at = batch.iter().find_map(|row| row.read_at)?;
+        let read_at = batch.iter().find_map(Piece::read_at)?;
         let queued_at = Instant::now();
         metrics::histogram!("runtime_sync_tail_to_queue_seconds")
             .record(queued_at.saturating_duration_since(read_at).as_secs_f64());
@@ -183,18 +239,20 @@ const REPLICA_RETRY: std::time::Duration = std::time::Duration::from_millis(250)
 const BEHIND_PAUSE: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// Rows of `sub` after its cursor (from memory when it covers the cursor, else from the
-/// source) and the cursor to move to if all are delivered.
+/// source: a joined page when the source builds one and it fits in `room` bytes, else row by
+/// row) and the cursor to move to if all are delivered.
 async fn pull(
     gateway: &Gateway,
     sub: &TopicSub,
     filter: &OwnerFilter,
     limit: usize,
     max_update_bytes: usize,
-) -> Result<(Vec<Arc<PreparedRow>>, u64), PullError> {
+    room: usize,
+) -> Result<(Vec<Piece>, u64), PullError> {
     let tailer = sub.handle.tailer();
     if let Pulled::Rows { rows, cursor } = tailer.pull(sub.handle.feed(), sub.cursor, limit) {
         if !rows.is_empty() || cursor >= sub.target {
-            return Ok((rows, cursor));
+            return Ok((rows.into_iter().map(Piece::Row).collect(), cursor));
         }
     }
     // Replay from the source. A short page covers everything up to the head of the snapshot it
@@ -220,6 +278,34 @@ async fn pull(
             replay_budget_events: budget,
         })
     };
+    match source
+        .read_stream_joined(&sub.topic, sub.cursor, limit, filter, max_update_bytes)
+        .await
+    {
+        // The source checks the floor in the page's own snapshot: no second read.
+        Ok(Some(page)) if page.json.len() < room => {
+            let cursor = if page.rows >= limit {
+                page.last_watermark
+            } else {
+                page.last_watermark.max(page.head_watermark)
+            };
+            if page.rows == 0 {
+                if cursor <= sub.cursor {
+                    tokio::time::sleep(BEHIND_PAUSE).await;
+                }
+                return Ok((Vec::new(), cursor));
+            }
+            let piece = Piece::Joined {
+                json: page.json,
+                rows: page.rows,
+                last: page.last_watermark,
+            };
+            return Ok((vec![piece], cursor));
+        }
+        Ok(_) => {}
+        Err(SourceError::Stale { state }) => return Err(stale(&state)),
+        Err(e) => return Err(PullError::Source(e)),
+    }
     let page = match source
         .read_stream_page(&sub.topic, sub.cursor, limit, filter)
         .await
@@ -253,26 +339,21 @@ async fn pull(
     }
     let prepared = rows
         .iter()
-        .map(|row| PreparedRow::prepare(row, max_update_bytes))
+        .map(|row| Piece::Row(PreparedRow::prepare(row, max_update_bytes)))
         .collect();
     Ok((prepared, cursor))
 }
 
 /// The frame text of an update batch (rows' JSON spliced in, serialized once upstream).
-fn batch_text(
-    ch: &Channel,
-    rows: &[Arc<PreparedRow>],
-    replay_complete: bool,
-    topic: Option<&str>,
-) -> String {
-    let size: usize = rows.iter().map(|r| r.json.len() + 1).sum();
+fn batch_text(ch: &Channel, rows: &[Piece], replay_complete: bool, topic: Option<&str>) -> String {
+    let size: usize = rows.iter().map(|r| r.json().len() + 1).sum();
     let mut payload = String::with_capacity(size + 128 + 64 * ch.topics.len());
     payload.push_str("{\"updates\":[");
     for (i, row) in rows.iter().enumerate() {
         if i > 0 {
             payload.push(',');
         }
-        payload.push_str(&row.json);
+        payload.push_str(row.json());
     }
     payload.push_str("],\"replay_complete\":");
     payload.push_str(if replay_complete { "true" } else { "false" });
@@ -289,9 +370,10 @@ fn batch_text(
     payload.push('}');
     let join_ref = serde_json::to_string(&ch.join_ref).expect("refs serialize");
     if ch.khala_frame {
-        let seq = rows
-            .last()
-            .map_or_else(|| heads.first().map_or(0, |h| h.watermark), |r| r.watermark);
+        let seq = rows.last().map_or_else(
+            || heads.first().map_or(0, |h| h.watermark),
+            Piece::watermark,
+        );
         let frame = KhalaFrame::new(
             topic.unwrap_or(""),
             seq,

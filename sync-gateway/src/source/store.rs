@@ -12,8 +12,8 @@ use serde_json::Value;
 use tokio::sync::watch;
 
 use super::{
-    Doc, HydratePage, Hydration, OwnerFilter, SourceError, StreamPage, StreamRow, SyncSource,
-    TopicState,
+    Doc, HydratePage, Hydration, JoinedPage, OwnerFilter, SourceError, StreamPage, StreamRow,
+    SyncSource, TopicState,
 };
 
 /// The projectors' store as a [`SyncSource`]. Cheap to clone.
@@ -163,6 +163,38 @@ impl SyncSource for StoreSource {
             rows,
             head_watermark: page.state.head_watermark,
         })
+    }
+
+    async fn read_stream_joined(
+        &self,
+        topic: &str,
+        after: u64,
+        limit: usize,
+        owner: &OwnerFilter,
+        max_update_bytes: usize,
+    ) -> Result<Option<JoinedPage>, SourceError> {
+        let page = match self
+            .store
+            .read_stream_joined(topic, after, limit, owner, max_update_bytes)
+            .await
+        {
+            Ok(page) => page,
+            Err(ReadError::Stale { state: s, .. }) => {
+                return Err(SourceError::Stale { state: state(s) })
+            }
+            Err(ReadError::UnknownTopic(_)) => return Ok(Some(JoinedPage::default())),
+            Err(ReadError::Store(e)) => return Err(self.failed(e)),
+        };
+        if page.damaged > 0 {
+            // Read row by row, which names the damaged document.
+            return Ok(None);
+        }
+        Ok(Some(JoinedPage {
+            json: page.json,
+            rows: page.rows,
+            last_watermark: page.last_watermark,
+            head_watermark: page.state.head_watermark,
+        }))
     }
 
     async fn read_stream(
