@@ -173,6 +173,9 @@ impl SyncSource for StoreSource {
         owner: &OwnerFilter,
         max_update_bytes: usize,
     ) -> Result<Option<JoinedPage>, SourceError> {
+        if !self.store.prefers_joined_pages() {
+            return Ok(None);
+        }
         let page = match self
             .store
             .read_stream_joined(topic, after, limit, owner, max_update_bytes)

@@ -13,11 +13,17 @@ use crate::store::{
 
 /// The owner rule over alias `x`, with `$n` (any), `$n+1` (user), `$n+2` (guest), `$n+3` (org)
 /// bound by [`owner_args`].
+///
+/// The org test is `IS NOT DISTINCT FROM` spelled out: PostgreSQL cannot estimate that operator
+/// and took it to match almost nothing, so it planned a stream page as a scan of every row after
+/// the cursor plus a sort instead of walking the `(topic, watermark)` key to the page's end
+/// (16.7 ms instead of 2.7 ms for a 1,000-row page 15,000 rows from the head, and a whole
+/// replay quadratic in its length; docs/BENCHMARKS.md § fanout).
 fn owner_clause(n: usize) -> String {
     let (user, guest, org) = (n + 1, n + 2, n + 3);
     format!(
         "(${n} OR ((x.owner_user_id = ${user} OR x.owner_guest_scope = ${guest}) \
-          AND x.owner_org_id IS NOT DISTINCT FROM ${org}))"
+          AND (x.owner_org_id = ${org} OR (x.owner_org_id IS NULL AND ${org} IS NULL))))"
     )
 }
 
@@ -229,12 +235,15 @@ impl<D: Dialect> SqlStore<D> {
     /// [`SqlStore::read_stream_joined`]'s statement: `read_stream`'s page aggregated into one
     /// row, its update objects built and joined by the database (a page of a thousand rows is one
     /// row to decode), and the topic's state joined to that one row instead of repeated per row
-    /// and sorted with it. One statement, so one snapshot, as in `read_stream`.
+    /// and sorted with it. The objects are built above the `LIMIT`, so only the page's rows pay
+    /// for them whatever plan finds the page. One statement, so one snapshot, as in
+    /// `read_stream`.
     fn joined_sql(&self, ordered: bool) -> String {
         let payload = "CAST(x.payload AS TEXT)";
         let pointer = format!("octet_length({payload}) > $8");
         let object = [
-            format!("$9 || {}", D::json_quote("x.doc_key")),
+            "$9".to_owned(),
+            D::json_quote("x.doc_key"),
             literal(wire::DOC_VERSION),
             "CAST(x.doc_version AS TEXT)".to_owned(),
             literal(wire::PAYLOAD),
@@ -250,7 +259,7 @@ impl<D: Dialect> SqlStore<D> {
             format!("CASE WHEN {pointer} THEN 'true' ELSE 'false' END"),
             literal(wire::END),
         ]
-        .join(" || ");
+        .join(", ");
         let order = ordered.then_some("j.watermark");
         format!(
             "SELECT t.head_watermark, t.retention_floor, t.epoch, t.epoch_start,
@@ -259,12 +268,14 @@ impl<D: Dialect> SqlStore<D> {
                LEFT JOIN (
                     SELECT count(*) AS page_rows, max(j.watermark) AS last_watermark,
                            sum(j.damaged) AS damaged, {} AS json, {} AS watermarks
-                      FROM (SELECT x.watermark, {object} AS object,
+                      FROM (SELECT x.watermark, concat({object}) AS object,
                                    CASE WHEN {} THEN 0 ELSE 1 END AS damaged
-                              FROM {} x
-                             WHERE x.topic = $1 AND x.watermark > $2 AND {}
-                             ORDER BY x.watermark
-                             LIMIT $3) j) p ON $2 >= t.retention_floor
+                              FROM (SELECT x.watermark, x.doc_key, x.doc_version, x.payload,
+                                           x.payload_hash
+                                      FROM {} x
+                                     WHERE x.topic = $1 AND x.watermark > $2 AND {}
+                                     ORDER BY x.watermark
+                                     LIMIT $3) x) j) p ON $2 >= t.retention_floor
               WHERE t.topic = $1",
             self.topics,
             D::join_commas("j.object", order),
