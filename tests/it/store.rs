@@ -1295,6 +1295,14 @@ async fn joined_pages_hold_the_rows_of_row_pages_as_their_update_objects(db: &Te
                     prepared_join(&rows.rows, max_update_bytes),
                     "{context}"
                 );
+                let sorted = store
+                    .read_stream_joined_sorted(RUNS.topic, after, limit, filter, max_update_bytes)
+                    .await
+                    .unwrap();
+                assert_eq!(
+                    sorted, joined,
+                    "{context}: the sorted form, as the fallback reads"
+                );
                 compared += joined.rows;
             }
         }

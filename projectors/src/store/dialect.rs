@@ -4,8 +4,9 @@
 //! `BEGIN IMMEDIATE` already holds the database's write lock), byte-order collation of doc keys,
 //! how a list or a batch of rows is bound (PostgreSQL arrays and `unnest`, SQLite JSON and
 //! `json_each`), how a write transaction starts, and the few functions a joined replay page is
-//! built with (quoting a JSON string, joining texts, checking braces). Placeholders (`$n`), `ON CONFLICT`,
-//! `RETURNING`, `IS NOT DISTINCT FROM` and `CAST` are the same in both, so statements are not.
+//! built with (quoting a JSON string, joining texts, checking braces). Placeholders (`$n`),
+//! `ON CONFLICT`, `RETURNING`, `IS NOT DISTINCT FROM`, `concat` and `CAST` are the same in both,
+//! so statements are not.
 
 use std::future::Future;
 

@@ -165,6 +165,33 @@ impl<D: Dialect> SqlStore<D> {
         filter: &OwnerFilter,
         max_update_bytes: usize,
     ) -> Result<JoinedPage, ReadError> {
+        self.joined(topic, after, limit, filter, max_update_bytes, false)
+            .await
+    }
+
+    pub(in crate::store) async fn read_stream_joined_sorted(
+        &self,
+        topic: &str,
+        after: u64,
+        limit: usize,
+        filter: &OwnerFilter,
+        max_update_bytes: usize,
+    ) -> Result<JoinedPage, ReadError> {
+        self.joined(topic, after, limit, filter, max_update_bytes, true)
+            .await
+    }
+
+    /// A joined page, first without a sort (unless `sorted`), then sorted if that came back out
+    /// of order.
+    async fn joined(
+        &self,
+        topic: &str,
+        after: u64,
+        limit: usize,
+        filter: &OwnerFilter,
+        max_update_bytes: usize,
+        sorted: bool,
+    ) -> Result<JoinedPage, ReadError> {
         let [any, user, guest, org] = owner_args(filter);
         let prefix = format!(
             "{}{}{}",
@@ -187,8 +214,8 @@ impl<D: Dialect> SqlStore<D> {
         // texts), which is the watermark order in practice but not by contract: the watermarks
         // joined in the same pass show the order, and a page out of order is read again with
         // the order spelled out.
-        let (page, watermarks) = self.joined_page(topic, after, &args, false).await?;
-        if ascending(&watermarks, page.rows, page.last_watermark) {
+        let (page, watermarks) = self.joined_page(topic, after, &args, sorted).await?;
+        if sorted || ascending(&watermarks, page.rows, page.last_watermark) {
             return Ok(page);
         }
         Ok(self.joined_page(topic, after, &args, true).await?.0)
