@@ -640,7 +640,7 @@ impl SyncStore {
         filter: &OwnerFilter,
         max_update_bytes: usize,
     ) -> Result<JoinedPage, ReadError> {
-        dispatch!(self, s => s.read_stream_joined(topic, after, limit, filter, max_update_bytes).await)
+        dispatch!(self, s => s.read_stream_joined(topic, after, limit, filter, max_update_bytes, false).await)
     }
 
     /// [`SyncStore::read_stream_joined`] in the form it falls back to when a page comes back out
@@ -658,7 +658,7 @@ impl SyncStore {
         filter: &OwnerFilter,
         max_update_bytes: usize,
     ) -> Result<JoinedPage, ReadError> {
-        dispatch!(self, s => s.read_stream_joined_sorted(topic, after, limit, filter, max_update_bytes).await)
+        dispatch!(self, s => s.read_stream_joined(topic, after, limit, filter, max_update_bytes, true).await)
     }
 
     /// The topic's current documents passing `filter` (or the one `doc_key`), one page of them

@@ -284,15 +284,9 @@ async fn pull(
     {
         // The source checks the floor in the page's own snapshot: no second read.
         Ok(Some(page)) if page.json.len() < room => {
-            let cursor = if page.rows >= limit {
-                page.last_watermark
-            } else {
-                page.last_watermark.max(page.head_watermark)
-            };
+            let last = (page.rows > 0).then_some(page.last_watermark);
+            let cursor = page_end(sub.cursor, page.rows, limit, last, page.head_watermark).await;
             if page.rows == 0 {
-                if cursor <= sub.cursor {
-                    tokio::time::sleep(BEHIND_PAUSE).await;
-                }
                 return Ok((Vec::new(), cursor));
             }
             let piece = Piece::Joined {
@@ -326,22 +320,27 @@ async fn pull(
         return Err(stale(&state));
     }
     let rows = page.rows;
-    let last = rows.last().map_or(sub.cursor, |r| r.watermark);
-    let cursor = if rows.len() >= limit {
-        last
-    } else {
-        last.max(page.head_watermark)
-    };
-    if rows.is_empty() && cursor <= sub.cursor {
-        // The source shows less than this node has already seen (a replica catching up after
-        // a restart): nothing to send yet. Pause briefly so a session does not spin on reads.
-        tokio::time::sleep(BEHIND_PAUSE).await;
-    }
+    let last = rows.last().map(|r| r.watermark);
+    let cursor = page_end(sub.cursor, rows.len(), limit, last, page.head_watermark).await;
     let prepared = rows
         .iter()
         .map(|row| Piece::Row(PreparedRow::prepare(row, max_update_bytes)))
         .collect();
     Ok((prepared, cursor))
+}
+
+/// Where a source page of `rows` (of at most `limit`, the last at `last`) read after `after`
+/// leaves the cursor once delivered: at its last row when full, else at the head of the
+/// snapshot it was read in. An empty page that shows nothing past `after` (a replica catching up
+/// after a restart, behind what this node has seen) pauses briefly first, so a session does not
+/// spin on reads.
+async fn page_end(after: u64, rows: usize, limit: usize, last: Option<u64>, head: u64) -> u64 {
+    let last = last.unwrap_or(after);
+    let cursor = if rows >= limit { last } else { last.max(head) };
+    if rows == 0 && cursor <= after {
+        tokio::time::sleep(BEHIND_PAUSE).await;
+    }
+    cursor
 }
 
 /// The frame text of an update batch (rows' JSON spliced in, serialized once upstream).

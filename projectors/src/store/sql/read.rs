@@ -157,33 +157,9 @@ impl<D: Dialect> SqlStore<D> {
         Ok(StreamPage { state, rows: out })
     }
 
+    /// A joined page ([`crate::store::SyncStore::read_stream_joined`]), first without a sort
+    /// (unless `sorted`), then sorted if that came back out of order.
     pub(in crate::store) async fn read_stream_joined(
-        &self,
-        topic: &str,
-        after: u64,
-        limit: usize,
-        filter: &OwnerFilter,
-        max_update_bytes: usize,
-    ) -> Result<JoinedPage, ReadError> {
-        self.joined(topic, after, limit, filter, max_update_bytes, false)
-            .await
-    }
-
-    pub(in crate::store) async fn read_stream_joined_sorted(
-        &self,
-        topic: &str,
-        after: u64,
-        limit: usize,
-        filter: &OwnerFilter,
-        max_update_bytes: usize,
-    ) -> Result<JoinedPage, ReadError> {
-        self.joined(topic, after, limit, filter, max_update_bytes, true)
-            .await
-    }
-
-    /// A joined page, first without a sort (unless `sorted`), then sorted if that came back out
-    /// of order.
-    async fn joined(
         &self,
         topic: &str,
         after: u64,
