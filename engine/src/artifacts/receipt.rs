@@ -14,11 +14,13 @@
 //! `canonical_json_sha256` and `signature`.
 
 use std::collections::HashMap;
+use std::io;
 
-use aggregates::canonical::hash_canonical;
-use aggregates::receipt::{receipt_canonical_sha256, RECEIPT_SCHEMA};
+use aggregates::canonical::{hash_canonical, prefixed_hex};
+use aggregates::receipt::RECEIPT_SCHEMA;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
 
 use super::record::{RunHeader, RunRecord, RunStreamEvent};
 use super::rendered::RenderedEvent;
@@ -336,7 +338,7 @@ impl ReceiptBuilder {
             canonical_json_sha256: String::new(),
             signature: None,
         };
-        receipt.canonical_json_sha256 = receipt_canonical_sha256(&receipt.to_map());
+        receipt.canonical_json_sha256 = receipt.unsigned_sha256();
         receipt
     }
 }
@@ -352,7 +354,217 @@ impl Receipt {
 
     /// Recomputes `canonical_json_sha256` from the other fields.
     pub fn computed_sha256(&self) -> String {
-        receipt_canonical_sha256(&self.to_map())
+        self.unsigned_sha256()
+    }
+
+    /// Bare hex SHA-256 of the canonical JSON of the receipt without `canonical_json_sha256` and
+    /// `signature`, streamed from the fields (what
+    /// [`aggregates::receipt::receipt_canonical_sha256`] computes from
+    /// [`Receipt::to_map`], without building the map: a test holds the two equal).
+    fn unsigned_sha256(&self) -> String {
+        let mut hasher = Sha256::new();
+        self.write_unsigned_canonical(&mut hasher)
+            .expect("hashing cannot fail");
+        prefixed_hex("", &hasher.finalize())
+    }
+
+    /// The canonical JSON of the unsigned receipt.
+    fn write_unsigned_canonical(&self, out: &mut dyn io::Write) -> io::Result<()> {
+        use canonical_members::{write_array, write_object, Member::*};
+        write_object(
+            out,
+            &mut [
+                ("schema", Str(&self.schema)),
+                ("session_id", Str(&self.session_id)),
+                ("trajectory_hash", Str(&self.trajectory_hash)),
+                ("policy_bundle_id", Str(&self.policy_bundle_id)),
+                ("created_at", Str(&self.created_at)),
+                ("event_count", U64(self.event_count)),
+                ("first_seq", U64(self.first_seq)),
+                ("last_seq", U64(self.last_seq)),
+                (
+                    "tool_calls",
+                    With(&|out| {
+                        write_array(out, &self.tool_calls, ToolCallReceipt::write_canonical)
+                    }),
+                ),
+                (
+                    "verification",
+                    With(&|out| {
+                        write_array(
+                            out,
+                            &self.verification,
+                            VerificationReceipt::write_canonical,
+                        )
+                    }),
+                ),
+                (
+                    "payments",
+                    With(&|out| write_array(out, &self.payments, PaymentReceipt::write_canonical)),
+                ),
+                ("metrics", With(&|out| self.metrics.write_canonical(out))),
+            ],
+        )
+    }
+}
+
+impl ReceiptMetrics {
+    fn write_canonical(&self, out: &mut dyn io::Write) -> io::Result<()> {
+        use canonical_members::{write_object, Member::*};
+        write_object(
+            out,
+            &mut [
+                ("tool_calls", U64(self.tool_calls)),
+                ("tool_latency_ms_total", U64(self.tool_latency_ms_total)),
+                ("verification_passed", OptBool(self.verification_passed)),
+                ("payments_msats_total", U64(self.payments_msats_total)),
+            ],
+        )
+    }
+}
+
+impl ToolCallReceipt {
+    fn write_canonical(&self, out: &mut dyn io::Write) -> io::Result<()> {
+        use canonical_members::{write_object, Member::*};
+        let mut members = vec![
+            ("tool", Str(&self.tool)),
+            ("params_hash", Str(&self.params_hash)),
+            ("output_hash", OptStr(self.output_hash.as_deref())),
+            ("latency_ms", U64(self.latency_ms)),
+            ("side_effects", Strs(&self.side_effects)),
+            ("ok", Bool(self.ok)),
+            ("call_seq", U64(self.call_seq)),
+            ("result_seq", OptU64(self.result_seq)),
+        ];
+        // Skipped when absent, as the served form skips them.
+        if let Some(error) = &self.error {
+            members.push(("error", Json(error)));
+        }
+        if let Some(id) = &self.tool_call_id {
+            members.push(("tool_call_id", Str(id)));
+        }
+        write_object(out, &mut members)
+    }
+}
+
+impl VerificationReceipt {
+    fn write_canonical(&self, out: &mut dyn io::Write) -> io::Result<()> {
+        use canonical_members::{write_object, Member::*};
+        write_object(
+            out,
+            &mut [
+                ("command", Str(&self.command)),
+                ("exit_code", I64(self.exit_code)),
+                ("cwd", OptStr(self.cwd.as_deref())),
+                ("duration_ms", OptU64(self.duration_ms)),
+                ("seq", U64(self.seq)),
+            ],
+        )
+    }
+}
+
+impl PaymentReceipt {
+    fn write_canonical(&self, out: &mut dyn io::Write) -> io::Result<()> {
+        use canonical_members::{write_object, Member::*};
+        write_object(
+            out,
+            &mut [
+                ("rail", Str(&self.rail)),
+                ("asset_id", Str(&self.asset_id)),
+                ("amount_msats", U64(self.amount_msats)),
+                ("payment_proof", Json(&self.payment_proof)),
+                ("session_id", Str(&self.session_id)),
+                ("trajectory_hash", Str(&self.trajectory_hash)),
+                ("policy_bundle_id", Str(&self.policy_bundle_id)),
+                ("job_hash", OptStr(self.job_hash.as_deref())),
+                ("status", Str(&self.status)),
+                ("seq", OptU64(self.seq)),
+            ],
+        )
+    }
+}
+
+/// Canonical JSON of a struct written from its fields: the members are named once each, in any
+/// order, and sorted by key as they are written (the same order [`write_canonical`] gives a map).
+mod canonical_members {
+    use std::io;
+
+    use aggregates::canonical::{write_canonical, write_json_string};
+    use serde_json::Value;
+
+    /// A member's value.
+    pub(super) enum Member<'a> {
+        Str(&'a str),
+        OptStr(Option<&'a str>),
+        U64(u64),
+        OptU64(Option<u64>),
+        I64(i64),
+        Bool(bool),
+        OptBool(Option<bool>),
+        Strs(&'a [String]),
+        Json(&'a Value),
+        /// Written by the closure (a nested object or array).
+        With(&'a dyn Fn(&mut dyn io::Write) -> io::Result<()>),
+    }
+
+    /// `{…}` with `members` sorted by key (keys distinct).
+    pub(super) fn write_object(
+        out: &mut dyn io::Write,
+        members: &mut [(&str, Member<'_>)],
+    ) -> io::Result<()> {
+        members.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        out.write_all(b"{")?;
+        for (i, (key, value)) in members.iter().enumerate() {
+            if i > 0 {
+                out.write_all(b",")?;
+            }
+            write_json_string(key, out)?;
+            out.write_all(b":")?;
+            write_member(value, out)?;
+        }
+        out.write_all(b"}")
+    }
+
+    /// `[…]` of `items`, each written by `write`.
+    pub(super) fn write_array<T>(
+        out: &mut dyn io::Write,
+        items: &[T],
+        write: fn(&T, &mut dyn io::Write) -> io::Result<()>,
+    ) -> io::Result<()> {
+        out.write_all(b"[")?;
+        for (i, item) in items.iter().enumerate() {
+            if i > 0 {
+                out.write_all(b",")?;
+            }
+            write(item, out)?;
+        }
+        out.write_all(b"]")
+    }
+
+    fn write_member(value: &Member<'_>, out: &mut dyn io::Write) -> io::Result<()> {
+        match value {
+            Member::Str(text) | Member::OptStr(Some(text)) => write_json_string(text, out),
+            Member::U64(n) | Member::OptU64(Some(n)) => write!(out, "{n}"),
+            Member::I64(n) => write!(out, "{n}"),
+            Member::Bool(b) | Member::OptBool(Some(b)) => {
+                out.write_all(if *b { b"true" } else { b"false" })
+            }
+            Member::OptStr(None) | Member::OptU64(None) | Member::OptBool(None) => {
+                out.write_all(b"null")
+            }
+            Member::Strs(items) => {
+                out.write_all(b"[")?;
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.write_all(b",")?;
+                    }
+                    write_json_string(item, out)?;
+                }
+                out.write_all(b"]")
+            }
+            Member::Json(value) => write_canonical(value, out),
+            Member::With(write) => write(out),
+        }
     }
 }
 
@@ -363,4 +575,91 @@ pub fn build_receipt(record: &RunRecord, settled: &[SettledPayment]) -> Receipt 
         builder.push(event);
     }
     builder.finish(settled)
+}
+
+#[cfg(test)]
+mod canonical_tests {
+    use aggregates::receipt::receipt_canonical_sha256;
+    use serde_json::json;
+
+    use super::*;
+
+    fn tool_call(n: u64, with_options: bool) -> ToolCallReceipt {
+        ToolCallReceipt {
+            tool: format!("shell \"{n}\" ✓"),
+            params_hash: format!("sha256:{n:064}"),
+            output_hash: with_options.then(|| "sha256:ab".into()),
+            latency_ms: n * 7,
+            side_effects: if with_options {
+                vec!["fs.write".into(), "net\n".into()]
+            } else {
+                Vec::new()
+            },
+            ok: with_options,
+            error: with_options.then(|| json!({"z": 1, "a": [{"y": null, "b": "\u{1}"}]})),
+            tool_call_id: with_options.then(|| format!("call-{n}")),
+            call_seq: n,
+            result_seq: with_options.then_some(n + 1),
+        }
+    }
+
+    fn receipt(with_options: bool) -> Receipt {
+        Receipt {
+            schema: RECEIPT_SCHEMA.into(),
+            session_id: "run\\1".into(),
+            trajectory_hash: "sha256:00".into(),
+            policy_bundle_id: "policy".into(),
+            created_at: "2026-01-01T00:00:00Z".into(),
+            event_count: 12,
+            first_seq: 1,
+            last_seq: u64::MAX,
+            tool_calls: vec![tool_call(1, with_options), tool_call(2, !with_options)],
+            verification: vec![VerificationReceipt {
+                command: "cargo test".into(),
+                exit_code: -3,
+                cwd: with_options.then(|| "/work".into()),
+                duration_ms: with_options.then_some(9),
+                seq: 4,
+            }],
+            payments: vec![PaymentReceipt {
+                rail: "lightning".into(),
+                asset_id: "BTC_LN".into(),
+                amount_msats: 21_000,
+                payment_proof: json!({"preimage_commitment": "x", "amount": 1.5, "list": [3, 1]}),
+                session_id: "run\\1".into(),
+                trajectory_hash: "sha256:00".into(),
+                policy_bundle_id: "policy".into(),
+                job_hash: with_options.then(|| "job".into()),
+                status: "settled".into(),
+                seq: with_options.then_some(5),
+            }],
+            metrics: ReceiptMetrics {
+                tool_calls: 2,
+                tool_latency_ms_total: 21,
+                verification_passed: with_options.then_some(false),
+                payments_msats_total: 21_000,
+            },
+            canonical_json_sha256: "not part of the hash".into(),
+            signature: None,
+        }
+    }
+
+    #[test]
+    fn the_streamed_hash_is_the_hash_of_the_served_map() {
+        for with_options in [true, false] {
+            let mut receipt = receipt(with_options);
+            let from_map = receipt_canonical_sha256(&receipt.to_map());
+            assert_eq!(receipt.unsigned_sha256(), from_map, "{with_options}");
+            // Neither the stored hash nor an empty list changes what the map path hashes.
+            receipt.canonical_json_sha256 = String::new();
+            assert_eq!(receipt.unsigned_sha256(), from_map);
+            receipt.payments.clear();
+            receipt.verification.clear();
+            receipt.tool_calls.clear();
+            assert_eq!(
+                receipt.unsigned_sha256(),
+                receipt_canonical_sha256(&receipt.to_map())
+            );
+        }
+    }
 }
