@@ -48,25 +48,43 @@ impl fmt::Display for Divergence {
     }
 }
 
-fn key_path(path: &str, key: &str) -> String {
-    if key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') && !key.is_empty() {
-        format!("{path}.{key}")
-    } else {
-        format!("{path}[{}]", Value::String(key.to_owned()))
+/// Where the walk is: a chain of steps on the stack, rendered only when a divergence is reported
+/// (most documents compared are equal, and a path string per member was most of the walk's cost).
+#[derive(Clone, Copy)]
+enum Path<'a> {
+    Root,
+    Key(&'a Path<'a>, &'a str),
+    Index(&'a Path<'a>, usize),
+}
+
+impl Path<'_> {
+    fn render(&self) -> String {
+        match self {
+            Path::Root => "$".to_owned(),
+            Path::Key(parent, key) => {
+                let parent = parent.render();
+                if key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') && !key.is_empty() {
+                    format!("{parent}.{key}")
+                } else {
+                    format!("{parent}[{}]", Value::String((*key).to_owned()))
+                }
+            }
+            Path::Index(parent, i) => format!("{}[{i}]", parent.render()),
+        }
     }
 }
 
 /// The first place where `actual` differs from `expected` (depth first, in document order), or
 /// `None` when they are equal.
 pub fn first_divergence(expected: &Value, actual: &Value) -> Option<Divergence> {
-    walk("$", expected, actual)
+    walk(&Path::Root, expected, actual)
 }
 
-fn walk(path: &str, expected: &Value, actual: &Value) -> Option<Divergence> {
+fn walk(path: &Path<'_>, expected: &Value, actual: &Value) -> Option<Divergence> {
     match (expected, actual) {
         (Value::Object(e), Value::Object(a)) => {
             for (key, ev) in e {
-                let p = key_path(path, key);
+                let p = Path::Key(path, key);
                 match a.get(key) {
                     Some(av) => {
                         if let Some(d) = walk(&p, ev, av) {
@@ -75,7 +93,7 @@ fn walk(path: &str, expected: &Value, actual: &Value) -> Option<Divergence> {
                     }
                     None => {
                         return Some(Divergence {
-                            path: p,
+                            path: p.render(),
                             expected: Some(ev.clone()),
                             actual: None,
                         })
@@ -84,7 +102,7 @@ fn walk(path: &str, expected: &Value, actual: &Value) -> Option<Divergence> {
             }
             if let Some((k, av)) = a.iter().find(|(k, _)| !e.contains_key(*k)) {
                 return Some(Divergence {
-                    path: key_path(path, k),
+                    path: Path::Key(path, k).render(),
                     expected: None,
                     actual: Some(av.clone()),
                 });
@@ -95,7 +113,7 @@ fn walk(path: &str, expected: &Value, actual: &Value) -> Option<Divergence> {
                     Value::Array(m.keys().map(|k| Value::String(k.clone())).collect())
                 };
                 return Some(Divergence {
-                    path: format!("{path} (key order)"),
+                    path: format!("{} (key order)", path.render()),
                     expected: Some(keys(e)),
                     actual: Some(keys(a)),
                 });
@@ -104,7 +122,7 @@ fn walk(path: &str, expected: &Value, actual: &Value) -> Option<Divergence> {
         }
         (Value::Array(e), Value::Array(a)) => {
             for i in 0..e.len().max(a.len()) {
-                let p = format!("{path}[{i}]");
+                let p = Path::Index(path, i);
                 match (e.get(i), a.get(i)) {
                     (Some(ev), Some(av)) => {
                         if let Some(d) = walk(&p, ev, av) {
@@ -113,7 +131,7 @@ fn walk(path: &str, expected: &Value, actual: &Value) -> Option<Divergence> {
                     }
                     (ev, av) => {
                         return Some(Divergence {
-                            path: p,
+                            path: p.render(),
                             expected: ev.cloned(),
                             actual: av.cloned(),
                         })
@@ -124,7 +142,7 @@ fn walk(path: &str, expected: &Value, actual: &Value) -> Option<Divergence> {
         }
         (e, a) if e == a => None,
         (e, a) => Some(Divergence {
-            path: path.to_owned(),
+            path: path.render(),
             expected: Some(e.clone()),
             actual: Some(a.clone()),
         }),

@@ -388,13 +388,17 @@ pub fn expand_inputs(inputs: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
 }
 
 fn json_schema(path: &Path) -> Option<String> {
-    /// Only `schema`: the rest of the document is skipped without being built.
+    let bytes = std::fs::read(path).ok()?;
+    schema_of(&bytes)
+}
+
+/// A JSON document's `schema`: the rest of the document is skipped without being built.
+fn schema_of(bytes: &[u8]) -> Option<String> {
     #[derive(serde::Deserialize)]
     struct Head {
         schema: Option<String>,
     }
-    let bytes = std::fs::read(path).ok()?;
-    serde_json::from_slice::<Head>(&bytes).ok()?.schema
+    serde_json::from_slice::<Head>(bytes).ok()?.schema
 }
 
 /// Replays one file of any accepted kind.
@@ -415,6 +419,13 @@ pub async fn replay_file(
     let first_line = text.lines().next().unwrap_or_default();
     if first_line.contains("\"ReplayHeader\"") {
         return Ok(vec![replay_jsonl(&name, &text, target, mode).await?]);
+    }
+    // A fixture that is only checked or printed is read straight into its struct (its
+    // `expected` stays a value); blessing keeps the whole document to rewrite it.
+    if mode != Mode::Bless && schema_of(text.as_bytes()).as_deref() == Some(FIXTURE_SCHEMA) {
+        let fixture: Fixture = serde_json::from_str(&text).context("not a valid replay fixture")?;
+        drop(text);
+        return Ok(vec![replay_fixture(fixture, None, target, mode).await?]);
     }
     let value: Value =
         serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
@@ -450,21 +461,33 @@ pub async fn produce(
 
 async fn replay_fixture_file(
     path: &Path,
-    mut document: Value,
+    document: Value,
     target: &ScratchTarget,
     mode: Mode,
 ) -> anyhow::Result<ItemResult> {
     // Only blessing rewrites the document; otherwise it is consumed, not copied.
-    let parsed = if mode == Mode::Bless {
-        serde_json::from_value(document.clone())
-    } else {
-        serde_json::from_value(std::mem::take(&mut document))
-    };
-    let fixture: Fixture = parsed.context("not a valid replay fixture")?;
+    if mode == Mode::Bless {
+        let fixture: Fixture =
+            serde_json::from_value(document.clone()).context("not a valid replay fixture")?;
+        return replay_fixture(fixture, Some((path, document)), target, mode).await;
+    }
+    let fixture: Fixture =
+        serde_json::from_value(document).context("not a valid replay fixture")?;
+    replay_fixture(fixture, None, target, mode).await
+}
+
+/// Runs `fixture` and checks, prints or blesses what it produced; blessing writes `bless`'s
+/// document with the new `expected` to its path.
+async fn replay_fixture(
+    fixture: Fixture,
+    bless: Option<(&Path, Value)>,
+    target: &ScratchTarget,
+    mode: Mode,
+) -> anyhow::Result<ItemResult> {
     let produced = produce(&fixture, target).await?;
-    let status = match mode {
-        Mode::Print => ItemStatus::Printed(produced.output),
-        Mode::Bless => {
+    let status = match (mode, bless) {
+        (Mode::Print, _) => ItemStatus::Printed(produced.output),
+        (Mode::Bless, Some((path, mut document))) => {
             let object = document
                 .as_object_mut()
                 .ok_or_else(|| anyhow!("a fixture is a JSON object"))?;
@@ -474,7 +497,8 @@ async fn replay_fixture_file(
             std::fs::write(path, text).with_context(|| format!("write {}", path.display()))?;
             ItemStatus::Blessed
         }
-        Mode::Check => match &fixture.expected {
+        (Mode::Bless, None) => bail!("blessing needs the fixture's document"),
+        (Mode::Check, _) => match &fixture.expected {
             None => {
                 ItemStatus::Diverged("the fixture has no `expected` yet: run with --bless".into())
             }
