@@ -1,6 +1,6 @@
 //! Writing an audit bundle in one pass: events streamed from the journal page by page; each run
-//! whose stream starts in the bundle folded into its receipt and replay hash on worker threads
-//! (sharded by run), one page behind, and written after the page that follows the event that ends it (runs still
+//! whose stream starts in the bundle folded into its receipt and replay hash on a worker thread,
+//! one page behind, and written after the page that follows the event that ends it (runs still
 //! open at the end follow the events); then the chain heads and the manifest. Memory does not grow
 //! with the number of events: two or three pages of rows, one chain head (~150 bytes) per
 //! aggregate, and the builders of the runs open at the same time (a receipt builder and a running
@@ -13,7 +13,7 @@
 //! - `heads.rs`: chain hashes (stored or recomputed) and the per-aggregate heads;
 //! - `metadata.rs`: plain stored metadata split as text (chain hashes, `recorded_at`) without
 //!   building a map;
-//! - `artifacts.rs`: the worker threads that fold run events into receipts and replays,
+//! - `artifacts.rs`: the worker thread that folds run events into receipts and replays,
 //!   pipelined with the event lines;
 //! - `runs.rs`: each run folded into its receipt and replay, and their lines;
 //! - `writer.rs`: the buffered, hashing line writer and the event line's fixed field order.
@@ -122,6 +122,7 @@ pub async fn export<W: AsyncWrite + Unpin>(
     let mut heads = Heads::default();
     let mut worker = ArtifactWorker::start(options);
     let mut artifacts = Done::default();
+    let mut run_rows: Vec<RunRow> = Vec::new();
     let mut first_position: Option<(i64, i64)> = None;
     let mut last_position: Option<(i64, i64)> = None;
     let mut first_recorded: Option<String> = None;
@@ -316,7 +317,7 @@ pub async fn export<W: AsyncWrite + Unpin>(
                     RowMetadata::Parsed { rest, .. } => RunMetadata::Parsed(rest),
                     RowMetadata::Split { split, .. } => RunMetadata::Split(split.lookup_spans()),
                 };
-                worker.push(RunRow {
+                run_rows.push(RunRow {
                     row,
                     payload,
                     metadata,
@@ -325,8 +326,9 @@ pub async fn export<W: AsyncWrite + Unpin>(
             }
         }
         pages.recycle(page);
-        worker.send().await?;
-        // The workers fold this page while the next one is read and written; the previous
+        let spare = worker.spare_rows();
+        worker.send(std::mem::replace(&mut run_rows, spare)).await?;
+        // The worker folds this page while the next one is read and written; the previous
         // page's receipts and replays follow this page's events.
         worker.write_done(&mut w, 1, &mut artifacts).await?;
     }
