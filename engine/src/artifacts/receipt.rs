@@ -362,10 +362,11 @@ impl Receipt {
     /// [`aggregates::receipt::receipt_canonical_sha256`] computes from
     /// [`Receipt::to_map`], without building the map: a test holds the two equal).
     fn unsigned_sha256(&self) -> String {
-        let mut hasher = Sha256::new();
-        self.write_unsigned_canonical(&mut hasher)
-            .expect("hashing cannot fail");
-        prefixed_hex("", &hasher.finalize())
+        // Written whole, then hashed in one call: the members are many small writes.
+        let mut text = Vec::with_capacity(1024);
+        self.write_unsigned_canonical(&mut text)
+            .expect("writing to a Vec cannot fail");
+        prefixed_hex("", &Sha256::digest(&text))
     }
 
     /// The canonical JSON of the unsigned receipt.
