@@ -290,17 +290,17 @@ fn copy_int(field: &[u8]) -> anyhow::Result<i64> {
 /// A text field of `COPY` text output, its backslash escapes undone (`COPY TO` writes `\\`, `\n`,
 /// `\r`, `\t`, `\b`, `\f`, `\v`; `\N` is NULL, which no column read here can be).
 fn copy_text(field: &[u8]) -> anyhow::Result<String> {
-    if !field.contains(&b'\\') {
+    let mut rest = field;
+    let Some(first) = memchr::memchr(b'\\', rest) else {
         return String::from_utf8(field.to_vec()).context("COPY text is not UTF-8");
-    }
+    };
+    // The runs between escapes are copied whole (JSON text escapes its own newlines, so a
+    // payload holding one has a backslash for every such character).
     let mut out = Vec::with_capacity(field.len());
-    let mut bytes = field.iter();
-    while let Some(&b) = bytes.next() {
-        if b != b'\\' {
-            out.push(b);
-            continue;
-        }
-        out.push(match bytes.next() {
+    let mut at = first;
+    loop {
+        out.extend_from_slice(&rest[..at]);
+        out.push(match rest.get(at + 1) {
             Some(b'\\') => b'\\',
             Some(b'n') => b'\n',
             Some(b'r') => b'\r',
@@ -313,7 +313,13 @@ fn copy_text(field: &[u8]) -> anyhow::Result<String> {
                 other.map_or(String::new(), |b| char::from(*b).to_string())
             ),
         });
+        rest = &rest[at + 2..];
+        match memchr::memchr(b'\\', rest) {
+            Some(next) => at = next,
+            None => break,
+        }
     }
+    out.extend_from_slice(rest);
     String::from_utf8(out).context("COPY text is not UTF-8")
 }
 
@@ -494,6 +500,22 @@ mod tests {
                 .metadata,
             ""
         );
+    }
+
+    #[test]
+    fn copy_text_undoes_every_escape_wherever_it_is() {
+        assert_eq!(copy_text(b"plain").unwrap(), "plain");
+        assert_eq!(copy_text(b"").unwrap(), "");
+        assert_eq!(
+            copy_text(b"\\\\a\\n\\r\\tb\\b\\f\\v\\\\").unwrap(),
+            "\\a\n\r\tb\u{8}\u{c}\u{b}\\"
+        );
+        assert_eq!(copy_text(b"\\n\\n").unwrap(), "\n\n");
+        assert_eq!(copy_text("é\\tü".as_bytes()).unwrap(), "é\tü");
+        assert!(copy_text(b"dangling\\").is_err());
+        assert!(copy_text(b"\\N").is_err());
+        assert!(copy_text(b"\\x").is_err());
+        assert!(copy_text(b"\\n\xff").is_err());
     }
 
     #[test]
