@@ -24,16 +24,7 @@ pub fn canonical_json(value: &Value) -> String {
 pub fn write_canonical<W: io::Write + ?Sized>(value: &Value, out: &mut W) -> io::Result<()> {
     match value {
         Value::Object(map) => write_canonical_map(map, out),
-        Value::Array(items) => {
-            out.write_all(b"[")?;
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.write_all(b",")?;
-                }
-                write_canonical(item, out)?;
-            }
-            out.write_all(b"]")
-        }
+        Value::Array(items) => write_array_with(items, out, |item, out| write_canonical(item, out)),
         Value::String(text) => write_json_string(text, out),
         scalar => serde_json::to_writer(&mut *out, scalar).map_err(io::Error::other),
     }
@@ -59,18 +50,50 @@ pub fn write_canonical_members<'a, W: io::Write + ?Sized>(
     members: impl Iterator<Item = (&'a String, &'a Value)>,
     out: &mut W,
 ) -> io::Result<()> {
-    let mut entries: Vec<(&String, &Value)> = members.collect();
-    entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    let mut entries: Vec<(&str, &Value)> = members.map(|(k, v)| (k.as_str(), v)).collect();
+    write_sorted_object(&mut entries, out, |value, out| write_canonical(value, out))
+}
+
+/// `{…}` of `members` (keys distinct) sorted by key, each value written by `write`: the object
+/// form of canonical JSON for values that are not a `Value` (a struct's fields, say).
+///
+/// # Errors
+/// Whatever `out` or `write` returns.
+pub fn write_sorted_object<W: io::Write + ?Sized, T>(
+    members: &mut [(&str, T)],
+    out: &mut W,
+    mut write: impl FnMut(&T, &mut W) -> io::Result<()>,
+) -> io::Result<()> {
+    members.sort_unstable_by(|a, b| a.0.cmp(b.0));
     out.write_all(b"{")?;
-    for (i, (key, value)) in entries.into_iter().enumerate() {
+    for (i, (key, value)) in members.iter().enumerate() {
         if i > 0 {
             out.write_all(b",")?;
         }
         write_json_string(key, out)?;
         out.write_all(b":")?;
-        write_canonical(value, out)?;
+        write(value, out)?;
     }
     out.write_all(b"}")
+}
+
+/// `[…]` of `items` in order, each written by `write`.
+///
+/// # Errors
+/// Whatever `out` or `write` returns.
+pub fn write_array_with<W: io::Write + ?Sized, T>(
+    items: &[T],
+    out: &mut W,
+    mut write: impl FnMut(&T, &mut W) -> io::Result<()>,
+) -> io::Result<()> {
+    out.write_all(b"[")?;
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            out.write_all(b",")?;
+        }
+        write(item, out)?;
+    }
+    out.write_all(b"]")
 }
 
 /// Whether every object in `value` already has its members in canonical (byte) order, so that

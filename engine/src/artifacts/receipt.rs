@@ -16,7 +16,7 @@
 use std::collections::HashMap;
 use std::io;
 
-use aggregates::canonical::{hash_canonical, prefixed_hex};
+use aggregates::canonical::{hash_canonical, prefixed_hex, write_array_with};
 use aggregates::receipt::RECEIPT_SCHEMA;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -371,7 +371,7 @@ impl Receipt {
 
     /// The canonical JSON of the unsigned receipt.
     fn write_unsigned_canonical(&self, out: &mut dyn io::Write) -> io::Result<()> {
-        use canonical_members::{write_array, write_object, Member::*};
+        use canonical_members::{write_object, Member::*};
         write_object(
             out,
             &mut [
@@ -386,22 +386,24 @@ impl Receipt {
                 (
                     "tool_calls",
                     With(&|out| {
-                        write_array(out, &self.tool_calls, ToolCallReceipt::write_canonical)
+                        write_array_with(&self.tool_calls, out, |item, out| {
+                            item.write_canonical(out)
+                        })
                     }),
                 ),
                 (
                     "verification",
                     With(&|out| {
-                        write_array(
-                            out,
-                            &self.verification,
-                            VerificationReceipt::write_canonical,
-                        )
+                        write_array_with(&self.verification, out, |item, out| {
+                            item.write_canonical(out)
+                        })
                     }),
                 ),
                 (
                     "payments",
-                    With(&|out| write_array(out, &self.payments, PaymentReceipt::write_canonical)),
+                    With(&|out| {
+                        write_array_with(&self.payments, out, |item, out| item.write_canonical(out))
+                    }),
                 ),
                 ("metrics", With(&|out| self.metrics.write_canonical(out))),
             ],
@@ -490,7 +492,9 @@ impl PaymentReceipt {
 mod canonical_members {
     use std::io;
 
-    use aggregates::canonical::{write_canonical, write_json_string};
+    use aggregates::canonical::{
+        write_array_with, write_canonical, write_json_string, write_sorted_object,
+    };
     use serde_json::Value;
 
     /// A member's value.
@@ -513,33 +517,7 @@ mod canonical_members {
         out: &mut dyn io::Write,
         members: &mut [(&str, Member<'_>)],
     ) -> io::Result<()> {
-        members.sort_unstable_by(|a, b| a.0.cmp(b.0));
-        out.write_all(b"{")?;
-        for (i, (key, value)) in members.iter().enumerate() {
-            if i > 0 {
-                out.write_all(b",")?;
-            }
-            write_json_string(key, out)?;
-            out.write_all(b":")?;
-            write_member(value, out)?;
-        }
-        out.write_all(b"}")
-    }
-
-    /// `[…]` of `items`, each written by `write`.
-    pub(super) fn write_array<T>(
-        out: &mut dyn io::Write,
-        items: &[T],
-        write: fn(&T, &mut dyn io::Write) -> io::Result<()>,
-    ) -> io::Result<()> {
-        out.write_all(b"[")?;
-        for (i, item) in items.iter().enumerate() {
-            if i > 0 {
-                out.write_all(b",")?;
-            }
-            write(item, out)?;
-        }
-        out.write_all(b"]")
+        write_sorted_object(members, out, |value, out| write_member(value, out))
     }
 
     fn write_member(value: &Member<'_>, out: &mut dyn io::Write) -> io::Result<()> {
@@ -554,14 +532,7 @@ mod canonical_members {
                 out.write_all(b"null")
             }
             Member::Strs(items) => {
-                out.write_all(b"[")?;
-                for (i, item) in items.iter().enumerate() {
-                    if i > 0 {
-                        out.write_all(b",")?;
-                    }
-                    write_json_string(item, out)?;
-                }
-                out.write_all(b"]")
+                write_array_with(items, out, |item, out| write_json_string(item, out))
             }
             Member::Json(value) => write_canonical(value, out),
             Member::With(write) => write(out),
